@@ -1,0 +1,255 @@
+//! In-memory adapters of the ports, and a fault-injecting wrapper for any adapter.
+//!
+//! They exist for tests: the in-memory stores let the pipeline's unit tests run in
+//! milliseconds, and [`Faulty`] turns a real or in-memory adapter into one that errors or
+//! "crashes" (never returns, as if the sandbox died) around the real call.
+
+use crate::error::PortError;
+use crate::ports::{Claim, ClaimAttempt, DeadLetters, DedupStore, ObjectSink, PutOutcome, Row, RowSink};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Dedup claims in a map, with the same conditions as the DynamoDB adapter.
+#[derive(Default, Clone)]
+pub struct MemoryDedup {
+    pub claims: Arc<Mutex<BTreeMap<String, Claim>>>,
+    pub writes: Arc<AtomicUsize>,
+}
+
+impl DedupStore for MemoryDedup {
+    fn try_claim(&self, claim: &Claim, now_s: i64) -> impl Future<Output = Result<ClaimAttempt, PortError>> + Send {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        let mut claims = lock(&self.claims);
+        let r = match claims.get(&claim.event_id) {
+            Some(old) if old.expires_at_s >= now_s => ClaimAttempt::Held(old.clone()),
+            _ => {
+                claims.insert(claim.event_id.clone(), claim.clone());
+                ClaimAttempt::Claimed
+            }
+        };
+        std::future::ready(Ok(r))
+    }
+
+    fn take_over(&self, claim: &Claim, previous: &Claim) -> impl Future<Output = Result<bool, PortError>> + Send {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        let mut claims = lock(&self.claims);
+        let r = if claims.get(&claim.event_id) == Some(previous) {
+            claims.insert(claim.event_id.clone(), claim.clone());
+            true
+        } else {
+            false
+        };
+        std::future::ready(Ok(r))
+    }
+
+    fn read(&self, event_id: &str) -> impl Future<Output = Result<Option<Claim>, PortError>> + Send {
+        std::future::ready(Ok(lock(&self.claims).get(event_id).cloned()))
+    }
+
+    fn release(&self, event_id: &str, owner: &str) -> impl Future<Output = Result<(), PortError>> + Send {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        let mut claims = lock(&self.claims);
+        if claims.get(event_id).is_some_and(|c| c.owner == owner) {
+            claims.remove(event_id);
+        }
+        std::future::ready(Ok(()))
+    }
+}
+
+/// A stored row: (user_id, event_type, payload, created_at_us, times written).
+pub type StoredRow = (String, String, Option<String>, i64, u32);
+
+/// Rows by event id, counting how often each was written.
+#[derive(Default, Clone)]
+pub struct MemoryRows {
+    pub rows: Arc<Mutex<BTreeMap<String, StoredRow>>>,
+}
+
+impl RowSink for MemoryRows {
+    fn upsert(&self, rows: &[Row<'_>]) -> impl Future<Output = Result<(), PortError>> + Send {
+        let mut stored = lock(&self.rows);
+        for r in rows {
+            let entry = stored.entry(r.event_id.to_owned()).or_insert_with(|| {
+                (r.user_id.to_owned(), r.event_type.to_owned(), None, r.created_at_us, 0)
+            });
+            entry.2 = r.payload.map(str::to_owned);
+            entry.4 += 1;
+        }
+        std::future::ready(Ok(()))
+    }
+}
+
+/// Objects by key.
+#[derive(Default, Clone)]
+pub struct MemoryObjects {
+    pub objects: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+}
+
+impl ObjectSink for MemoryObjects {
+    fn put_new(&self, key: &str, body: Vec<u8>, _content_type: &str) -> impl Future<Output = Result<PutOutcome, PortError>> + Send {
+        let mut objects = lock(&self.objects);
+        let r = if objects.contains_key(key) {
+            PutOutcome::AlreadyExists
+        } else {
+            objects.insert(key.to_owned(), body);
+            PutOutcome::Created
+        };
+        std::future::ready(Ok(r))
+    }
+
+    fn exists(&self, key: &str) -> impl Future<Output = Result<bool, PortError>> + Send {
+        std::future::ready(Ok(lock(&self.objects).contains_key(key)))
+    }
+}
+
+/// Dead-letter bodies in order of sending.
+#[derive(Clone)]
+pub struct MemoryDeadLetters {
+    pub sent: Arc<Mutex<Vec<String>>>,
+    pub max_body_bytes: usize,
+}
+
+impl Default for MemoryDeadLetters {
+    fn default() -> Self {
+        Self { sent: Arc::default(), max_body_bytes: 256 * 1024 }
+    }
+}
+
+impl DeadLetters for MemoryDeadLetters {
+    fn send(&self, body: String) -> impl Future<Output = Result<(), PortError>> + Send {
+        lock(&self.sent).push(body);
+        std::future::ready(Ok(()))
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+}
+
+/// Switches shared between a test and the [`Faulty`] adapters it built.
+#[derive(Default, Debug)]
+pub struct FaultSwitch {
+    /// Every call fails (retryably) before reaching the real adapter.
+    pub fail: AtomicBool,
+    /// The next this-many calls fail before reaching the real adapter.
+    pub fail_next: AtomicUsize,
+    /// Calls reach the real adapter, then report an ambiguous error (the effect happened but
+    /// the answer was lost).
+    pub lose_answers: AtomicBool,
+    /// The next call reaches the real adapter and then never returns: a crash right after
+    /// the step. Later calls never return either.
+    pub crash_after: AtomicBool,
+    /// The next call never returns and never reaches the real adapter: a crash right
+    /// before the step.
+    pub crash_before: AtomicBool,
+    /// Set once a crash has happened: from then on no call returns.
+    pub crashed: AtomicBool,
+}
+
+impl FaultSwitch {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    async fn before(&self) -> Result<(), PortError> {
+        if self.crash_before.load(Ordering::SeqCst) || self.crashed.load(Ordering::SeqCst) {
+            self.crashed.store(true, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(PortError::retryable("injected outage"));
+        }
+        let take = self.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if take.is_ok() {
+            return Err(PortError::retryable("injected failure"));
+        }
+        Ok(())
+    }
+
+    async fn after<T>(&self, r: Result<T, PortError>) -> Result<T, PortError> {
+        if self.crash_after.load(Ordering::SeqCst) || self.crashed.load(Ordering::SeqCst) {
+            self.crashed.store(true, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        if self.lose_answers.load(Ordering::SeqCst) {
+            return Err(PortError::ambiguous("injected lost answer"));
+        }
+        r
+    }
+}
+
+/// Wraps any adapter with the faults a [`FaultSwitch`] turns on.
+#[derive(Clone)]
+pub struct Faulty<T> {
+    pub inner: T,
+    pub switch: Arc<FaultSwitch>,
+}
+
+impl<T> Faulty<T> {
+    pub fn new(inner: T, switch: Arc<FaultSwitch>) -> Self {
+        Self { inner, switch }
+    }
+}
+
+impl<T: DedupStore> DedupStore for Faulty<T> {
+    async fn try_claim(&self, claim: &Claim, now_s: i64) -> Result<ClaimAttempt, PortError> {
+        self.switch.before().await?;
+        let r = self.inner.try_claim(claim, now_s).await;
+        self.switch.after(r).await
+    }
+
+    async fn take_over(&self, claim: &Claim, previous: &Claim) -> Result<bool, PortError> {
+        self.switch.before().await?;
+        let r = self.inner.take_over(claim, previous).await;
+        self.switch.after(r).await
+    }
+
+    async fn read(&self, event_id: &str) -> Result<Option<Claim>, PortError> {
+        self.switch.before().await?;
+        self.inner.read(event_id).await
+    }
+
+    async fn release(&self, event_id: &str, owner: &str) -> Result<(), PortError> {
+        self.switch.before().await?;
+        self.inner.release(event_id, owner).await
+    }
+}
+
+impl<T: RowSink> RowSink for Faulty<T> {
+    async fn upsert(&self, rows: &[Row<'_>]) -> Result<(), PortError> {
+        self.switch.before().await?;
+        let r = self.inner.upsert(rows).await;
+        self.switch.after(r).await
+    }
+}
+
+impl<T: ObjectSink> ObjectSink for Faulty<T> {
+    async fn put_new(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<PutOutcome, PortError> {
+        self.switch.before().await?;
+        let r = self.inner.put_new(key, body, content_type).await;
+        self.switch.after(r).await
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, PortError> {
+        self.switch.before().await?;
+        self.inner.exists(key).await
+    }
+}
+
+impl<T: DeadLetters> DeadLetters for Faulty<T> {
+    async fn send(&self, body: String) -> Result<(), PortError> {
+        self.switch.before().await?;
+        let r = self.inner.send(body).await;
+        self.switch.after(r).await
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        self.inner.max_body_bytes()
+    }
+}

@@ -1,0 +1,106 @@
+//! The narrow traits through which the pipeline reaches the outside world.
+//!
+//! Each has one real adapter (`streamload-aws`, `streamload-postgres`) and an in-memory one
+//! ([`crate::memory`]) for fault injection. Every method is a single idempotent-or-conditional
+//! call; retries of transient errors happen inside the adapter per [`crate::retry`].
+
+use crate::error::PortError;
+use std::future::Future;
+
+/// A dedup claim on one `event_id`, as stored in the dedup table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub event_id: String,
+    /// The invocation that holds the claim (its Lambda request id).
+    pub owner: String,
+    /// Epoch ms after which the owner is certainly gone: its deadline plus a grace period.
+    pub lease_until_ms: i64,
+    /// The Parquet object that will hold this event. The object existing is the proof that the
+    /// owner committed the event to both sinks (see docs/exactly-once.md).
+    pub object_key: String,
+    /// Epoch seconds after which the claim counts as absent (DynamoDB TTL attribute).
+    pub expires_at_s: i64,
+}
+
+/// The answer to a conditional claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimAttempt {
+    /// The claim is ours now.
+    Claimed,
+    /// A live (unexpired) claim already exists; this is its content, returned by the failed
+    /// conditional write itself (`ReturnValuesOnConditionCheckFailure = ALL_OLD`).
+    Held(Claim),
+}
+
+/// Dedup claims: DynamoDB in production.
+pub trait DedupStore: Send + Sync {
+    /// Writes `claim` if no claim exists for its event or the existing one has expired
+    /// (`expires_at < now_s`). One write request.
+    fn try_claim(
+        &self,
+        claim: &Claim,
+        now_s: i64,
+    ) -> impl Future<Output = Result<ClaimAttempt, PortError>> + Send;
+
+    /// Replaces `previous` (a claim of a dead owner) with `claim`, only if it is unchanged.
+    /// Returns false when someone else changed it first.
+    fn take_over(
+        &self,
+        claim: &Claim,
+        previous: &Claim,
+    ) -> impl Future<Output = Result<bool, PortError>> + Send;
+
+    /// Strongly consistent read of the claim on `event_id`, expired or not.
+    fn read(&self, event_id: &str)
+        -> impl Future<Output = Result<Option<Claim>, PortError>> + Send;
+
+    /// Deletes the claim if `owner` still holds it: used when the owner knows it will not
+    /// write the claim's object, so a redelivery need not wait for the lease.
+    fn release(&self, event_id: &str, owner: &str)
+        -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+/// One validated row for the database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row<'a> {
+    pub event_id: &'a str,
+    pub user_id: &'a str,
+    pub event_type: &'a str,
+    pub payload: Option<&'a str>,
+    pub created_at_us: i64,
+}
+
+/// The database: PostgreSQL in production. `upsert` is one transaction; rows have distinct
+/// event ids, and re-applying the same rows leaves one row per event id.
+pub trait RowSink: Send + Sync {
+    fn upsert(&self, rows: &[Row<'_>]) -> impl Future<Output = Result<(), PortError>> + Send;
+}
+
+/// Whether a create-only put made the object or found it there already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    AlreadyExists,
+}
+
+/// The object store: S3 in production. Objects appear whole or not at all.
+pub trait ObjectSink: Send + Sync {
+    /// Creates `key` only if it does not exist (`If-None-Match: *`).
+    fn put_new(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> impl Future<Output = Result<PutOutcome, PortError>> + Send;
+
+    fn exists(&self, key: &str) -> impl Future<Output = Result<bool, PortError>> + Send;
+}
+
+/// The dead-letter queue: SQS in production.
+pub trait DeadLetters: Send + Sync {
+    /// Sends one message body (JSON text).
+    fn send(&self, body: String) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Largest body the queue accepts, in bytes; larger records go to the object store.
+    fn max_body_bytes(&self) -> usize;
+}

@@ -1,0 +1,105 @@
+//! The source-neutral shape of a delivered batch.
+//!
+//! Kinesis and Kafka differ only in how a record is decoded from the event and in how a
+//! failure is identified back to the event-source mapping; past this module the pipeline
+//! sees one kind of record.
+
+use std::cmp::Ordering;
+
+/// A record's position inside its ordering unit: a Kinesis sequence number or a Kafka offset.
+///
+/// Both are non-negative decimal integers; Kinesis sequence numbers exceed 64 bits, so the
+/// value is kept as its decimal text and compared numerically.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Position(String);
+
+impl Position {
+    /// Accepts a non-empty string of ASCII digits without superfluous leading zeros.
+    pub fn parse(text: &str) -> Option<Self> {
+        let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+        let canonical = text == "0" || !text.starts_with('0');
+        (digits && canonical).then(|| Self(text.to_owned()))
+    }
+
+    pub fn from_offset(offset: u64) -> Self {
+        Self(offset.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Ord for Position {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.len().cmp(&other.0.len()).then_with(|| self.0.cmp(&other.0))
+    }
+}
+
+impl PartialOrd for Position {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The ordering unit a record belongs to: a Kinesis shard or a Kafka topic-partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceUnit {
+    /// Human-readable lineage label: `stream/shard` or `topic/partition`.
+    pub label: String,
+    /// Kafka only: the topic and partition, needed to name a failure.
+    pub topic_partition: Option<(String, i32)>,
+}
+
+/// One delivered record, decoded from the event but not yet validated.
+#[derive(Debug, Clone)]
+pub struct SourceRecord {
+    pub unit: SourceUnit,
+    pub position: Position,
+    /// The raw record bytes; `None` for a Kafka tombstone (null value).
+    pub data: Option<Vec<u8>>,
+    /// Producer key: Kinesis partition key, or a Kafka key in base64.
+    pub key: Option<String>,
+    /// Kafka headers as JSON text (`[{"k":"base64"}]`), kept for lineage.
+    pub headers_json: Option<String>,
+    /// When the source accepted the record, in milliseconds since the epoch.
+    pub arrival_ms: Option<i64>,
+    /// The `source` object of a dead-letter message for this record.
+    pub dead_letter_source: serde_json::Value,
+}
+
+/// A decoded batch: records in delivery order, which is position order within each unit.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub records: Vec<SourceRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_compare_numerically_beyond_64_bits() {
+        // Given two Kinesis-sized sequence numbers of different lengths
+        let short = Position::parse("99999999999999999999").unwrap();
+        let long = Position::parse("100000000000000000000").unwrap();
+        // Then the longer one is larger even though it sorts lower as text
+        assert!(short < long);
+        assert!(Position::parse("10").unwrap() > Position::parse("9").unwrap());
+    }
+
+    #[test]
+    fn positions_reject_non_numbers() {
+        assert!(Position::parse("").is_none());
+        assert!(Position::parse("12a").is_none());
+        assert!(Position::parse("-1").is_none());
+        assert!(Position::parse("007").is_none());
+        assert!(Position::parse("0").is_some());
+    }
+}
