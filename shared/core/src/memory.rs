@@ -145,6 +145,8 @@ pub struct FaultSwitch {
     /// The next call reaches the real adapter and then never returns: a crash right after
     /// the step. Later calls never return either.
     pub crash_after: AtomicBool,
+    /// Reads (`read`, `exists`) fail before reaching the real adapter.
+    pub fail_reads: AtomicBool,
     /// The next call never returns and never reaches the real adapter: a crash right
     /// before the step.
     pub crash_before: AtomicBool,
@@ -168,6 +170,13 @@ impl FaultSwitch {
         let take = self.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         if take.is_ok() {
             return Err(PortError::retryable("injected failure"));
+        }
+        Ok(())
+    }
+
+    fn read_gate(&self) -> Result<(), PortError> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(PortError::retryable("injected read failure"));
         }
         Ok(())
     }
@@ -212,6 +221,7 @@ impl<T: DedupStore> DedupStore for Faulty<T> {
 
     async fn read(&self, event_id: &str) -> Result<Option<Claim>, PortError> {
         self.switch.before().await?;
+        self.switch.read_gate()?;
         self.inner.read(event_id).await
     }
 
@@ -238,6 +248,7 @@ impl<T: ObjectSink> ObjectSink for Faulty<T> {
 
     async fn exists(&self, key: &str) -> Result<bool, PortError> {
         self.switch.before().await?;
+        self.switch.read_gate()?;
         self.inner.exists(key).await
     }
 }

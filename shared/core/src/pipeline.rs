@@ -133,6 +133,8 @@ struct Work<'b> {
     claimed: Vec<usize>,
     /// Object keys that must not be written: a claim naming them is in an unknown state.
     tainted: HashSet<String>,
+    /// Indices whose claim write errored: it may have landed, so it is released too.
+    unknown: Vec<usize>,
 }
 
 impl Work<'_> {
@@ -184,6 +186,7 @@ where
             object_key: vec![None; n],
             claimed: Vec::new(),
             tainted: HashSet::new(),
+            unknown: Vec::new(),
         };
 
         // 1. Validate.
@@ -395,7 +398,7 @@ where
             Ok(_) | Err(_) => {}
         }
         work.tainted.insert(mine.object_key.clone());
-        work.fail(i, FailureCause::Dedup);
+        work.unknown.push(i);
     }
 
     /// Decides, for claims held by others, whether the event is done (its object exists),
@@ -453,9 +456,10 @@ where
         let mut claimed = std::mem::take(&mut work.claimed);
         claimed.sort_unstable();
         // Records whose object is tainted cannot be completed in this invocation.
-        let (blocked, claimed): (Vec<usize>, Vec<usize>) = claimed.into_iter().partition(|&i| {
+        let (mut blocked, claimed): (Vec<usize>, Vec<usize>) = claimed.into_iter().partition(|&i| {
             work.object_key[i].as_ref().is_some_and(|k| work.tainted.contains(k))
         });
+        blocked.append(&mut work.unknown);
         self.give_up(work, &blocked, FailureCause::Dedup).await;
         if claimed.is_empty() {
             return;
