@@ -125,3 +125,8 @@ mod tests {
         assert!(matches!(decode(&event), Err(KinesisDecodeError::BadSequenceNumber { index: 0 })));
     }
 }
+
+/// The Kinesis `itemIdentifier`: the record's sequence number, as a string.
+pub fn failure_identifier(_unit: &SourceUnit, position: &Position) -> serde_json::Value {
+    serde_json::Value::String(position.as_str().to_owned())
+}

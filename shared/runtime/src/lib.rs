@@ -1,1 +1,196 @@
-//! placeholder
+//! Lambda glue shared by the functions: typed configuration, clients built once, and the
+//! handlers that turn an event-source batch into the pipeline's work and its report into
+//! the partial-batch response.
+
+pub mod config;
+
+pub use config::{Config, ConfigError, DatabaseSource};
+
+use lambda_runtime::{Context, LambdaEvent};
+use streamload_aws::{DynamoDedup, S3Objects, SqsDeadLetters};
+use streamload_core::kafka::KafkaEvent;
+use streamload_core::kinesis::KinesisEvent;
+use streamload_core::ports::{DeadLetters, DedupStore, ObjectSink, RowSink};
+use streamload_core::record::Batch;
+use streamload_core::response::{BatchItemFailures, ItemFailure};
+use streamload_core::{Invocation, Pipeline, PipelineSettings};
+use streamload_postgres::{PgRows, TableName};
+
+/// The pipeline as deployed: DynamoDB, PostgreSQL, S3 and SQS.
+pub type AwsPipeline = Pipeline<DynamoDedup, PgRows, S3Objects, SqsDeadLetters>;
+
+/// Why a function could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("database secret: {0}")]
+    Secret(#[from] streamload_aws::AwsError),
+}
+
+/// JSON logs on stdout, level from `RUST_LOG` (default info), no ANSI colours.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+/// Start-up: reads the configuration and builds every client once. A failure is reported to
+/// the Lambda Runtime API as an init error (one line naming the cause) before it is returned.
+pub async fn start() -> Result<AwsPipeline, StartError> {
+    let result = async {
+        let config = Config::from_env()?;
+        build_pipeline(&config).await
+    }
+    .await;
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "start-up failed");
+        report_init_error(&e.to_string()).await;
+    }
+    result
+}
+
+/// Builds the AWS pipeline for `config`.
+pub async fn build_pipeline(config: &Config) -> Result<AwsPipeline, StartError> {
+    let sdk = streamload_aws::sdk_config().await;
+    let pg_config: tokio_postgres::Config = match &config.database {
+        DatabaseSource::Url(url) => url.parse().map_err(|_| ConfigError::Invalid {
+            name: "DATABASE_URL",
+            why: "not a PostgreSQL connection string".into(),
+        })?,
+        DatabaseSource::SecretArn(arn) => {
+            let s = streamload_aws::database_secret(&sdk, arn).await?;
+            let mut c = tokio_postgres::Config::new();
+            c.host(&s.host).port(s.port).user(&s.username).password(&s.password).dbname(&s.dbname);
+            c
+        }
+    };
+    let table = TableName::parse(&config.target_table).map_err(|e| ConfigError::Invalid {
+        name: "TARGET_TABLE",
+        why: e.to_string(),
+    })?;
+    Ok(Pipeline {
+        dedup: DynamoDedup::new(aws_sdk_dynamodb::Client::new(&sdk), &config.dedup_table),
+        rows: PgRows::new(pg_config, table),
+        objects: S3Objects::new(streamload_aws::s3_client(&sdk), &config.output_bucket),
+        dead_letters: SqsDeadLetters::new(aws_sdk_sqs::Client::new(&sdk), &config.dlq_url),
+        settings: PipelineSettings {
+            max_record_bytes: config.max_record_bytes,
+            dedup_ttl_s: config.dedup_ttl_seconds,
+            output_prefix: config.output_prefix.clone(),
+            dead_letter_prefix: config.dead_letter_prefix.clone(),
+            finish_margin: config.finish_margin,
+            ..PipelineSettings::default()
+        },
+    })
+}
+
+/// Posts `/runtime/init/error` when running under the Lambda Runtime API.
+async fn report_init_error(message: &str) {
+    if std::env::var("AWS_LAMBDA_RUNTIME_API").is_err() {
+        return;
+    }
+    let Ok(client) = lambda_runtime_api_client::Client::builder().build() else {
+        return;
+    };
+    let body = serde_json::json!({"errorMessage": message, "errorType": "Runtime.ConfigError"}).to_string();
+    let request = lambda_runtime_api_client::build_request()
+        .method("POST")
+        .uri("/2018-06-01/runtime/init/error")
+        .header("Lambda-Runtime-Function-Error-Type", "Runtime.ConfigError")
+        .body(body.into());
+    if let Ok(request) = request {
+        let _ = client.call(request).await;
+    }
+}
+
+fn invocation(ctx: &Context) -> Invocation {
+    Invocation { attempt_id: ctx.request_id.clone(), deadline_ms: ctx.deadline as i64 }
+}
+
+/// Runs a decoded batch and answers with the lowest failed record of each unit, named by
+/// `identify`. Logs one summary line and one EMF document.
+pub async fn run_batch<D, R, O, Q>(
+    pipeline: &Pipeline<D, R, O, Q>,
+    batch: &Batch,
+    inv: &Invocation,
+    function_name: &str,
+    identify: impl Fn(&streamload_core::record::SourceUnit, &streamload_core::Position) -> serde_json::Value,
+) -> BatchItemFailures
+where
+    D: DedupStore,
+    R: RowSink,
+    O: ObjectSink,
+    Q: DeadLetters,
+{
+    let report = pipeline.process(batch, inv).await;
+    let s = &report.summary;
+    tracing::info!(
+        received = s.received,
+        loaded = s.loaded,
+        duplicates = s.duplicates,
+        poison = s.poison,
+        failed = s.failed,
+        duration_ms = s.duration_ms,
+        "batch done"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    println!("{}", s.emf(function_name, now_ms));
+    BatchItemFailures {
+        batch_item_failures: report
+            .failures
+            .iter()
+            .map(|(unit, position)| ItemFailure { item_identifier: identify(unit, position) })
+            .collect(),
+    }
+}
+
+fn function_name(ctx: &Context, fallback: &str) -> String {
+    if ctx.env_config.function_name.is_empty() {
+        fallback.to_owned()
+    } else {
+        ctx.env_config.function_name.clone()
+    }
+}
+
+/// The `kinesis-loader` handler.
+pub async fn handle_kinesis<D, R, O, Q>(
+    pipeline: &Pipeline<D, R, O, Q>,
+    event: LambdaEvent<KinesisEvent>,
+) -> Result<BatchItemFailures, lambda_runtime::Error>
+where
+    D: DedupStore,
+    R: RowSink,
+    O: ObjectSink,
+    Q: DeadLetters,
+{
+    let batch = streamload_core::kinesis::decode(&event.payload)?;
+    let name = function_name(&event.context, "kinesis-loader");
+    Ok(run_batch(pipeline, &batch, &invocation(&event.context), &name, streamload_core::kinesis::failure_identifier).await)
+}
+
+/// The `kafka-loader` handler.
+pub async fn handle_kafka<D, R, O, Q>(
+    pipeline: &Pipeline<D, R, O, Q>,
+    event: LambdaEvent<KafkaEvent>,
+) -> Result<BatchItemFailures, lambda_runtime::Error>
+where
+    D: DedupStore,
+    R: RowSink,
+    O: ObjectSink,
+    Q: DeadLetters,
+{
+    let batch = streamload_core::kafka::decode(&event.payload)?;
+    let name = function_name(&event.context, "kafka-loader");
+    Ok(run_batch(pipeline, &batch, &invocation(&event.context), &name, streamload_core::kafka::failure_identifier).await)
+}
