@@ -1,1 +1,239 @@
-//! placeholder
+//! Helpers for the integration tests: each test gets its own PostgreSQL database, DynamoDB
+//! table, S3 bucket and SQS queue on the real local stack (`make test` starts it and exports
+//! its addresses), so tests run in parallel without colliding.
+
+pub mod proxy;
+
+use arrow_array::cast::AsArray;
+use aws_sdk_dynamodb::types::{AttributeDefinition, KeySchemaElement, KeyType, ScalarAttributeType, BillingMode};
+use base64::Engine;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use streamload_core::memory::{FaultSwitch, Faulty};
+use streamload_core::{Invocation, Pipeline};
+use streamload_runtime::{AwsPipeline, Config, DatabaseSource};
+
+pub use streamload_core;
+pub use streamload_runtime;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique lowercase name for this test's resources.
+fn unique(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0) % 1_000_000_000;
+    format!("sl{}{}x{}x{}", tag.replace(|c: char| !c.is_ascii_alphanumeric(), ""), std::process::id(), t, n).to_lowercase()
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`, which starts the local stack"))
+}
+
+pub struct TestStack {
+    pub name: String,
+    pub config: Config,
+    pub database_url: String,
+    pub sdk: aws_config::SdkConfig,
+    pub pg: tokio_postgres::Client,
+    pub proxy: Option<proxy::TcpProxy>,
+}
+
+/// Where the admin connection points: the URL with its database replaced.
+fn with_database(url: &str, db: &str) -> String {
+    match url.rfind('/') {
+        Some(i) if url[..i].contains("://") && url[..i].rfind('/').is_some() => format!("{}/{db}", &url[..i]),
+        _ => format!("{url}/{db}"),
+    }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("postgres connects");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+impl TestStack {
+    /// Fresh resources for one test. With `via_proxy`, the loader reaches PostgreSQL through
+    /// a TCP proxy the test can cut, as a database outage.
+    pub async fn new(tag: &str, via_proxy: bool) -> Self {
+        let name = unique(tag);
+        let admin_url = env("STREAMLOAD_PG_ADMIN_URL");
+        let admin = connect(&admin_url).await;
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
+        let database_url = with_database(&admin_url, &name);
+        let pg = connect(&database_url).await;
+        pg.batch_execute(include_str!("../../infra/sql/001_events.sql")).await.expect("DDL");
+
+        let (loader_url, proxy) = if via_proxy {
+            let addr = database_url.split('@').nth(1).and_then(|r| r.split('/').next()).unwrap_or("127.0.0.1:5432").to_owned();
+            let p = proxy::TcpProxy::start(&addr).await;
+            (database_url.replace(&addr, &format!("127.0.0.1:{}", p.port())), Some(p))
+        } else {
+            (database_url.clone(), None)
+        };
+
+        let sdk = streamload_aws::sdk_config().await;
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        ddb.create_table()
+            .table_name(&name)
+            .attribute_definitions(AttributeDefinition::builder().attribute_name("pk").attribute_type(ScalarAttributeType::S).build().unwrap())
+            .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().unwrap())
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await
+            .expect("create dedup table");
+        let s3 = streamload_aws::s3_client(&sdk);
+        s3.create_bucket().bucket(&name).send().await.expect("create bucket");
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let queue_url = sqs.create_queue().queue_name(&name).send().await.expect("create queue").queue_url.unwrap();
+
+        let config = Config::from_lookup(|k| match k {
+            "DATABASE_URL" => Some(loader_url.clone()),
+            "DEDUP_TABLE" => Some(name.clone()),
+            "OUTPUT_BUCKET" => Some(name.clone()),
+            "DLQ_URL" => Some(queue_url.clone()),
+            "FINISH_MARGIN_MS" => Some("500".into()),
+            _ => None,
+        })
+        .expect("config");
+        assert!(matches!(config.database, DatabaseSource::Url(_)));
+        Self { name, config, database_url, sdk, pg, proxy }
+    }
+
+    pub async fn pipeline(&self) -> AwsPipeline {
+        let mut p = streamload_runtime::build_pipeline(&self.config).await.expect("pipeline");
+        p.settings.lease_grace = Duration::from_millis(200);
+        p
+    }
+
+    /// The real pipeline with a fault switch in front of each adapter.
+    pub async fn faulty_pipeline(&self) -> (FaultyPipeline, Switches) {
+        let p = self.pipeline().await;
+        let s = Switches::default();
+        let faulty = Pipeline {
+            dedup: Faulty::new(p.dedup, s.dedup.clone()),
+            rows: Faulty::new(p.rows, s.rows.clone()),
+            objects: Faulty::new(p.objects, s.objects.clone()),
+            dead_letters: Faulty::new(p.dead_letters, s.dead_letters.clone()),
+            settings: p.settings,
+        };
+        (faulty, s)
+    }
+
+    /// Rows in Postgres: (event_id, user_id, event_type, payload as text).
+    pub async fn rows(&self) -> Vec<(String, String, String, Option<String>)> {
+        self.pg
+            .query("SELECT event_id, user_id, event_type, payload::text FROM events ORDER BY event_id", &[])
+            .await
+            .expect("select")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    }
+
+    pub async fn row_ids(&self) -> Vec<String> {
+        self.rows().await.into_iter().map(|r| r.0).collect()
+    }
+
+    /// Every event_id across all Parquet objects, sorted, duplicates kept.
+    pub async fn parquet_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.parquet_column("event_id").await;
+        ids.sort();
+        ids
+    }
+
+    pub async fn parquet_column(&self, column: &str) -> Vec<String> {
+        let s3 = streamload_aws::s3_client(&self.sdk);
+        let mut out = Vec::new();
+        for key in self.object_keys().await {
+            if !key.ends_with(".parquet") {
+                continue;
+            }
+            let body = s3.get_object().bucket(&self.name).key(&key).send().await.unwrap().body.collect().await.unwrap().into_bytes();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(body).unwrap().build().unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let col = batch.column_by_name(column).unwrap().as_string::<i32>();
+                out.extend(col.iter().map(|v| v.unwrap_or("").to_owned()));
+            }
+        }
+        out
+    }
+
+    pub async fn object_keys(&self) -> Vec<String> {
+        let s3 = streamload_aws::s3_client(&self.sdk);
+        let listed = s3.list_objects_v2().bucket(&self.name).send().await.unwrap();
+        listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect()
+    }
+
+    /// All dead-letter messages currently in the queue, parsed.
+    pub async fn dead_letters(&self) -> Vec<serde_json::Value> {
+        let sqs = aws_sdk_sqs::Client::new(&self.sdk);
+        let mut out = Vec::new();
+        loop {
+            let r = sqs.receive_message().queue_url(&self.config.dlq_url).max_number_of_messages(10).visibility_timeout(600).send().await.unwrap();
+            let msgs = r.messages();
+            if msgs.is_empty() {
+                break;
+            }
+            out.extend(msgs.iter().map(|m| serde_json::from_str(m.body().unwrap()).unwrap()));
+        }
+        out
+    }
+}
+
+#[derive(Default)]
+pub struct Switches {
+    pub dedup: std::sync::Arc<FaultSwitch>,
+    pub rows: std::sync::Arc<FaultSwitch>,
+    pub objects: std::sync::Arc<FaultSwitch>,
+    pub dead_letters: std::sync::Arc<FaultSwitch>,
+}
+
+pub type FaultyPipeline = Pipeline<
+    Faulty<streamload_aws::DynamoDedup>,
+    Faulty<streamload_postgres::PgRows>,
+    Faulty<streamload_aws::S3Objects>,
+    Faulty<streamload_aws::SqsDeadLetters>,
+>;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+pub fn invocation(id: &str, budget: Duration) -> Invocation {
+    Invocation { attempt_id: id.into(), deadline_ms: now_ms() + budget.as_millis() as i64 }
+}
+
+/// A producer event as JSON bytes.
+pub fn event_json(id: &str, user: &str, payload: &str) -> Vec<u8> {
+    format!(r#"{{"event_id":{},"user_id":{},"event_type":"click","payload":{payload},"created_at":"2024-05-01T10:00:00.123456"}}"#,
+        serde_json::to_string(id).unwrap(), serde_json::to_string(user).unwrap()).into_bytes()
+}
+
+/// A Kinesis ESM event over `records` of (sequence number, data bytes).
+pub fn kinesis_event(records: &[(u64, Vec<u8>)]) -> streamload_core::kinesis::KinesisEvent {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let recs: Vec<serde_json::Value> = records
+        .iter()
+        .map(|(seq, data)| {
+            let seq = format!("4959033827149025660855969253836157109592157598913{seq:07}");
+            serde_json::json!({
+                "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": "pk-1", "sequenceNumber": seq,
+                            "data": b64.encode(data), "approximateArrivalTimestamp": 1714557600.5},
+                "eventSource": "aws:kinesis", "eventVersion": "1.0",
+                "eventID": format!("shardId-000000000000:{seq}"), "eventName": "aws:kinesis:record",
+                "awsRegion": "us-east-1", "eventSourceARN": "arn:aws:kinesis:us-east-1:123456789012:stream/orders"
+            })
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({ "Records": recs })).unwrap()
+}
+
+/// The Kinesis sequence number `kinesis_event` gives offset `n`.
+pub fn seq(n: u64) -> String {
+    format!("4959033827149025660855969253836157109592157598913{n:07}")
+}
