@@ -5,7 +5,9 @@
 pub mod proxy;
 
 use arrow_array::cast::AsArray;
-use aws_sdk_dynamodb::types::{AttributeDefinition, KeySchemaElement, KeyType, ScalarAttributeType, BillingMode};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
 use base64::Engine;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,12 +24,25 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// A unique lowercase name for this test's resources.
 fn unique(tag: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0) % 1_000_000_000;
-    format!("sl{}{}x{}x{}", tag.replace(|c: char| !c.is_ascii_alphanumeric(), ""), std::process::id(), t, n).to_lowercase()
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+        % 1_000_000_000;
+    format!(
+        "sl{}{}x{}x{}",
+        tag.replace(|c: char| !c.is_ascii_alphanumeric(), ""),
+        std::process::id(),
+        t,
+        n
+    )
+    .to_lowercase()
 }
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`, which starts the local stack"))
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `make test`, which starts the local stack")
+    })
 }
 
 pub struct TestStack {
@@ -42,13 +57,17 @@ pub struct TestStack {
 /// Where the admin connection points: the URL with its database replaced.
 fn with_database(url: &str, db: &str) -> String {
     match url.rfind('/') {
-        Some(i) if url[..i].contains("://") && url[..i].rfind('/').is_some() => format!("{}/{db}", &url[..i]),
+        Some(i) if url[..i].contains("://") && url[..i].rfind('/').is_some() => {
+            format!("{}/{db}", &url[..i])
+        }
         _ => format!("{url}/{db}"),
     }
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("postgres connects");
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("postgres connects");
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -62,15 +81,28 @@ impl TestStack {
         let name = unique(tag);
         let admin_url = env("STREAMLOAD_PG_ADMIN_URL");
         let admin = connect(&admin_url).await;
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
         let database_url = with_database(&admin_url, &name);
         let pg = connect(&database_url).await;
-        pg.batch_execute(include_str!("../../infra/sql/001_events.sql")).await.expect("DDL");
+        pg.batch_execute(include_str!("../../infra/sql/001_events.sql"))
+            .await
+            .expect("DDL");
 
         let (loader_url, proxy) = if via_proxy {
-            let addr = database_url.split('@').nth(1).and_then(|r| r.split('/').next()).unwrap_or("127.0.0.1:5432").to_owned();
+            let addr = database_url
+                .split('@')
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .unwrap_or("127.0.0.1:5432")
+                .to_owned();
             let p = proxy::TcpProxy::start(&addr).await;
-            (database_url.replace(&addr, &format!("127.0.0.1:{}", p.port())), Some(p))
+            (
+                database_url.replace(&addr, &format!("127.0.0.1:{}", p.port())),
+                Some(p),
+            )
         } else {
             (database_url.clone(), None)
         };
@@ -79,16 +111,39 @@ impl TestStack {
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);
         ddb.create_table()
             .table_name(&name)
-            .attribute_definitions(AttributeDefinition::builder().attribute_name("pk").attribute_type(ScalarAttributeType::S).build().unwrap())
-            .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().unwrap())
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("pk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("pk")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
             .billing_mode(BillingMode::PayPerRequest)
             .send()
             .await
             .expect("create dedup table");
         let s3 = streamload_aws::s3_client(&sdk);
-        s3.create_bucket().bucket(&name).send().await.expect("create bucket");
+        s3.create_bucket()
+            .bucket(&name)
+            .send()
+            .await
+            .expect("create bucket");
         let sqs = aws_sdk_sqs::Client::new(&sdk);
-        let queue_url = sqs.create_queue().queue_name(&name).send().await.expect("create queue").queue_url.unwrap();
+        let queue_url = sqs
+            .create_queue()
+            .queue_name(&name)
+            .send()
+            .await
+            .expect("create queue")
+            .queue_url
+            .unwrap();
 
         let config = Config::from_lookup(|k| match k {
             "DATABASE_URL" => Some(loader_url.clone()),
@@ -100,11 +155,20 @@ impl TestStack {
         })
         .expect("config");
         assert!(matches!(config.database, DatabaseSource::Url(_)));
-        Self { name, config, database_url, sdk, pg, proxy }
+        Self {
+            name,
+            config,
+            database_url,
+            sdk,
+            pg,
+            proxy,
+        }
     }
 
     pub async fn pipeline(&self) -> AwsPipeline {
-        let mut p = streamload_runtime::build_pipeline(&self.config).await.expect("pipeline");
+        let mut p = streamload_runtime::build_pipeline(&self.config)
+            .await
+            .expect("pipeline");
         p.settings.lease_grace = Duration::from_millis(200);
         p
     }
@@ -126,7 +190,10 @@ impl TestStack {
     /// Rows in Postgres: (event_id, user_id, event_type, payload as text).
     pub async fn rows(&self) -> Vec<(String, String, String, Option<String>)> {
         self.pg
-            .query("SELECT event_id, user_id, event_type, payload::text FROM events ORDER BY event_id", &[])
+            .query(
+                "SELECT event_id, user_id, event_type, payload::text FROM events ORDER BY event_id",
+                &[],
+            )
             .await
             .expect("select")
             .iter()
@@ -152,8 +219,22 @@ impl TestStack {
             if !key.ends_with(".parquet") {
                 continue;
             }
-            let body = s3.get_object().bucket(&self.name).key(&key).send().await.unwrap().body.collect().await.unwrap().into_bytes();
-            let reader = ParquetRecordBatchReaderBuilder::try_new(body).unwrap().build().unwrap();
+            let body = s3
+                .get_object()
+                .bucket(&self.name)
+                .key(&key)
+                .send()
+                .await
+                .unwrap()
+                .body
+                .collect()
+                .await
+                .unwrap()
+                .into_bytes();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(body)
+                .unwrap()
+                .build()
+                .unwrap();
             for batch in reader {
                 let batch = batch.unwrap();
                 let col = batch.column_by_name(column).unwrap().as_string::<i32>();
@@ -165,8 +246,17 @@ impl TestStack {
 
     pub async fn object_keys(&self) -> Vec<String> {
         let s3 = streamload_aws::s3_client(&self.sdk);
-        let listed = s3.list_objects_v2().bucket(&self.name).send().await.unwrap();
-        listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect()
+        let listed = s3
+            .list_objects_v2()
+            .bucket(&self.name)
+            .send()
+            .await
+            .unwrap();
+        listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect()
     }
 
     /// All dead-letter messages currently in the queue, parsed.
@@ -174,12 +264,22 @@ impl TestStack {
         let sqs = aws_sdk_sqs::Client::new(&self.sdk);
         let mut out = Vec::new();
         loop {
-            let r = sqs.receive_message().queue_url(&self.config.dlq_url).max_number_of_messages(10).visibility_timeout(600).send().await.unwrap();
+            let r = sqs
+                .receive_message()
+                .queue_url(&self.config.dlq_url)
+                .max_number_of_messages(10)
+                .visibility_timeout(600)
+                .send()
+                .await
+                .unwrap();
             let msgs = r.messages();
             if msgs.is_empty() {
                 break;
             }
-            out.extend(msgs.iter().map(|m| serde_json::from_str(m.body().unwrap()).unwrap()));
+            out.extend(
+                msgs.iter()
+                    .map(|m| serde_json::from_str(m.body().unwrap()).unwrap()),
+            );
         }
         out
     }
@@ -201,11 +301,17 @@ pub type FaultyPipeline = Pipeline<
 >;
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 pub fn invocation(id: &str, budget: Duration) -> Invocation {
-    Invocation { attempt_id: id.into(), deadline_ms: now_ms() + budget.as_millis() as i64 }
+    Invocation {
+        attempt_id: id.into(),
+        deadline_ms: now_ms() + budget.as_millis() as i64,
+    }
 }
 
 /// A producer event as JSON bytes.

@@ -22,7 +22,9 @@ impl TcpProxy {
         let (d, c) = (down.clone(), cut.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { return };
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
                 if d.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
@@ -30,7 +32,9 @@ impl TcpProxy {
                 let upstream = upstream.clone();
                 let mut cut_rx = c.subscribe();
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(&upstream).await else { return };
+                    let Ok(server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
                     tokio::select! {

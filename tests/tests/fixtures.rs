@@ -5,7 +5,8 @@ use streamload_core::RecordOutcome;
 use streamload_tests::*;
 
 fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
+    std::fs::read_to_string(format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR")))
+        .expect("fixture")
 }
 
 fn count(outcomes: &[RecordOutcome], f: impl Fn(&RecordOutcome) -> bool) -> usize {
@@ -17,22 +18,52 @@ async fn the_sample_events_load_through_the_real_pipeline() {
     // Given the three sample payloads and a fresh stack
     let stack = TestStack::new("fixtures", false).await;
     let p = stack.pipeline().await;
-    let kinesis = streamload_core::kinesis::decode(&serde_json::from_str(&fixture("kinesis.json")).unwrap()).unwrap();
-    let msk = streamload_core::kafka::decode(&serde_json::from_str(&fixture("msk.json")).unwrap()).unwrap();
-    let smk = streamload_core::kafka::decode(&serde_json::from_str(&fixture("self-managed-kafka.json")).unwrap()).unwrap();
+    let kinesis =
+        streamload_core::kinesis::decode(&serde_json::from_str(&fixture("kinesis.json")).unwrap())
+            .unwrap();
+    let msk = streamload_core::kafka::decode(&serde_json::from_str(&fixture("msk.json")).unwrap())
+        .unwrap();
+    let smk = streamload_core::kafka::decode(
+        &serde_json::from_str(&fixture("self-managed-kafka.json")).unwrap(),
+    )
+    .unwrap();
     // When each is processed
-    let k = p.process(&kinesis, &invocation("k", Duration::from_secs(30))).await;
-    let m = p.process(&msk, &invocation("m", Duration::from_secs(30))).await;
-    let s = p.process(&smk, &invocation("s", Duration::from_secs(30))).await;
+    let k = p
+        .process(&kinesis, &invocation("k", Duration::from_secs(30)))
+        .await;
+    let m = p
+        .process(&msk, &invocation("m", Duration::from_secs(30)))
+        .await;
+    let s = p
+        .process(&smk, &invocation("s", Duration::from_secs(30)))
+        .await;
     // Then the counts match what the fixtures hold
     assert_eq!(count(&k.outcomes, |o| *o == RecordOutcome::Loaded), 2);
-    assert_eq!(count(&k.outcomes, |o| *o == RecordOutcome::DuplicateInBatch), 1);
-    assert_eq!(count(&k.outcomes, |o| matches!(o, RecordOutcome::DeadLettered(_))), 1);
+    assert_eq!(
+        count(&k.outcomes, |o| *o == RecordOutcome::DuplicateInBatch),
+        1
+    );
+    assert_eq!(
+        count(&k.outcomes, |o| matches!(o, RecordOutcome::DeadLettered(_))),
+        1
+    );
     assert_eq!(count(&m.outcomes, |o| *o == RecordOutcome::Loaded), 2);
-    assert_eq!(count(&m.outcomes, |o| matches!(o, RecordOutcome::DeadLettered(streamload_core::PoisonKind::Tombstone))), 1);
-    assert_eq!(count(&m.outcomes, |o| *o == RecordOutcome::DuplicateInBatch), 1);
+    assert_eq!(
+        count(&m.outcomes, |o| matches!(
+            o,
+            RecordOutcome::DeadLettered(streamload_core::PoisonKind::Tombstone)
+        )),
+        1
+    );
+    assert_eq!(
+        count(&m.outcomes, |o| *o == RecordOutcome::DuplicateInBatch),
+        1
+    );
     assert_eq!(count(&s.outcomes, |o| *o == RecordOutcome::Loaded), 2);
-    assert_eq!(count(&s.outcomes, |o| matches!(o, RecordOutcome::DeadLettered(_))), 1);
+    assert_eq!(
+        count(&s.outcomes, |o| matches!(o, RecordOutcome::DeadLettered(_))),
+        1
+    );
     assert_eq!(stack.row_ids().await.len(), 6);
     assert_eq!(stack.parquet_ids().await.len(), 6);
 }

@@ -22,33 +22,64 @@ fn broker() -> String {
 fn create_topic(name: &str, partitions: u32) {
     let tansu = std::env::var("STREAMLOAD_TANSU").expect("STREAMLOAD_TANSU");
     let out = std::process::Command::new(tansu)
-        .args(["topic", "create", name, "--broker", &format!("tcp://{}", broker()), "--partitions", &partitions.to_string()])
+        .args([
+            "topic",
+            "create",
+            name,
+            "--broker",
+            &format!("tcp://{}", broker()),
+            "--partitions",
+            &partitions.to_string(),
+        ])
         .output()
         .expect("run tansu topic create");
-    assert!(out.status.success(), "topic create failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "topic create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn rec(key: Option<&str>, value: Option<Vec<u8>>, headers: &[(&str, &[u8])]) -> Record {
     Record {
         key: key.map(|k| k.as_bytes().to_vec()),
         value,
-        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect::<BTreeMap<_, _>>(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect::<BTreeMap<_, _>>(),
         timestamp: chrono::Utc::now(),
     }
 }
 
 /// Produces `records` per partition, then fetches each partition from `from_offset` and builds
 /// the ESM event exactly as Lambda shapes it.
-async fn produce_and_poll(topic: &str, by_partition: Vec<(i32, Vec<Record>)>, from_offset: i64, esm_source: &str) -> serde_json::Value {
-    let client = ClientBuilder::new(vec![broker()]).build().await.expect("kafka client");
+async fn produce_and_poll(
+    topic: &str,
+    by_partition: Vec<(i32, Vec<Record>)>,
+    from_offset: i64,
+    esm_source: &str,
+) -> serde_json::Value {
+    let client = ClientBuilder::new(vec![broker()])
+        .build()
+        .await
+        .expect("kafka client");
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut records = serde_json::Map::new();
     for (partition, recs) in by_partition {
-        let pc = client.partition_client(topic, partition, UnknownTopicHandling::Retry).await.expect("partition client");
+        let pc = client
+            .partition_client(topic, partition, UnknownTopicHandling::Retry)
+            .await
+            .expect("partition client");
         if !recs.is_empty() {
-            pc.produce(recs, Compression::NoCompression).await.expect("produce");
+            pc.produce(recs, Compression::NoCompression)
+                .await
+                .expect("produce");
         }
-        let (fetched, _) = pc.fetch_records(from_offset, 1..10_000_000, 1_000).await.expect("fetch");
+        let (fetched, _) = pc
+            .fetch_records(from_offset, 1..10_000_000, 1_000)
+            .await
+            .expect("fetch");
         let list: Vec<serde_json::Value> = fetched
             .into_iter()
             .map(|r| {
@@ -67,7 +98,10 @@ async fn produce_and_poll(topic: &str, by_partition: Vec<(i32, Vec<Record>)>, fr
                 })
             })
             .collect();
-        records.insert(format!("{topic}-{partition}"), serde_json::Value::Array(list));
+        records.insert(
+            format!("{topic}-{partition}"),
+            serde_json::Value::Array(list),
+        );
     }
     let mut event = serde_json::json!({ "eventSource": esm_source, "records": records });
     if esm_source == "aws:kafka" {
@@ -98,9 +132,25 @@ async fn records_from_the_broker_load_once_across_partitions_with_tombstones_and
     let event = produce_and_poll(
         &topic,
         vec![
-            (0, vec![rec(Some("k1"), ev("a"), &[("trace", b"t-1"), ("bin", &[0xff, 0x80])]), rec(Some("k1"), None, &[])]),
+            (
+                0,
+                vec![
+                    rec(
+                        Some("k1"),
+                        ev("a"),
+                        &[("trace", b"t-1"), ("bin", &[0xff, 0x80])],
+                    ),
+                    rec(Some("k1"), None, &[]),
+                ],
+            ),
             (1, vec![rec(None, ev("b"), &[]), rec(None, ev("a"), &[])]),
-            (2, vec![rec(Some("k3"), Some(b"\xff not utf8".to_vec()), &[]), rec(None, ev("c"), &[])]),
+            (
+                2,
+                vec![
+                    rec(Some("k3"), Some(b"\xff not utf8".to_vec()), &[]),
+                    rec(None, ev("c"), &[]),
+                ],
+            ),
         ],
         0,
         "SelfManagedKafka",
@@ -111,25 +161,52 @@ async fn records_from_the_broker_load_once_across_partitions_with_tombstones_and
     assert_eq!(batch.records.len(), 6);
     // When the loader runs it, twice (a redelivery)
     let p = stack.pipeline().await;
-    let resp = run_batch(&p, &batch, &invocation("inv-1", Duration::from_secs(30)), "test", failure_identifier).await;
-    let again = p.process(&batch, &invocation("inv-2", Duration::from_secs(30))).await;
+    let resp = run_batch(
+        &p,
+        &batch,
+        &invocation("inv-1", Duration::from_secs(30)),
+        "test",
+        failure_identifier,
+    )
+    .await;
+    let again = p
+        .process(&batch, &invocation("inv-2", Duration::from_secs(30)))
+        .await;
     // Then every event is once in each sink, and the redelivery is all duplicates or poison
     assert!(resp.is_full_success(), "{resp:?}");
-    assert!(again.outcomes.iter().all(|o| matches!(o, RecordOutcome::Duplicate | RecordOutcome::DuplicateInBatch | RecordOutcome::DeadLettered(_))), "{:?}", again.outcomes);
+    assert!(
+        again.outcomes.iter().all(|o| matches!(
+            o,
+            RecordOutcome::Duplicate
+                | RecordOutcome::DuplicateInBatch
+                | RecordOutcome::DeadLettered(_)
+        )),
+        "{:?}",
+        again.outcomes
+    );
     assert_eq!(stack.row_ids().await, ids(&["a", "b", "c"]));
     assert_eq!(stack.parquet_ids().await, ids(&["a", "b", "c"]));
     // And lineage keeps topic/partition, offsets, keys and headers
     let units = stack.parquet_column("source_unit").await;
     assert!(units.contains(&format!("{topic}/0")));
     let headers = stack.parquet_column("source_headers").await;
-    assert!(headers.iter().any(|h| h.contains("\"bin\":\"/4A=\"")), "{headers:?}");
+    assert!(
+        headers.iter().any(|h| h.contains("\"bin\":\"/4A=\"")),
+        "{headers:?}"
+    );
     // And the tombstone and the poison record are dead letters with Kafka coordinates
     let dl = stack.dead_letters().await;
-    let tombstone = dl.iter().find(|m| m["kind"] == "tombstone").expect("tombstone dead letter");
+    let tombstone = dl
+        .iter()
+        .find(|m| m["kind"] == "tombstone")
+        .expect("tombstone dead letter");
     assert_eq!(tombstone["source"]["topic"], topic.as_str());
     assert_eq!(tombstone["source"]["offset"], 1);
     assert_eq!(tombstone["source"]["key_base64"], "azE=");
-    let poison = dl.iter().find(|m| m["kind"] == "decode").expect("decode dead letter");
+    let poison = dl
+        .iter()
+        .find(|m| m["kind"] == "decode")
+        .expect("decode dead letter");
     assert_eq!(poison["source"]["partition"], 2);
 }
 
@@ -139,22 +216,47 @@ async fn a_postgres_outage_reports_the_lowest_offset_of_each_failing_partition()
     let stack = TestStack::new("kafkapg", true).await;
     let topic = format!("clicks-{}", stack.name);
     create_topic(&topic, 2);
-    let event = produce_and_poll(&topic, vec![(0, vec![rec(None, ev("a"), &[]), rec(None, ev("b"), &[])]), (1, vec![rec(None, ev("c"), &[])])], 0, "aws:kafka").await;
+    let event = produce_and_poll(
+        &topic,
+        vec![
+            (0, vec![rec(None, ev("a"), &[]), rec(None, ev("b"), &[])]),
+            (1, vec![rec(None, ev("c"), &[])]),
+        ],
+        0,
+        "aws:kafka",
+    )
+    .await;
     let batch = decode(&serde_json::from_value::<KafkaEvent>(event).unwrap()).unwrap();
     let p = stack.pipeline().await;
     stack.proxy.as_ref().unwrap().go_down();
     // When the batch runs
-    let resp = run_batch(&p, &batch, &invocation("inv-1", Duration::from_secs(30)), "test", failure_identifier).await;
+    let resp = run_batch(
+        &p,
+        &batch,
+        &invocation("inv-1", Duration::from_secs(30)),
+        "test",
+        failure_identifier,
+    )
+    .await;
     // Then each partition reports its lowest offset, in AWS's Kafka identifier shape
-    let mut got: Vec<serde_json::Value> = resp.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
+    let mut got: Vec<serde_json::Value> = resp
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
     got.sort_by_key(|v| v.to_string());
-    assert_eq!(got, vec![
-        serde_json::json!({"partition": format!("{topic}-0"), "offset": 0}),
-        serde_json::json!({"partition": format!("{topic}-1"), "offset": 0}),
-    ]);
+    assert_eq!(
+        got,
+        vec![
+            serde_json::json!({"partition": format!("{topic}-0"), "offset": 0}),
+            serde_json::json!({"partition": format!("{topic}-1"), "offset": 0}),
+        ]
+    );
     // When the database is back and the batch is redelivered
     stack.proxy.as_ref().unwrap().come_back();
-    let again = p.process(&batch, &invocation("inv-2", Duration::from_secs(30))).await;
+    let again = p
+        .process(&batch, &invocation("inv-2", Duration::from_secs(30)))
+        .await;
     assert!(again.failures.is_empty(), "{:?}", again.outcomes);
     assert_eq!(stack.row_ids().await, ids(&["a", "b", "c"]));
     assert_eq!(stack.parquet_ids().await, ids(&["a", "b", "c"]));
@@ -165,16 +267,34 @@ async fn a_crash_after_the_postgres_commit_then_redelivery_is_exactly_once() {
     let stack = TestStack::new("kafkacrash", false).await;
     let topic = format!("events-{}", stack.name);
     create_topic(&topic, 2);
-    let event = produce_and_poll(&topic, vec![(0, vec![rec(None, ev("a"), &[])]), (1, vec![rec(None, ev("b"), &[]), rec(None, ev("a"), &[])])], 0, "aws:kafka").await;
+    let event = produce_and_poll(
+        &topic,
+        vec![
+            (0, vec![rec(None, ev("a"), &[])]),
+            (1, vec![rec(None, ev("b"), &[]), rec(None, ev("a"), &[])]),
+        ],
+        0,
+        "aws:kafka",
+    )
+    .await;
     let batch = decode(&serde_json::from_value::<KafkaEvent>(event).unwrap()).unwrap();
     // Given a sandbox that dies right after the database commit
     let (p1, s1) = stack.faulty_pipeline().await;
     s1.rows.crash_after.store(true, Ordering::SeqCst);
-    let crashed = tokio::time::timeout(Duration::from_millis(1500), p1.process(&batch, &invocation("inv-crashed", Duration::from_millis(2000)))).await;
+    let crashed = tokio::time::timeout(
+        Duration::from_millis(1500),
+        p1.process(
+            &batch,
+            &invocation("inv-crashed", Duration::from_millis(2000)),
+        ),
+    )
+    .await;
     assert!(crashed.is_err());
     // When the batch is redelivered
     let p2 = stack.pipeline().await;
-    let r = p2.process(&batch, &invocation("inv-retry", Duration::from_secs(30))).await;
+    let r = p2
+        .process(&batch, &invocation("inv-retry", Duration::from_secs(30)))
+        .await;
     // Then each event is once in both sinks
     assert!(r.failures.is_empty(), "{:?}", r.outcomes);
     assert_eq!(stack.row_ids().await, ids(&["a", "b"]));

@@ -30,20 +30,56 @@ async fn new_batch_then_redelivery_then_producer_retry_load_each_event_once() {
     let p = stack.pipeline().await;
     let b = batch(&[plain(1, "a"), plain(2, "b"), plain(3, "a"), plain(4, "c")]);
     // When it is processed, delivered again, and a producer retry arrives with new sequence numbers
-    let first = run_batch(&p, &b, &invocation("inv-1", Duration::from_secs(30)), "test", failure_identifier).await;
-    let again = p.process(&b, &invocation("inv-2", Duration::from_secs(30))).await;
-    let retry = p.process(&batch(&[plain(10, "c"), plain(11, "b"), plain(12, "d")]), &invocation("inv-3", Duration::from_secs(30))).await;
+    let first = run_batch(
+        &p,
+        &b,
+        &invocation("inv-1", Duration::from_secs(30)),
+        "test",
+        failure_identifier,
+    )
+    .await;
+    let again = p
+        .process(&b, &invocation("inv-2", Duration::from_secs(30)))
+        .await;
+    let retry = p
+        .process(
+            &batch(&[plain(10, "c"), plain(11, "b"), plain(12, "d")]),
+            &invocation("inv-3", Duration::from_secs(30)),
+        )
+        .await;
     // Then every response is a full success and each event is once in Postgres and once in Parquet
     assert!(first.is_full_success(), "{first:?}");
-    assert!(again.failures.is_empty() && again.outcomes.iter().all(|o| *o == RecordOutcome::Duplicate || *o == RecordOutcome::DuplicateInBatch), "{:?}", again.outcomes);
-    assert_eq!(retry.outcomes, vec![RecordOutcome::Duplicate, RecordOutcome::Duplicate, RecordOutcome::Loaded]);
+    assert!(
+        again.failures.is_empty()
+            && again
+                .outcomes
+                .iter()
+                .all(|o| *o == RecordOutcome::Duplicate || *o == RecordOutcome::DuplicateInBatch),
+        "{:?}",
+        again.outcomes
+    );
+    assert_eq!(
+        retry.outcomes,
+        vec![
+            RecordOutcome::Duplicate,
+            RecordOutcome::Duplicate,
+            RecordOutcome::Loaded
+        ]
+    );
     assert_eq!(stack.row_ids().await, ids(&["a", "b", "c", "d"]));
     assert_eq!(stack.parquet_ids().await, ids(&["a", "b", "c", "d"]));
     // And the Parquet lineage names the shard and positions
     let units = stack.parquet_column("source_unit").await;
-    assert!(units.iter().all(|u| u == "orders/shardId-000000000000"), "{units:?}");
+    assert!(
+        units.iter().all(|u| u == "orders/shardId-000000000000"),
+        "{units:?}"
+    );
     let keys = stack.object_keys().await;
-    assert!(keys.iter().all(|k| k.starts_with("events/dt=2024-05-01/hour=10/orders_shardId-000000000000-")), "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("events/dt=2024-05-01/hour=10/orders_shardId-000000000000-")),
+        "{keys:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,23 +103,42 @@ async fn poison_mix_goes_to_the_queue_and_hostile_valid_records_load_verbatim() 
         (12, vec![b' '; 1024 * 1024 + 1]),
     ];
     // When the batch is processed
-    let resp = run_batch(&p, &batch(&records), &invocation("inv-1", Duration::from_secs(60)), "test", failure_identifier).await;
+    let resp = run_batch(
+        &p,
+        &batch(&records),
+        &invocation("inv-1", Duration::from_secs(60)),
+        "test",
+        failure_identifier,
+    )
+    .await;
     // Then nothing is reported failed: poison never blocks the shard
     assert!(resp.is_full_success(), "{resp:?}");
     // And the valid records are stored exactly as sent
     let rows = stack.rows().await;
-    let by_id = |id: &str| rows.iter().find(|r| r.0 == id).cloned().unwrap_or_else(|| panic!("{id} missing"));
+    let by_id = |id: &str| {
+        rows.iter()
+            .find(|r| r.0 == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} missing"))
+    };
     assert_eq!(by_id("sql").1, "'); DROP TABLE events; --");
     assert_eq!(by_id("unicode-ü-😀").1, "用户-ü");
     assert_eq!(by_id("traversal").1, "../../etc/passwd");
     assert_eq!(by_id("traversal").3, None);
     assert!(by_id("big").3.unwrap().len() > 200 * 1024);
     assert_eq!(rows.len(), 4);
-    assert_eq!(stack.parquet_ids().await, ids(&["big", "sql", "traversal", "unicode-ü-😀"]));
+    assert_eq!(
+        stack.parquet_ids().await,
+        ids(&["big", "sql", "traversal", "unicode-ü-😀"])
+    );
     // And each poison record is in the queue once with its reason, kind and raw bytes
     let dl = stack.dead_letters().await;
     assert_eq!(dl.len(), 8, "{dl:?}");
-    let by_seq = |n: u64| dl.iter().find(|m| m["source"]["sequence_number"] == seq(n)).unwrap_or_else(|| panic!("seq {n} missing"));
+    let by_seq = |n: u64| {
+        dl.iter()
+            .find(|m| m["source"]["sequence_number"] == seq(n))
+            .unwrap_or_else(|| panic!("seq {n} missing"))
+    };
     assert_eq!(by_seq(2)["kind"], "decode");
     assert_eq!(by_seq(2)["data_base64"], "//4A");
     assert_eq!(by_seq(3)["kind"], "decode");
@@ -91,11 +146,17 @@ async fn poison_mix_goes_to_the_queue_and_hostile_valid_records_load_verbatim() 
     assert_eq!(by_seq(5)["reason"], "event_id is missing");
     assert_eq!(by_seq(6)["reason"], "user_id is empty");
     assert_eq!(by_seq(7)["reason"], "event_type is empty");
-    assert_eq!(by_seq(8)["reason"], "created_at is not an ISO-8601 timestamp");
+    assert_eq!(
+        by_seq(8)["reason"],
+        "created_at is not an ISO-8601 timestamp"
+    );
     assert_eq!(by_seq(12)["kind"], "too_large");
     // The oversized record's bytes did not fit in a message: they are in S3
     let key = by_seq(12)["data_s3_key"].as_str().unwrap().to_owned();
-    assert!(key.starts_with("dead-letter/orders_shardId-000000000000/"), "{key}");
+    assert!(
+        key.starts_with("dead-letter/orders_shardId-000000000000/"),
+        "{key}"
+    );
     assert!(stack.object_keys().await.contains(&key));
     assert_eq!(by_seq(2)["source"]["shard_id"], "shardId-000000000000");
 }
@@ -105,19 +166,36 @@ async fn a_postgres_outage_mid_run_loses_nothing_and_names_the_right_record() {
     // Given a loader that reaches Postgres through a proxy, and a first batch loaded
     let stack = TestStack::new("pgdown", true).await;
     let p = stack.pipeline().await;
-    let first = p.process(&batch(&[plain(1, "a"), plain(2, "b")]), &invocation("inv-1", Duration::from_secs(30))).await;
+    let first = p
+        .process(
+            &batch(&[plain(1, "a"), plain(2, "b")]),
+            &invocation("inv-1", Duration::from_secs(30)),
+        )
+        .await;
     assert!(first.failures.is_empty());
     // When Postgres goes away mid-run
     stack.proxy.as_ref().unwrap().go_down();
     let b2 = batch(&[plain(3, "b"), plain(4, "c"), plain(5, "d")]);
-    let resp = run_batch(&p, &b2, &invocation("inv-2", Duration::from_secs(30)), "test", failure_identifier).await;
+    let resp = run_batch(
+        &p,
+        &b2,
+        &invocation("inv-2", Duration::from_secs(30)),
+        "test",
+        failure_identifier,
+    )
+    .await;
     // Then the first record not done is reported: "b" is a duplicate, so "c" at seq 4
     assert_eq!(resp.batch_item_failures.len(), 1);
-    assert_eq!(resp.batch_item_failures[0].item_identifier, serde_json::json!(seq(4)));
+    assert_eq!(
+        resp.batch_item_failures[0].item_identifier,
+        serde_json::json!(seq(4))
+    );
     // When it comes back and Lambda redelivers from the reported record
     stack.proxy.as_ref().unwrap().come_back();
     let b3 = batch(&[plain(4, "c"), plain(5, "d")]);
-    let again = p.process(&b3, &invocation("inv-3", Duration::from_secs(30))).await;
+    let again = p
+        .process(&b3, &invocation("inv-3", Duration::from_secs(30)))
+        .await;
     // Then everything is in both sinks once
     assert!(again.failures.is_empty(), "{:?}", again.outcomes);
     assert_eq!(stack.row_ids().await, ids(&["a", "b", "c", "d"]));
@@ -131,20 +209,38 @@ async fn s3_and_dynamodb_errors_are_reported_then_recovered() {
     let (p, s) = stack.faulty_pipeline().await;
     s.objects.fail.store(true, Ordering::SeqCst);
     let b = batch(&[plain(1, "a"), plain(2, "b")]);
-    let r1 = p.process(&b, &invocation("inv-1", Duration::from_secs(3))).await;
+    let r1 = p
+        .process(&b, &invocation("inv-1", Duration::from_secs(3)))
+        .await;
     // Then the batch is reported from its first record, with nothing in S3; the claims stay
     // until the lease ends, since an unanswered write might still land
     assert_eq!(r1.failures[0].1.as_str(), seq(1));
-    assert!(r1.outcomes.iter().all(|o| *o == RecordOutcome::Failed(FailureCause::ObjectStore)), "{:?}", r1.outcomes);
+    assert!(
+        r1.outcomes
+            .iter()
+            .all(|o| *o == RecordOutcome::Failed(FailureCause::ObjectStore)),
+        "{:?}",
+        r1.outcomes
+    );
     assert!(stack.parquet_ids().await.is_empty());
     // Given DynamoDB errors instead
     s.objects.fail.store(false, Ordering::SeqCst);
     s.dedup.fail.store(true, Ordering::SeqCst);
-    let r2 = p.process(&b, &invocation("inv-2", Duration::from_secs(30))).await;
-    assert!(r2.outcomes.iter().all(|o| matches!(o, RecordOutcome::Failed(FailureCause::Dedup))), "{:?}", r2.outcomes);
+    let r2 = p
+        .process(&b, &invocation("inv-2", Duration::from_secs(30)))
+        .await;
+    assert!(
+        r2.outcomes
+            .iter()
+            .all(|o| matches!(o, RecordOutcome::Failed(FailureCause::Dedup))),
+        "{:?}",
+        r2.outcomes
+    );
     // When both recover and the batch is redelivered (it waits out inv-1's lease, then takes over)
     s.dedup.fail.store(false, Ordering::SeqCst);
-    let r3 = p.process(&b, &invocation("inv-3", Duration::from_secs(30))).await;
+    let r3 = p
+        .process(&b, &invocation("inv-3", Duration::from_secs(30)))
+        .await;
     // Then each event is once in each sink
     assert!(r3.failures.is_empty(), "{:?}", r3.outcomes);
     assert_eq!(stack.row_ids().await, ids(&["a", "b"]));
@@ -154,16 +250,28 @@ async fn s3_and_dynamodb_errors_are_reported_then_recovered() {
 /// A sandbox crashes at the armed point; Lambda redelivers the batch to a new one.
 async fn crash_then_redeliver(tag: &str, arm: impl Fn(&Switches)) {
     let stack = TestStack::new(tag, false).await;
-    let b = batch(&[plain(1, "a"), plain(2, "b"), (3, b"poison".to_vec()), plain(4, "a"), plain(5, "c")]);
+    let b = batch(&[
+        plain(1, "a"),
+        plain(2, "b"),
+        (3, b"poison".to_vec()),
+        plain(4, "a"),
+        plain(5, "c"),
+    ]);
     // Given a sandbox that dies at the armed point, 1.5 s before its deadline
     let (p1, s1) = stack.faulty_pipeline().await;
     arm(&s1);
-    let crashed = tokio::time::timeout(Duration::from_millis(1500), p1.process(&b, &invocation("inv-crashed", Duration::from_millis(2000)))).await;
+    let crashed = tokio::time::timeout(
+        Duration::from_millis(1500),
+        p1.process(&b, &invocation("inv-crashed", Duration::from_millis(2000))),
+    )
+    .await;
     assert!(crashed.is_err(), "the first sandbox must crash");
     drop(p1);
     // When the batch is redelivered to a fresh sandbox (its claims' leases may still run)
     let p2 = stack.pipeline().await;
-    let r = p2.process(&b, &invocation("inv-retry", Duration::from_secs(30))).await;
+    let r = p2
+        .process(&b, &invocation("inv-retry", Duration::from_secs(30)))
+        .await;
     // Then every event is exactly once in Postgres and across the Parquet objects
     assert!(r.failures.is_empty(), "{:?}", r.outcomes);
     assert_eq!(stack.row_ids().await, ids(&["a", "b", "c"]));
@@ -173,22 +281,34 @@ async fn crash_then_redeliver(tag: &str, arm: impl Fn(&Switches)) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_while_claiming() {
-    crash_then_redeliver("crclaim", |s| s.dedup.crash_after.store(true, Ordering::SeqCst)).await;
+    crash_then_redeliver("crclaim", |s| {
+        s.dedup.crash_after.store(true, Ordering::SeqCst)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_claims_before_postgres() {
-    crash_then_redeliver("crprepg", |s| s.rows.crash_before.store(true, Ordering::SeqCst)).await;
+    crash_then_redeliver("crprepg", |s| {
+        s.rows.crash_before.store(true, Ordering::SeqCst)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_postgres_commit_before_s3() {
-    crash_then_redeliver("crpostpg", |s| s.rows.crash_after.store(true, Ordering::SeqCst)).await;
+    crash_then_redeliver("crpostpg", |s| {
+        s.rows.crash_after.store(true, Ordering::SeqCst)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_s3_write_before_answering() {
-    crash_then_redeliver("crposts3", |s| s.objects.crash_after.store(true, Ordering::SeqCst)).await;
+    crash_then_redeliver("crposts3", |s| {
+        s.objects.crash_after.store(true, Ordering::SeqCst)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,7 +28,10 @@ pub struct DynamoDedup {
 
 impl DynamoDedup {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 }
 
@@ -36,20 +39,45 @@ fn item_of(claim: &Claim) -> HashMap<String, AttributeValue> {
     HashMap::from([
         (PK.to_owned(), AttributeValue::S(claim.event_id.clone())),
         (OWNER.to_owned(), AttributeValue::S(claim.owner.clone())),
-        (LEASE.to_owned(), AttributeValue::N(claim.lease_until_ms.to_string())),
-        (OBJECT.to_owned(), AttributeValue::S(claim.object_key.clone())),
-        (EXPIRES.to_owned(), AttributeValue::N(claim.expires_at_s.to_string())),
+        (
+            LEASE.to_owned(),
+            AttributeValue::N(claim.lease_until_ms.to_string()),
+        ),
+        (
+            OBJECT.to_owned(),
+            AttributeValue::S(claim.object_key.clone()),
+        ),
+        (
+            EXPIRES.to_owned(),
+            AttributeValue::N(claim.expires_at_s.to_string()),
+        ),
     ])
 }
 
 fn claim_of(item: &HashMap<String, AttributeValue>) -> Result<Claim, PortError> {
     let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
-    let n = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok());
+    let n = |k: &str| {
+        item.get(k)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
     match (s(PK), s(OWNER), n(LEASE), s(OBJECT), n(EXPIRES)) {
-        (Some(event_id), Some(owner), Some(lease_until_ms), Some(object_key), Some(expires_at_s)) => {
-            Ok(Claim { event_id, owner, lease_until_ms, object_key, expires_at_s })
-        }
-        _ => Err(PortError::permanent("dedup item is missing claim attributes")),
+        (
+            Some(event_id),
+            Some(owner),
+            Some(lease_until_ms),
+            Some(object_key),
+            Some(expires_at_s),
+        ) => Ok(Claim {
+            event_id,
+            owner,
+            lease_until_ms,
+            object_key,
+            expires_at_s,
+        }),
+        _ => Err(PortError::permanent(
+            "dedup item is missing claim attributes",
+        )),
     }
 }
 
@@ -72,7 +100,9 @@ impl DedupStore for DynamoDedup {
             Err(e) => match e.as_service_error() {
                 Some(PutItemError::ConditionalCheckFailedException(c)) => match c.item() {
                     Some(item) => Ok(ClaimAttempt::Held(claim_of(item)?)),
-                    None => Err(PortError::retryable("claim refused without the holder's item")),
+                    None => Err(PortError::retryable(
+                        "claim refused without the holder's item",
+                    )),
                 },
                 _ => Err(classify_sdk_error("dynamodb PutItem", &e)),
             },
@@ -89,7 +119,10 @@ impl DedupStore for DynamoDedup {
             .expression_attribute_names("#owner", OWNER)
             .expression_attribute_names("#lease", LEASE)
             .expression_attribute_values(":owner", AttributeValue::S(previous.owner.clone()))
-            .expression_attribute_values(":lease", AttributeValue::N(previous.lease_until_ms.to_string()))
+            .expression_attribute_values(
+                ":lease",
+                AttributeValue::N(previous.lease_until_ms.to_string()),
+            )
             .send()
             .await;
         match r {

@@ -1,7 +1,7 @@
 //! Mapping SDK errors onto the core's classification.
 
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use aws_sdk_dynamodb::error::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use streamload_core::error::PortError;
 use streamload_core::{Classify, ErrorClass};
 

@@ -15,12 +15,20 @@ pub struct S3Objects {
 
 impl S3Objects {
     pub fn new(client: Client, bucket: impl Into<String>) -> Self {
-        Self { client, bucket: bucket.into() }
+        Self {
+            client,
+            bucket: bucket.into(),
+        }
     }
 }
 
 impl ObjectSink for S3Objects {
-    async fn put_new(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<PutOutcome, PortError> {
+    async fn put_new(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<PutOutcome, PortError> {
         let r = self
             .client
             .put_object()
@@ -42,7 +50,14 @@ impl ObjectSink for S3Objects {
     }
 
     async fn exists(&self, key: &str) -> Result<bool, PortError> {
-        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) => match e.as_service_error() {
                 Some(HeadObjectError::NotFound(_)) => Ok(false),

@@ -18,7 +18,10 @@ pub struct SqsDeadLetters {
 
 impl SqsDeadLetters {
     pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
-        Self { client, queue_url: queue_url.into() }
+        Self {
+            client,
+            queue_url: queue_url.into(),
+        }
     }
 }
 

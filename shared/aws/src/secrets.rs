@@ -36,17 +36,30 @@ impl std::fmt::Debug for DatabaseSecret {
 }
 
 /// Fetches and parses the secret. Errors never include the secret's text.
-pub async fn database_secret(config: &aws_config::SdkConfig, arn: &str) -> Result<DatabaseSecret, AwsError> {
+pub async fn database_secret(
+    config: &aws_config::SdkConfig,
+    arn: &str,
+) -> Result<DatabaseSecret, AwsError> {
     let client = aws_sdk_secretsmanager::Client::new(config);
-    let err = |message: String| AwsError::Secret { arn: arn.to_owned(), message };
+    let err = |message: String| AwsError::Secret {
+        arn: arn.to_owned(),
+        message,
+    };
     let out = client
         .get_secret_value()
         .secret_id(arn)
         .send()
         .await
         .map_err(|e| err(crate::classify_sdk_error("secretsmanager GetSecretValue", &e).message))?;
-    let text = out.secret_string().ok_or_else(|| err("secret has no string value".into()))?;
-    serde_json::from_str(text).map_err(|e| err(format!("not the expected JSON (host, port, username, password, dbname): {}", e.classify_name())))
+    let text = out
+        .secret_string()
+        .ok_or_else(|| err("secret has no string value".into()))?;
+    serde_json::from_str(text).map_err(|e| {
+        err(format!(
+            "not the expected JSON (host, port, username, password, dbname): {}",
+            e.classify_name()
+        ))
+    })
 }
 
 trait ClassifyName {

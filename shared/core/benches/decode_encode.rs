@@ -1,1 +1,146 @@
-fn main() {}
+//! decode → validate → Arrow → Parquet for a 10,000-record, ~6 MB batch: the CPU work of one
+//! invocation apart from I/O. Kinesis and Kafka decoding side by side, and a naive baseline
+//! (serde_json::Value per record, default Parquet settings) in the same run.
+//!
+//! Run: `make bench` (or `cargo bench -p streamload-core --bench decode_encode`).
+
+use base64::Engine;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::hint::black_box;
+use streamload_core::encode::{encode_parquet, ParquetRow};
+use streamload_core::event::{validate, Event, DEFAULT_MAX_RECORD_BYTES};
+use streamload_core::record::Batch;
+
+const RECORDS: usize = 10_000;
+
+/// A producer event of about 450 bytes of JSON (6 MB of event payload after base64 is ~4.5 MB
+/// of JSON; the invocation cap is on the base64 form).
+fn record_json(i: usize) -> Vec<u8> {
+    format!(
+        r#"{{"event_id":"evt-{i:012}","user_id":"user-{u}","event_type":"page_view","payload":{{"path":"/products/{i}","referrer":"https://example.com/search?q=shoes&page={p}","device":{{"os":"android","version":"14","model":"Pixel 8"}},"items":[{{"sku":"SKU-{i}","qty":1,"price":19.99}},{{"sku":"SKU-{j}","qty":2,"price":5.5}}],"session":"s-{u}-{p}","flags":["a","b","c"]}},"created_at":"2024-05-01T10:{m:02}:{s:02}.{i:06}","source":"web","version":3}}"#,
+        u = i % 997,
+        p = i % 13,
+        j = i * 7,
+        m = (i / 60) % 60,
+        s = i % 60,
+    )
+    .into_bytes()
+}
+
+fn kinesis_event_json(records: &[Vec<u8>]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let recs: Vec<serde_json::Value> = records
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let seq = format!("4959033827149025660855969253836157109592157598913{i:07}");
+            serde_json::json!({"kinesis": {"partitionKey": "pk", "sequenceNumber": seq, "data": b64.encode(d), "approximateArrivalTimestamp": 1714557600.5},
+                "eventID": format!("shardId-000000000000:{seq}"), "eventSourceARN": "arn:aws:kinesis:us-east-1:1:stream/orders"})
+        })
+        .collect();
+    serde_json::json!({ "Records": recs }).to_string()
+}
+
+fn kafka_event_json(records: &[Vec<u8>]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let recs: Vec<serde_json::Value> = records
+        .iter()
+        .enumerate()
+        .map(|(i, d)| serde_json::json!({"topic": "orders", "partition": 0, "offset": i, "timestamp": 1714557600500i64,
+            "timestampType": "CREATE_TIME", "key": null, "value": b64.encode(d), "headers": [{"trace": [116, 45, 49]}]}))
+        .collect();
+    serde_json::json!({ "eventSource": "aws:kafka", "records": { "orders-0": recs } }).to_string()
+}
+
+/// The shipped path: event JSON → records → validated events → one Parquet file.
+fn shipped(batch: &Batch) -> usize {
+    let events: Vec<Event> = batch
+        .records
+        .iter()
+        .filter_map(|r| {
+            r.data
+                .as_deref()
+                .and_then(|d| validate(d, DEFAULT_MAX_RECORD_BYTES).ok())
+        })
+        .collect();
+    let rows: Vec<ParquetRow<'_>> = events
+        .iter()
+        .zip(&batch.records)
+        .map(|(e, r)| ParquetRow {
+            event: e,
+            source_unit: &r.unit.label,
+            source_position: r.position.as_str(),
+            source_key: r.key.as_deref(),
+            source_headers: r.headers_json.as_deref(),
+        })
+        .collect();
+    encode_parquet(&rows, 1_714_557_600_000_000).unwrap().len()
+}
+
+/// Naive: a serde_json::Value tree per record, fields cloned out, default Parquet settings.
+fn naive(records: &[Vec<u8>]) -> usize {
+    use arrow_array::{RecordBatch, StringArray};
+    use std::sync::Arc;
+    let mut cols: [Vec<String>; 5] = Default::default();
+    for d in records {
+        let v: serde_json::Value = serde_json::from_slice(d).unwrap();
+        cols[0].push(v["event_id"].as_str().unwrap().to_string());
+        cols[1].push(v["user_id"].as_str().unwrap().to_string());
+        cols[2].push(v["event_type"].as_str().unwrap().to_string());
+        cols[3].push(v["payload"].to_string());
+        cols[4].push(v["created_at"].as_str().unwrap().to_string());
+    }
+    let schema = Arc::new(arrow_schema::Schema::new(
+        ["event_id", "user_id", "event_type", "payload", "created_at"]
+            .iter()
+            .map(|n| arrow_schema::Field::new(*n, arrow_schema::DataType::Utf8, false))
+            .collect::<Vec<_>>(),
+    ));
+    let arrays = cols
+        .iter()
+        .map(|c| Arc::new(StringArray::from(c.clone())) as arrow_array::ArrayRef)
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), arrays).unwrap();
+    let mut out = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    out.len()
+}
+
+fn bench(c: &mut Criterion) {
+    let records: Vec<Vec<u8>> = (0..RECORDS).map(record_json).collect();
+    let json_bytes: usize = records.iter().map(Vec::len).sum();
+    let kinesis = kinesis_event_json(&records);
+    let kafka = kafka_event_json(&records);
+    eprintln!(
+        "batch: {RECORDS} records, {:.2} MB of record JSON, Kinesis event {:.2} MB, Kafka event {:.2} MB",
+        json_bytes as f64 / 1e6,
+        kinesis.len() as f64 / 1e6,
+        kafka.len() as f64 / 1e6
+    );
+    let mut g = c.benchmark_group("batch_10k");
+    g.throughput(Throughput::Bytes(json_bytes as u64));
+    g.sample_size(20);
+    g.bench_function("kinesis_event_to_parquet", |b| {
+        b.iter(|| {
+            let ev: streamload_core::kinesis::KinesisEvent =
+                serde_json::from_str(black_box(&kinesis)).unwrap();
+            shipped(&streamload_core::kinesis::decode(&ev).unwrap())
+        })
+    });
+    g.bench_function("kafka_event_to_parquet", |b| {
+        b.iter(|| {
+            let ev: streamload_core::kafka::KafkaEvent =
+                serde_json::from_str(black_box(&kafka)).unwrap();
+            shipped(&streamload_core::kafka::decode(&ev).unwrap())
+        })
+    });
+    g.bench_function("naive_value_tree_baseline", |b| {
+        b.iter(|| naive(black_box(&records)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

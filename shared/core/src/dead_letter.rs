@@ -26,7 +26,9 @@ pub fn body(record: &SourceRecord, poison: &Poison, data: DeadLetterData<'_>) ->
     match data {
         DeadLetterData::Inline => {
             msg["data_base64"] = match &record.data {
-                Some(bytes) => base64::engine::general_purpose::STANDARD.encode(bytes).into(),
+                Some(bytes) => base64::engine::general_purpose::STANDARD
+                    .encode(bytes)
+                    .into(),
                 None => serde_json::Value::Null,
             };
         }
@@ -44,7 +46,10 @@ mod tests {
     #[test]
     fn carries_reason_kind_source_and_raw_bytes() {
         let record = SourceRecord {
-            unit: SourceUnit { label: "s/shard-1".into(), topic_partition: None },
+            unit: SourceUnit {
+                label: "s/shard-1".into(),
+                topic_partition: None,
+            },
             position: Position::parse("7").unwrap(),
             data: Some(vec![0xff, 0x00, b'x']),
             key: None,
@@ -52,14 +57,23 @@ mod tests {
             arrival_ms: None,
             dead_letter_source: json!({"shard_id": "shard-1", "sequence_number": "7"}),
         };
-        let poison = Poison { kind: PoisonKind::Decode, reason: "not UTF-8".into() };
-        let v: serde_json::Value = serde_json::from_str(&body(&record, &poison, DeadLetterData::Inline)).unwrap();
+        let poison = Poison {
+            kind: PoisonKind::Decode,
+            reason: "not UTF-8".into(),
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&body(&record, &poison, DeadLetterData::Inline)).unwrap();
         assert_eq!(v["kind"], "decode");
         assert_eq!(v["reason"], "not UTF-8");
         assert_eq!(v["source"]["sequence_number"], "7");
         assert_eq!(v["data_base64"], "/wB4");
         assert_eq!(v["dedup_id"], "s/shard-1/7");
-        let w: serde_json::Value = serde_json::from_str(&body(&record, &poison, DeadLetterData::InObject("dl/k.bin"))).unwrap();
+        let w: serde_json::Value = serde_json::from_str(&body(
+            &record,
+            &poison,
+            DeadLetterData::InObject("dl/k.bin"),
+        ))
+        .unwrap();
         assert_eq!(w["data_s3_key"], "dl/k.bin");
         assert!(w.get("data_base64").is_none());
     }

@@ -67,7 +67,10 @@ pub fn schema() -> SchemaRef {
 }
 
 /// Encodes `rows` as one zstd-compressed Parquet file.
-pub fn encode_parquet(rows: &[ParquetRow<'_>], ingested_at_us: i64) -> Result<Vec<u8>, EncodeError> {
+pub fn encode_parquet(
+    rows: &[ParquetRow<'_>],
+    ingested_at_us: i64,
+) -> Result<Vec<u8>, EncodeError> {
     let n = rows.len();
     let text_bytes = |f: fn(&ParquetRow<'_>) -> usize| rows.iter().map(f).sum::<usize>();
     let mut event_id = StringBuilder::with_capacity(n, text_bytes(|r| r.event.event_id.len()));
@@ -120,7 +123,8 @@ pub fn encode_parquet(rows: &[ParquetRow<'_>], ingested_at_us: i64) -> Result<Ve
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
         .build();
-    let mut out = Vec::with_capacity(text_bytes(|r| r.event.payload.as_ref().map_or(64, String::len)) / 3);
+    let mut out =
+        Vec::with_capacity(text_bytes(|r| r.event.payload.as_ref().map_or(64, String::len)) / 3);
     let mut writer = ArrowWriter::try_new(&mut out, schema(), Some(props))?;
     writer.write(&batch)?;
     writer.close()?;
@@ -166,6 +170,9 @@ mod tests {
         let meta = reader.metadata();
         assert_eq!(meta.file_metadata().num_rows(), 3);
         assert_eq!(meta.file_metadata().schema_descr().num_columns(), 12);
-        assert_eq!(meta.row_group(0).column(0).compression(), Compression::ZSTD(ZstdLevel::try_new(1).unwrap()));
+        assert_eq!(
+            meta.row_group(0).column(0).compression(),
+            Compression::ZSTD(ZstdLevel::try_new(1).unwrap())
+        );
     }
 }

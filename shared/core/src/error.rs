@@ -34,16 +34,28 @@ pub struct PortError {
 
 impl PortError {
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self { class: ErrorClass::Retryable, message: message.into(), ambiguous: false }
+        Self {
+            class: ErrorClass::Retryable,
+            message: message.into(),
+            ambiguous: false,
+        }
     }
 
     /// A retryable error after which the call's effect is unknown.
     pub fn ambiguous(message: impl Into<String>) -> Self {
-        Self { class: ErrorClass::Retryable, message: message.into(), ambiguous: true }
+        Self {
+            class: ErrorClass::Retryable,
+            message: message.into(),
+            ambiguous: true,
+        }
     }
 
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { class: ErrorClass::Permanent, message: message.into(), ambiguous: false }
+        Self {
+            class: ErrorClass::Permanent,
+            message: message.into(),
+            ambiguous: false,
+        }
     }
 }
 

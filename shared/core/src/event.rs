@@ -63,7 +63,10 @@ pub struct Poison {
 
 impl Poison {
     fn new(kind: PoisonKind, reason: impl Into<String>) -> Self {
-        Self { kind, reason: reason.into() }
+        Self {
+            kind,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -90,11 +93,17 @@ pub fn validate(data: &[u8], max_record_bytes: usize) -> Result<Event, Poison> {
     if data.len() > max_record_bytes {
         return Err(Poison::new(
             PoisonKind::TooLarge,
-            format!("record is {} bytes, over the {max_record_bytes}-byte limit", data.len()),
+            format!(
+                "record is {} bytes, over the {max_record_bytes}-byte limit",
+                data.len()
+            ),
         ));
     }
     let text = std::str::from_utf8(data).map_err(|e| {
-        Poison::new(PoisonKind::Decode, format!("not UTF-8 (invalid byte at offset {})", e.valid_up_to()))
+        Poison::new(
+            PoisonKind::Decode,
+            format!("not UTF-8 (invalid byte at offset {})", e.valid_up_to()),
+        )
     })?;
     let wire: WireEvent = serde_json::from_str(text).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
@@ -110,7 +119,10 @@ pub fn validate(data: &[u8], max_record_bytes: usize) -> Result<Event, Poison> {
     if event_id.len() > MAX_EVENT_ID_BYTES {
         return Err(Poison::new(
             PoisonKind::Validation,
-            format!("event_id is {} bytes, over {MAX_EVENT_ID_BYTES}", event_id.len()),
+            format!(
+                "event_id is {} bytes, over {MAX_EVENT_ID_BYTES}",
+                event_id.len()
+            ),
         ));
     }
     let user_id = required_text("user_id", wire.user_id)?;
@@ -164,10 +176,14 @@ fn describe_data_error(text: &str, e: &serde_json::Error) -> String {
 
 fn required_text(field: &str, value: Option<Cow<'_, str>>) -> Result<String, Poison> {
     match value {
-        None => Err(Poison::new(PoisonKind::Validation, format!("{field} is missing"))),
-        Some(v) if v.trim().is_empty() => {
-            Err(Poison::new(PoisonKind::Validation, format!("{field} is empty")))
-        }
+        None => Err(Poison::new(
+            PoisonKind::Validation,
+            format!("{field} is missing"),
+        )),
+        Some(v) if v.trim().is_empty() => Err(Poison::new(
+            PoisonKind::Validation,
+            format!("{field} is empty"),
+        )),
         Some(v) => {
             reject_nul(field, &v)?;
             Ok(v.into_owned())
@@ -202,7 +218,10 @@ fn scalar_text(field: &str, raw: &RawValue) -> Result<Option<String>, Poison> {
         Some(b'n') => Ok(None),
         Some(b'"') => {
             let s: String = serde_json::from_str(text).map_err(|_| {
-                Poison::new(PoisonKind::Validation, format!("{field} is not a valid string"))
+                Poison::new(
+                    PoisonKind::Validation,
+                    format!("{field} is not a valid string"),
+                )
             })?;
             reject_nul(field, &s)?;
             Ok(Some(s))
@@ -266,7 +285,9 @@ mod tests {
 
     #[test]
     fn a_complete_event_keeps_every_field() {
-        let e = ok(r#"{"event_id":"e1","user_id":"u1","event_type":"click","payload":{"a":[1,2]},"created_at":"2024-03-01T12:34:56.789+02:00","source":"web","version":3}"#);
+        let e = ok(
+            r#"{"event_id":"e1","user_id":"u1","event_type":"click","payload":{"a":[1,2]},"created_at":"2024-03-01T12:34:56.789+02:00","source":"web","version":3}"#,
+        );
         assert_eq!(e.event_id, "e1");
         assert_eq!(e.user_id, "u1");
         assert_eq!(e.event_type, "click");
@@ -279,9 +300,13 @@ mod tests {
 
     #[test]
     fn a_timestamp_without_offset_is_utc() {
-        let e = ok(r#"{"event_id":"e","user_id":"u","event_type":"t","created_at":"2024-03-01T10:34:56.789012"}"#);
+        let e = ok(
+            r#"{"event_id":"e","user_id":"u","event_type":"t","created_at":"2024-03-01T10:34:56.789012"}"#,
+        );
         assert_eq!(e.created_at_us, 1_709_289_296_789_012);
-        let z = ok(r#"{"event_id":"e","user_id":"u","event_type":"t","created_at":"2024-03-01T10:34:56.789012Z"}"#);
+        let z = ok(
+            r#"{"event_id":"e","user_id":"u","event_type":"t","created_at":"2024-03-01T10:34:56.789012Z"}"#,
+        );
         assert_eq!(z.created_at_us, e.created_at_us);
     }
 
@@ -291,15 +316,24 @@ mod tests {
         assert_eq!(poison(b"{not json").kind, PoisonKind::Decode);
         assert_eq!(poison(b"[1,2]").kind, PoisonKind::Validation);
         assert_eq!(poison(b"42").kind, PoisonKind::Validation);
-        let missing = poison(br#"{"user_id":"u","event_type":"t","created_at":"2024-01-01T00:00:00"}"#);
-        assert_eq!(missing, Poison::new(PoisonKind::Validation, "event_id is missing"));
-        let empty = poison(br#"{"event_id":"e","user_id":"","event_type":"t","created_at":"2024-01-01T00:00:00"}"#);
+        let missing =
+            poison(br#"{"user_id":"u","event_type":"t","created_at":"2024-01-01T00:00:00"}"#);
+        assert_eq!(
+            missing,
+            Poison::new(PoisonKind::Validation, "event_id is missing")
+        );
+        let empty = poison(
+            br#"{"event_id":"e","user_id":"","event_type":"t","created_at":"2024-01-01T00:00:00"}"#,
+        );
         assert_eq!(empty.reason, "user_id is empty");
         let no_type = poison(br#"{"event_id":"e","user_id":"u","event_type":" ","created_at":"2024-01-01T00:00:00"}"#);
         assert_eq!(no_type.reason, "event_type is empty");
-        let bad_time = poison(br#"{"event_id":"e","user_id":"u","event_type":"t","created_at":"yesterday"}"#);
+        let bad_time =
+            poison(br#"{"event_id":"e","user_id":"u","event_type":"t","created_at":"yesterday"}"#);
         assert_eq!(bad_time.reason, "created_at is not an ISO-8601 timestamp");
-        let wrong_type = poison(br#"{"event_id":7,"user_id":"u","event_type":"t","created_at":"2024-01-01T00:00:00"}"#);
+        let wrong_type = poison(
+            br#"{"event_id":7,"user_id":"u","event_type":"t","created_at":"2024-01-01T00:00:00"}"#,
+        );
         assert_eq!(wrong_type.kind, PoisonKind::Validation);
     }
 
@@ -316,13 +350,17 @@ mod tests {
         let q = poison(br#"{"event_id":"e","user_id":"u","event_type":"t","payload":{"x":"a\u0000"},"created_at":"2024-01-01T00:00:00"}"#);
         assert!(q.reason.contains("payload contains"), "{}", q.reason);
         // An escaped backslash followed by u0000 is plain text, not a NUL.
-        let e = ok(r#"{"event_id":"e","user_id":"u","event_type":"t","payload":"\\u0000","created_at":"2024-01-01T00:00:00"}"#);
+        let e = ok(
+            r#"{"event_id":"e","user_id":"u","event_type":"t","payload":"\\u0000","created_at":"2024-01-01T00:00:00"}"#,
+        );
         assert_eq!(e.payload.as_deref(), Some(r#""\\u0000""#));
     }
 
     #[test]
     fn reasons_never_quote_the_payload() {
-        let p = poison(br#"{"event_id":"e","user_id":"u","event_type":"t","created_at":"secret-token-123"}"#);
+        let p = poison(
+            br#"{"event_id":"e","user_id":"u","event_type":"t","created_at":"secret-token-123"}"#,
+        );
         assert!(!p.reason.contains("secret-token-123"));
         let q = poison(br#"{"event_id":["secret-token-456"],"user_id":"u"}"#);
         assert!(!q.reason.contains("secret-token-456"), "{}", q.reason);

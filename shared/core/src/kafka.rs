@@ -82,7 +82,10 @@ pub fn decode(event: &KafkaEvent) -> Result<Batch, KafkaDecodeError> {
                 topic: r.topic.clone(),
                 partition: r.partition,
             })?;
-            let data = r.value.as_deref().map(|v| b64.decode(v).unwrap_or_else(|_| v.as_bytes().to_vec()));
+            let data = r
+                .value
+                .as_deref()
+                .map(|v| b64.decode(v).unwrap_or_else(|_| v.as_bytes().to_vec()));
             let headers = headers_json(&r.headers);
             let headers_text = (!r.headers.is_empty()).then(|| headers.to_string());
             records.push(SourceRecord {
@@ -155,8 +158,19 @@ mod tests {
         // When it is decoded
         let batch = decode(&event).unwrap();
         // Then units come from the record fields and offsets ascend within a partition
-        let labels: Vec<_> = batch.records.iter().map(|r| (r.unit.label.as_str(), r.position.as_str())).collect();
-        assert_eq!(labels, [("my-topic/0", "15"), ("my-topic/0", "16"), ("my-topic/1", "3")]);
+        let labels: Vec<_> = batch
+            .records
+            .iter()
+            .map(|r| (r.unit.label.as_str(), r.position.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("my-topic/0", "15"),
+                ("my-topic/0", "16"),
+                ("my-topic/1", "3")
+            ]
+        );
         assert!(batch.records[0].data.is_none(), "null value is a tombstone");
         assert_eq!(batch.records[1].data.as_deref(), Some(&b"{\"a\":1}"[..]));
         assert_eq!(batch.records[2].key.as_deref(), Some("a2V5"));
@@ -166,7 +180,8 @@ mod tests {
     fn keeps_repeated_signed_headers_as_unsigned_bytes() {
         let event: KafkaEvent = serde_json::from_str(EVENT).unwrap();
         let batch = decode(&event).unwrap();
-        let h: serde_json::Value = serde_json::from_str(batch.records[1].headers_json.as_deref().unwrap()).unwrap();
+        let h: serde_json::Value =
+            serde_json::from_str(batch.records[1].headers_json.as_deref().unwrap()).unwrap();
         // [104, -1] is "h\xff"
         assert_eq!(h, json!([{"h": "aP8="}, {"h": "AQ=="}]));
         assert_eq!(batch.records[1].dead_letter_source["headers"], h);
@@ -174,7 +189,10 @@ mod tests {
 
     #[test]
     fn failure_identifier_names_the_topic_partition_and_offset() {
-        let unit = SourceUnit { label: "my-topic/1".into(), topic_partition: Some(("my-topic".into(), 1)) };
+        let unit = SourceUnit {
+            label: "my-topic/1".into(),
+            topic_partition: Some(("my-topic".into(), 1)),
+        };
         assert_eq!(
             failure_identifier(&unit, &Position::from_offset(42)),
             json!({"partition": "my-topic-1", "offset": 42})

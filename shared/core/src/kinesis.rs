@@ -57,7 +57,10 @@ pub fn decode(event: &KinesisEvent) -> Result<Batch, KinesisDecodeError> {
         let position = Position::parse(&r.kinesis.sequence_number)
             .ok_or(KinesisDecodeError::BadSequenceNumber { index })?;
         let stream_arn = r.event_source_arn.clone().unwrap_or_default();
-        let stream = stream_arn.rsplit_once("stream/").map(|(_, s)| s).unwrap_or("stream");
+        let stream = stream_arn
+            .rsplit_once("stream/")
+            .map(|(_, s)| s)
+            .unwrap_or("stream");
         let shard_id = r
             .event_id
             .as_deref()
@@ -67,9 +70,15 @@ pub fn decode(event: &KinesisEvent) -> Result<Batch, KinesisDecodeError> {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data)
             .unwrap_or_else(|_| data.as_bytes().to_vec());
-        let arrival_ms = r.kinesis.approximate_arrival_timestamp.map(|s| (s * 1000.0) as i64);
+        let arrival_ms = r
+            .kinesis
+            .approximate_arrival_timestamp
+            .map(|s| (s * 1000.0) as i64);
         records.push(SourceRecord {
-            unit: SourceUnit { label: format!("{stream}/{shard_id}"), topic_partition: None },
+            unit: SourceUnit {
+                label: format!("{stream}/{shard_id}"),
+                topic_partition: None,
+            },
             dead_letter_source: json!({
                 "stream_arn": stream_arn,
                 "shard_id": shard_id,
@@ -85,6 +94,11 @@ pub fn decode(event: &KinesisEvent) -> Result<Batch, KinesisDecodeError> {
         });
     }
     Ok(Batch { records })
+}
+
+/// The Kinesis `itemIdentifier`: the record's sequence number, as a string.
+pub fn failure_identifier(_unit: &SourceUnit, position: &Position) -> serde_json::Value {
+    serde_json::Value::String(position.as_str().to_owned())
 }
 
 #[cfg(test)]
@@ -109,7 +123,10 @@ mod tests {
         // Then shard, position, bytes and lineage are kept
         let r = &batch.records[0];
         assert_eq!(r.unit.label, "orders/shardId-000000000006");
-        assert_eq!(r.position.as_str(), "49590338271490256608559692538361571095921575989136588898");
+        assert_eq!(
+            r.position.as_str(),
+            "49590338271490256608559692538361571095921575989136588898"
+        );
         assert_eq!(r.data.as_deref(), Some(&b"{\"a\":1}"[..]));
         assert_eq!(r.arrival_ms, Some(1_545_084_650_987));
         assert_eq!(r.dead_letter_source["shard_id"], "shardId-000000000006");
@@ -118,15 +135,12 @@ mod tests {
 
     #[test]
     fn rejects_a_sequence_number_that_is_not_a_number() {
-        let event: KinesisEvent = serde_json::from_str(
-            r#"{"Records":[{"kinesis":{"sequenceNumber":"x1","data":""}}]}"#,
-        )
-        .unwrap();
-        assert!(matches!(decode(&event), Err(KinesisDecodeError::BadSequenceNumber { index: 0 })));
+        let event: KinesisEvent =
+            serde_json::from_str(r#"{"Records":[{"kinesis":{"sequenceNumber":"x1","data":""}}]}"#)
+                .unwrap();
+        assert!(matches!(
+            decode(&event),
+            Err(KinesisDecodeError::BadSequenceNumber { index: 0 })
+        ));
     }
-}
-
-/// The Kinesis `itemIdentifier`: the record's sequence number, as a string.
-pub fn failure_identifier(_unit: &SourceUnit, position: &Position) -> serde_json::Value {
-    serde_json::Value::String(position.as_str().to_owned())
 }

@@ -24,6 +24,8 @@ pub mod retry;
 
 pub use error::{Classify, ErrorClass};
 pub use event::{validate, Event, Poison, PoisonKind};
-pub use pipeline::{BatchReport, FailureCause, Invocation, Pipeline, PipelineSettings, RecordOutcome};
+pub use pipeline::{
+    BatchReport, FailureCause, Invocation, Pipeline, PipelineSettings, RecordOutcome,
+};
 
 pub use record::{Batch, Position, SourceRecord};

@@ -5,7 +5,9 @@
 //! "crashes" (never returns, as if the sandbox died) around the real call.
 
 use crate::error::PortError;
-use crate::ports::{Claim, ClaimAttempt, DeadLetters, DedupStore, ObjectSink, PutOutcome, Row, RowSink};
+use crate::ports::{
+    Claim, ClaimAttempt, DeadLetters, DedupStore, ObjectSink, PutOutcome, Row, RowSink,
+};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,7 +25,11 @@ pub struct MemoryDedup {
 }
 
 impl DedupStore for MemoryDedup {
-    fn try_claim(&self, claim: &Claim, now_s: i64) -> impl Future<Output = Result<ClaimAttempt, PortError>> + Send {
+    fn try_claim(
+        &self,
+        claim: &Claim,
+        now_s: i64,
+    ) -> impl Future<Output = Result<ClaimAttempt, PortError>> + Send {
         self.writes.fetch_add(1, Ordering::SeqCst);
         let mut claims = lock(&self.claims);
         let r = match claims.get(&claim.event_id) {
@@ -36,7 +42,11 @@ impl DedupStore for MemoryDedup {
         std::future::ready(Ok(r))
     }
 
-    fn take_over(&self, claim: &Claim, previous: &Claim) -> impl Future<Output = Result<bool, PortError>> + Send {
+    fn take_over(
+        &self,
+        claim: &Claim,
+        previous: &Claim,
+    ) -> impl Future<Output = Result<bool, PortError>> + Send {
         self.writes.fetch_add(1, Ordering::SeqCst);
         let mut claims = lock(&self.claims);
         let r = if claims.get(&claim.event_id) == Some(previous) {
@@ -48,11 +58,18 @@ impl DedupStore for MemoryDedup {
         std::future::ready(Ok(r))
     }
 
-    fn read(&self, event_id: &str) -> impl Future<Output = Result<Option<Claim>, PortError>> + Send {
+    fn read(
+        &self,
+        event_id: &str,
+    ) -> impl Future<Output = Result<Option<Claim>, PortError>> + Send {
         std::future::ready(Ok(lock(&self.claims).get(event_id).cloned()))
     }
 
-    fn release(&self, event_id: &str, owner: &str) -> impl Future<Output = Result<(), PortError>> + Send {
+    fn release(
+        &self,
+        event_id: &str,
+        owner: &str,
+    ) -> impl Future<Output = Result<(), PortError>> + Send {
         self.writes.fetch_add(1, Ordering::SeqCst);
         let mut claims = lock(&self.claims);
         if claims.get(event_id).is_some_and(|c| c.owner == owner) {
@@ -76,7 +93,13 @@ impl RowSink for MemoryRows {
         let mut stored = lock(&self.rows);
         for r in rows {
             let entry = stored.entry(r.event_id.to_owned()).or_insert_with(|| {
-                (r.user_id.to_owned(), r.event_type.to_owned(), None, r.created_at_us, 0)
+                (
+                    r.user_id.to_owned(),
+                    r.event_type.to_owned(),
+                    None,
+                    r.created_at_us,
+                    0,
+                )
             });
             entry.2 = r.payload.map(str::to_owned);
             entry.4 += 1;
@@ -92,7 +115,12 @@ pub struct MemoryObjects {
 }
 
 impl ObjectSink for MemoryObjects {
-    fn put_new(&self, key: &str, body: Vec<u8>, _content_type: &str) -> impl Future<Output = Result<PutOutcome, PortError>> + Send {
+    fn put_new(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        _content_type: &str,
+    ) -> impl Future<Output = Result<PutOutcome, PortError>> + Send {
         let mut objects = lock(&self.objects);
         let r = if objects.contains_key(key) {
             PutOutcome::AlreadyExists
@@ -117,7 +145,10 @@ pub struct MemoryDeadLetters {
 
 impl Default for MemoryDeadLetters {
     fn default() -> Self {
-        Self { sent: Arc::default(), max_body_bytes: 256 * 1024 }
+        Self {
+            sent: Arc::default(),
+            max_body_bytes: 256 * 1024,
+        }
     }
 }
 
@@ -167,7 +198,9 @@ impl FaultSwitch {
         if self.fail.load(Ordering::SeqCst) {
             return Err(PortError::retryable("injected outage"));
         }
-        let take = self.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        let take = self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         if take.is_ok() {
             return Err(PortError::retryable("injected failure"));
         }
@@ -240,7 +273,12 @@ impl<T: RowSink> RowSink for Faulty<T> {
 }
 
 impl<T: ObjectSink> ObjectSink for Faulty<T> {
-    async fn put_new(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<PutOutcome, PortError> {
+    async fn put_new(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<PutOutcome, PortError> {
         self.switch.before().await?;
         let r = self.inner.put_new(key, body, content_type).await;
         self.switch.after(r).await

@@ -97,7 +97,9 @@ mod tests {
             latency_from_arrival_ms: vec![5],
         };
         let doc = s.emf("kinesis-loader", 1);
-        let declared = doc["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap();
+        let declared = doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap();
         for m in declared {
             let name = m["Name"].as_str().unwrap();
             assert!(doc.get(name).is_some(), "{name} declared but missing");

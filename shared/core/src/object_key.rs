@@ -14,7 +14,13 @@ pub fn sanitize(component: &str) -> String {
     let mut out: String = component
         .chars()
         .take(MAX_COMPONENT_CHARS)
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '=') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '=') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if out.is_empty() || out.chars().all(|c| c == '.') {
         out = out.replace('.', "_");
@@ -64,7 +70,10 @@ mod tests {
         assert_eq!(sanitize("../../etc/passwd"), ".._.._etc_passwd");
         assert_eq!(sanitize(".."), "___");
         assert_eq!(sanitize(""), "_");
-        assert_eq!(sanitize("orders/shardId-000000000001"), "orders_shardId-000000000001");
+        assert_eq!(
+            sanitize("orders/shardId-000000000001"),
+            "orders_shardId-000000000001"
+        );
         assert_eq!(sanitize("tópic with space"), "t_pic_with_space");
         assert_eq!(sanitize(&"x".repeat(500)).len(), MAX_COMPONENT_CHARS);
     }
@@ -72,7 +81,10 @@ mod tests {
     #[test]
     fn keys_are_partitioned_by_utc_hour() {
         // 2024-03-01T10:34:56Z
-        assert_eq!(hour_partition(1_709_289_296_000_000), "dt=2024-03-01/hour=10");
+        assert_eq!(
+            hour_partition(1_709_289_296_000_000),
+            "dt=2024-03-01/hour=10"
+        );
         let key = data_object_key(
             "events/",
             "dt=2024-03-01/hour=10",
@@ -81,6 +93,9 @@ mod tests {
             &Position::parse("9").unwrap(),
             "req-1",
         );
-        assert_eq!(key, "events/dt=2024-03-01/hour=10/orders_shardId-1-5-9-req-1.parquet");
+        assert_eq!(
+            key,
+            "events/dt=2024-03-01/hour=10/orders_shardId-1-5-9-req-1.parquet"
+        );
     }
 }

@@ -253,7 +253,11 @@ where
             .map(|o| o.unwrap_or(RecordOutcome::Failed(FailureCause::Deadline)))
             .collect();
         let summary = summarise(batch, &work.events, &outcomes, started.elapsed());
-        BatchReport { failures: lowest_failures(batch, &outcomes), outcomes, summary }
+        BatchReport {
+            failures: lowest_failures(batch, &outcomes),
+            outcomes,
+            summary,
+        }
     }
 
     /// Names the object each winner will live in: one object per unit and UTC hour, named by
@@ -263,7 +267,10 @@ where
         for &i in winners {
             if let Some(e) = &work.events[i] {
                 let unit = &work.batch.records[i].unit;
-                groups.entry((unit, hour_partition(e.created_at_us))).or_default().push(i);
+                groups
+                    .entry((unit, hour_partition(e.created_at_us)))
+                    .or_default()
+                    .push(i);
             }
         }
         for ((unit, hour), members) in groups {
@@ -309,14 +316,24 @@ where
             .await
     }
 
-    async fn dead_letter(&self, record: &SourceRecord, poison: &Poison) -> Result<(), crate::error::PortError> {
+    async fn dead_letter(
+        &self,
+        record: &SourceRecord,
+        poison: &Poison,
+    ) -> Result<(), crate::error::PortError> {
         let inline = dead_letter::body(record, poison, DeadLetterData::Inline);
         if inline.len() <= self.dead_letters.max_body_bytes() {
             return self.dead_letters.send(inline).await;
         }
-        let key = dead_letter_key(&self.settings.dead_letter_prefix, &record.unit.label, &record.position);
+        let key = dead_letter_key(
+            &self.settings.dead_letter_prefix,
+            &record.unit.label,
+            &record.position,
+        );
         let bytes = record.data.clone().unwrap_or_default();
-        self.objects.put_new(&key, bytes, "application/octet-stream").await?;
+        self.objects
+            .put_new(&key, bytes, "application/octet-stream")
+            .await?;
         let body = dead_letter::body(record, poison, DeadLetterData::InObject(&key));
         self.dead_letters.send(body).await
     }
@@ -338,14 +355,18 @@ where
             }
             let now_s = now_ms() / 1000;
             let attempts: Vec<(usize, Claim, Result<ClaimAttempt, crate::error::PortError>)> =
-                stream::iter(pending.iter().filter_map(|&i| work.claim_for(i, &self.settings).map(|c| (i, c))))
-                    .map(|(i, claim)| async move {
-                        let r = self.dedup.try_claim(&claim, now_s).await;
-                        (i, claim, r)
-                    })
-                    .buffer_unordered(self.settings.claim_concurrency.max(1))
-                    .collect()
-                    .await;
+                stream::iter(
+                    pending
+                        .iter()
+                        .filter_map(|&i| work.claim_for(i, &self.settings).map(|c| (i, c))),
+                )
+                .map(|(i, claim)| async move {
+                    let r = self.dedup.try_claim(&claim, now_s).await;
+                    (i, claim, r)
+                })
+                .buffer_unordered(self.settings.claim_concurrency.max(1))
+                .collect()
+                .await;
 
             let mut refused: Vec<(usize, Claim, Claim)> = Vec::new();
             for (i, mine, result) in attempts {
@@ -409,7 +430,10 @@ where
         may_wait: bool,
         cutoff: i64,
     ) -> Vec<Existing> {
-        let keys: HashSet<&str> = refused.iter().map(|(_, _, old)| old.object_key.as_str()).collect();
+        let keys: HashSet<&str> = refused
+            .iter()
+            .map(|(_, _, old)| old.object_key.as_str())
+            .collect();
         let exists: HashMap<&str, Result<bool, crate::error::PortError>> = stream::iter(keys)
             .map(|k| async move { (k, self.objects.exists(k).await) })
             .buffer_unordered(self.settings.claim_concurrency.max(1))
@@ -431,14 +455,15 @@ where
     }
 
     async fn take_over_all(&self, work: &mut Work<'_>, takeovers: Vec<(usize, Claim, Claim)>) {
-        let results: Vec<(usize, Claim, Result<bool, crate::error::PortError>)> = stream::iter(takeovers)
-            .map(|(i, mine, old)| async move {
-                let r = self.dedup.take_over(&mine, &old).await;
-                (i, mine, r)
-            })
-            .buffer_unordered(self.settings.claim_concurrency.max(1))
-            .collect()
-            .await;
+        let results: Vec<(usize, Claim, Result<bool, crate::error::PortError>)> =
+            stream::iter(takeovers)
+                .map(|(i, mine, old)| async move {
+                    let r = self.dedup.take_over(&mine, &old).await;
+                    (i, mine, r)
+                })
+                .buffer_unordered(self.settings.claim_concurrency.max(1))
+                .collect()
+                .await;
         for (i, mine, r) in results {
             match r {
                 Ok(true) => work.claimed.push(i),
@@ -456,9 +481,12 @@ where
         let mut claimed = std::mem::take(&mut work.claimed);
         claimed.sort_unstable();
         // Records whose object is tainted cannot be completed in this invocation.
-        let (mut blocked, claimed): (Vec<usize>, Vec<usize>) = claimed.into_iter().partition(|&i| {
-            work.object_key[i].as_ref().is_some_and(|k| work.tainted.contains(k))
-        });
+        let (mut blocked, claimed): (Vec<usize>, Vec<usize>) =
+            claimed.into_iter().partition(|&i| {
+                work.object_key[i]
+                    .as_ref()
+                    .is_some_and(|k| work.tainted.contains(k))
+            });
         blocked.append(&mut work.unknown);
         self.give_up(work, &blocked, FailureCause::Dedup).await;
         if claimed.is_empty() {
@@ -500,7 +528,9 @@ where
         let work_ref = &*work;
         let written: Vec<(Vec<usize>, ObjectResult)> = stream::iter(by_object)
             .map(|(key, members)| async move {
-                let r = self.write_object(work_ref, &key, &members, ingested_at_us).await;
+                let r = self
+                    .write_object(work_ref, &key, &members, ingested_at_us)
+                    .await;
                 (members, r)
             })
             .buffer_unordered(4)
@@ -513,7 +543,10 @@ where
                         work.outcomes[i] = Some(RecordOutcome::Loaded);
                     }
                 }
-                ObjectResult::NotWritten => self.give_up(work, &members, FailureCause::ObjectStore).await,
+                ObjectResult::NotWritten => {
+                    self.give_up(work, &members, FailureCause::ObjectStore)
+                        .await
+                }
                 ObjectResult::Unknown => {
                     // Keep the claims: the object may still appear, and the lease decides.
                     for i in members {
@@ -551,7 +584,11 @@ where
                 return ObjectResult::NotWritten;
             }
         };
-        match self.objects.put_new(key, body, "application/vnd.apache.parquet").await {
+        match self
+            .objects
+            .put_new(key, body, "application/vnd.apache.parquet")
+            .await
+        {
             Ok(_) => ObjectResult::Written,
             Err(e) => {
                 tracing::warn!(error = %e, "object write failed");
@@ -601,7 +638,10 @@ fn lowest_failures(batch: &Batch, outcomes: &[RecordOutcome]) -> Vec<(SourceUnit
             }
         }
     }
-    lowest.into_iter().map(|(u, p)| (u.clone(), p.clone())).collect()
+    lowest
+        .into_iter()
+        .map(|(u, p)| (u.clone(), p.clone()))
+        .collect()
 }
 
 fn summarise(

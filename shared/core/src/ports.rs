@@ -56,8 +56,11 @@ pub trait DedupStore: Send + Sync {
 
     /// Deletes the claim if `owner` still holds it: used when the owner knows it will not
     /// write the claim's object, so a redelivery need not wait for the lease.
-    fn release(&self, event_id: &str, owner: &str)
-        -> impl Future<Output = Result<(), PortError>> + Send;
+    fn release(
+        &self,
+        event_id: &str,
+        owner: &str,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
 }
 
 /// One validated row for the database.

@@ -31,7 +31,9 @@ mod tests {
     #[test]
     fn serialises_with_the_exact_key_names_lambda_reads() {
         let r = BatchItemFailures {
-            batch_item_failures: vec![ItemFailure { item_identifier: "123".into() }],
+            batch_item_failures: vec![ItemFailure {
+                item_identifier: "123".into(),
+            }],
         };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),

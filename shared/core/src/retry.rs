@@ -26,7 +26,9 @@ pub const SINK_RETRY: RetryPolicy = RetryPolicy {
 impl RetryPolicy {
     /// Backoff before attempt `n + 1` (n ≥ 1): exponential, capped, with up to 50% jitter.
     pub fn backoff(&self, n: u32) -> Duration {
-        let exp = self.initial_backoff.saturating_mul(1u32 << n.saturating_sub(1).min(16));
+        let exp = self
+            .initial_backoff
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16));
         let capped = exp.min(self.max_backoff);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -4,11 +4,18 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use streamload_core::memory::{FaultSwitch, Faulty, MemoryDeadLetters, MemoryDedup, MemoryObjects, MemoryRows};
+use streamload_core::memory::{
+    FaultSwitch, Faulty, MemoryDeadLetters, MemoryDedup, MemoryObjects, MemoryRows,
+};
 use streamload_core::record::{Batch, Position, SourceRecord, SourceUnit};
 use streamload_core::{FailureCause, Invocation, Pipeline, PipelineSettings, RecordOutcome};
 
-type TestPipeline = Pipeline<Faulty<MemoryDedup>, Faulty<MemoryRows>, Faulty<MemoryObjects>, Faulty<MemoryDeadLetters>>;
+type TestPipeline = Pipeline<
+    Faulty<MemoryDedup>,
+    Faulty<MemoryRows>,
+    Faulty<MemoryObjects>,
+    Faulty<MemoryDeadLetters>,
+>;
 
 struct Stack {
     dedup: MemoryDedup,
@@ -91,7 +98,10 @@ fn event_json(id: &str) -> Vec<u8> {
 
 fn record(seq: u64, data: Option<Vec<u8>>) -> SourceRecord {
     SourceRecord {
-        unit: SourceUnit { label: "orders/shardId-000000000000".into(), topic_partition: None },
+        unit: SourceUnit {
+            label: "orders/shardId-000000000000".into(),
+            topic_partition: None,
+        },
         position: Position::from_offset(seq),
         data,
         key: Some("pk".into()),
@@ -112,8 +122,14 @@ fn batch_of(ids: &[&str], first_seq: u64) -> Batch {
 }
 
 fn invocation(id: &str, budget: Duration) -> Invocation {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    Invocation { attempt_id: id.into(), deadline_ms: now + budget.as_millis() as i64 }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    Invocation {
+        attempt_id: id.into(),
+        deadline_ms: now + budget.as_millis() as i64,
+    }
 }
 
 fn expected_ids(ids: &[&str]) -> Vec<String> {
@@ -130,9 +146,18 @@ async fn all_new_batch_loads_every_record_with_one_claim_write_each() {
     let (p, _) = stack.pipeline();
     let ids = ["a", "b", "c", "d", "e"];
     // When the batch is processed
-    let report = p.process(&batch_of(&ids, 100), &invocation("inv-1", Duration::from_secs(30))).await;
+    let report = p
+        .process(
+            &batch_of(&ids, 100),
+            &invocation("inv-1", Duration::from_secs(30)),
+        )
+        .await;
     // Then all are loaded, in both sinks once, with one dedup write each and no failures
-    assert!(report.outcomes.iter().all(|o| *o == RecordOutcome::Loaded), "{:?}", report.outcomes);
+    assert!(
+        report.outcomes.iter().all(|o| *o == RecordOutcome::Loaded),
+        "{:?}",
+        report.outcomes
+    );
     assert!(report.failures.is_empty());
     assert_eq!(stack.row_count(), 5);
     assert_eq!(stack.parquet_event_ids(), expected_ids(&ids));
@@ -144,10 +169,20 @@ async fn all_new_batch_loads_every_record_with_one_claim_write_each() {
 async fn duplicates_inside_a_batch_collapse_to_the_first_copy() {
     let stack = Stack::new();
     let (p, _) = stack.pipeline();
-    let report = p.process(&batch_of(&["a", "b", "a", "a"], 1), &invocation("inv-1", Duration::from_secs(30))).await;
+    let report = p
+        .process(
+            &batch_of(&["a", "b", "a", "a"], 1),
+            &invocation("inv-1", Duration::from_secs(30)),
+        )
+        .await;
     assert_eq!(
         report.outcomes,
-        vec![RecordOutcome::Loaded, RecordOutcome::Loaded, RecordOutcome::DuplicateInBatch, RecordOutcome::DuplicateInBatch]
+        vec![
+            RecordOutcome::Loaded,
+            RecordOutcome::Loaded,
+            RecordOutcome::DuplicateInBatch,
+            RecordOutcome::DuplicateInBatch
+        ]
     );
     assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "b"]));
     assert_eq!(stack.row_count(), 2);
@@ -159,16 +194,46 @@ async fn a_redelivered_batch_is_recognised_as_duplicates() {
     let stack = Stack::new();
     let ids = ["a", "b", "c"];
     let (p1, _) = stack.pipeline();
-    p1.process(&batch_of(&ids, 1), &invocation("inv-1", Duration::from_secs(30))).await;
+    p1.process(
+        &batch_of(&ids, 1),
+        &invocation("inv-1", Duration::from_secs(30)),
+    )
+    .await;
     // When the same batch arrives again, and a producer retry with new sequence numbers too
     let (p2, _) = stack.pipeline();
-    let again = p2.process(&batch_of(&ids, 1), &invocation("inv-2", Duration::from_secs(30))).await;
-    let retry = p2.process(&batch_of(&ids, 50), &invocation("inv-3", Duration::from_secs(30))).await;
+    let again = p2
+        .process(
+            &batch_of(&ids, 1),
+            &invocation("inv-2", Duration::from_secs(30)),
+        )
+        .await;
+    let retry = p2
+        .process(
+            &batch_of(&ids, 50),
+            &invocation("inv-3", Duration::from_secs(30)),
+        )
+        .await;
     // Then nothing is written twice
-    assert!(again.outcomes.iter().all(|o| *o == RecordOutcome::Duplicate));
-    assert!(retry.outcomes.iter().all(|o| *o == RecordOutcome::Duplicate));
+    assert!(again
+        .outcomes
+        .iter()
+        .all(|o| *o == RecordOutcome::Duplicate));
+    assert!(retry
+        .outcomes
+        .iter()
+        .all(|o| *o == RecordOutcome::Duplicate));
     assert_eq!(stack.parquet_event_ids(), expected_ids(&ids));
-    assert_eq!(stack.rows.rows.lock().unwrap().values().map(|r| r.4).sum::<u32>(), 3);
+    assert_eq!(
+        stack
+            .rows
+            .rows
+            .lock()
+            .unwrap()
+            .values()
+            .map(|r| r.4)
+            .sum::<u32>(),
+        3
+    );
 }
 
 #[tokio::test]
@@ -180,12 +245,15 @@ async fn poison_goes_to_the_dead_letter_queue_without_blocking_the_shard() {
     batch.records.push(record(3, Some(b"[1]".to_vec())));
     batch.records.push(record(4, None));
     batch.records.push(record(5, Some(event_json("b"))));
-    let report = p.process(&batch, &invocation("inv-1", Duration::from_secs(30))).await;
+    let report = p
+        .process(&batch, &invocation("inv-1", Duration::from_secs(30)))
+        .await;
     assert!(report.failures.is_empty(), "poison is not a failure");
     assert_eq!(report.summary.poison, 3);
     let sent = stack.dead_letters.sent.lock().unwrap().clone();
     assert_eq!(sent.len(), 3);
-    let first: serde_json::Value = serde_json::from_str(&sent.iter().find(|b| b.contains("\"decode\"")).unwrap()).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(sent.iter().find(|b| b.contains("\"decode\"")).unwrap()).unwrap();
     assert_eq!(first["data_base64"], "//4=");
     assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "b"]));
 }
@@ -195,8 +263,12 @@ async fn a_dead_letter_too_large_for_the_queue_keeps_its_bytes_in_the_object_sto
     let stack = Stack::new();
     let (mut p, _) = stack.pipeline();
     p.dead_letters.inner.max_body_bytes = 100;
-    let batch = Batch { records: vec![record(9, Some(vec![b'x'; 500]))] };
-    let report = p.process(&batch, &invocation("inv-1", Duration::from_secs(30))).await;
+    let batch = Batch {
+        records: vec![record(9, Some(vec![b'x'; 500]))],
+    };
+    let report = p
+        .process(&batch, &invocation("inv-1", Duration::from_secs(30)))
+        .await;
     assert!(report.failures.is_empty());
     let sent = stack.dead_letters.sent.lock().unwrap().clone();
     let msg: serde_json::Value = serde_json::from_str(&sent[0]).unwrap();
@@ -212,16 +284,29 @@ async fn a_database_outage_reports_the_lowest_failed_record_and_loses_nothing() 
     s.rows.fail.store(true, Ordering::SeqCst);
     let ids = ["a", "b", "c"];
     // When a batch is processed
-    let report = p.process(&batch_of(&ids, 10), &invocation("inv-1", Duration::from_secs(30))).await;
+    let report = p
+        .process(
+            &batch_of(&ids, 10),
+            &invocation("inv-1", Duration::from_secs(30)),
+        )
+        .await;
     // Then the first record is reported, and the claims are released for the redelivery
     assert_eq!(report.failures.len(), 1);
     assert_eq!(report.failures[0].1.as_str(), "10");
-    assert!(report.outcomes.iter().all(|o| *o == RecordOutcome::Failed(FailureCause::Database)));
+    assert!(report
+        .outcomes
+        .iter()
+        .all(|o| *o == RecordOutcome::Failed(FailureCause::Database)));
     assert!(stack.dedup.claims.lock().unwrap().is_empty());
     // When the database is back and the batch is redelivered
     s.rows.fail.store(false, Ordering::SeqCst);
     let (p2, _) = stack.pipeline();
-    let again = p2.process(&batch_of(&ids, 10), &invocation("inv-2", Duration::from_secs(30))).await;
+    let again = p2
+        .process(
+            &batch_of(&ids, 10),
+            &invocation("inv-2", Duration::from_secs(30)),
+        )
+        .await;
     assert!(again.failures.is_empty());
     assert_eq!(stack.parquet_event_ids(), expected_ids(&ids));
     assert_eq!(stack.row_count(), 3);
@@ -233,13 +318,28 @@ async fn a_claim_held_by_a_live_invocation_is_a_transient_failure() {
     let stack = Stack::new();
     let (p1, s1) = stack.pipeline();
     s1.rows.crash_before.store(true, Ordering::SeqCst);
-    let held = tokio::time::timeout(Duration::from_millis(200), p1.process(&batch_of(&["b"], 1), &invocation("inv-1", Duration::from_secs(60)))).await;
+    let held = tokio::time::timeout(
+        Duration::from_millis(200),
+        p1.process(
+            &batch_of(&["b"], 1),
+            &invocation("inv-1", Duration::from_secs(60)),
+        ),
+    )
+    .await;
     assert!(held.is_err(), "the first invocation is stuck mid-batch");
     // When a different batch with "a", "b", "c" arrives
     let (p2, _) = stack.pipeline();
-    let report = p2.process(&batch_of(&["a", "b", "c"], 20), &invocation("inv-2", Duration::from_secs(30))).await;
+    let report = p2
+        .process(
+            &batch_of(&["a", "b", "c"], 20),
+            &invocation("inv-2", Duration::from_secs(30)),
+        )
+        .await;
     // Then "b" is reported (position 21), "a" and "c" load
-    assert_eq!(report.outcomes[1], RecordOutcome::Failed(FailureCause::HeldByLiveInvocation));
+    assert_eq!(
+        report.outcomes[1],
+        RecordOutcome::Failed(FailureCause::HeldByLiveInvocation)
+    );
     assert_eq!(report.failures[0].1.as_str(), "21");
     assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "c"]));
 }
@@ -249,8 +349,16 @@ async fn the_deadline_stops_new_work_and_reports_the_first_record() {
     let stack = Stack::new();
     let (p, _) = stack.pipeline();
     // A budget smaller than the finish margin: nothing may start.
-    let report = p.process(&batch_of(&["a", "b"], 5), &invocation("inv-1", Duration::from_millis(100))).await;
-    assert!(report.outcomes.iter().all(|o| *o == RecordOutcome::Failed(FailureCause::Deadline)));
+    let report = p
+        .process(
+            &batch_of(&["a", "b"], 5),
+            &invocation("inv-1", Duration::from_millis(100)),
+        )
+        .await;
+    assert!(report
+        .outcomes
+        .iter()
+        .all(|o| *o == RecordOutcome::Failed(FailureCause::Deadline)));
     assert_eq!(report.failures[0].1.as_str(), "5");
     assert_eq!(stack.row_count(), 0);
 }
@@ -261,7 +369,12 @@ async fn a_lost_object_store_answer_still_counts_the_object_once() {
     let stack = Stack::new();
     let (p, s) = stack.pipeline();
     s.objects.lose_answers.store(true, Ordering::SeqCst);
-    let report = p.process(&batch_of(&["a", "b"], 1), &invocation("inv-1", Duration::from_secs(30))).await;
+    let report = p
+        .process(
+            &batch_of(&["a", "b"], 1),
+            &invocation("inv-1", Duration::from_secs(30)),
+        )
+        .await;
     // Then the existence check proves it written
     assert!(report.failures.is_empty(), "{:?}", report.outcomes);
     assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "b"]));
@@ -272,7 +385,12 @@ async fn a_lost_claim_answer_is_resolved_by_reading_the_claim() {
     let stack = Stack::new();
     let (p, s) = stack.pipeline();
     s.dedup.lose_answers.store(true, Ordering::SeqCst);
-    let report = p.process(&batch_of(&["a", "b"], 1), &invocation("inv-1", Duration::from_secs(30))).await;
+    let report = p
+        .process(
+            &batch_of(&["a", "b"], 1),
+            &invocation("inv-1", Duration::from_secs(30)),
+        )
+        .await;
     assert!(report.failures.is_empty(), "{:?}", report.outcomes);
     assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "b"]));
 }
@@ -285,14 +403,31 @@ async fn an_unknown_claim_keeps_its_object_unwritten() {
     s.dedup.lose_answers.store(true, Ordering::SeqCst);
     s.dedup.fail_reads.store(true, Ordering::SeqCst);
     // When a batch is processed
-    let report = p.process(&batch_of(&["a", "b"], 1), &invocation("inv-1", Duration::from_secs(30))).await;
+    let report = p
+        .process(
+            &batch_of(&["a", "b"], 1),
+            &invocation("inv-1", Duration::from_secs(30)),
+        )
+        .await;
     // Then nothing is written, since the object would prove events it might lack
-    assert!(report.outcomes.iter().all(|o| *o == RecordOutcome::Failed(FailureCause::Dedup)), "{:?}", report.outcomes);
+    assert!(
+        report
+            .outcomes
+            .iter()
+            .all(|o| *o == RecordOutcome::Failed(FailureCause::Dedup)),
+        "{:?}",
+        report.outcomes
+    );
     assert!(stack.objects.objects.lock().unwrap().is_empty());
     assert_eq!(stack.row_count(), 0);
     // And a redelivery loads both once
     let (p2, _) = stack.pipeline();
-    let again = p2.process(&batch_of(&["a", "b"], 1), &invocation("inv-2", Duration::from_secs(30))).await;
+    let again = p2
+        .process(
+            &batch_of(&["a", "b"], 1),
+            &invocation("inv-2", Duration::from_secs(30)),
+        )
+        .await;
     assert!(again.failures.is_empty(), "{:?}", again.outcomes);
     assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "b"]));
 }
@@ -309,14 +444,19 @@ async fn crash_then_redeliver(arm: impl Fn(&Switches)) {
     arm(&s1);
     let crashed = tokio::time::timeout(
         Duration::from_millis(300),
-        p1.process(&batch, &invocation("inv-crashed", Duration::from_millis(400))),
+        p1.process(
+            &batch,
+            &invocation("inv-crashed", Duration::from_millis(400)),
+        ),
     )
     .await;
     assert!(crashed.is_err(), "the first invocation must have crashed");
     drop(p1);
     // When Lambda redelivers the batch to a new sandbox, possibly before the lease is over
     let (p2, _) = stack.pipeline();
-    let report = p2.process(&batch, &invocation("inv-retry", Duration::from_secs(30))).await;
+    let report = p2
+        .process(&batch, &invocation("inv-retry", Duration::from_secs(30)))
+        .await;
     // Then every event is in both sinks exactly once, and nothing is reported failed
     assert!(report.failures.is_empty(), "{:?}", report.outcomes);
     assert_eq!(stack.parquet_event_ids(), expected_ids(&ids));

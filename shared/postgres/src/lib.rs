@@ -48,7 +48,11 @@ impl TableName {
         if !ok {
             return Err(PgError::TableName(name.to_owned()));
         }
-        let quoted = parts.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(".");
+        let quoted = parts
+            .iter()
+            .map(|p| format!("\"{p}\""))
+            .collect::<Vec<_>>()
+            .join(".");
         Ok(Self { quoted })
     }
 
@@ -62,14 +66,24 @@ const STAGE_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS streamload_stage (
     payload jsonb, created_at timestamptz NOT NULL) ON COMMIT DELETE ROWS";
 const STAGE_COPY: &str =
     "COPY streamload_stage (event_id, user_id, event_type, payload, created_at) FROM STDIN (FORMAT binary)";
-const STAGE_TYPES: [Type; 5] = [Type::TEXT, Type::TEXT, Type::TEXT, Type::JSONB, Type::TIMESTAMPTZ];
+const STAGE_TYPES: [Type; 5] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::JSONB,
+    Type::TIMESTAMPTZ,
+];
 
 /// jsonb in binary COPY: a version byte, then the JSON text.
 #[derive(Debug)]
 struct RawJsonb<'a>(&'a str);
 
 impl ToSql for RawJsonb<'_> {
-    fn to_sql(&self, _: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         out.extend_from_slice(&[1]);
         out.extend_from_slice(self.0.as_bytes());
         Ok(IsNull::No)
@@ -90,7 +104,11 @@ struct UnixMicros(i64);
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 impl ToSql for UnixMicros {
-    fn to_sql(&self, _: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         out.extend_from_slice(&(self.0 - PG_EPOCH_OFFSET_US).to_be_bytes());
         Ok(IsNull::No)
     }
@@ -116,7 +134,11 @@ pub struct PgRows {
 
 impl PgRows {
     pub fn new(config: Config, table: TableName) -> Self {
-        Self { config, table, session: Mutex::new(None) }
+        Self {
+            config,
+            table,
+            session: Mutex::new(None),
+        }
     }
 
     async fn connect(&self) -> Result<Session, tokio_postgres::Error> {
@@ -157,7 +179,10 @@ impl PgRows {
     }
 }
 
-async fn copy_and_upsert(session: &mut Session, rows: &[Row<'_>]) -> Result<(), tokio_postgres::Error> {
+async fn copy_and_upsert(
+    session: &mut Session,
+    rows: &[Row<'_>],
+) -> Result<(), tokio_postgres::Error> {
     let tx = session.client.transaction().await?;
     let sink = tx.copy_in(STAGE_COPY).await?;
     let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
@@ -179,15 +204,27 @@ async fn copy_and_upsert(session: &mut Session, rows: &[Row<'_>]) -> Result<(), 
 /// (a missing table, a permission) is permanent.
 fn classify(e: &tokio_postgres::Error) -> PortError {
     let msg = match e.code() {
-        Some(code) => format!("postgres: {} ({})", code.code(), e.source().map(|s| s.to_string()).unwrap_or_default()),
+        Some(code) => format!(
+            "postgres: {} ({})",
+            code.code(),
+            e.source().map(|s| s.to_string()).unwrap_or_default()
+        ),
         None => format!("postgres: {e}"),
     };
     match e.code() {
         None => PortError::retryable(msg),
-        Some(c) if c.code().starts_with("08") || c.code().starts_with("53") || c.code().starts_with("57P") => {
+        Some(c)
+            if c.code().starts_with("08")
+                || c.code().starts_with("53")
+                || c.code().starts_with("57P") =>
+        {
             PortError::retryable(msg)
         }
-        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::LOCK_NOT_AVAILABLE => {
+        Some(c)
+            if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::LOCK_NOT_AVAILABLE =>
+        {
             PortError::retryable(msg)
         }
         Some(_) => PortError::permanent(msg),
@@ -210,8 +247,19 @@ mod tests {
     #[test]
     fn table_names_are_identifiers_only() {
         assert_eq!(TableName::parse("events").unwrap().quoted(), "\"events\"");
-        assert_eq!(TableName::parse("analytics.events_v2").unwrap().quoted(), "\"analytics\".\"events_v2\"");
-        for bad in ["", "events; drop table x", "a.b.c", "1events", "ev\"ents", "a.", &"x".repeat(64)] {
+        assert_eq!(
+            TableName::parse("analytics.events_v2").unwrap().quoted(),
+            "\"analytics\".\"events_v2\""
+        );
+        for bad in [
+            "",
+            "events; drop table x",
+            "a.b.c",
+            "1events",
+            "ev\"ents",
+            "a.",
+            &"x".repeat(64),
+        ] {
             assert!(TableName::parse(bad).is_err(), "{bad:?} must be refused");
         }
     }

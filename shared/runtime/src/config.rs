@@ -55,17 +55,27 @@ impl streamload_core::Classify for ConfigError {
 }
 
 fn prefix(name: &'static str, value: String) -> Result<String, ConfigError> {
-    let invalid = |why: &str| ConfigError::Invalid { name, why: why.into() };
+    let invalid = |why: &str| ConfigError::Invalid {
+        name,
+        why: why.into(),
+    };
     if value.starts_with('/') {
         return Err(invalid("must not start with /"));
     }
     if value.split('/').any(|part| part == "." || part == "..") {
         return Err(invalid("must not contain . or .. segments"));
     }
-    if !value.chars().all(|c| c.is_ascii_alphanumeric() || "/_-.=".contains(c)) {
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/_-.=".contains(c))
+    {
         return Err(invalid("use letters, digits and / _ - . = only"));
     }
-    Ok(if value.is_empty() || value.ends_with('/') { value } else { format!("{value}/") })
+    Ok(if value.is_empty() || value.ends_with('/') {
+        value
+    } else {
+        format!("{value}/")
+    })
 }
 
 impl Config {
@@ -90,17 +100,23 @@ impl Config {
 
         let database = match (get("DATABASE_URL"), get("DATABASE_SECRET_ARN")) {
             (Some(url), _) => {
-                url.parse::<tokio_postgres::Config>().map_err(|_| ConfigError::Invalid {
-                    name: "DATABASE_URL",
-                    why: "not a PostgreSQL connection string".into(),
-                })?;
+                url.parse::<tokio_postgres::Config>()
+                    .map_err(|_| ConfigError::Invalid {
+                        name: "DATABASE_URL",
+                        why: "not a PostgreSQL connection string".into(),
+                    })?;
                 DatabaseSource::Url(url)
             }
             (None, Some(arn)) if arn.starts_with("arn:") => DatabaseSource::SecretArn(arn),
             (None, Some(_)) => {
-                return Err(ConfigError::Invalid { name: "DATABASE_SECRET_ARN", why: "not an ARN".into() })
+                return Err(ConfigError::Invalid {
+                    name: "DATABASE_SECRET_ARN",
+                    why: "not an ARN".into(),
+                })
             }
-            (None, None) => return Err(ConfigError::Missing("DATABASE_URL or DATABASE_SECRET_ARN")),
+            (None, None) => {
+                return Err(ConfigError::Missing("DATABASE_URL or DATABASE_SECRET_ARN"))
+            }
         };
         let target_table = get("TARGET_TABLE").unwrap_or_else(|| "events".into());
         streamload_postgres::TableName::parse(&target_table).map_err(|e| ConfigError::Invalid {
@@ -111,16 +127,27 @@ impl Config {
         if dedup_ttl_seconds < MIN_DEDUP_TTL_SECONDS {
             return Err(ConfigError::Invalid {
                 name: "DEDUP_TTL_SECONDS",
-                why: format!("must be at least {MIN_DEDUP_TTL_SECONDS} so claims outlive redeliveries"),
+                why: format!(
+                    "must be at least {MIN_DEDUP_TTL_SECONDS} so claims outlive redeliveries"
+                ),
             });
         }
-        let max_record_bytes = number("MAX_RECORD_BYTES", streamload_core::event::DEFAULT_MAX_RECORD_BYTES as i64)?;
+        let max_record_bytes = number(
+            "MAX_RECORD_BYTES",
+            streamload_core::event::DEFAULT_MAX_RECORD_BYTES as i64,
+        )?;
         if max_record_bytes <= 0 {
-            return Err(ConfigError::Invalid { name: "MAX_RECORD_BYTES", why: "must be positive".into() });
+            return Err(ConfigError::Invalid {
+                name: "MAX_RECORD_BYTES",
+                why: "must be positive".into(),
+            });
         }
         let finish_margin_ms = number("FINISH_MARGIN_MS", 3000)?;
         if finish_margin_ms < 0 {
-            return Err(ConfigError::Invalid { name: "FINISH_MARGIN_MS", why: "must not be negative".into() });
+            return Err(ConfigError::Invalid {
+                name: "FINISH_MARGIN_MS",
+                why: "must not be negative".into(),
+            });
         }
         Ok(Config {
             database,
@@ -128,7 +155,10 @@ impl Config {
             dedup_table: required("DEDUP_TABLE")?,
             dedup_ttl_seconds,
             output_bucket: required("OUTPUT_BUCKET")?,
-            output_prefix: prefix("OUTPUT_PREFIX", get("OUTPUT_PREFIX").unwrap_or_else(|| "events/".into()))?,
+            output_prefix: prefix(
+                "OUTPUT_PREFIX",
+                get("OUTPUT_PREFIX").unwrap_or_else(|| "events/".into()),
+            )?,
             dead_letter_prefix: prefix(
                 "DEAD_LETTER_PREFIX",
                 get("DEAD_LETTER_PREFIX").unwrap_or_else(|| "dead-letter/".into()),
@@ -146,7 +176,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn with(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| m.get(k).cloned())
     }
 
@@ -172,8 +205,15 @@ mod tests {
             let without: Vec<_> = BASE.iter().copied().filter(|(k, _)| *k != name).collect();
             assert_eq!(with(&without).unwrap_err(), ConfigError::Missing(name));
         }
-        let no_db: Vec<_> = BASE.iter().copied().filter(|(k, _)| *k != "DATABASE_URL").collect();
-        assert_eq!(with(&no_db).unwrap_err(), ConfigError::Missing("DATABASE_URL or DATABASE_SECRET_ARN"));
+        let no_db: Vec<_> = BASE
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "DATABASE_URL")
+            .collect();
+        assert_eq!(
+            with(&no_db).unwrap_err(),
+            ConfigError::Missing("DATABASE_URL or DATABASE_SECRET_ARN")
+        );
     }
 
     #[test]

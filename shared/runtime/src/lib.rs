@@ -68,7 +68,11 @@ pub async fn build_pipeline(config: &Config) -> Result<AwsPipeline, StartError> 
         DatabaseSource::SecretArn(arn) => {
             let s = streamload_aws::database_secret(&sdk, arn).await?;
             let mut c = tokio_postgres::Config::new();
-            c.host(&s.host).port(s.port).user(&s.username).password(&s.password).dbname(&s.dbname);
+            c.host(&s.host)
+                .port(s.port)
+                .user(&s.username)
+                .password(&s.password)
+                .dbname(&s.dbname);
             c
         }
     };
@@ -100,7 +104,8 @@ async fn report_init_error(message: &str) {
     let Ok(client) = lambda_runtime_api_client::Client::builder().build() else {
         return;
     };
-    let body = serde_json::json!({"errorMessage": message, "errorType": "Runtime.ConfigError"}).to_string();
+    let body = serde_json::json!({"errorMessage": message, "errorType": "Runtime.ConfigError"})
+        .to_string();
     let request = lambda_runtime_api_client::build_request()
         .method("POST")
         .uri("/2018-06-01/runtime/init/error")
@@ -112,7 +117,10 @@ async fn report_init_error(message: &str) {
 }
 
 fn invocation(ctx: &Context) -> Invocation {
-    Invocation { attempt_id: ctx.request_id.clone(), deadline_ms: ctx.deadline as i64 }
+    Invocation {
+        attempt_id: ctx.request_id.clone(),
+        deadline_ms: ctx.deadline as i64,
+    }
 }
 
 /// Runs a decoded batch and answers with the lowest failed record of each unit, named by
@@ -122,7 +130,10 @@ pub async fn run_batch<D, R, O, Q>(
     batch: &Batch,
     inv: &Invocation,
     function_name: &str,
-    identify: impl Fn(&streamload_core::record::SourceUnit, &streamload_core::Position) -> serde_json::Value,
+    identify: impl Fn(
+        &streamload_core::record::SourceUnit,
+        &streamload_core::Position,
+    ) -> serde_json::Value,
 ) -> BatchItemFailures
 where
     D: DedupStore,
@@ -150,7 +161,9 @@ where
         batch_item_failures: report
             .failures
             .iter()
-            .map(|(unit, position)| ItemFailure { item_identifier: identify(unit, position) })
+            .map(|(unit, position)| ItemFailure {
+                item_identifier: identify(unit, position),
+            })
             .collect(),
     }
 }
@@ -176,7 +189,14 @@ where
 {
     let batch = streamload_core::kinesis::decode(&event.payload)?;
     let name = function_name(&event.context, "kinesis-loader");
-    Ok(run_batch(pipeline, &batch, &invocation(&event.context), &name, streamload_core::kinesis::failure_identifier).await)
+    Ok(run_batch(
+        pipeline,
+        &batch,
+        &invocation(&event.context),
+        &name,
+        streamload_core::kinesis::failure_identifier,
+    )
+    .await)
 }
 
 /// The `kafka-loader` handler.
@@ -192,5 +212,12 @@ where
 {
     let batch = streamload_core::kafka::decode(&event.payload)?;
     let name = function_name(&event.context, "kafka-loader");
-    Ok(run_batch(pipeline, &batch, &invocation(&event.context), &name, streamload_core::kafka::failure_identifier).await)
+    Ok(run_batch(
+        pipeline,
+        &batch,
+        &invocation(&event.context),
+        &name,
+        streamload_core::kafka::failure_identifier,
+    )
+    .await)
 }
