@@ -343,3 +343,10 @@ pub fn kinesis_event(records: &[(u64, Vec<u8>)]) -> streamload_core::kinesis::Ki
 pub fn seq(n: u64) -> String {
     format!("4959033827149025660855969253836157109592157598913{n:07}")
 }
+
+impl TestStack {
+    /// A second connection to this test's database.
+    pub async fn pg_clone(&self) -> tokio_postgres::Client {
+        connect(&self.database_url).await
+    }
+}

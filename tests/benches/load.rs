@@ -1,0 +1,171 @@
+//! Sink benchmarks against the real local stack (`make bench` starts it):
+//! 1. PostgreSQL upsert of 10,000-row batches: the shipped binary COPY + one upsert, beside a
+//!    row-at-a-time prepared INSERT … ON CONFLICT in one transaction (the naive baseline).
+//! 2. Peak memory of one 10,000-record, ~6 MB Kinesis invocation through the real pipeline
+//!    (decode, claims in DynamoDB, Postgres, S3, response), read from VmHWM.
+//!
+//! Run: `make bench` (or, with the stack's env exported, `cargo bench -p streamload-tests --bench load`).
+
+use std::time::{Duration, Instant};
+use streamload_core::ports::{Row, RowSink};
+use streamload_postgres::{PgRows, TableName};
+use streamload_tests::*;
+
+const ROWS: usize = 10_000;
+const RUNS: usize = 7;
+
+fn payload(i: usize) -> String {
+    format!(
+        r#"{{"path":"/products/{i}","items":[{{"sku":"SKU-{i}","qty":1,"price":19.99}}],"device":{{"os":"android"}}}}"#
+    )
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn current_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let stack = TestStack::new("bench", false).await;
+    let config: tokio_postgres::Config = stack.database_url.parse().unwrap();
+    let sink = PgRows::new(config, TableName::parse("events").unwrap());
+    let payloads: Vec<String> = (0..ROWS).map(payload).collect();
+
+    // 1a. The shipped sink: new ids each run (inserts), then the same ids again (updates).
+    let mut copy_times = Vec::new();
+    let mut copy_update_times = Vec::new();
+    for run in 0..RUNS {
+        let ids: Vec<String> = (0..ROWS).map(|i| format!("copy-{run}-{i}")).collect();
+        let rows: Vec<Row<'_>> = ids
+            .iter()
+            .zip(&payloads)
+            .map(|(id, p)| Row {
+                event_id: id,
+                user_id: "user-1",
+                event_type: "page_view",
+                payload: Some(p),
+                created_at_us: 1_714_557_600_000_000,
+            })
+            .collect();
+        let t = Instant::now();
+        sink.upsert(&rows).await.unwrap();
+        copy_times.push(t.elapsed());
+        let t = Instant::now();
+        sink.upsert(&rows).await.unwrap();
+        copy_update_times.push(t.elapsed());
+    }
+
+    // 1b. Naive baseline: one prepared INSERT … ON CONFLICT per row, one transaction.
+    let mut naive_times = Vec::new();
+    for run in 0..3 {
+        let mut pg = stack.pg_clone().await;
+        let t = Instant::now();
+        let tx = pg.transaction().await.unwrap();
+        let stmt = tx
+            .prepare("INSERT INTO events (event_id, user_id, event_type, payload, created_at) VALUES ($1, $2, $3, $4::text::jsonb, to_timestamp($5::float8)) ON CONFLICT (event_id) DO UPDATE SET payload = EXCLUDED.payload, updated_at = now()")
+            .await
+            .unwrap();
+        for (i, p) in payloads.iter().enumerate() {
+            let id = format!("naive-{run}-{i}");
+            tx.execute(
+                &stmt,
+                &[&id, &"user-1", &"page_view", p, &1_714_557_600.0f64],
+            )
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        naive_times.push(t.elapsed());
+    }
+    let rate = |d: Duration| ROWS as f64 / d.as_secs_f64();
+    let (c, u, n) = (
+        median(copy_times),
+        median(copy_update_times),
+        median(naive_times),
+    );
+    println!("postgres upsert, {ROWS} rows per batch (median of {RUNS}; baseline median of 3):");
+    println!(
+        "  binary COPY + upsert, new rows     : {:>8.1} ms  {:>9.0} rows/s",
+        c.as_secs_f64() * 1e3,
+        rate(c)
+    );
+    println!(
+        "  binary COPY + upsert, all conflicts: {:>8.1} ms  {:>9.0} rows/s",
+        u.as_secs_f64() * 1e3,
+        rate(u)
+    );
+    println!(
+        "  row-at-a-time prepared INSERT      : {:>8.1} ms  {:>9.0} rows/s",
+        n.as_secs_f64() * 1e3,
+        rate(n)
+    );
+    println!(
+        "  speed-up over row-at-a-time        : {:>8.1}x",
+        n.as_secs_f64() / c.as_secs_f64()
+    );
+
+    // 2. Peak memory of one full invocation.
+    let records: Vec<(u64, Vec<u8>)> = (0..ROWS as u64)
+        .map(|i| {
+            (
+                i,
+                event_json(
+                    &format!("mem-{i}"),
+                    "user-1",
+                    &format!(r#"{{"blob":"{}"}}"#, "x".repeat(420)),
+                ),
+            )
+        })
+        .collect();
+    let event_json_text = serde_json::to_string(&serde_json::json!({"Records": kinesis_event(&records).records.iter().map(|r| serde_json::json!({
+        "kinesis": {"sequenceNumber": r.kinesis.sequence_number, "partitionKey": r.kinesis.partition_key, "data": r.kinesis.data},
+        "eventID": r.event_id, "eventSourceARN": r.event_source_arn})).collect::<Vec<_>>()})).unwrap();
+    let pipeline = stack.pipeline().await;
+    let before = current_rss_kb();
+    let t = Instant::now();
+    let event: streamload_core::kinesis::KinesisEvent =
+        serde_json::from_str(&event_json_text).unwrap();
+    let batch = streamload_core::kinesis::decode(&event).unwrap();
+    drop(event);
+    let report = pipeline
+        .process(&batch, &invocation("mem", Duration::from_secs(600)))
+        .await;
+    let took = t.elapsed();
+    assert!(report.failures.is_empty());
+    println!(
+        "one Kinesis invocation, {ROWS} records, event {:.2} MB:",
+        event_json_text.len() as f64 / 1e6
+    );
+    println!(
+        "  wall time (moto DynamoDB ~200 req/s dominates): {:.1} s",
+        took.as_secs_f64()
+    );
+    println!(
+        "  RSS before {:.1} MB, process peak (VmHWM) {:.1} MB",
+        before as f64 / 1024.0,
+        peak_rss_kb() as f64 / 1024.0
+    );
+}
