@@ -51,32 +51,24 @@ pg_url() {
 }
 
 start_postgres() {
-  if [ -f "$STATE/pg.url" ]; then
-    # our private cluster
-    local bin; bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-    if ! port_open $PRIVATE_PG_PORT; then
-      "$bin/pg_ctl" -D "$STATE/pg" -l "$STATE/postgres.log" -w start >/dev/null
-    fi
-    return
-  fi
-  if port_open 5432 && psql_ok "postgres://postgres@127.0.0.1:5432/postgres"; then return; fi
-  local bin; bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-  local run_as=()
-  if [ "$(id -u)" = 0 ]; then
+  if [ ! -f "$STATE/pg.ours" ] && port_open 5432; then return; fi  # a server is already there: use it
+  local bin run_as=()
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  if [ "$(id -u)" = 0 ]; then  # initdb and postgres refuse to run as root
     id streamload >/dev/null 2>&1 || useradd --system --no-create-home streamload
-    chown -R streamload "$STATE" 2>/dev/null || true
+    chown -R streamload "$STATE"
     run_as=(runuser -u streamload --)
   fi
   if [ ! -d "$STATE/pg" ]; then
     "${run_as[@]}" "$bin/initdb" -D "$STATE/pg" -U postgres --auth=trust >/dev/null
   fi
-  "${run_as[@]}" "$bin/pg_ctl" -D "$STATE/pg" -l "$STATE/postgres.log" \
-    -o "-p $PRIVATE_PG_PORT -k $STATE -c listen_addresses=127.0.0.1" -w start >/dev/null
+  if ! port_open $PRIVATE_PG_PORT; then
+    "${run_as[@]}" "$bin/pg_ctl" -D "$STATE/pg" -l "$STATE/postgres.log" \
+      -o "-p $PRIVATE_PG_PORT -k $STATE -c listen_addresses=127.0.0.1" -w start >/dev/null
+  fi
   echo "postgres://postgres@127.0.0.1:$PRIVATE_PG_PORT/postgres" >"$STATE/pg.url"
   touch "$STATE/pg.ours"
 }
-
-psql_ok() { command -v psql >/dev/null 2>&1 && psql "$1" -Atqc 'select 1' >/dev/null 2>&1 || port_open 5432; }
 
 write_env() {
   cat >"$STATE/env" <<ENV
