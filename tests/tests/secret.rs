@@ -1,0 +1,48 @@
+//! In AWS the database credentials come from Secrets Manager (`DATABASE_SECRET_ARN`).
+
+use std::time::Duration;
+use streamload_runtime::{build_pipeline, Config, DatabaseSource};
+use streamload_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_a_secret_reach_the_database() {
+    // Given a secret holding this test database's coordinates, and no DATABASE_URL
+    let stack = TestStack::new("secret", false).await;
+    let cfg: tokio_postgres::Config = stack.database_url.parse().unwrap();
+    let host = match &cfg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        other => panic!("unexpected host {other:?}"),
+    };
+    let secret = serde_json::json!({
+        "host": host, "port": cfg.get_ports()[0], "username": cfg.get_user().unwrap(),
+        "password": "", "dbname": cfg.get_dbname().unwrap(), "engine": "postgres"
+    });
+    let sm = aws_sdk_secretsmanager::Client::new(&stack.sdk);
+    let arn = sm.create_secret().name(&stack.name).secret_string(secret.to_string()).send().await.unwrap().arn.unwrap();
+    let base = stack.config.clone();
+    let config = Config::from_lookup(|k| match k {
+        "DATABASE_SECRET_ARN" => Some(arn.clone()),
+        "DEDUP_TABLE" => Some(base.dedup_table.clone()),
+        "OUTPUT_BUCKET" => Some(base.output_bucket.clone()),
+        "DLQ_URL" => Some(base.dlq_url.clone()),
+        _ => None,
+    })
+    .unwrap();
+    assert!(matches!(config.database, DatabaseSource::SecretArn(_)));
+    // When the pipeline is built from it and a batch is loaded
+    let p = build_pipeline(&config).await.expect("pipeline from secret");
+    let batch = streamload_core::kinesis::decode(&kinesis_event(&[(1, event_json("s1", "u", "{}"))])).unwrap();
+    let r = p.process(&batch, &invocation("inv", Duration::from_secs(30))).await;
+    // Then the row is in the database the secret names
+    assert!(r.failures.is_empty(), "{:?}", r.outcomes);
+    assert_eq!(stack.row_ids().await, vec!["s1".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_secret_fails_start_up_with_its_arn() {
+    let stack = TestStack::new("nosecret", false).await;
+    let mut config = stack.config.clone();
+    config.database = DatabaseSource::SecretArn("arn:aws:secretsmanager:us-east-1:123456789012:secret:absent".into());
+    let err = build_pipeline(&config).await.err().expect("start-up must fail");
+    assert!(err.to_string().contains("secret:absent"), "{err}");
+}
