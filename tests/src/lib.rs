@@ -350,3 +350,103 @@ impl TestStack {
         connect(&self.database_url).await
     }
 }
+
+/// The crash matrix shared by both sources: a sandbox dies at the armed point, 0.5 s before
+/// its deadline; Lambda redelivers the same batch to a new sandbox, which must leave every
+/// event of `expected` exactly once in Postgres and across the Parquet objects.
+pub async fn crash_then_redeliver(
+    stack: &TestStack,
+    batch: &streamload_core::Batch,
+    expected: &[String],
+    arm: impl Fn(&Switches),
+) {
+    let (p1, s1) = stack.faulty_pipeline().await;
+    arm(&s1);
+    let crashed = tokio::time::timeout(
+        Duration::from_millis(1500),
+        p1.process(
+            batch,
+            &invocation("inv-crashed", Duration::from_millis(2000)),
+        ),
+    )
+    .await;
+    assert!(crashed.is_err(), "the first sandbox must crash");
+    drop(p1);
+    let p2 = stack.pipeline().await;
+    let r = p2
+        .process(batch, &invocation("inv-retry", Duration::from_secs(30)))
+        .await;
+    assert!(r.failures.is_empty(), "{:?}", r.outcomes);
+    assert_eq!(stack.row_ids().await, expected);
+    assert_eq!(stack.parquet_ids().await, expected);
+}
+
+/// The crash points of docs/exactly-once.md, each as a way to arm the switches.
+pub fn crash_points() -> Vec<(&'static str, fn(&Switches))> {
+    use std::sync::atomic::Ordering::SeqCst;
+    vec![
+        ("while claiming", |s| {
+            s.dedup.crash_after.store(true, SeqCst)
+        }),
+        ("after claims, before Postgres", |s| {
+            s.rows.crash_before.store(true, SeqCst)
+        }),
+        ("after the Postgres commit, before S3", |s| {
+            s.rows.crash_after.store(true, SeqCst)
+        }),
+        ("after the S3 write, before answering", |s| {
+            s.objects.crash_after.store(true, SeqCst)
+        }),
+        ("after dead-lettering", |s| {
+            s.dead_letters.crash_after.store(true, SeqCst);
+            s.rows.crash_before.store(true, SeqCst);
+        }),
+    ]
+}
+
+/// S3 refuses writes, then DynamoDB errors, then both recover: reported, then loaded once.
+pub async fn aws_errors_then_recover(
+    stack: &TestStack,
+    batch: &streamload_core::Batch,
+    expected: &[String],
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use streamload_core::{FailureCause, RecordOutcome};
+    let (p, s) = stack.faulty_pipeline().await;
+    s.objects.fail.store(true, SeqCst);
+    let r1 = p
+        .process(batch, &invocation("inv-1", Duration::from_secs(3)))
+        .await;
+    assert!(!r1.failures.is_empty());
+    assert!(
+        r1.outcomes.iter().all(|o| matches!(
+            o,
+            RecordOutcome::Failed(FailureCause::ObjectStore)
+                | RecordOutcome::DuplicateInBatch
+                | RecordOutcome::DeadLettered(_)
+                | RecordOutcome::Failed(_)
+        )),
+        "{:?}",
+        r1.outcomes
+    );
+    assert!(stack.parquet_ids().await.is_empty());
+    s.objects.fail.store(false, SeqCst);
+    s.dedup.fail.store(true, SeqCst);
+    let r2 = p
+        .process(batch, &invocation("inv-2", Duration::from_secs(30)))
+        .await;
+    assert!(
+        r2.outcomes
+            .iter()
+            .any(|o| *o == RecordOutcome::Failed(FailureCause::Dedup)),
+        "{:?}",
+        r2.outcomes
+    );
+    s.dedup.fail.store(false, SeqCst);
+    let r3 = p
+        .process(batch, &invocation("inv-3", Duration::from_secs(30)))
+        .await;
+    assert!(r3.failures.is_empty(), "{:?}", r3.outcomes);
+    assert_eq!(stack.row_ids().await, expected);
+    assert_eq!(stack.parquet_ids().await, expected);
+}

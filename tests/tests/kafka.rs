@@ -7,7 +7,6 @@ use rskafka::client::partition::{Compression, UnknownTopicHandling};
 use rskafka::client::ClientBuilder;
 use rskafka::record::Record;
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use streamload_core::kafka::{decode, failure_identifier, KafkaEvent};
 use streamload_core::RecordOutcome;
@@ -262,41 +261,79 @@ async fn a_postgres_outage_reports_the_lowest_offset_of_each_failing_partition()
     assert_eq!(stack.parquet_ids().await, ids(&["a", "b", "c"]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_after_the_postgres_commit_then_redelivery_is_exactly_once() {
-    let stack = TestStack::new("kafkacrash", false).await;
+/// Two partitions, the same event on both, a tombstone: read back from the broker.
+async fn two_partition_batch(stack: &TestStack) -> streamload_core::Batch {
     let topic = format!("events-{}", stack.name);
     create_topic(&topic, 2);
     let event = produce_and_poll(
         &topic,
         vec![
-            (0, vec![rec(None, ev("a"), &[])]),
+            (0, vec![rec(None, ev("a"), &[]), rec(Some("k"), None, &[])]),
             (1, vec![rec(None, ev("b"), &[]), rec(None, ev("a"), &[])]),
         ],
         0,
         "aws:kafka",
     )
     .await;
-    let batch = decode(&serde_json::from_value::<KafkaEvent>(event).unwrap()).unwrap();
-    // Given a sandbox that dies right after the database commit
-    let (p1, s1) = stack.faulty_pipeline().await;
-    s1.rows.crash_after.store(true, Ordering::SeqCst);
-    let crashed = tokio::time::timeout(
-        Duration::from_millis(1500),
-        p1.process(
-            &batch,
-            &invocation("inv-crashed", Duration::from_millis(2000)),
-        ),
+    decode(&serde_json::from_value::<KafkaEvent>(event).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_crash_point_then_redelivery_is_exactly_once() {
+    for (point, arm) in crash_points() {
+        let stack = TestStack::new("kcrash", false).await;
+        let batch = two_partition_batch(&stack).await;
+        eprintln!("crash point: {point}");
+        crash_then_redeliver(&stack, &batch, &ids(&["a", "b"]), arm).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_and_dynamodb_errors_are_reported_then_recovered() {
+    let stack = TestStack::new("kawserr", false).await;
+    let batch = two_partition_batch(&stack).await;
+    aws_errors_then_recover(&stack, &batch, &ids(&["a", "b"])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_partition_with_a_failure_is_reported() {
+    // Given another live invocation holds the claim on "b" (it is stuck before its commit)
+    let stack = TestStack::new("kheld", false).await;
+    let batch = two_partition_batch(&stack).await;
+    let (holder, s) = stack.faulty_pipeline().await;
+    s.rows
+        .crash_before
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let only_b = streamload_core::Batch {
+        records: batch
+            .records
+            .iter()
+            .filter(|r| r.unit.label.ends_with("/1") && r.position.as_str() == "0")
+            .cloned()
+            .collect(),
+    };
+    let stuck = tokio::time::timeout(
+        Duration::from_millis(500),
+        holder.process(&only_b, &invocation("holder", Duration::from_secs(120))),
     )
     .await;
-    assert!(crashed.is_err());
-    // When the batch is redelivered
-    let p2 = stack.pipeline().await;
-    let r = p2
-        .process(&batch, &invocation("inv-retry", Duration::from_secs(30)))
-        .await;
-    // Then each event is once in both sinks
-    assert!(r.failures.is_empty(), "{:?}", r.outcomes);
-    assert_eq!(stack.row_ids().await, ids(&["a", "b"]));
-    assert_eq!(stack.parquet_ids().await, ids(&["a", "b"]));
+    assert!(stuck.is_err());
+    // When the two-partition batch runs
+    let p = stack.pipeline().await;
+    let resp = run_batch(
+        &p,
+        &batch,
+        &invocation("inv", Duration::from_secs(30)),
+        "test",
+        failure_identifier,
+    )
+    .await;
+    // Then partition 0 succeeds and partition 1 reports the held record's offset
+    let topic = batch.records[0].unit.topic_partition.clone().unwrap().0;
+    assert_eq!(resp.batch_item_failures.len(), 1, "{resp:?}");
+    assert_eq!(
+        resp.batch_item_failures[0].item_identifier,
+        serde_json::json!({"partition": format!("{topic}-1"), "offset": 0})
+    );
+    assert_eq!(stack.parquet_ids().await, ids(&["a"]));
 }

@@ -1,10 +1,9 @@
 //! kinesis-loader against the real local stack: PostgreSQL, the AWS endpoint (S3, DynamoDB,
 //! SQS). Each test reads Given / When / Then and checks both sinks.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use streamload_core::kinesis::{decode, failure_identifier};
-use streamload_core::{FailureCause, RecordOutcome};
+use streamload_core::RecordOutcome;
 use streamload_runtime::run_batch;
 use streamload_tests::*;
 
@@ -205,117 +204,28 @@ async fn a_postgres_outage_mid_run_loses_nothing_and_names_the_right_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_and_dynamodb_errors_are_reported_then_recovered() {
     let stack = TestStack::new("awserr", false).await;
-    // Given S3 refuses writes
-    let (p, s) = stack.faulty_pipeline().await;
-    s.objects.fail.store(true, Ordering::SeqCst);
-    let b = batch(&[plain(1, "a"), plain(2, "b")]);
-    let r1 = p
-        .process(&b, &invocation("inv-1", Duration::from_secs(3)))
-        .await;
-    // Then the batch is reported from its first record, with nothing in S3; the claims stay
-    // until the lease ends, since an unanswered write might still land
-    assert_eq!(r1.failures[0].1.as_str(), seq(1));
-    assert!(
-        r1.outcomes
-            .iter()
-            .all(|o| *o == RecordOutcome::Failed(FailureCause::ObjectStore)),
-        "{:?}",
-        r1.outcomes
-    );
-    assert!(stack.parquet_ids().await.is_empty());
-    // Given DynamoDB errors instead
-    s.objects.fail.store(false, Ordering::SeqCst);
-    s.dedup.fail.store(true, Ordering::SeqCst);
-    let r2 = p
-        .process(&b, &invocation("inv-2", Duration::from_secs(30)))
-        .await;
-    assert!(
-        r2.outcomes
-            .iter()
-            .all(|o| matches!(o, RecordOutcome::Failed(FailureCause::Dedup))),
-        "{:?}",
-        r2.outcomes
-    );
-    // When both recover and the batch is redelivered (it waits out inv-1's lease, then takes over)
-    s.dedup.fail.store(false, Ordering::SeqCst);
-    let r3 = p
-        .process(&b, &invocation("inv-3", Duration::from_secs(30)))
-        .await;
-    // Then each event is once in each sink
-    assert!(r3.failures.is_empty(), "{:?}", r3.outcomes);
-    assert_eq!(stack.row_ids().await, ids(&["a", "b"]));
-    assert_eq!(stack.parquet_ids().await, ids(&["a", "b"]));
-}
-
-/// A sandbox crashes at the armed point; Lambda redelivers the batch to a new one.
-async fn crash_then_redeliver(tag: &str, arm: impl Fn(&Switches)) {
-    let stack = TestStack::new(tag, false).await;
-    let b = batch(&[
-        plain(1, "a"),
-        plain(2, "b"),
-        (3, b"poison".to_vec()),
-        plain(4, "a"),
-        plain(5, "c"),
-    ]);
-    // Given a sandbox that dies at the armed point, 1.5 s before its deadline
-    let (p1, s1) = stack.faulty_pipeline().await;
-    arm(&s1);
-    let crashed = tokio::time::timeout(
-        Duration::from_millis(1500),
-        p1.process(&b, &invocation("inv-crashed", Duration::from_millis(2000))),
-    )
-    .await;
-    assert!(crashed.is_err(), "the first sandbox must crash");
-    drop(p1);
-    // When the batch is redelivered to a fresh sandbox (its claims' leases may still run)
-    let p2 = stack.pipeline().await;
-    let r = p2
-        .process(&b, &invocation("inv-retry", Duration::from_secs(30)))
-        .await;
-    // Then every event is exactly once in Postgres and across the Parquet objects
-    assert!(r.failures.is_empty(), "{:?}", r.outcomes);
-    assert_eq!(stack.row_ids().await, ids(&["a", "b", "c"]));
-    assert_eq!(stack.parquet_ids().await, ids(&["a", "b", "c"]));
-    assert!(!stack.dead_letters().await.is_empty());
+    let b = batch(&[plain(1, "a"), plain(2, "b"), plain(3, "a")]);
+    aws_errors_then_recover(&stack, &b, &ids(&["a", "b"])).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_while_claiming() {
-    crash_then_redeliver("crclaim", |s| {
-        s.dedup.crash_after.store(true, Ordering::SeqCst)
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_after_claims_before_postgres() {
-    crash_then_redeliver("crprepg", |s| {
-        s.rows.crash_before.store(true, Ordering::SeqCst)
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_after_postgres_commit_before_s3() {
-    crash_then_redeliver("crpostpg", |s| {
-        s.rows.crash_after.store(true, Ordering::SeqCst)
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_after_s3_write_before_answering() {
-    crash_then_redeliver("crposts3", |s| {
-        s.objects.crash_after.store(true, Ordering::SeqCst)
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_after_dead_lettering() {
-    crash_then_redeliver("crdlq", |s| {
-        s.dead_letters.crash_after.store(true, Ordering::SeqCst);
-        s.rows.crash_before.store(true, Ordering::SeqCst);
-    })
-    .await;
+async fn every_crash_point_then_redelivery_is_exactly_once() {
+    for (point, arm) in crash_points() {
+        // Given a batch with a duplicate and a poison record, and a sandbox that dies at `point`
+        let stack = TestStack::new("crash", false).await;
+        let b = batch(&[
+            plain(1, "a"),
+            plain(2, "b"),
+            (3, b"poison".to_vec()),
+            plain(4, "a"),
+            plain(5, "c"),
+        ]);
+        eprintln!("crash point: {point}");
+        // When it is redelivered, Then each event is once in both sinks
+        crash_then_redeliver(&stack, &b, &ids(&["a", "b", "c"]), arm).await;
+        assert!(
+            !stack.dead_letters().await.is_empty(),
+            "{point}: the poison record is dead-lettered"
+        );
+    }
 }

@@ -18,7 +18,15 @@ async fn credentials_from_a_secret_reach_the_database() {
         "password": "", "dbname": cfg.get_dbname().unwrap(), "engine": "postgres"
     });
     let sm = aws_sdk_secretsmanager::Client::new(&stack.sdk);
-    let arn = sm.create_secret().name(&stack.name).secret_string(secret.to_string()).send().await.unwrap().arn.unwrap();
+    let arn = sm
+        .create_secret()
+        .name(&stack.name)
+        .secret_string(secret.to_string())
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
     let base = stack.config.clone();
     let config = Config::from_lookup(|k| match k {
         "DATABASE_SECRET_ARN" => Some(arn.clone()),
@@ -31,8 +39,12 @@ async fn credentials_from_a_secret_reach_the_database() {
     assert!(matches!(config.database, DatabaseSource::SecretArn(_)));
     // When the pipeline is built from it and a batch is loaded
     let p = build_pipeline(&config).await.expect("pipeline from secret");
-    let batch = streamload_core::kinesis::decode(&kinesis_event(&[(1, event_json("s1", "u", "{}"))])).unwrap();
-    let r = p.process(&batch, &invocation("inv", Duration::from_secs(30))).await;
+    let batch =
+        streamload_core::kinesis::decode(&kinesis_event(&[(1, event_json("s1", "u", "{}"))]))
+            .unwrap();
+    let r = p
+        .process(&batch, &invocation("inv", Duration::from_secs(30)))
+        .await;
     // Then the row is in the database the secret names
     assert!(r.failures.is_empty(), "{:?}", r.outcomes);
     assert_eq!(stack.row_ids().await, vec!["s1".to_string()]);
@@ -42,7 +54,12 @@ async fn credentials_from_a_secret_reach_the_database() {
 async fn a_missing_secret_fails_start_up_with_its_arn() {
     let stack = TestStack::new("nosecret", false).await;
     let mut config = stack.config.clone();
-    config.database = DatabaseSource::SecretArn("arn:aws:secretsmanager:us-east-1:123456789012:secret:absent".into());
-    let err = build_pipeline(&config).await.err().expect("start-up must fail");
+    config.database = DatabaseSource::SecretArn(
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:absent".into(),
+    );
+    let err = build_pipeline(&config)
+        .await
+        .err()
+        .expect("start-up must fail");
     assert!(err.to_string().contains("secret:absent"), "{err}");
 }

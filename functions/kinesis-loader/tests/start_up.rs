@@ -13,7 +13,8 @@ fn a_missing_variable_is_reported_to_the_runtime_api_as_an_init_error() {
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         // Read until the JSON body has arrived.
@@ -41,7 +42,10 @@ fn a_missing_variable_is_reported_to_the_runtime_api_as_an_init_error() {
         .expect("run the binary");
     let request = server.join().unwrap();
     // Then it posted one init error naming the variable, and exited with failure
-    assert!(request.starts_with("POST /2018-06-01/runtime/init/error"), "{request}");
+    assert!(
+        request.starts_with("POST /2018-06-01/runtime/init/error"),
+        "{request}"
+    );
     assert!(request.contains("DEDUP_TABLE is required"), "{request}");
     assert!(!status.success());
 }
