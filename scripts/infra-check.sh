@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Offline checks of the SAM template: cfn-lint, `sam validate --lint`, and the template tests.
+# Installs pinned aws-sam-cli, cfn-lint and pytest into .venv-infra (git-ignored), idempotently.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV="$ROOT/.venv-infra"
+PINS=("aws-sam-cli==1.170.0" "cfn-lint==1.58.0" "pytest==8.3.5")
+STAMP="$VENV/.streamload-pins"
+want=$(printf '%s\n' "${PINS[@]}")
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+  echo "install: template tools into .venv-infra (${PINS[*]})"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PINS[@]}"
+  printf '%s\n' "$want" >"$STAMP"
+fi
+cd "$ROOT"
+export SAM_CLI_TELEMETRY=0
+"$VENV/bin/cfn-lint" infra/template.yaml
+echo "cfn-lint: infra/template.yaml ok"
+"$VENV/bin/sam" validate --lint --region us-east-1 -t infra/template.yaml
+"$VENV/bin/python" -m pytest -q tests/infra
