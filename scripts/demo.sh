@@ -44,7 +44,7 @@ echo "== building the release functions (first time: ~15 min on 2 cores)"
 cargo build --release -p kinesis-loader -p kafka-loader 2>&1 | tail -1
 
 echo "== starting the Lambda Runtime API emulator (cargo lambda watch) on 127.0.0.1:$WATCH_PORT"
-cargo lambda watch --release -A 127.0.0.1 -P "$WATCH_PORT" --env-file .stack/demo.env \
+cargo lambda watch --release --invoke-address 127.0.0.1 --invoke-port "$WATCH_PORT" --env-file .stack/demo.env \
   > .stack/watch.log 2>&1 &
 WATCH_PID=$!
 trap 'kill $WATCH_PID 2>/dev/null || true' EXIT
@@ -54,7 +54,7 @@ for _ in $(seq 1 600); do
 done
 
 invoke() { # function file
-  cargo lambda invoke "$1" -A 127.0.0.1 -P "$WATCH_PORT" --data-file "$2" --output-format json
+  cargo lambda invoke "$1" --invoke-address 127.0.0.1 --invoke-port "$WATCH_PORT" --data-file "$2" --output-format json
 }
 echo "== invoking"
 for pair in "kinesis-loader events/kinesis.json" "kafka-loader events/msk.json" \

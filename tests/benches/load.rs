@@ -25,23 +25,13 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn peak_rss_kb() -> u64 {
+/// A `kB` field of /proc/self/status: VmHWM (peak resident set) or VmRSS (current).
+fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn current_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
@@ -144,7 +134,7 @@ async fn main() {
         "kinesis": {"sequenceNumber": r.kinesis.sequence_number, "partitionKey": r.kinesis.partition_key, "data": r.kinesis.data},
         "eventID": r.event_id, "eventSourceARN": r.event_source_arn})).collect::<Vec<_>>()})).unwrap();
     let pipeline = stack.pipeline().await;
-    let before = current_rss_kb();
+    let before = status_kb("VmRSS:");
     let t = Instant::now();
     let event: streamload_core::kinesis::KinesisEvent =
         serde_json::from_str(&event_json_text).unwrap();
@@ -166,6 +156,6 @@ async fn main() {
     println!(
         "  RSS before {:.1} MB, process peak (VmHWM) {:.1} MB",
         before as f64 / 1024.0,
-        peak_rss_kb() as f64 / 1024.0
+        status_kb("VmHWM:") as f64 / 1024.0
     );
 }

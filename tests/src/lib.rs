@@ -382,7 +382,10 @@ pub async fn crash_then_redeliver(
 }
 
 /// The crash points of docs/exactly-once.md, each as a way to arm the switches.
-pub fn crash_points() -> Vec<(&'static str, fn(&Switches))> {
+/// A named way to arm the fault switches.
+pub type CrashPoint = (&'static str, fn(&Switches));
+
+pub fn crash_points() -> Vec<CrashPoint> {
     use std::sync::atomic::Ordering::SeqCst;
     vec![
         ("while claiming", |s| {
@@ -437,8 +440,7 @@ pub async fn aws_errors_then_recover(
         .await;
     assert!(
         r2.outcomes
-            .iter()
-            .any(|o| *o == RecordOutcome::Failed(FailureCause::Dedup)),
+            .contains(&RecordOutcome::Failed(FailureCause::Dedup)),
         "{:?}",
         r2.outcomes
     );

@@ -9,7 +9,7 @@ async fn main() -> Result<(), Error> {
     let pipeline = streamload_runtime::start().await?;
     let pipeline = &pipeline;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        streamload_runtime::handle_kafka(pipeline, event).await
+        streamload_runtime::handle::<streamload_runtime::Kafka, _, _, _, _>(pipeline, event).await
     }))
     .await
 }

@@ -9,7 +9,7 @@ async fn main() -> Result<(), Error> {
     let pipeline = streamload_runtime::start().await?;
     let pipeline = &pipeline;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        streamload_runtime::handle_kinesis(pipeline, event).await
+        streamload_runtime::handle::<streamload_runtime::Kinesis, _, _, _, _>(pipeline, event).await
     }))
     .await
 }

@@ -21,6 +21,7 @@ pub mod ports;
 pub mod record;
 pub mod response;
 pub mod retry;
+pub mod source;
 
 pub use error::{Classify, ErrorClass};
 pub use event::{validate, Event, Poison, PoisonKind};

@@ -465,30 +465,27 @@ async fn crash_then_redeliver(arm: impl Fn(&Switches)) {
 }
 
 #[tokio::test]
-async fn crash_while_claiming() {
-    crash_then_redeliver(|s| s.dedup.crash_after.store(true, Ordering::SeqCst)).await;
-}
-
-#[tokio::test]
-async fn crash_after_claims_before_the_database() {
-    crash_then_redeliver(|s| s.rows.crash_before.store(true, Ordering::SeqCst)).await;
-}
-
-#[tokio::test]
-async fn crash_after_the_database_commit_before_the_object() {
-    crash_then_redeliver(|s| s.rows.crash_after.store(true, Ordering::SeqCst)).await;
-}
-
-#[tokio::test]
-async fn crash_after_the_object_before_answering() {
-    crash_then_redeliver(|s| s.objects.crash_after.store(true, Ordering::SeqCst)).await;
-}
-
-#[tokio::test]
-async fn crash_after_dead_lettering() {
-    crash_then_redeliver(|s| {
-        s.dead_letters.crash_after.store(true, Ordering::SeqCst);
-        s.rows.crash_before.store(true, Ordering::SeqCst);
-    })
-    .await;
+async fn every_crash_point_then_redelivery_is_exactly_once() {
+    let points: [(&str, fn(&Switches)); 5] = [
+        ("while claiming", |s| {
+            s.dedup.crash_after.store(true, Ordering::SeqCst)
+        }),
+        ("after claims, before the database", |s| {
+            s.rows.crash_before.store(true, Ordering::SeqCst)
+        }),
+        ("after the database commit, before the object", |s| {
+            s.rows.crash_after.store(true, Ordering::SeqCst)
+        }),
+        ("after the object, before answering", |s| {
+            s.objects.crash_after.store(true, Ordering::SeqCst)
+        }),
+        ("after dead-lettering", |s| {
+            s.dead_letters.crash_after.store(true, Ordering::SeqCst);
+            s.rows.crash_before.store(true, Ordering::SeqCst);
+        }),
+    ];
+    for (point, arm) in points {
+        eprintln!("crash point: {point}");
+        crash_then_redeliver(arm).await;
+    }
 }

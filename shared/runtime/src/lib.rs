@@ -8,11 +8,10 @@ pub use config::{Config, ConfigError, DatabaseSource};
 
 use lambda_runtime::{Context, LambdaEvent};
 use streamload_aws::{DynamoDedup, S3Objects, SqsDeadLetters};
-use streamload_core::kafka::KafkaEvent;
-use streamload_core::kinesis::KinesisEvent;
 use streamload_core::ports::{DeadLetters, DedupStore, ObjectSink, RowSink};
 use streamload_core::record::Batch;
 use streamload_core::response::{BatchItemFailures, ItemFailure};
+pub use streamload_core::source::{EventSource, Kafka, Kinesis};
 use streamload_core::{Invocation, Pipeline, PipelineSettings};
 use streamload_postgres::{PgRows, TableName};
 
@@ -176,48 +175,27 @@ fn function_name(ctx: &Context, fallback: &str) -> String {
     }
 }
 
-/// The `kinesis-loader` handler.
-pub async fn handle_kinesis<D, R, O, Q>(
+/// The handler of both functions: decode the source's event, run the shared pipeline, answer
+/// with the source's failure identifiers.
+pub async fn handle<S, D, R, O, Q>(
     pipeline: &Pipeline<D, R, O, Q>,
-    event: LambdaEvent<KinesisEvent>,
+    event: LambdaEvent<S::Event>,
 ) -> Result<BatchItemFailures, lambda_runtime::Error>
 where
+    S: EventSource,
     D: DedupStore,
     R: RowSink,
     O: ObjectSink,
     Q: DeadLetters,
 {
-    let batch = streamload_core::kinesis::decode(&event.payload)?;
-    let name = function_name(&event.context, "kinesis-loader");
+    let batch = S::decode(&event.payload)?;
+    let name = function_name(&event.context, S::FUNCTION);
     Ok(run_batch(
         pipeline,
         &batch,
         &invocation(&event.context),
         &name,
-        streamload_core::kinesis::failure_identifier,
-    )
-    .await)
-}
-
-/// The `kafka-loader` handler.
-pub async fn handle_kafka<D, R, O, Q>(
-    pipeline: &Pipeline<D, R, O, Q>,
-    event: LambdaEvent<KafkaEvent>,
-) -> Result<BatchItemFailures, lambda_runtime::Error>
-where
-    D: DedupStore,
-    R: RowSink,
-    O: ObjectSink,
-    Q: DeadLetters,
-{
-    let batch = streamload_core::kafka::decode(&event.payload)?;
-    let name = function_name(&event.context, "kafka-loader");
-    Ok(run_batch(
-        pipeline,
-        &batch,
-        &invocation(&event.context),
-        &name,
-        streamload_core::kafka::failure_identifier,
+        S::failure_identifier,
     )
     .await)
 }
