@@ -466,7 +466,8 @@ async fn crash_then_redeliver(arm: impl Fn(&Switches)) {
 
 #[tokio::test]
 async fn every_crash_point_then_redelivery_is_exactly_once() {
-    let points: [(&str, fn(&Switches)); 5] = [
+    type CrashPoint = (&'static str, fn(&Switches));
+    let points: [CrashPoint; 5] = [
         ("while claiming", |s| {
             s.dedup.crash_after.store(true, Ordering::SeqCst)
         }),
