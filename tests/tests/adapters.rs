@@ -1,0 +1,101 @@
+//! The adapters' contracts against the real AWS endpoint: the conditions the protocol relies on.
+
+use streamload_aws::{DynamoDedup, S3Objects};
+use streamload_core::ports::{Claim, ClaimAttempt, DedupStore, ObjectSink, PutOutcome};
+use streamload_tests::*;
+
+fn claim(owner: &str, expires_at_s: i64) -> Claim {
+    Claim {
+        event_id: "evt-1".into(),
+        owner: owner.into(),
+        lease_until_ms: 1_000,
+        object_key: format!("events/x-{owner}.parquet"),
+        expires_at_s,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_claims_are_conditional_and_return_the_holder() {
+    let stack = TestStack::new("ddb", false).await;
+    let dedup = DynamoDedup::new(
+        aws_sdk_dynamodb::Client::new(&stack.sdk),
+        &stack.config.dedup_table,
+    );
+    let now = 1_000_000;
+    // Given a first claim
+    assert_eq!(
+        dedup.try_claim(&claim("a", now + 100), now).await.unwrap(),
+        ClaimAttempt::Claimed
+    );
+    // When a second owner claims the same event, Then it is refused with the holder's claim
+    assert_eq!(
+        dedup.try_claim(&claim("b", now + 100), now).await.unwrap(),
+        ClaimAttempt::Held(claim("a", now + 100))
+    );
+    // When the first claim has expired (TTL not yet applied), Then it counts as absent
+    assert_eq!(
+        dedup
+            .try_claim(&claim("b", now + 500), now + 101)
+            .await
+            .unwrap(),
+        ClaimAttempt::Claimed
+    );
+    // A takeover from a stale view of the holder fails; from the current one it succeeds
+    assert!(!dedup
+        .take_over(&claim("c", now + 500), &claim("a", now + 100))
+        .await
+        .unwrap());
+    assert!(dedup
+        .take_over(&claim("c", now + 500), &claim("b", now + 500))
+        .await
+        .unwrap());
+    // A release by someone else leaves the claim; by the holder it removes it
+    dedup.release("evt-1", "b").await.unwrap();
+    assert_eq!(
+        dedup.read("evt-1").await.unwrap(),
+        Some(claim("c", now + 500))
+    );
+    dedup.release("evt-1", "c").await.unwrap();
+    assert_eq!(dedup.read("evt-1").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_are_created_once_and_never_overwritten() {
+    let stack = TestStack::new("s3", false).await;
+    let s3 = S3Objects::new(streamload_aws::s3_client(&stack.sdk), &stack.name);
+    assert!(!s3.exists("events/a.parquet").await.unwrap());
+    assert_eq!(
+        s3.put_new(
+            "events/a.parquet",
+            b"first".to_vec(),
+            "application/octet-stream"
+        )
+        .await
+        .unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        s3.put_new(
+            "events/a.parquet",
+            b"second".to_vec(),
+            "application/octet-stream"
+        )
+        .await
+        .unwrap(),
+        PutOutcome::AlreadyExists
+    );
+    assert!(s3.exists("events/a.parquet").await.unwrap());
+    let body = streamload_aws::s3_client(&stack.sdk)
+        .get_object()
+        .bucket(&stack.name)
+        .key("events/a.parquet")
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    assert_eq!(&body[..], b"first");
+}
