@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# make demo: runs the release build of both loaders under the Lambda Runtime API emulator
-# (cargo lambda watch), feeds the sample ESM payloads in events/ to them (cargo lambda invoke)
-# against the local stack, and prints what landed where.
+# make demo: runs the release build of both loaders under the Lambda Runtime API (the emulator of
+# `cargo lambda watch --only-lambda-apis`), feeds the sample ESM payloads in events/ to them
+# (`cargo lambda invoke`) against the local stack, and prints what landed where.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -10,7 +10,7 @@ export PATH="$ROOT/.venv/bin:$PATH"
 PY="$ROOT/.venv/bin/python"
 RUN="demo$(date +%s)"
 DB="streamload_$RUN"
-WATCH_PORT=${STREAMLOAD_WATCH_PORT:-9400}
+WATCH_PORT=${STREAMLOAD_RUNTIME_PORT:-9400}
 
 echo "== resources for this run: database $DB, table/bucket/queue $RUN"
 ADMIN_URL="$STREAMLOAD_PG_ADMIN_URL"
@@ -43,52 +43,75 @@ ENV
 echo "== building the release functions (first time: ~15 min on 2 cores)"
 cargo build --release -p kinesis-loader -p kafka-loader 2>&1 | tail -1
 
-echo "== starting the Lambda Runtime API emulator (cargo lambda watch) on 127.0.0.1:$WATCH_PORT"
-cargo lambda watch --release --invoke-address 127.0.0.1 --invoke-port "$WATCH_PORT" --env-file .stack/demo.env \
-  > .stack/watch.log 2>&1 &
-WATCH_PID=$!
-trap 'kill $WATCH_PID 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do
-  (exec 3<>/dev/tcp/127.0.0.1/$WATCH_PORT) 2>/dev/null && break
-  sleep 0.5
-done
-
-invoke() { # function file
-  cargo lambda invoke "$1" --invoke-address 127.0.0.1 --invoke-port "$WATCH_PORT" --data-file "$2" --output-format json
+# One Runtime API emulator per function (cargo lambda watch --only-lambda-apis), each serving
+# the release binary built above, exactly as Lambda would run `bootstrap`.
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
+start_function() { # name port
+  cargo lambda watch --only-lambda-apis --invoke-address 127.0.0.1 --invoke-port "$2" \
+    >".stack/emulator-$1.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && break; sleep 0.1; done
+  env $(grep -v '^#' .stack/demo.env | xargs) AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$2/.rt" \
+    AWS_LAMBDA_FUNCTION_NAME="$1" AWS_LAMBDA_FUNCTION_VERSION=1 AWS_LAMBDA_FUNCTION_MEMORY_SIZE=128 \
+    "target/release/$1" >".stack/$1.log" 2>&1 &
+  PIDS+=($!)
 }
-echo "== invoking"
-for pair in "kinesis-loader events/kinesis.json" "kafka-loader events/msk.json" \
-            "kafka-loader events/self-managed-kafka.json" "kinesis-loader events/kinesis.json"; do
-  set -- $pair
-  printf '%-16s %-32s -> ' "$1" "$2"
-  invoke "$1" "$2" | tr -d '\n'
-  echo
+start_function kinesis-loader "$WATCH_PORT"
+start_function kafka-loader "$((WATCH_PORT + 1))"
+
+invoke() { # port file
+  cargo lambda invoke _ --invoke-address 127.0.0.1 --invoke-port "$1" --data-file "$2" --output-format json | tr -d ' \n'
+}
+echo "== invoking the release binaries through the Lambda Runtime API"
+for step in "kinesis-loader $WATCH_PORT events/kinesis.json" \
+            "kafka-loader $((WATCH_PORT + 1)) events/msk.json" \
+            "kafka-loader $((WATCH_PORT + 1)) events/self-managed-kafka.json" \
+            "kinesis-loader $WATCH_PORT events/kinesis.json"; do
+  set -- $step
+  printf '%-15s %-31s -> %s\n' "$1" "$3" "$(invoke "$2" "$3")"
 done
+sleep 0.5
 
 echo
 echo "== summary"
 ROWS=$(psql "$DB_URL" -qAtc "SELECT count(*) FROM events")
-"$PY" - "$RUN" "$QUEUE_URL" "$ROWS" <<'PY'
-import sys, io, json, boto3
-name, queue, rows = sys.argv[1], sys.argv[2], sys.argv[3]
+"$PY" - "$RUN" "$QUEUE_URL" "$ROWS" .stack/kinesis-loader.log .stack/kafka-loader.log <<'PY'
+import sys, json, boto3
+name, queue, rows, logs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+batches = []
+for path in logs:
+    for line in open(path):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if doc.get("fields", {}).get("message") == "batch done":
+            batches.append((path.split("/")[-1][:-4], doc["fields"]))
+print("batches (function: received / loaded / duplicates / poison / failed):")
+for fn, f in batches:
+    print(f"    {fn:15} {f['received']:>3} / {f['loaded']:>3} / {f['duplicates']:>3} / {f['poison']:>3} / {f['failed']:>3}")
 s3 = boto3.client("s3")
 keys = [o["Key"] for o in s3.list_objects_v2(Bucket=name).get("Contents", [])]
 parquet = [k for k in keys if k.endswith(".parquet")]
 sqs = boto3.client("sqs")
-attrs = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"])
 kinds = {}
 while True:
-    r = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, VisibilityTimeout=600)
-    msgs = r.get("Messages", [])
+    msgs = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, VisibilityTimeout=600).get("Messages", [])
     if not msgs:
         break
     for m in msgs:
         k = json.loads(m["Body"])["kind"]
         kinds[k] = kinds.get(k, 0) + 1
-print(f"PostgreSQL rows in events : {rows}  (6 distinct events in the samples)")
+loaded = sum(f["loaded"] for _, f in batches)
+failed = sum(f["failed"] for _, f in batches)
+print(f"PostgreSQL rows in events : {rows}")
 print(f"Parquet objects in S3     : {len(parquet)}")
 for k in parquet:
     print(f"    s3://{name}/{k}")
 print(f"Dead letters in SQS       : {sum(kinds.values())}  {kinds}")
-print("The second kinesis.json invocation found every event already loaded: nothing was written twice.")
+ok = rows == loaded == 6 and failed == 0
+print("RESULT: " + ("6 distinct events loaded once in each sink; the repeated kinesis.json was recognised as duplicates."
+                    if ok else f"UNEXPECTED: {loaded} loaded, {failed} failed, {rows} rows (expected 6, 0, 6)"))
+sys.exit(0 if ok else 1)
 PY

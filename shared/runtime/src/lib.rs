@@ -115,11 +115,31 @@ async fn report_init_error(message: &str) {
     }
 }
 
+/// Smallest value read as an epoch time in ms (2001-09-09). Lambda sends the deadline as epoch
+/// ms; some local emulators (`cargo lambda watch` sends `600000`) send the timeout instead, which
+/// would otherwise look like a deadline long past and fail every record.
+const EPOCH_MS_FLOOR: u64 = 1_000_000_000_000;
+
+fn deadline_ms(header_value: u64, now_ms: i64) -> i64 {
+    if header_value < EPOCH_MS_FLOOR {
+        now_ms + header_value as i64
+    } else {
+        header_value as i64
+    }
+}
+
 fn invocation(ctx: &Context) -> Invocation {
     Invocation {
         attempt_id: ctx.request_id.clone(),
-        deadline_ms: ctx.deadline as i64,
+        deadline_ms: deadline_ms(ctx.deadline, epoch_ms()),
     }
+}
+
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Runs a decoded batch and answers with the lowest failed record of each unit, named by
@@ -151,11 +171,7 @@ where
         duration_ms = s.duration_ms,
         "batch done"
     );
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    println!("{}", s.emf(function_name, now_ms));
+    println!("{}", s.emf(function_name, epoch_ms()));
     BatchItemFailures {
         batch_item_failures: report
             .failures
@@ -198,4 +214,15 @@ where
         S::failure_identifier,
     )
     .await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_epoch_deadline_is_kept_and_an_emulator_timeout_is_made_absolute() {
+        assert_eq!(deadline_ms(1_795_633_452_025, 5), 1_795_633_452_025);
+        assert_eq!(deadline_ms(600_000, 1_795_633_452_025), 1_795_634_052_025);
+    }
 }
