@@ -6,7 +6,7 @@ use streamload_tests::*;
 
 fn claim(owner: &str, expires_at_s: i64) -> Claim {
     Claim {
-        event_id: "evt-1".into(),
+        key: "ev:evt-1".into(),
         owner: owner.into(),
         lease_until_ms: 1_000,
         object_key: format!("events/x-{owner}.parquet"),
@@ -50,13 +50,13 @@ async fn dedup_claims_are_conditional_and_return_the_holder() {
         .await
         .unwrap());
     // A release by someone else leaves the claim; by the holder it removes it
-    dedup.release("evt-1", "b").await.unwrap();
+    dedup.release("ev:evt-1", "b").await.unwrap();
     assert_eq!(
-        dedup.read("evt-1").await.unwrap(),
+        dedup.read("ev:evt-1").await.unwrap(),
         Some(claim("c", now + 500))
     );
-    dedup.release("evt-1", "c").await.unwrap();
-    assert_eq!(dedup.read("evt-1").await.unwrap(), None);
+    dedup.release("ev:evt-1", "c").await.unwrap();
+    assert_eq!(dedup.read("ev:evt-1").await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

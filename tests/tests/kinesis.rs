@@ -158,6 +158,32 @@ async fn poison_mix_goes_to_the_queue_and_hostile_valid_records_load_verbatim() 
     );
     assert!(stack.object_keys().await.contains(&key));
     assert_eq!(by_seq(2)["source"]["shard_id"], "shardId-000000000000");
+    // When the batch is delivered again, Then nothing more is queued or loaded
+    let again = p
+        .process(
+            &batch(&records),
+            &invocation("inv-2", Duration::from_secs(60)),
+        )
+        .await;
+    assert!(
+        again
+            .outcomes
+            .iter()
+            .all(|o| *o == RecordOutcome::Duplicate),
+        "{:?}",
+        again.outcomes
+    );
+    assert!(
+        stack.dead_letters().await.is_empty(),
+        "every dead letter was already received above"
+    );
+    let archived = stack
+        .object_keys()
+        .await
+        .into_iter()
+        .filter(|k| k.ends_with(".json"))
+        .count();
+    assert_eq!(archived, 8, "each dead letter is archived once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

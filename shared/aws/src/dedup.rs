@@ -1,6 +1,6 @@
 //! Dedup claims in DynamoDB: one item per `event_id`, written with conditional PutItem.
 //!
-//! Item: `pk` (event_id), `claim_owner`, `lease_until` (epoch ms), `object_key`,
+//! Item: `pk` (the claim key: `ev:<event_id>` or `dl:<unit>:<position>`), `claim_owner`, `lease_until` (epoch ms), `object_key`,
 //! `expires_at` (epoch s, the table's TTL attribute). A refused claim comes back with the
 //! holder's item (`ReturnValuesOnConditionCheckFailure = ALL_OLD`), so a duplicate costs no
 //! second round trip.
@@ -37,7 +37,7 @@ impl DynamoDedup {
 
 fn item_of(claim: &Claim) -> HashMap<String, AttributeValue> {
     HashMap::from([
-        (PK.to_owned(), AttributeValue::S(claim.event_id.clone())),
+        (PK.to_owned(), AttributeValue::S(claim.key.clone())),
         (OWNER.to_owned(), AttributeValue::S(claim.owner.clone())),
         (
             LEASE.to_owned(),
@@ -62,19 +62,15 @@ fn claim_of(item: &HashMap<String, AttributeValue>) -> Result<Claim, PortError> 
             .and_then(|v| v.parse::<i64>().ok())
     };
     match (s(PK), s(OWNER), n(LEASE), s(OBJECT), n(EXPIRES)) {
-        (
-            Some(event_id),
-            Some(owner),
-            Some(lease_until_ms),
-            Some(object_key),
-            Some(expires_at_s),
-        ) => Ok(Claim {
-            event_id,
-            owner,
-            lease_until_ms,
-            object_key,
-            expires_at_s,
-        }),
+        (Some(key), Some(owner), Some(lease_until_ms), Some(object_key), Some(expires_at_s)) => {
+            Ok(Claim {
+                key,
+                owner,
+                lease_until_ms,
+                object_key,
+                expires_at_s,
+            })
+        }
         _ => Err(PortError::permanent(
             "dedup item is missing claim attributes",
         )),
@@ -134,12 +130,12 @@ impl DedupStore for DynamoDedup {
         }
     }
 
-    async fn read(&self, event_id: &str) -> Result<Option<Claim>, PortError> {
+    async fn read(&self, key: &str) -> Result<Option<Claim>, PortError> {
         let r = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key(PK, AttributeValue::S(event_id.to_owned()))
+            .key(PK, AttributeValue::S(key.to_owned()))
             .consistent_read(true)
             .send()
             .await
@@ -147,12 +143,12 @@ impl DedupStore for DynamoDedup {
         r.item().map(claim_of).transpose()
     }
 
-    async fn release(&self, event_id: &str, owner: &str) -> Result<(), PortError> {
+    async fn release(&self, key: &str, owner: &str) -> Result<(), PortError> {
         let r = self
             .client
             .delete_item()
             .table_name(&self.table)
-            .key(PK, AttributeValue::S(event_id.to_owned()))
+            .key(PK, AttributeValue::S(key.to_owned()))
             .condition_expression("#owner = :owner")
             .expression_attribute_names("#owner", OWNER)
             .expression_attribute_values(":owner", AttributeValue::S(owner.to_owned()))

@@ -32,10 +32,10 @@ impl DedupStore for MemoryDedup {
     ) -> impl Future<Output = Result<ClaimAttempt, PortError>> + Send {
         self.writes.fetch_add(1, Ordering::SeqCst);
         let mut claims = lock(&self.claims);
-        let r = match claims.get(&claim.event_id) {
+        let r = match claims.get(&claim.key) {
             Some(old) if old.expires_at_s >= now_s => ClaimAttempt::Held(old.clone()),
             _ => {
-                claims.insert(claim.event_id.clone(), claim.clone());
+                claims.insert(claim.key.clone(), claim.clone());
                 ClaimAttempt::Claimed
             }
         };
@@ -49,8 +49,8 @@ impl DedupStore for MemoryDedup {
     ) -> impl Future<Output = Result<bool, PortError>> + Send {
         self.writes.fetch_add(1, Ordering::SeqCst);
         let mut claims = lock(&self.claims);
-        let r = if claims.get(&claim.event_id) == Some(previous) {
-            claims.insert(claim.event_id.clone(), claim.clone());
+        let r = if claims.get(&claim.key) == Some(previous) {
+            claims.insert(claim.key.clone(), claim.clone());
             true
         } else {
             false
@@ -252,15 +252,15 @@ impl<T: DedupStore> DedupStore for Faulty<T> {
         self.switch.after(r).await
     }
 
-    async fn read(&self, event_id: &str) -> Result<Option<Claim>, PortError> {
+    async fn read(&self, key: &str) -> Result<Option<Claim>, PortError> {
         self.switch.before().await?;
         self.switch.read_gate()?;
-        self.inner.read(event_id).await
+        self.inner.read(key).await
     }
 
-    async fn release(&self, event_id: &str, owner: &str) -> Result<(), PortError> {
+    async fn release(&self, key: &str, owner: &str) -> Result<(), PortError> {
         self.switch.before().await?;
-        self.inner.release(event_id, owner).await
+        self.inner.release(key, owner).await
     }
 }
 

@@ -61,6 +61,11 @@ pub fn dead_letter_key(prefix: &str, unit_label: &str, position: &Position) -> S
     format!("{prefix}{}/{position}.bin", sanitize(unit_label))
 }
 
+/// The archived dead-letter message of a poison record: proof that it was sent.
+pub fn dead_letter_message_key(prefix: &str, unit_label: &str, position: &Position) -> String {
+    format!("{prefix}{}/{position}.json", sanitize(unit_label))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,9 @@ use crate::dead_letter::{self, DeadLetterData};
 use crate::encode::{encode_parquet, ParquetRow};
 use crate::event::{validate, Event, Poison, PoisonKind, DEFAULT_MAX_RECORD_BYTES};
 use crate::metrics::BatchSummary;
-use crate::object_key::{data_object_key, dead_letter_key, hour_partition};
+use crate::object_key::{
+    data_object_key, dead_letter_key, dead_letter_message_key, hour_partition,
+};
 use crate::ports::{Claim, ClaimAttempt, DeadLetters, DedupStore, ObjectSink, Row, RowSink};
 use crate::record::{Batch, Position, SourceRecord, SourceUnit};
 use futures::stream::{self, StreamExt};
@@ -114,6 +116,12 @@ pub struct Pipeline<D, R, O, Q> {
     pub settings: PipelineSettings,
 }
 
+/// The dedup key of an event. Namespaced, so no producer `event_id` can collide with the
+/// claim of a poison record (`dl:<unit>:<position>`).
+pub fn event_claim_key(event_id: &str) -> String {
+    format!("ev:{event_id}")
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -127,7 +135,13 @@ struct Work<'b> {
     inv: &'b Invocation,
     events: Vec<Option<Event>>,
     outcomes: Vec<Option<RecordOutcome>>,
-    /// Planned object key of each winner (first copy of an event id).
+    /// Poison verdict of each record that can never load.
+    poison: Vec<Option<Poison>>,
+    /// Dedup key of each record the invocation must claim: `ev:<event_id>` for the first copy
+    /// of an event, `dl:<unit>:<position>` for a poison record.
+    claim_key: Vec<Option<String>>,
+    /// The object whose existence proves the record done: the Parquet object of an event, the
+    /// archived dead-letter message of a poison record.
     object_key: Vec<Option<String>>,
     /// Indices whose claim this invocation holds, not yet loaded.
     claimed: Vec<usize>,
@@ -147,9 +161,8 @@ impl Work<'_> {
     }
 
     fn claim_for(&self, i: usize, settings: &PipelineSettings) -> Option<Claim> {
-        let event = self.events[i].as_ref()?;
         Some(Claim {
-            event_id: event.event_id.clone(),
+            key: self.claim_key[i].clone()?,
             owner: self.inv.attempt_id.clone(),
             lease_until_ms: self.inv.deadline_ms + settings.lease_grace.as_millis() as i64,
             object_key: self.object_key[i].clone()?,
@@ -182,7 +195,9 @@ where
             batch,
             inv,
             events: Vec::with_capacity(n),
+            poison: vec![None; n],
             outcomes: vec![None; n],
+            claim_key: vec![None; n],
             object_key: vec![None; n],
             claimed: Vec::new(),
             tainted: HashSet::new(),
@@ -190,7 +205,6 @@ where
         };
 
         // 1. Validate.
-        let mut poison = Vec::new();
         for (i, record) in batch.records.iter().enumerate() {
             let verdict = match &record.data {
                 None => Err(Poison {
@@ -203,7 +217,7 @@ where
                 Ok(event) => work.events.push(Some(event)),
                 Err(p) => {
                     work.events.push(None);
-                    poison.push((i, p));
+                    work.poison[i] = Some(p);
                 }
             }
         }
@@ -228,17 +242,23 @@ where
             work.outcomes[i] = Some(RecordOutcome::DuplicateInBatch);
         }
         self.plan_objects(&mut work, &winners);
+        let poisoned: Vec<usize> = (0..n).filter(|&i| work.poison[i].is_some()).collect();
+        self.plan_dead_letters(&mut work, &poisoned);
 
-        // 3. Dead letters and claims run side by side: they touch different records.
-        let (dead_lettered, ()) = futures::join!(
-            self.dead_letter_all(batch, &poison, work.cutoff_ms(&self.settings)),
-            self.claim_all(&mut work, &winners),
-        );
+        // 3. Claims, for new events and poison records alike.
+        let mut to_claim = winners;
+        to_claim.extend(poisoned);
+        self.claim_all(&mut work, &to_claim).await;
+
+        // 4 and 5: database then Parquet objects for events; the queue for poison records.
+        let claimed = std::mem::take(&mut work.claimed);
+        let (events, poison): (Vec<usize>, Vec<usize>) =
+            claimed.into_iter().partition(|&i| work.events[i].is_some());
+        work.claimed = events;
+        let dead_lettered = self.dead_letter_all(&work, &poison).await;
         for (i, outcome) in dead_lettered {
             work.outcomes[i] = Some(outcome);
         }
-
-        // 4 and 5. Database, then objects.
         self.load_claimed(&mut work).await;
 
         // A copy follows its first copy's failure, so it is redelivered with it.
@@ -290,40 +310,82 @@ where
                 work.object_key[i] = Some(key.clone());
             }
         }
+        for &i in winners {
+            if let Some(e) = &work.events[i] {
+                work.claim_key[i] = Some(event_claim_key(&e.event_id));
+            }
+        }
     }
 
+    /// A poison record is claimed like an event, and its dead-letter message is archived as
+    /// an object, so a redelivered batch does not queue the same poison record again.
+    fn plan_dead_letters(&self, work: &mut Work<'_>, poisoned: &[usize]) {
+        for &i in poisoned {
+            let r = &work.batch.records[i];
+            work.claim_key[i] = Some(format!("dl:{}:{}", r.unit.label, r.position));
+            work.object_key[i] = Some(dead_letter_message_key(
+                &self.settings.dead_letter_prefix,
+                &r.unit.label,
+                &r.position,
+            ));
+        }
+    }
+
+    /// Sends each claimed poison record to the queue, then archives the message: the archive
+    /// is the proof a later delivery checks. A crash between the two sends it once more.
     async fn dead_letter_all(
         &self,
-        batch: &Batch,
-        poison: &[(usize, Poison)],
-        cutoff_ms: i64,
+        work: &Work<'_>,
+        claimed: &[usize],
     ) -> Vec<(usize, RecordOutcome)> {
-        stream::iter(poison)
-            .map(|(i, p)| async move {
-                if now_ms() > cutoff_ms {
-                    return (*i, RecordOutcome::Failed(FailureCause::Deadline));
-                }
-                match self.dead_letter(&batch.records[*i], p).await {
-                    Ok(()) => (*i, RecordOutcome::DeadLettered(p.kind)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, position = %batch.records[*i].position, "dead-letter send failed");
-                        (*i, RecordOutcome::Failed(FailureCause::DeadLetterQueue))
+        let cutoff = work.cutoff_ms(&self.settings);
+        let owner = work.inv.attempt_id.as_str();
+        stream::iter(claimed)
+            .map(|&i| async move {
+                let (Some(poison), Some(archive), Some(claim_key)) =
+                    (&work.poison[i], &work.object_key[i], &work.claim_key[i])
+                else {
+                    return (i, RecordOutcome::Failed(FailureCause::DeadLetterQueue));
+                };
+                let record = &work.batch.records[i];
+                let failed = |cause| async move {
+                    if let Err(err) = self.dedup.release(claim_key, owner).await {
+                        tracing::warn!(error = %err, "claim release failed; the lease will expire instead");
                     }
+                    (i, RecordOutcome::Failed(cause))
+                };
+                if now_ms() > cutoff {
+                    return failed(FailureCause::Deadline).await;
                 }
+                let body = match self.dead_letter(record, poison).await {
+                    Ok(body) => body,
+                    Err(e) => {
+                        tracing::warn!(error = %e, position = %record.position, "dead-letter send failed");
+                        return failed(FailureCause::DeadLetterQueue).await;
+                    }
+                };
+                // Sent: whatever happens to the archive, the record is dead-lettered. Without
+                // the archive a later delivery sends it again once its claim expires.
+                if let Err(e) = self.objects.put_new(archive, body.into_bytes(), "application/json").await {
+                    tracing::warn!(error = %e, "dead-letter archive write failed");
+                }
+                (i, RecordOutcome::DeadLettered(poison.kind))
             })
             .buffer_unordered(self.settings.claim_concurrency.max(1))
             .collect()
             .await
     }
 
+    /// Sends one dead letter and returns the body sent.
     async fn dead_letter(
         &self,
         record: &SourceRecord,
         poison: &Poison,
-    ) -> Result<(), crate::error::PortError> {
+    ) -> Result<String, crate::error::PortError> {
         let inline = dead_letter::body(record, poison, DeadLetterData::Inline);
         if inline.len() <= self.dead_letters.max_body_bytes() {
-            return self.dead_letters.send(inline).await;
+            self.dead_letters.send(inline.clone()).await?;
+            return Ok(inline);
         }
         let key = dead_letter_key(
             &self.settings.dead_letter_prefix,
@@ -335,7 +397,8 @@ where
             .put_new(&key, bytes, "application/octet-stream")
             .await?;
         let body = dead_letter::body(record, poison, DeadLetterData::InObject(&key));
-        self.dead_letters.send(body).await
+        self.dead_letters.send(body.clone()).await?;
+        Ok(body)
     }
 
     /// Step 3: claim every winner, resolve refused claims, wait briefly for a dead holder's
@@ -411,7 +474,7 @@ where
     /// rescues it; otherwise its object must never be written (a late-landing claim would
     /// otherwise point at an object that lacks the event).
     async fn resolve_unknown_claim(&self, work: &mut Work<'_>, i: usize, mine: &Claim) {
-        match self.dedup.read(&mine.event_id).await {
+        match self.dedup.read(&mine.key).await {
             Ok(Some(c)) if c.owner == mine.owner => {
                 work.claimed.push(i);
                 return;
@@ -605,10 +668,10 @@ where
     /// instead of waiting for the lease. Safe because their object will not be written.
     async fn give_up(&self, work: &mut Work<'_>, indices: &[usize], cause: FailureCause) {
         let owner = work.inv.attempt_id.as_str();
-        let events = &work.events;
-        stream::iter(indices.iter().filter_map(|&i| events[i].as_ref()))
-            .map(|e| async move {
-                if let Err(err) = self.dedup.release(&e.event_id, owner).await {
+        let keys = &work.claim_key;
+        stream::iter(indices.iter().filter_map(|&i| keys[i].as_deref()))
+            .map(|key| async move {
+                if let Err(err) = self.dedup.release(key, owner).await {
                     tracing::warn!(error = %err, "claim release failed; the lease will expire instead");
                 }
             })

@@ -7,16 +7,18 @@
 use crate::error::PortError;
 use std::future::Future;
 
-/// A dedup claim on one `event_id`, as stored in the dedup table.
+/// A dedup claim, as stored in the dedup table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
-    pub event_id: String,
+    /// `ev:<event_id>` for an event, `dl:<unit>:<position>` for a poison record.
+    pub key: String,
     /// The invocation that holds the claim (its Lambda request id).
     pub owner: String,
     /// Epoch ms after which the owner is certainly gone: its deadline plus a grace period.
     pub lease_until_ms: i64,
-    /// The Parquet object that will hold this event. The object existing is the proof that the
-    /// owner committed the event to both sinks (see docs/exactly-once.md).
+    /// The object that proves the work done: the Parquet object that will hold the event (its
+    /// existence proves the owner committed the event to both sinks), or the archived
+    /// dead-letter message of a poison record (see docs/exactly-once.md).
     pub object_key: String,
     /// Epoch seconds after which the claim counts as absent (DynamoDB TTL attribute).
     pub expires_at_s: i64,
@@ -34,7 +36,7 @@ pub enum ClaimAttempt {
 
 /// Dedup claims: DynamoDB in production.
 pub trait DedupStore: Send + Sync {
-    /// Writes `claim` if no claim exists for its event or the existing one has expired
+    /// Writes `claim` if no claim exists for its key or the existing one has expired
     /// (`expires_at < now_s`). One write request.
     fn try_claim(
         &self,
@@ -50,9 +52,8 @@ pub trait DedupStore: Send + Sync {
         previous: &Claim,
     ) -> impl Future<Output = Result<bool, PortError>> + Send;
 
-    /// Strongly consistent read of the claim on `event_id`, expired or not.
-    fn read(&self, event_id: &str)
-        -> impl Future<Output = Result<Option<Claim>, PortError>> + Send;
+    /// Strongly consistent read of the claim on `key`, expired or not.
+    fn read(&self, key: &str) -> impl Future<Output = Result<Option<Claim>, PortError>> + Send;
 
     /// Deletes the claim if `owner` still holds it: used when the owner knows it will not
     /// write the claim's object, so a redelivery need not wait for the lease.
