@@ -108,6 +108,49 @@ fn naive(records: &[Vec<u8>]) -> usize {
     out.len()
 }
 
+/// CPU time of this thread: unlike wall time it does not count time the hypervisor gives
+/// to other machines, which on shared 2-core hosts swings wall-clock results by ±40%.
+fn thread_cpu() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the pointer we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Median CPU time of `f` over `runs` runs.
+fn cpu_median(runs: usize, mut f: impl FnMut() -> usize) -> std::time::Duration {
+    let mut times: Vec<_> = (0..runs)
+        .map(|_| {
+            let t = thread_cpu();
+            black_box(f());
+            thread_cpu() - t
+        })
+        .collect();
+    times.sort();
+    times[runs / 2]
+}
+
+fn cpu_report(name: &str, event_bytes: usize, json_bytes: usize, d: std::time::Duration) {
+    let ms = d.as_secs_f64() * 1e3;
+    eprintln!(
+        "cpu {name:34} {ms:7.1} ms  {:6.0} MB/s of record JSON  {:6.0} MB/s of event",
+        json_bytes as f64 / 1e6 / d.as_secs_f64(),
+        event_bytes as f64 / 1e6 / d.as_secs_f64()
+    );
+}
+
+/// A batch at the 6 MB invocation cap: as many of the same records as fit in a Kinesis event.
+fn capped_records(records: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut n = records.len();
+    while kinesis_event_json(&records[..n]).len() > 6 * 1024 * 1024 {
+        n = n * 95 / 100;
+    }
+    records[..n].to_vec()
+}
+
 fn bench(c: &mut Criterion) {
     let records: Vec<Vec<u8>> = (0..RECORDS).map(record_json).collect();
     let json_bytes: usize = records.iter().map(Vec::len).sum();
@@ -119,6 +162,44 @@ fn bench(c: &mut Criterion) {
         kinesis.len() as f64 / 1e6,
         kafka.len() as f64 / 1e6
     );
+    // CPU time per batch: the 10,000-record batch, and one at the 6 MB invocation cap.
+    let capped = capped_records(&records);
+    let capped_json: usize = capped.iter().map(Vec::len).sum();
+    let capped_event = kinesis_event_json(&capped);
+    let kinesis_run = |ev: &str| {
+        let ev: streamload_core::kinesis::KinesisEvent = serde_json::from_str(ev).unwrap();
+        shipped(&streamload_core::kinesis::decode(&ev).unwrap())
+    };
+    let kafka_run = |ev: &str| {
+        let ev: streamload_core::kafka::KafkaEvent = serde_json::from_str(ev).unwrap();
+        shipped(&streamload_core::kafka::decode(&ev).unwrap())
+    };
+    let runs = 31;
+    cpu_report(
+        "kinesis 10k: event -> parquet",
+        kinesis.len(),
+        json_bytes,
+        cpu_median(runs, || kinesis_run(&kinesis)),
+    );
+    cpu_report(
+        "kafka 10k: event -> parquet",
+        kafka.len(),
+        json_bytes,
+        cpu_median(runs, || kafka_run(&kafka)),
+    );
+    cpu_report(
+        "naive 10k: records -> parquet",
+        kinesis.len(),
+        json_bytes,
+        cpu_median(runs, || naive(&records)),
+    );
+    cpu_report(
+        &format!("kinesis 6 MB cap ({} records)", capped.len()),
+        capped_event.len(),
+        capped_json,
+        cpu_median(runs, || kinesis_run(&capped_event)),
+    );
+
     let mut g = c.benchmark_group("batch_10k");
     g.throughput(Throughput::Bytes(json_bytes as u64));
     g.sample_size(20);
@@ -140,6 +221,55 @@ fn bench(c: &mut Criterion) {
         b.iter(|| naive(black_box(&records)))
     });
     g.finish();
+    stages(c, &kinesis, json_bytes);
+}
+
+/// Where the time goes, stage by stage, for the Kinesis path.
+fn stages(c: &mut Criterion, kinesis: &str, json_bytes: usize) {
+    let mut s = c.benchmark_group("kinesis_stages");
+    s.throughput(Throughput::Bytes(json_bytes as u64));
+    s.sample_size(20);
+    let event: streamload_core::kinesis::KinesisEvent = serde_json::from_str(kinesis).unwrap();
+    let batch = streamload_core::kinesis::decode(&event).unwrap();
+    let valid = |batch: &Batch| -> Vec<Event> {
+        batch
+            .records
+            .iter()
+            .filter_map(|r| {
+                r.data
+                    .as_deref()
+                    .and_then(|d| validate(d, DEFAULT_MAX_RECORD_BYTES).ok())
+            })
+            .collect()
+    };
+    let events = valid(&batch);
+    s.bench_function("1_parse_event_json", |b| {
+        b.iter(|| {
+            serde_json::from_str::<streamload_core::kinesis::KinesisEvent>(black_box(kinesis))
+                .unwrap()
+        })
+    });
+    s.bench_function("2_decode_records_base64", |b| {
+        b.iter(|| streamload_core::kinesis::decode(black_box(&event)).unwrap())
+    });
+    s.bench_function("3_validate", |b| b.iter(|| valid(black_box(&batch)).len()));
+    s.bench_function("4_arrow_and_parquet", |b| {
+        b.iter(|| {
+            let rows: Vec<ParquetRow<'_>> = events
+                .iter()
+                .zip(&batch.records)
+                .map(|(e, r)| ParquetRow {
+                    event: e,
+                    source_unit: &r.unit.label,
+                    source_position: r.position.as_str(),
+                    source_key: r.key.as_deref(),
+                    source_headers: r.headers_json.as_deref(),
+                })
+                .collect();
+            encode_parquet(&rows, 1_714_557_600_000_000).unwrap().len()
+        })
+    });
+    s.finish();
 }
 
 criterion_group!(benches, bench);

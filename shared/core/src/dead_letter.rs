@@ -20,7 +20,7 @@ pub fn body(record: &SourceRecord, poison: &Poison, data: DeadLetterData<'_>) ->
     let mut msg = json!({
         "reason": poison.reason,
         "kind": poison.kind.as_str(),
-        "source": record.dead_letter_source,
+        "source": record.dead_letter_source(),
         "dedup_id": format!("{}/{}", record.unit.label, record.position),
     });
     match data {
@@ -41,21 +41,25 @@ pub fn body(record: &SourceRecord, poison: &Poison, data: DeadLetterData<'_>) ->
 mod tests {
     use super::*;
     use crate::event::PoisonKind;
-    use crate::record::{Position, SourceUnit};
+    use crate::record::{Origin, Position, SourceUnit};
 
     #[test]
     fn carries_reason_kind_source_and_raw_bytes() {
         let record = SourceRecord {
-            unit: SourceUnit {
+            unit: std::sync::Arc::new(SourceUnit {
                 label: "s/shard-1".into(),
                 topic_partition: None,
-            },
+            }),
             position: Position::parse("7").unwrap(),
             data: Some(vec![0xff, 0x00, b'x']),
             key: None,
             headers_json: None,
             arrival_ms: None,
-            dead_letter_source: json!({"shard_id": "shard-1", "sequence_number": "7"}),
+            origin: Origin::Kinesis {
+                stream_arn: "arn:aws:kinesis:us-east-1:1:stream/s".into(),
+                shard_id: "shard-1".into(),
+                approximate_arrival: None,
+            },
         };
         let poison = Poison {
             kind: PoisonKind::Decode,

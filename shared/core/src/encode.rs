@@ -7,7 +7,8 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use std::sync::{Arc, OnceLock};
 
 /// zstd level 1: most of the size win of higher levels at several times the speed, which is
@@ -120,15 +121,28 @@ pub fn encode_parquet(
         Arc::new(ingested_at.finish()),
     ];
     let batch = RecordBatch::try_new(schema(), columns)?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
-        .build();
     let mut out =
         Vec::with_capacity(text_bytes(|r| r.event.payload.as_ref().map_or(64, String::len)) / 3);
-    let mut writer = ArrowWriter::try_new(&mut out, schema(), Some(props))?;
+    let mut writer = ArrowWriter::try_new(&mut out, schema(), Some(writer_properties()?))?;
     writer.write(&batch)?;
     writer.close()?;
     Ok(out)
+}
+
+/// Dictionary encoding only where values repeat (users, types, sources, the unit); unique
+/// columns skip the dictionary attempt, and the payload keeps no min/max statistics, which
+/// nobody filters on and which cost a full comparison pass.
+fn writer_properties() -> Result<WriterProperties, EncodeError> {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
+        .set_dictionary_enabled(false);
+    for repeated in ["user_id", "event_type", "source", "version", "source_unit"] {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(repeated), true);
+    }
+    for unfiltered in ["payload", "source_headers"] {
+        b = b.set_column_statistics_enabled(ColumnPath::from(unfiltered), EnabledStatistics::None);
+    }
+    Ok(b.build())
 }
 
 #[cfg(test)]

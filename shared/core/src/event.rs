@@ -237,6 +237,9 @@ fn scalar_text(field: &str, raw: &RawValue) -> Result<Option<String>, Poison> {
 /// Parses ISO-8601 / RFC 3339. A timestamp without an offset (as Python's
 /// `datetime.utcnow().isoformat()` writes it) is UTC.
 fn parse_created_at(text: &str) -> Result<i64, Poison> {
+    if let Some(us) = parse_iso8601_fast(text.as_bytes()) {
+        return Ok(us);
+    }
     let bad = || {
         Poison::new(
             PoisonKind::Validation,
@@ -252,6 +255,88 @@ fn parse_created_at(text: &str) -> Result<i64, Poison> {
             .and_utc()
     };
     Ok(utc.timestamp_micros())
+}
+
+/// The common shapes without chrono's format machinery (a tenth of the cost):
+/// `YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z|±HH:MM]`. `None` sends the text to the general parser.
+fn parse_iso8601_fast(b: &[u8]) -> Option<i64> {
+    fn num(b: &[u8]) -> Option<i64> {
+        b.iter().try_fold(0i64, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+        })
+    }
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (num(&b[0..4])?, num(&b[5..7])?, num(&b[8..10])?);
+    let (hour, minute, second) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > month_days[(month - 1) as usize]
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let mut rest = &b[19..];
+    let mut micros = 0i64;
+    if let Some((&b'.', frac)) = rest.split_first() {
+        let digits = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        let scaled = num(&frac[..digits.min(6)])?;
+        micros = scaled * 10i64.pow(6 - digits.min(6) as u32);
+        rest = &frac[digits..];
+    }
+    let offset_s = match rest {
+        [] | [b'Z'] | [b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let (h, m) = (num(&[*h1, *h2])?, num(&[*m1, *m2])?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let o = h * 3600 + m * 60;
+            if *sign == b'+' {
+                o
+            } else {
+                -o
+            }
+        }
+        _ => return None,
+    };
+    // Days from 1970-01-01 (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    Some(seconds * 1_000_000 + micros)
 }
 
 /// True when JSON text holds a `\u0000` escape (a NUL inside a string), which jsonb rejects.
@@ -335,6 +420,48 @@ mod tests {
             br#"{"event_id":7,"user_id":"u","event_type":"t","created_at":"2024-01-01T00:00:00"}"#,
         );
         assert_eq!(wrong_type.kind, PoisonKind::Validation);
+    }
+
+    #[test]
+    fn the_fast_timestamp_path_agrees_with_chrono() {
+        let cases = [
+            "2024-03-01T10:34:56",
+            "2024-03-01T10:34:56.7",
+            "2024-03-01T10:34:56.789012",
+            "2024-03-01T10:34:56.789012345",
+            "2024-03-01 10:34:56.5",
+            "2024-02-29T23:59:59Z",
+            "2000-01-01T00:00:00+00:00",
+            "1969-12-31T23:59:59.999999Z",
+            "2024-03-01T10:34:56.789+02:00",
+            "2024-03-01T10:34:56-05:30",
+            "1900-03-01T00:00:00Z",
+            "2399-12-31T23:59:59Z",
+        ];
+        for text in cases {
+            let fast =
+                parse_iso8601_fast(text.as_bytes()).unwrap_or_else(|| panic!("{text} not fast"));
+            let slow = DateTime::parse_from_rfc3339(text)
+                .map(|d| d.to_utc())
+                .or_else(|_| {
+                    NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+                        .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f"))
+                        .map(|n| n.and_utc())
+                })
+                .unwrap()
+                .timestamp_micros();
+            assert_eq!(fast, slow, "{text}");
+        }
+        for bad in [
+            "2023-02-29T00:00:00",
+            "2024-13-01T00:00:00",
+            "2024-01-01T24:00:00",
+            "2024-01-01T00:00:00+25:00",
+            "2024-01-01T00:00:00.",
+            "2024-01-01",
+        ] {
+            assert!(parse_iso8601_fast(bad.as_bytes()).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -5,11 +5,12 @@
 //! partition are taken from each record's own fields, never by splitting the key. The
 //! ordering unit is the topic-partition.
 
-use crate::record::{Batch, Position, SourceRecord, SourceUnit};
+use crate::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -74,6 +75,7 @@ fn headers_json(headers: &[BTreeMap<String, Vec<i8>>]) -> serde_json::Value {
 pub fn decode(event: &KafkaEvent) -> Result<Batch, KafkaDecodeError> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut records = Vec::new();
+    let mut units: BTreeMap<(&str, i32), Arc<SourceUnit>> = BTreeMap::new();
     for list in event.records.values() {
         let mut list: Vec<&KafkaRecord> = list.iter().collect();
         list.sort_by_key(|r| r.offset);
@@ -82,30 +84,31 @@ pub fn decode(event: &KafkaEvent) -> Result<Batch, KafkaDecodeError> {
                 topic: r.topic.clone(),
                 partition: r.partition,
             })?;
+            let unit = units
+                .entry((r.topic.as_str(), r.partition))
+                .or_insert_with(|| {
+                    Arc::new(SourceUnit {
+                        label: format!("{}/{}", r.topic, r.partition),
+                        topic_partition: Some((r.topic.clone(), r.partition)),
+                    })
+                })
+                .clone();
             let data = r
                 .value
                 .as_deref()
                 .map(|v| b64.decode(v).unwrap_or_else(|_| v.as_bytes().to_vec()));
-            let headers = headers_json(&r.headers);
-            let headers_text = (!r.headers.is_empty()).then(|| headers.to_string());
+            let headers_text =
+                (!r.headers.is_empty()).then(|| headers_json(&r.headers).to_string());
             records.push(SourceRecord {
-                unit: SourceUnit {
-                    label: format!("{}/{}", r.topic, r.partition),
-                    topic_partition: Some((r.topic.clone(), r.partition)),
-                },
+                unit,
                 position: Position::from_offset(offset),
                 data,
                 key: r.key.clone(),
                 headers_json: headers_text,
                 arrival_ms: r.timestamp,
-                dead_letter_source: json!({
-                    "topic": r.topic,
-                    "partition": r.partition,
-                    "offset": r.offset,
-                    "key_base64": r.key,
-                    "timestamp": r.timestamp,
-                    "headers": headers,
-                }),
+                origin: Origin::Kafka {
+                    timestamp: r.timestamp,
+                },
             });
         }
     }
@@ -184,7 +187,9 @@ mod tests {
             serde_json::from_str(batch.records[1].headers_json.as_deref().unwrap()).unwrap();
         // [104, -1] is "h\xff"
         assert_eq!(h, json!([{"h": "aP8="}, {"h": "AQ=="}]));
-        assert_eq!(batch.records[1].dead_letter_source["headers"], h);
+        assert_eq!(batch.records[1].dead_letter_source()["headers"], h);
+        assert_eq!(batch.records[1].dead_letter_source()["offset"], 16);
+        assert_eq!(batch.records[1].dead_letter_source()["topic"], "my-topic");
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //! The event is `{"Records":[{"kinesis":{...},"eventID":"shardId-…:seq","eventSourceARN":…}]}`;
 //! one batch is one shard, in sequence order.
 
-use crate::record::{Batch, Position, SourceRecord, SourceUnit};
+use crate::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
 use base64::Engine;
 use serde::Deserialize;
-use serde_json::json;
+use std::sync::Arc;
 
 #[derive(Debug, Deserialize)]
 pub struct KinesisEvent {
@@ -53,19 +53,38 @@ impl crate::Classify for KinesisDecodeError {
 /// base64 text's bytes so the poison record still reaches the dead-letter queue unchanged.
 pub fn decode(event: &KinesisEvent) -> Result<Batch, KinesisDecodeError> {
     let mut records = Vec::with_capacity(event.records.len());
+    // A batch is one shard: the unit and the lineage strings are built once and shared.
+    let mut current: Option<(Arc<SourceUnit>, Arc<str>, Arc<str>)> = None;
     for (index, r) in event.records.iter().enumerate() {
         let position = Position::parse(&r.kinesis.sequence_number)
             .ok_or(KinesisDecodeError::BadSequenceNumber { index })?;
-        let stream_arn = r.event_source_arn.clone().unwrap_or_default();
-        let stream = stream_arn
-            .rsplit_once("stream/")
-            .map(|(_, s)| s)
-            .unwrap_or("stream");
+        let stream_arn = r.event_source_arn.as_deref().unwrap_or_default();
         let shard_id = r
             .event_id
             .as_deref()
             .and_then(|id| id.split_once(':').map(|(s, _)| s))
             .unwrap_or("shard");
+        let (unit, arn, shard) = match &current {
+            Some((u, a, s)) if &**a == stream_arn && &**s == shard_id => {
+                (u.clone(), a.clone(), s.clone())
+            }
+            _ => {
+                let stream = stream_arn
+                    .rsplit_once("stream/")
+                    .map(|(_, s)| s)
+                    .unwrap_or("stream");
+                let made = (
+                    Arc::new(SourceUnit {
+                        label: format!("{stream}/{shard_id}"),
+                        topic_partition: None,
+                    }),
+                    Arc::<str>::from(stream_arn),
+                    Arc::<str>::from(shard_id),
+                );
+                current = Some(made.clone());
+                made
+            }
+        };
         let data = r.kinesis.data.as_deref().unwrap_or_default();
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data)
@@ -75,17 +94,12 @@ pub fn decode(event: &KinesisEvent) -> Result<Batch, KinesisDecodeError> {
             .approximate_arrival_timestamp
             .map(|s| (s * 1000.0) as i64);
         records.push(SourceRecord {
-            unit: SourceUnit {
-                label: format!("{stream}/{shard_id}"),
-                topic_partition: None,
+            unit,
+            origin: Origin::Kinesis {
+                stream_arn: arn,
+                shard_id: shard,
+                approximate_arrival: r.kinesis.approximate_arrival_timestamp,
             },
-            dead_letter_source: json!({
-                "stream_arn": stream_arn,
-                "shard_id": shard_id,
-                "sequence_number": position.as_str(),
-                "partition_key": r.kinesis.partition_key,
-                "approximate_arrival": r.kinesis.approximate_arrival_timestamp,
-            }),
             position,
             data: Some(bytes),
             key: r.kinesis.partition_key.clone(),
@@ -129,8 +143,8 @@ mod tests {
         );
         assert_eq!(r.data.as_deref(), Some(&b"{\"a\":1}"[..]));
         assert_eq!(r.arrival_ms, Some(1_545_084_650_987));
-        assert_eq!(r.dead_letter_source["shard_id"], "shardId-000000000006");
-        assert_eq!(r.dead_letter_source["partition_key"], "pk-1");
+        assert_eq!(r.dead_letter_source()["shard_id"], "shardId-000000000006");
+        assert_eq!(r.dead_letter_source()["partition_key"], "pk-1");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! failure is identified back to the event-source mapping; past this module the pipeline
 //! sees one kind of record.
 
+use serde_json::json;
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 /// A record's position inside its ordering unit: a Kinesis sequence number or a Kafka offset.
 ///
@@ -60,10 +62,27 @@ pub struct SourceUnit {
     pub topic_partition: Option<(String, i32)>,
 }
 
+/// Source-specific facts about a record, kept for its dead-letter message. Rendered to JSON
+/// only for poison records, so the hot path allocates nothing for them.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    Kinesis {
+        stream_arn: Arc<str>,
+        shard_id: Arc<str>,
+        /// Seconds since the epoch, as the event gives it.
+        approximate_arrival: Option<f64>,
+    },
+    Kafka {
+        /// Milliseconds since the epoch.
+        timestamp: Option<i64>,
+    },
+}
+
 /// One delivered record, decoded from the event but not yet validated.
 #[derive(Debug, Clone)]
 pub struct SourceRecord {
-    pub unit: SourceUnit,
+    /// Shared by all records of the unit.
+    pub unit: Arc<SourceUnit>,
     pub position: Position,
     /// The raw record bytes; `None` for a Kafka tombstone (null value).
     pub data: Option<Vec<u8>>,
@@ -73,8 +92,51 @@ pub struct SourceRecord {
     pub headers_json: Option<String>,
     /// When the source accepted the record, in milliseconds since the epoch.
     pub arrival_ms: Option<i64>,
-    /// The `source` object of a dead-letter message for this record.
-    pub dead_letter_source: serde_json::Value,
+    pub origin: Origin,
+}
+
+impl SourceRecord {
+    /// The `source` object of this record's dead-letter message.
+    pub fn dead_letter_source(&self) -> serde_json::Value {
+        match &self.origin {
+            Origin::Kinesis {
+                stream_arn,
+                shard_id,
+                approximate_arrival,
+            } => json!({
+                "stream_arn": &**stream_arn,
+                "shard_id": &**shard_id,
+                "sequence_number": self.position.as_str(),
+                "partition_key": self.key,
+                "approximate_arrival": approximate_arrival,
+            }),
+            Origin::Kafka { timestamp } => {
+                let (topic, partition) = match &self.unit.topic_partition {
+                    Some((t, p)) => (t.as_str(), Some(*p)),
+                    None => (self.unit.label.as_str(), None),
+                };
+                let headers: serde_json::Value = self
+                    .headers_json
+                    .as_deref()
+                    .and_then(|h| serde_json::from_str(h).ok())
+                    .unwrap_or_else(|| json!([]));
+                let offset: serde_json::Value = self
+                    .position
+                    .as_str()
+                    .parse::<i64>()
+                    .map(Into::into)
+                    .unwrap_or_else(|_| self.position.as_str().into());
+                json!({
+                    "topic": topic,
+                    "partition": partition,
+                    "offset": offset,
+                    "key_base64": self.key,
+                    "timestamp": timestamp,
+                    "headers": headers,
+                })
+            }
+        }
+    }
 }
 
 /// A decoded batch: records in delivery order, which is position order within each unit.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use streamload_core::memory::{
     FaultSwitch, Faulty, MemoryDeadLetters, MemoryDedup, MemoryObjects, MemoryRows,
 };
-use streamload_core::record::{Batch, Position, SourceRecord, SourceUnit};
+use streamload_core::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
 use streamload_core::{FailureCause, Invocation, Pipeline, PipelineSettings, RecordOutcome};
 
 type TestPipeline = Pipeline<
@@ -98,16 +98,20 @@ fn event_json(id: &str) -> Vec<u8> {
 
 fn record(seq: u64, data: Option<Vec<u8>>) -> SourceRecord {
     SourceRecord {
-        unit: SourceUnit {
+        unit: Arc::new(SourceUnit {
             label: "orders/shardId-000000000000".into(),
             topic_partition: None,
-        },
+        }),
         position: Position::from_offset(seq),
         data,
         key: Some("pk".into()),
         headers_json: None,
         arrival_ms: None,
-        dead_letter_source: serde_json::json!({"sequence_number": seq.to_string()}),
+        origin: Origin::Kinesis {
+            stream_arn: "arn:aws:kinesis:us-east-1:1:stream/orders".into(),
+            shard_id: "shardId-000000000000".into(),
+            approximate_arrival: None,
+        },
     }
 }
 
