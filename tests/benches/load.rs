@@ -1,8 +1,8 @@
 //! Sink benchmarks against the real local stack (`make bench` starts it):
-//! 1. PostgreSQL upsert of 10,000-row batches: the shipped binary COPY + one upsert, beside a
+//! 1. Peak memory of one 10,000-record Kinesis invocation through the real pipeline (decode,
+//!    claims in DynamoDB, Postgres, S3, response), read from VmHWM before anything else ran.
+//! 2. PostgreSQL upsert of 10,000-row batches: the shipped binary COPY + one upsert, beside a
 //!    row-at-a-time prepared INSERT … ON CONFLICT in one transaction (the naive baseline).
-//! 2. Peak memory of one 10,000-record, ~6 MB Kinesis invocation through the real pipeline
-//!    (decode, claims in DynamoDB, Postgres, S3, response), read from VmHWM.
 //!
 //! Run: `make bench` (or, with the stack's env exported, `cargo bench -p streamload-tests --bench load`).
 
@@ -40,6 +40,49 @@ fn status_kb(field: &str) -> u64 {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let stack = TestStack::new("bench", false).await;
+    // 1. Peak memory of one full invocation, first, so no earlier phase has grown the heap.
+    let records: Vec<(u64, Vec<u8>)> = (0..ROWS as u64)
+        .map(|i| {
+            (
+                i,
+                event_json(
+                    &format!("mem-{i}"),
+                    "user-1",
+                    &format!(r#"{{"blob":"{}"}}"#, "x".repeat(420)),
+                ),
+            )
+        })
+        .collect();
+    let event_json_text = serde_json::to_string(&serde_json::json!({"Records": kinesis_event(&records).records.iter().map(|r| serde_json::json!({
+        "kinesis": {"sequenceNumber": r.kinesis.sequence_number, "partitionKey": r.kinesis.partition_key, "data": r.kinesis.data},
+        "eventID": r.event_id, "eventSourceARN": r.event_source_arn})).collect::<Vec<_>>()})).unwrap();
+    let pipeline = stack.pipeline().await;
+    let before = status_kb("VmRSS:");
+    let t = Instant::now();
+    let event: streamload_core::kinesis::KinesisEvent =
+        serde_json::from_str(&event_json_text).unwrap();
+    let batch = streamload_core::kinesis::decode(&event).unwrap();
+    drop(event);
+    let report = pipeline
+        .process(&batch, &invocation("mem", Duration::from_secs(600)))
+        .await;
+    let took = t.elapsed();
+    assert!(report.failures.is_empty());
+    println!(
+        "one Kinesis invocation, {ROWS} records, event {:.2} MB:",
+        event_json_text.len() as f64 / 1e6
+    );
+    println!(
+        "  wall time (moto DynamoDB ~200 req/s dominates): {:.1} s",
+        took.as_secs_f64()
+    );
+    println!(
+        "  RSS before {:.1} MB, process peak (VmHWM) {:.1} MB",
+        before as f64 / 1024.0,
+        status_kb("VmHWM:") as f64 / 1024.0
+    );
+
+    // 2. Postgres upsert.
     let config: tokio_postgres::Config = stack.database_url.parse().unwrap();
     let sink = PgRows::new(config, TableName::parse("events").unwrap());
     let payloads: Vec<String> = (0..ROWS).map(payload).collect();
@@ -115,47 +158,5 @@ async fn main() {
     println!(
         "  speed-up over row-at-a-time        : {:>8.1}x",
         n.as_secs_f64() / c.as_secs_f64()
-    );
-
-    // 2. Peak memory of one full invocation.
-    let records: Vec<(u64, Vec<u8>)> = (0..ROWS as u64)
-        .map(|i| {
-            (
-                i,
-                event_json(
-                    &format!("mem-{i}"),
-                    "user-1",
-                    &format!(r#"{{"blob":"{}"}}"#, "x".repeat(420)),
-                ),
-            )
-        })
-        .collect();
-    let event_json_text = serde_json::to_string(&serde_json::json!({"Records": kinesis_event(&records).records.iter().map(|r| serde_json::json!({
-        "kinesis": {"sequenceNumber": r.kinesis.sequence_number, "partitionKey": r.kinesis.partition_key, "data": r.kinesis.data},
-        "eventID": r.event_id, "eventSourceARN": r.event_source_arn})).collect::<Vec<_>>()})).unwrap();
-    let pipeline = stack.pipeline().await;
-    let before = status_kb("VmRSS:");
-    let t = Instant::now();
-    let event: streamload_core::kinesis::KinesisEvent =
-        serde_json::from_str(&event_json_text).unwrap();
-    let batch = streamload_core::kinesis::decode(&event).unwrap();
-    drop(event);
-    let report = pipeline
-        .process(&batch, &invocation("mem", Duration::from_secs(600)))
-        .await;
-    let took = t.elapsed();
-    assert!(report.failures.is_empty());
-    println!(
-        "one Kinesis invocation, {ROWS} records, event {:.2} MB:",
-        event_json_text.len() as f64 / 1e6
-    );
-    println!(
-        "  wall time (moto DynamoDB ~200 req/s dominates): {:.1} s",
-        took.as_secs_f64()
-    );
-    println!(
-        "  RSS before {:.1} MB, process peak (VmHWM) {:.1} MB",
-        before as f64 / 1024.0,
-        status_kb("VmHWM:") as f64 / 1024.0
     );
 }
