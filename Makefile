@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := test
 CARGO ?= cargo
 
-.PHONY: test demo stack down lint bench fmt
+.PHONY: test demo stack down lint bench package
 
 stack:
 	@scripts/stack.sh up
@@ -25,3 +25,7 @@ lint:
 
 bench: stack
 	@set -a; source .stack/env; set +a; scripts/bench.sh
+
+## Both functions for arm64 Lambda (provided.al2023), zipped: what `sam build` produces.
+package:
+	@scripts/package.sh

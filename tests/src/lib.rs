@@ -351,7 +351,7 @@ impl TestStack {
     }
 }
 
-/// The crash matrix shared by both sources: a sandbox dies at the armed point, 0.5 s before
+/// The crash matrix shared by both sources: a sandbox dies at the armed point, 1 s before
 /// its deadline; Lambda redelivers the same batch to a new sandbox, which must leave every
 /// event of `expected` exactly once in Postgres and across the Parquet objects.
 pub async fn crash_then_redeliver(
@@ -363,10 +363,10 @@ pub async fn crash_then_redeliver(
     let (p1, s1) = stack.faulty_pipeline().await;
     arm(&s1);
     let crashed = tokio::time::timeout(
-        Duration::from_millis(1500),
+        Duration::from_millis(3000),
         p1.process(
             batch,
-            &invocation("inv-crashed", Duration::from_millis(2000)),
+            &invocation("inv-crashed", Duration::from_millis(4000)),
         ),
     )
     .await;

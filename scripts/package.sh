@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# make package: the Lambda artifacts SAM deploys — both functions built for arm64
+# (provided.al2023) by cargo-lambda with zig, zipped under target/lambda/<function>/.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+scripts/install.sh
+export PATH="$ROOT/.venv/bin:$PATH"
+rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+cargo lambda build --release --arm64 --output-format zip -p kinesis-loader -p kafka-loader
+for f in kinesis-loader kafka-loader; do
+  ls -l "target/lambda/$f/bootstrap.zip"
+done
