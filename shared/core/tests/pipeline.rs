@@ -509,3 +509,45 @@ async fn every_crash_point_then_redelivery_is_exactly_once() {
         crash_then_redeliver(arm).await;
     }
 }
+
+#[tokio::test]
+async fn a_dead_letter_repeats_only_when_the_sandbox_dies_between_send_and_archive() {
+    // Given a batch with one poison record, and a sandbox that dies right after the send
+    let stack = Stack::new();
+    let batch = Batch {
+        records: vec![
+            record(1, Some(b"not json".to_vec())),
+            record(2, Some(event_json("a"))),
+        ],
+    };
+    let (p1, s1) = stack.pipeline();
+    s1.dead_letters.crash_after.store(true, Ordering::SeqCst);
+    let crashed = tokio::time::timeout(
+        Duration::from_millis(300),
+        p1.process(
+            &batch,
+            &invocation("inv-crashed", Duration::from_millis(400)),
+        ),
+    )
+    .await;
+    assert!(crashed.is_err());
+    // When the batch is redelivered twice more
+    for attempt in ["inv-2", "inv-3"] {
+        let (p, _) = stack.pipeline();
+        let r = p
+            .process(&batch, &invocation(attempt, Duration::from_secs(30)))
+            .await;
+        assert!(r.failures.is_empty(), "{:?}", r.outcomes);
+    }
+    // Then the message was sent once more after the crash (the documented window), never again
+    assert_eq!(stack.dead_letters.sent.lock().unwrap().len(), 2);
+    let archives = stack
+        .objects
+        .objects
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|k| k.ends_with(".json"))
+        .count();
+    assert_eq!(archives, 1);
+}
