@@ -99,3 +99,46 @@ async fn objects_are_created_once_and_never_overwritten() {
         .into_bytes();
     assert_eq!(&body[..], b"first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_errors_name_the_constraint_but_never_the_row() {
+    use streamload_core::ports::{Row, RowSink};
+    use streamload_core::Classify;
+    // Given a table whose check constraint rejects a user, and a row carrying that user
+    let stack = TestStack::new("pgerr", false).await;
+    stack
+        .pg
+        .batch_execute(
+            "ALTER TABLE events ADD CONSTRAINT no_secret_user CHECK (user_id <> 'secret-user-42')",
+        )
+        .await
+        .unwrap();
+    let sink = streamload_postgres::PgRows::new(
+        stack.database_url.parse().unwrap(),
+        streamload_postgres::TableName::parse("events").unwrap(),
+    );
+    let row = Row {
+        event_id: "e1",
+        user_id: "secret-user-42",
+        event_type: "t",
+        payload: Some(r#"{"card":"4111-secret"}"#),
+        created_at_us: 0,
+    };
+    // When it is upserted
+    let err = sink
+        .upsert(&[row])
+        .await
+        .expect_err("the constraint rejects it");
+    // Then the error is permanent and names the constraint, and no row value reaches the message
+    assert!(!err.is_retryable());
+    assert!(
+        err.message.contains("23514") && err.message.contains("no_secret_user"),
+        "{}",
+        err.message
+    );
+    assert!(
+        !err.message.contains("secret-user-42") && !err.message.contains("4111"),
+        "{}",
+        err.message
+    );
+}

@@ -203,13 +203,23 @@ async fn copy_and_upsert(
 /// Connection problems, contention and resource shortages are retryable; anything else
 /// (a missing table, a permission) is permanent.
 fn classify(e: &tokio_postgres::Error) -> PortError {
-    let msg = match e.code() {
-        Some(code) => format!(
-            "postgres: {} ({})",
-            code.code(),
-            e.source().map(|s| s.to_string()).unwrap_or_default()
+    // Server messages and their DETAIL lines can quote row values; log only the SQLSTATE and
+    // the names of the objects involved, never payload text.
+    let msg = match e.as_db_error() {
+        Some(db) => format!(
+            "postgres: SQLSTATE {} (table {:?}, column {:?}, constraint {:?})",
+            db.code().code(),
+            db.table().unwrap_or("-"),
+            db.column().unwrap_or("-"),
+            db.constraint().unwrap_or("-"),
         ),
-        None => format!("postgres: {e}"),
+        None if e.is_closed() => "postgres: connection closed".to_owned(),
+        None => format!(
+            "postgres: client or connection error ({})",
+            e.source()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "no detail".into())
+        ),
     };
     match e.code() {
         None => PortError::retryable(msg),
