@@ -6,8 +6,8 @@
 #   scripts/stack.sh down   stop only what `up` started (pids in .stack/)
 #   scripts/stack.sh env    print the environment the tests and the demo use
 #
-# PostgreSQL: a server already answering on 127.0.0.1:5432 is used as it is; otherwise a
-# private cluster is created under .stack/pg and started on port 55432.
+# PostgreSQL: a server already answering on 127.0.0.1:5432 is used as it is; otherwise (or with
+# STREAMLOAD_PRIVATE_PG=1) a private cluster is created under .stack/pg on port 55432.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STATE="$ROOT/.stack"
@@ -51,7 +51,8 @@ pg_url() {
 }
 
 start_postgres() {
-  if [ ! -f "$STATE/pg.ours" ] && port_open 5432; then return; fi  # a server is already there: use it
+  # A server already on 5432 is used, unless STREAMLOAD_PRIVATE_PG=1 asks for our own cluster.
+  if [ ! -f "$STATE/pg.ours" ] && [ "${STREAMLOAD_PRIVATE_PG:-0}" != 1 ] && port_open 5432; then return; fi
   local bin run_as=()
   bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
   if [ "$(id -u)" = 0 ]; then  # initdb and postgres refuse to run as root
