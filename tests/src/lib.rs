@@ -213,24 +213,12 @@ impl TestStack {
     }
 
     pub async fn parquet_column(&self, column: &str) -> Vec<String> {
-        let s3 = streamload_aws::s3_client(&self.sdk);
         let mut out = Vec::new();
         for key in self.object_keys().await {
             if !key.ends_with(".parquet") {
                 continue;
             }
-            let body = s3
-                .get_object()
-                .bucket(&self.name)
-                .key(&key)
-                .send()
-                .await
-                .unwrap()
-                .body
-                .collect()
-                .await
-                .unwrap()
-                .into_bytes();
+            let body = self.object_bytes(&key).await;
             let reader = ParquetRecordBatchReaderBuilder::try_new(body)
                 .unwrap()
                 .build()
@@ -242,6 +230,22 @@ impl TestStack {
             }
         }
         out
+    }
+
+    /// The whole body of one object in this test's bucket.
+    pub async fn object_bytes(&self, key: &str) -> bytes::Bytes {
+        streamload_aws::s3_client(&self.sdk)
+            .get_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes()
     }
 
     pub async fn object_keys(&self) -> Vec<String> {

@@ -85,18 +85,7 @@ async fn objects_are_created_once_and_never_overwritten() {
         PutOutcome::AlreadyExists
     );
     assert!(s3.exists("events/a.parquet").await.unwrap());
-    let body = streamload_aws::s3_client(&stack.sdk)
-        .get_object()
-        .bucket(&stack.name)
-        .key("events/a.parquet")
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes();
+    let body = stack.object_bytes("events/a.parquet").await;
     assert_eq!(&body[..], b"first");
 }
 
