@@ -53,16 +53,11 @@ async fn main() {
             )
         })
         .collect();
-    let event_json_text = serde_json::to_string(&serde_json::json!({"Records": kinesis_event(&records).records.iter().map(|r| serde_json::json!({
-        "kinesis": {"sequenceNumber": r.kinesis.sequence_number, "partitionKey": r.kinesis.partition_key, "data": r.kinesis.data},
-        "eventID": r.event_id, "eventSourceARN": r.event_source_arn})).collect::<Vec<_>>()})).unwrap();
+    let event_json_text = kinesis_event(&records);
     let pipeline = stack.pipeline().await;
     let before = status_kb("VmRSS:");
     let t = Instant::now();
-    let event: streamload_core::kinesis::KinesisEvent =
-        serde_json::from_str(&event_json_text).unwrap();
-    let batch = streamload_core::kinesis::decode(&event).unwrap();
-    drop(event);
+    let batch = streamload_core::kinesis::decode(&event_json_text).unwrap();
     let report = pipeline
         .process(&batch, &invocation("mem", Duration::from_secs(600)))
         .await;

@@ -324,8 +324,8 @@ pub fn event_json(id: &str, user: &str, payload: &str) -> Vec<u8> {
         serde_json::to_string(id).unwrap(), serde_json::to_string(user).unwrap()).into_bytes()
 }
 
-/// A Kinesis ESM event over `records` of (sequence number, data bytes).
-pub fn kinesis_event(records: &[(u64, Vec<u8>)]) -> streamload_core::kinesis::KinesisEvent {
+/// The JSON text of a Kinesis ESM event over `records` of (sequence number, data bytes).
+pub fn kinesis_event(records: &[(u64, Vec<u8>)]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
     let recs: Vec<serde_json::Value> = records
         .iter()
@@ -340,7 +340,7 @@ pub fn kinesis_event(records: &[(u64, Vec<u8>)]) -> streamload_core::kinesis::Ki
             })
         })
         .collect();
-    serde_json::from_value(serde_json::json!({ "Records": recs })).unwrap()
+    serde_json::json!({ "Records": recs }).to_string()
 }
 
 /// The Kinesis sequence number `kinesis_event` gives offset `n`.

@@ -18,15 +18,9 @@ async fn the_sample_events_load_through_the_real_pipeline() {
     // Given the three sample payloads and a fresh stack
     let stack = TestStack::new("fixtures", false).await;
     let p = stack.pipeline().await;
-    let kinesis =
-        streamload_core::kinesis::decode(&serde_json::from_str(&fixture("kinesis.json")).unwrap())
-            .unwrap();
-    let msk = streamload_core::kafka::decode(&serde_json::from_str(&fixture("msk.json")).unwrap())
-        .unwrap();
-    let smk = streamload_core::kafka::decode(
-        &serde_json::from_str(&fixture("self-managed-kafka.json")).unwrap(),
-    )
-    .unwrap();
+    let kinesis = streamload_core::kinesis::decode(&fixture("kinesis.json")).unwrap();
+    let msk = streamload_core::kafka::decode(&fixture("msk.json")).unwrap();
+    let smk = streamload_core::kafka::decode(&fixture("self-managed-kafka.json")).unwrap();
     // When each is processed
     let k = p
         .process(&kinesis, &invocation("k", Duration::from_secs(30)))

@@ -8,7 +8,7 @@ use rskafka::client::ClientBuilder;
 use rskafka::record::Record;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use streamload_core::kafka::{decode, failure_identifier, KafkaEvent};
+use streamload_core::kafka::{decode, failure_identifier};
 use streamload_core::RecordOutcome;
 use streamload_runtime::run_batch;
 use streamload_tests::*;
@@ -155,8 +155,7 @@ async fn records_from_the_broker_load_once_across_partitions_with_tombstones_and
         "SelfManagedKafka",
     )
     .await;
-    let event: KafkaEvent = serde_json::from_value(event).unwrap();
-    let batch = decode(&event).unwrap();
+    let batch = decode(&event.to_string()).unwrap();
     assert_eq!(batch.records.len(), 6);
     // When the loader runs it, twice (a redelivery)
     let p = stack.pipeline().await;
@@ -225,7 +224,7 @@ async fn a_postgres_outage_reports_the_lowest_offset_of_each_failing_partition()
         "aws:kafka",
     )
     .await;
-    let batch = decode(&serde_json::from_value::<KafkaEvent>(event).unwrap()).unwrap();
+    let batch = decode(&event.to_string()).unwrap();
     let p = stack.pipeline().await;
     stack.proxy.as_ref().unwrap().go_down();
     // When the batch runs
@@ -275,7 +274,7 @@ async fn two_partition_batch(stack: &TestStack) -> streamload_core::Batch {
         "aws:kafka",
     )
     .await;
-    decode(&serde_json::from_value::<KafkaEvent>(event).unwrap()).unwrap()
+    decode(&event.to_string()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

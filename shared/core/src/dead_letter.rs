@@ -51,7 +51,7 @@ mod tests {
                 topic_partition: None,
             }),
             position: Position::parse("7").unwrap(),
-            data: Some(vec![0xff, 0x00, b'x']),
+            data: Some(bytes::Bytes::from(vec![0xff, 0x00, b'x'])),
             key: None,
             headers_json: None,
             arrival_ms: None,

@@ -79,7 +79,7 @@ pub fn encode_parquet(
     let mut event_type = StringBuilder::with_capacity(n, text_bytes(|r| r.event.event_type.len()));
     let mut payload = StringBuilder::with_capacity(
         n,
-        text_bytes(|r| r.event.payload.as_ref().map_or(0, String::len)),
+        text_bytes(|r| r.event.payload.as_ref().map_or(0, |p| p.len())),
     );
     let mut created_at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut source = StringBuilder::new();
@@ -122,7 +122,7 @@ pub fn encode_parquet(
     ];
     let batch = RecordBatch::try_new(schema(), columns)?;
     let mut out =
-        Vec::with_capacity(text_bytes(|r| r.event.payload.as_ref().map_or(64, String::len)) / 3);
+        Vec::with_capacity(text_bytes(|r| r.event.payload.as_ref().map_or(64, |p| p.len())) / 3);
     let mut writer = ArrowWriter::try_new(&mut out, schema(), Some(writer_properties()?))?;
     writer.write(&batch)?;
     writer.close()?;

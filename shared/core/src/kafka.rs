@@ -7,45 +7,51 @@
 
 use crate::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
 use base64::Engine;
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// The event as Lambda sends it, borrowed from the event text.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct KafkaEvent {
-    #[serde(default)]
-    pub event_source: Option<String>,
-    #[serde(default)]
-    pub event_source_arn: Option<String>,
-    #[serde(default)]
-    pub bootstrap_servers: Option<String>,
-    #[serde(default)]
-    pub records: BTreeMap<String, Vec<KafkaRecord>>,
+pub struct KafkaEvent<'a> {
+    #[serde(borrow, default)]
+    pub event_source: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub event_source_arn: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub bootstrap_servers: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub records: BTreeMap<Cow<'a, str>, Vec<KafkaRecord<'a>>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct KafkaRecord {
-    pub topic: String,
+pub struct KafkaRecord<'a> {
+    #[serde(borrow)]
+    pub topic: Cow<'a, str>,
     pub partition: i32,
     pub offset: i64,
     #[serde(default)]
     pub timestamp: Option<i64>,
-    #[serde(default)]
-    pub timestamp_type: Option<String>,
-    #[serde(default)]
-    pub key: Option<String>,
-    #[serde(default)]
-    pub value: Option<String>,
+    #[serde(borrow, default)]
+    pub timestamp_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub key: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub value: Option<Cow<'a, str>>,
     /// Single-key maps whose values are Java (signed) bytes; keys may repeat.
-    #[serde(default)]
-    pub headers: Vec<BTreeMap<String, Vec<i8>>>,
+    #[serde(borrow, default)]
+    pub headers: Vec<BTreeMap<Cow<'a, str>, Vec<i8>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaDecodeError {
+    #[error("the event is not a Kafka event-source batch: {0}")]
+    Shape(#[from] serde_json::Error),
     #[error("record {topic}/{partition} has a negative offset")]
     NegativeOffset { topic: String, partition: i32 },
 }
@@ -56,61 +62,83 @@ impl crate::Classify for KafkaDecodeError {
     }
 }
 
-/// Header values as base64 of their unsigned bytes, in order, repeats kept.
-fn headers_json(headers: &[BTreeMap<String, Vec<i8>>]) -> serde_json::Value {
+/// Header values as base64 of their unsigned bytes, in order, repeats kept:
+/// `[{"name":"base64"}]`, written directly rather than through a JSON tree.
+fn headers_json(headers: &[BTreeMap<Cow<'_, str>, Vec<i8>>]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
-    serde_json::Value::Array(
-        headers
-            .iter()
-            .flat_map(|h| h.iter())
-            .map(|(k, v)| {
-                let bytes: Vec<u8> = v.iter().map(|&b| b as u8).collect();
-                json!({ k: b64.encode(bytes) })
-            })
-            .collect(),
-    )
+    let mut out = String::from("[");
+    for (k, v) in headers.iter().flat_map(|h| h.iter()) {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push('{');
+        out.push_str(&serde_json::Value::from(&**k).to_string());
+        out.push_str(":\"");
+        let bytes: Vec<u8> = v.iter().map(|&b| b as u8).collect();
+        b64.encode_string(bytes, &mut out);
+        out.push_str("\"}");
+    }
+    out.push(']');
+    out
 }
 
-/// Turns the event into source-neutral records, partitions in key order, offsets ascending.
-pub fn decode(event: &KafkaEvent) -> Result<Batch, KafkaDecodeError> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut records = Vec::new();
-    let mut units: BTreeMap<(&str, i32), Arc<SourceUnit>> = BTreeMap::new();
+/// Parses the event text and turns it into source-neutral records.
+pub fn decode(event_json: &str) -> Result<Batch, KafkaDecodeError> {
+    let event: KafkaEvent<'_> = serde_json::from_str(event_json)?;
+    decode_event(&event)
+}
+
+/// Turns a parsed event into source-neutral records, partitions in key order, offsets
+/// ascending. Every value is decoded into one shared buffer.
+pub fn decode_event(event: &KafkaEvent<'_>) -> Result<Batch, KafkaDecodeError> {
+    let mut ordered: Vec<&KafkaRecord<'_>> = Vec::new();
     for list in event.records.values() {
-        let mut list: Vec<&KafkaRecord> = list.iter().collect();
-        list.sort_by_key(|r| r.offset);
-        for r in list {
-            let offset = u64::try_from(r.offset).map_err(|_| KafkaDecodeError::NegativeOffset {
-                topic: r.topic.clone(),
-                partition: r.partition,
-            })?;
-            let unit = units
-                .entry((r.topic.as_str(), r.partition))
-                .or_insert_with(|| {
-                    Arc::new(SourceUnit {
-                        label: format!("{}/{}", r.topic, r.partition),
-                        topic_partition: Some((r.topic.clone(), r.partition)),
-                    })
-                })
-                .clone();
-            let data = r
-                .value
+        let start = ordered.len();
+        ordered.extend(list.iter());
+        ordered[start..].sort_by_key(|r| r.offset);
+    }
+    let encoded: usize = ordered
+        .iter()
+        .map(|r| r.value.as_deref().map_or(0, str::len))
+        .sum();
+    let mut arena: Vec<u8> = Vec::with_capacity(encoded / 4 * 3 + 3);
+    let spans: Vec<_> = ordered
+        .iter()
+        .map(|r| {
+            r.value
                 .as_deref()
-                .map(|v| b64.decode(v).unwrap_or_else(|_| v.as_bytes().to_vec()));
-            let headers_text =
-                (!r.headers.is_empty()).then(|| headers_json(&r.headers).to_string());
-            records.push(SourceRecord {
-                unit,
-                position: Position::from_offset(offset),
-                data,
-                key: r.key.clone(),
-                headers_json: headers_text,
-                arrival_ms: r.timestamp,
-                origin: Origin::Kafka {
-                    timestamp: r.timestamp,
-                },
-            });
-        }
+                .map(|v| crate::record::decode_base64_into(&mut arena, v))
+        })
+        .collect();
+    let arena = Bytes::from(arena);
+
+    let mut records = Vec::with_capacity(ordered.len());
+    let mut units: BTreeMap<(&str, i32), Arc<SourceUnit>> = BTreeMap::new();
+    for (r, span) in ordered.into_iter().zip(spans) {
+        let offset = u64::try_from(r.offset).map_err(|_| KafkaDecodeError::NegativeOffset {
+            topic: r.topic.to_string(),
+            partition: r.partition,
+        })?;
+        let unit = units
+            .entry((&*r.topic, r.partition))
+            .or_insert_with(|| {
+                Arc::new(SourceUnit {
+                    label: format!("{}/{}", r.topic, r.partition),
+                    topic_partition: Some((r.topic.to_string(), r.partition)),
+                })
+            })
+            .clone();
+        records.push(SourceRecord {
+            unit,
+            position: Position::from_offset(offset),
+            data: span.map(|s| arena.slice(s)),
+            key: r.key.as_deref().map(str::to_owned),
+            headers_json: (!r.headers.is_empty()).then(|| headers_json(&r.headers)),
+            arrival_ms: r.timestamp,
+            origin: Origin::Kafka {
+                timestamp: r.timestamp,
+            },
+        });
     }
     Ok(Batch { records })
 }
@@ -156,10 +184,9 @@ mod tests {
 
     #[test]
     fn takes_topic_and_partition_from_the_record_and_orders_by_offset() {
-        // Given a self-managed batch over two partitions of a topic whose name holds '-'
-        let event: KafkaEvent = serde_json::from_str(EVENT).unwrap();
-        // When it is decoded
-        let batch = decode(&event).unwrap();
+        // Given a self-managed batch over two partitions of a topic whose name holds '-',
+        // when it is decoded
+        let batch = decode(EVENT).unwrap();
         // Then units come from the record fields and offsets ascend within a partition
         let labels: Vec<_> = batch
             .records
@@ -181,8 +208,7 @@ mod tests {
 
     #[test]
     fn keeps_repeated_signed_headers_as_unsigned_bytes() {
-        let event: KafkaEvent = serde_json::from_str(EVENT).unwrap();
-        let batch = decode(&event).unwrap();
+        let batch = decode(EVENT).unwrap();
         let h: serde_json::Value =
             serde_json::from_str(batch.records[1].headers_json.as_deref().unwrap()).unwrap();
         // [104, -1] is "h\xff"
@@ -190,6 +216,16 @@ mod tests {
         assert_eq!(batch.records[1].dead_letter_source()["headers"], h);
         assert_eq!(batch.records[1].dead_letter_source()["offset"], 16);
         assert_eq!(batch.records[1].dead_letter_source()["topic"], "my-topic");
+    }
+
+    #[test]
+    fn header_names_are_escaped_as_json() {
+        let event = r#"{"records":{"t-0":[{"topic":"t","partition":0,"offset":1,"value":"e30=",
+            "headers":[{"q\"x\\":[0]}]}]}}"#;
+        let batch = decode(event).unwrap();
+        let h: serde_json::Value =
+            serde_json::from_str(batch.records[0].headers_json.as_deref().unwrap()).unwrap();
+        assert_eq!(h, json!([{"q\"x\\": "AA=="}]));
     }
 
     #[test]

@@ -4,33 +4,38 @@
 //! one batch is one shard, in sequence order.
 
 use crate::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
-use base64::Engine;
+use bytes::Bytes;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::sync::Arc;
 
+/// The event as Lambda sends it, borrowed from the event text: the base64 `data` of every
+/// record is decoded straight from the text, never copied into a string first.
 #[derive(Debug, Deserialize)]
-pub struct KinesisEvent {
-    #[serde(rename = "Records", default)]
-    pub records: Vec<KinesisEventRecord>,
+pub struct KinesisEvent<'a> {
+    #[serde(rename = "Records", borrow, default)]
+    pub records: Vec<KinesisEventRecord<'a>>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct KinesisEventRecord {
-    pub kinesis: KinesisData,
-    #[serde(rename = "eventID", default)]
-    pub event_id: Option<String>,
-    #[serde(rename = "eventSourceARN", default)]
-    pub event_source_arn: Option<String>,
+pub struct KinesisEventRecord<'a> {
+    #[serde(borrow)]
+    pub kinesis: KinesisData<'a>,
+    #[serde(rename = "eventID", borrow, default)]
+    pub event_id: Option<Cow<'a, str>>,
+    #[serde(rename = "eventSourceARN", borrow, default)]
+    pub event_source_arn: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct KinesisData {
-    pub sequence_number: String,
-    #[serde(default)]
-    pub partition_key: Option<String>,
-    #[serde(default)]
-    pub data: Option<String>,
+pub struct KinesisData<'a> {
+    #[serde(borrow)]
+    pub sequence_number: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub partition_key: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub data: Option<Cow<'a, str>>,
     /// Seconds since the epoch, with fractions.
     #[serde(default)]
     pub approximate_arrival_timestamp: Option<f64>,
@@ -39,6 +44,8 @@ pub struct KinesisData {
 /// The event itself is malformed: Lambda never sends this, so the invocation fails loudly.
 #[derive(Debug, thiserror::Error)]
 pub enum KinesisDecodeError {
+    #[error("the event is not a Kinesis event-source batch: {0}")]
+    Shape(#[from] serde_json::Error),
     #[error("record {index} has an invalid sequence number")]
     BadSequenceNumber { index: usize },
 }
@@ -49,13 +56,34 @@ impl crate::Classify for KinesisDecodeError {
     }
 }
 
-/// Turns the event into source-neutral records. Undecodable base64 keeps `data` as the
-/// base64 text's bytes so the poison record still reaches the dead-letter queue unchanged.
-pub fn decode(event: &KinesisEvent) -> Result<Batch, KinesisDecodeError> {
-    let mut records = Vec::with_capacity(event.records.len());
+/// Parses the event text and turns it into source-neutral records.
+pub fn decode(event_json: &str) -> Result<Batch, KinesisDecodeError> {
+    let event: KinesisEvent<'_> = serde_json::from_str(event_json)?;
+    decode_event(&event)
+}
+
+/// Turns a parsed event into source-neutral records. Every record's bytes are decoded into
+/// one shared buffer; undecodable base64 keeps `data` as the base64 text's bytes so the
+/// poison record still reaches the dead-letter queue unchanged.
+pub fn decode_event(event: &KinesisEvent<'_>) -> Result<Batch, KinesisDecodeError> {
+    let n = event.records.len();
+    let encoded: usize = event
+        .records
+        .iter()
+        .map(|r| r.kinesis.data.as_deref().map_or(0, str::len))
+        .sum();
+    let mut arena: Vec<u8> = Vec::with_capacity(encoded / 4 * 3 + 3);
+    let mut spans = Vec::with_capacity(n);
+    for r in &event.records {
+        let data = r.kinesis.data.as_deref().unwrap_or_default();
+        spans.push(crate::record::decode_base64_into(&mut arena, data));
+    }
+    let arena = Bytes::from(arena);
+
+    let mut records = Vec::with_capacity(n);
     // A batch is one shard: the unit and the lineage strings are built once and shared.
     let mut current: Option<(Arc<SourceUnit>, Arc<str>, Arc<str>)> = None;
-    for (index, r) in event.records.iter().enumerate() {
+    for (index, (r, span)) in event.records.iter().zip(spans).enumerate() {
         let position = Position::parse(&r.kinesis.sequence_number)
             .ok_or(KinesisDecodeError::BadSequenceNumber { index })?;
         let stream_arn = r.event_source_arn.as_deref().unwrap_or_default();
@@ -85,10 +113,6 @@ pub fn decode(event: &KinesisEvent) -> Result<Batch, KinesisDecodeError> {
                 made
             }
         };
-        let data = r.kinesis.data.as_deref().unwrap_or_default();
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(data)
-            .unwrap_or_else(|_| data.as_bytes().to_vec());
         let arrival_ms = r
             .kinesis
             .approximate_arrival_timestamp
@@ -101,8 +125,8 @@ pub fn decode(event: &KinesisEvent) -> Result<Batch, KinesisDecodeError> {
                 approximate_arrival: r.kinesis.approximate_arrival_timestamp,
             },
             position,
-            data: Some(bytes),
-            key: r.kinesis.partition_key.clone(),
+            data: Some(arena.slice(span)),
+            key: r.kinesis.partition_key.as_deref().map(str::to_owned),
             headers_json: None,
             arrival_ms,
         });
@@ -121,8 +145,8 @@ mod tests {
 
     #[test]
     fn decodes_the_sample_shape() {
-        // Given an event as Lambda delivers it
-        let event: KinesisEvent = serde_json::from_str(
+        // Given an event as Lambda delivers it, when it is decoded
+        let batch = decode(
             r#"{"Records":[{"kinesis":{"kinesisSchemaVersion":"1.0","partitionKey":"pk-1",
             "sequenceNumber":"49590338271490256608559692538361571095921575989136588898",
             "data":"eyJhIjoxfQ==","approximateArrivalTimestamp":1545084650.987},
@@ -132,8 +156,6 @@ mod tests {
             "eventSourceARN":"arn:aws:kinesis:us-east-2:123456789012:stream/orders"}]}"#,
         )
         .unwrap();
-        // When it is decoded
-        let batch = decode(&event).unwrap();
         // Then shard, position, bytes and lineage are kept
         let r = &batch.records[0];
         assert_eq!(r.unit.label, "orders/shardId-000000000006");
@@ -149,12 +171,34 @@ mod tests {
 
     #[test]
     fn rejects_a_sequence_number_that_is_not_a_number() {
-        let event: KinesisEvent =
-            serde_json::from_str(r#"{"Records":[{"kinesis":{"sequenceNumber":"x1","data":""}}]}"#)
-                .unwrap();
+        let event = r#"{"Records":[{"kinesis":{"sequenceNumber":"x1","data":""}}]}"#;
         assert!(matches!(
-            decode(&event),
+            decode(event),
             Err(KinesisDecodeError::BadSequenceNumber { index: 0 })
         ));
+    }
+
+    #[test]
+    fn an_event_of_another_shape_is_a_permanent_error() {
+        let err = decode(r#"{"Records":[{"kinesis":{"data":"e30="}}]}"#).unwrap_err();
+        assert!(matches!(err, KinesisDecodeError::Shape(_)), "{err}");
+        assert_eq!(crate::Classify::class(&err), crate::ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn records_share_one_buffer_and_bad_base64_keeps_its_text() {
+        // Given two records, the second not base64
+        let event = r#"{"Records":[
+            {"kinesis":{"sequenceNumber":"1","data":"eyJhIjoxfQ=="},"eventID":"shardId-1:1"},
+            {"kinesis":{"sequenceNumber":"2","data":"not base64!"},"eventID":"shardId-1:2"}]}"#;
+        // When decoded
+        let batch = decode(event).unwrap();
+        // Then the first holds its decoded bytes, the second its text, unchanged
+        let first = batch.records[0].data.as_ref().unwrap();
+        let second = batch.records[1].data.as_ref().unwrap();
+        assert_eq!(&first[..], b"{\"a\":1}");
+        assert_eq!(&second[..], b"not base64!");
+        // and both live in one allocation, back to back
+        assert_eq!(first.as_ptr().wrapping_add(first.len()), second.as_ptr());
     }
 }

@@ -22,6 +22,7 @@ pub mod record;
 pub mod response;
 pub mod retry;
 pub mod source;
+pub mod text;
 
 pub use error::{Classify, ErrorClass};
 pub use event::{validate, Event, Poison, PoisonKind};
@@ -30,3 +31,4 @@ pub use pipeline::{
 };
 
 pub use record::{Batch, Position, SourceRecord};
+pub use text::Text;

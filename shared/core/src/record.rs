@@ -4,8 +4,10 @@
 //! failure is identified back to the event-source mapping; past this module the pipeline
 //! sees one kind of record.
 
+use bytes::Bytes;
 use serde_json::json;
 use std::cmp::Ordering;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// A record's position inside its ordering unit: a Kinesis sequence number or a Kafka offset.
@@ -84,8 +86,9 @@ pub struct SourceRecord {
     /// Shared by all records of the unit.
     pub unit: Arc<SourceUnit>,
     pub position: Position,
-    /// The raw record bytes; `None` for a Kafka tombstone (null value).
-    pub data: Option<Vec<u8>>,
+    /// The raw record bytes, a view of the batch's one decoded buffer; `None` for a Kafka
+    /// tombstone (null value).
+    pub data: Option<Bytes>,
     /// Producer key: Kinesis partition key, or a Kafka key in base64.
     pub key: Option<String>,
     /// Kafka headers as JSON text (`[{"k":"base64"}]`), kept for lineage.
@@ -137,6 +140,21 @@ impl SourceRecord {
             }
         }
     }
+}
+
+/// Appends the bytes that base64 `text` encodes to `arena` and returns where they are. Text
+/// that is not base64 is kept as it is, so a poison record reaches the dead-letter queue with
+/// exactly the bytes it arrived with.
+pub(crate) fn decode_base64_into(arena: &mut Vec<u8>, text: &str) -> Range<usize> {
+    let start = arena.len();
+    if base64_simd::STANDARD
+        .decode_append(text.as_bytes(), arena)
+        .is_err()
+    {
+        arena.truncate(start);
+        arena.extend_from_slice(text.as_bytes());
+    }
+    start..arena.len()
 }
 
 /// A decoded batch: records in delivery order, which is position order within each unit.

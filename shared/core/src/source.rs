@@ -3,16 +3,15 @@
 //! else is the one shared pipeline.
 
 use crate::record::{Batch, Position, SourceUnit};
-use serde::de::DeserializeOwned;
 
 pub trait EventSource {
-    /// The event-source-mapping payload.
-    type Event: DeserializeOwned + Send;
     type Error: std::error::Error + Send + Sync + 'static;
     /// Function name used in metrics when the runtime does not give one.
     const FUNCTION: &'static str;
 
-    fn decode(event: &Self::Event) -> Result<Batch, Self::Error>;
+    /// Parses the event-source-mapping payload (its JSON text) into records. The text is
+    /// parsed once, borrowed: record data is decoded straight from it.
+    fn decode(event_json: &str) -> Result<Batch, Self::Error>;
 
     /// The `itemIdentifier` of the lowest failed record of `unit`.
     fn failure_identifier(unit: &SourceUnit, position: &Position) -> serde_json::Value;
@@ -22,12 +21,11 @@ pub trait EventSource {
 pub struct Kinesis;
 
 impl EventSource for Kinesis {
-    type Event = crate::kinesis::KinesisEvent;
     type Error = crate::kinesis::KinesisDecodeError;
     const FUNCTION: &'static str = "kinesis-loader";
 
-    fn decode(event: &Self::Event) -> Result<Batch, Self::Error> {
-        crate::kinesis::decode(event)
+    fn decode(event_json: &str) -> Result<Batch, Self::Error> {
+        crate::kinesis::decode(event_json)
     }
 
     fn failure_identifier(unit: &SourceUnit, position: &Position) -> serde_json::Value {
@@ -39,12 +37,11 @@ impl EventSource for Kinesis {
 pub struct Kafka;
 
 impl EventSource for Kafka {
-    type Event = crate::kafka::KafkaEvent;
     type Error = crate::kafka::KafkaDecodeError;
     const FUNCTION: &'static str = "kafka-loader";
 
-    fn decode(event: &Self::Event) -> Result<Batch, Self::Error> {
-        crate::kafka::decode(event)
+    fn decode(event_json: &str) -> Result<Batch, Self::Error> {
+        crate::kafka::decode(event_json)
     }
 
     fn failure_identifier(unit: &SourceUnit, position: &Position) -> serde_json::Value {

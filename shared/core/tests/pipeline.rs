@@ -103,7 +103,7 @@ fn record(seq: u64, data: Option<Vec<u8>>) -> SourceRecord {
             topic_partition: None,
         }),
         position: Position::from_offset(seq),
-        data,
+        data: data.map(bytes::Bytes::from),
         key: Some("pk".into()),
         headers_json: None,
         arrival_ms: None,
