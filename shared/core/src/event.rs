@@ -3,7 +3,7 @@
 //! A record that fails here is *poison*: retrying cannot fix it, so it goes to the dead-letter
 //! queue with its raw bytes and the reason, and it never blocks its shard or partition.
 
-use crate::text::Text;
+use crate::text::{JsonStr, Text};
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDateTime};
 use serde::Deserialize;
@@ -76,17 +76,17 @@ impl Poison {
 #[derive(Deserialize)]
 struct WireEvent<'a> {
     #[serde(borrow, default)]
-    event_id: Option<Cow<'a, str>>,
+    event_id: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
-    user_id: Option<Cow<'a, str>>,
+    user_id: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
-    event_type: Option<Cow<'a, str>>,
+    event_type: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
     payload: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    created_at: Option<Cow<'a, str>>,
+    created_at: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
-    source: Option<Cow<'a, str>>,
+    source: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
     version: Option<&'a RawValue>,
 }
@@ -122,7 +122,7 @@ pub fn validate(data: &Bytes, max_record_bytes: usize) -> Result<Event, Poison> 
         Cow::Borrowed(s) => Text::within(data, s),
         Cow::Owned(s) => Text::from(s),
     };
-    let event_id = required_text("event_id", wire.event_id, text_of)?;
+    let event_id = required_text("event_id", wire.event_id.map(|j| j.0), text_of)?;
     if event_id.len() > MAX_EVENT_ID_BYTES {
         return Err(Poison::new(
             PoisonKind::Validation,
@@ -132,8 +132,8 @@ pub fn validate(data: &Bytes, max_record_bytes: usize) -> Result<Event, Poison> 
             ),
         ));
     }
-    let user_id = required_text("user_id", wire.user_id, text_of)?;
-    let event_type = required_text("event_type", wire.event_type, text_of)?;
+    let user_id = required_text("user_id", wire.user_id.map(|j| j.0), text_of)?;
+    let event_type = required_text("event_type", wire.event_type.map(|j| j.0), text_of)?;
     let created_at = wire
         .created_at
         .ok_or_else(|| Poison::new(PoisonKind::Validation, "created_at is missing"))?;
@@ -150,7 +150,7 @@ pub fn validate(data: &Bytes, max_record_bytes: usize) -> Result<Event, Poison> 
         }
         _ => None,
     };
-    let source = optional_text("source", wire.source, text_of)?;
+    let source = optional_text("source", wire.source.map(|j| j.0), text_of)?;
     let version = match wire.version {
         None => None,
         Some(raw) => scalar_text("version", raw)?.map(|v| text_of(v)),
@@ -477,6 +477,26 @@ mod tests {
         ] {
             assert!(parse_iso8601_fast(bad.as_bytes()).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn fields_without_escapes_share_the_record_bytes() {
+        // Given a record whose user_id holds an escape
+        let data = Bytes::from_static(
+            br#"{"event_id":"e1","user_id":"u\"1","event_type":"t","payload":{"a":1},"created_at":"2024-01-01T00:00:00"}"#,
+        );
+        // When it is validated
+        let e = validate(&data, DEFAULT_MAX_RECORD_BYTES).unwrap();
+        // Then plain fields are views of the record and the escaped one is unescaped text
+        let inside = |t: &Text| {
+            let (p, s) = (t.bytes().as_ptr() as usize, data.as_ptr() as usize);
+            p >= s && p < s + data.len()
+        };
+        assert!(inside(&e.event_id) && inside(&e.event_type));
+        assert!(inside(e.payload.as_ref().unwrap()));
+        assert_eq!(e.payload.as_deref(), Some(r#"{"a":1}"#));
+        assert!(!inside(&e.user_id));
+        assert_eq!(e.user_id, "u\"1");
     }
 
     #[test]

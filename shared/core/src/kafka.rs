@@ -10,6 +10,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
+use crate::text::JsonStr;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,11 +20,11 @@ use std::sync::Arc;
 #[serde(rename_all = "camelCase")]
 pub struct KafkaEvent<'a> {
     #[serde(borrow, default)]
-    pub event_source: Option<Cow<'a, str>>,
+    pub event_source: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
-    pub event_source_arn: Option<Cow<'a, str>>,
+    pub event_source_arn: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
-    pub bootstrap_servers: Option<Cow<'a, str>>,
+    pub bootstrap_servers: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
     pub records: BTreeMap<Cow<'a, str>, Vec<KafkaRecord<'a>>>,
 }
@@ -32,17 +33,17 @@ pub struct KafkaEvent<'a> {
 #[serde(rename_all = "camelCase")]
 pub struct KafkaRecord<'a> {
     #[serde(borrow)]
-    pub topic: Cow<'a, str>,
+    pub topic: JsonStr<'a>,
     pub partition: i32,
     pub offset: i64,
     #[serde(default)]
     pub timestamp: Option<i64>,
     #[serde(borrow, default)]
-    pub timestamp_type: Option<Cow<'a, str>>,
+    pub timestamp_type: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
-    pub key: Option<Cow<'a, str>>,
+    pub key: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
-    pub value: Option<Cow<'a, str>>,
+    pub value: Option<JsonStr<'a>>,
     /// Single-key maps whose values are Java (signed) bytes; keys may repeat.
     #[serde(borrow, default)]
     pub headers: Vec<BTreeMap<Cow<'a, str>, Vec<i8>>>,

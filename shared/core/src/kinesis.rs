@@ -6,6 +6,7 @@
 use crate::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
 use bytes::Bytes;
 use serde::Deserialize;
+use crate::text::JsonStr;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -22,9 +23,9 @@ pub struct KinesisEventRecord<'a> {
     #[serde(borrow)]
     pub kinesis: KinesisData<'a>,
     #[serde(rename = "eventID", borrow, default)]
-    pub event_id: Option<Cow<'a, str>>,
+    pub event_id: Option<JsonStr<'a>>,
     #[serde(rename = "eventSourceARN", borrow, default)]
-    pub event_source_arn: Option<Cow<'a, str>>,
+    pub event_source_arn: Option<JsonStr<'a>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -33,9 +34,9 @@ pub struct KinesisData<'a> {
     #[serde(borrow)]
     pub sequence_number: Cow<'a, str>,
     #[serde(borrow, default)]
-    pub partition_key: Option<Cow<'a, str>>,
+    pub partition_key: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
-    pub data: Option<Cow<'a, str>>,
+    pub data: Option<JsonStr<'a>>,
     /// Seconds since the epoch, with fractions.
     #[serde(default)]
     pub approximate_arrival_timestamp: Option<f64>,

@@ -6,6 +6,8 @@
 //! validating 10,000 records used to spend.
 
 use bytes::Bytes;
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Deref;
 
@@ -91,9 +93,69 @@ impl fmt::Display for Text {
     }
 }
 
+/// A JSON string borrowed from the input when it holds no escapes, owned otherwise.
+///
+/// serde borrows a `Cow<str>` field only when it is exactly `Cow<str>`; inside an `Option`
+/// it always allocates. This wrapper borrows in both places.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonStr<'a>(pub Cow<'a, str>);
+
+impl<'a> Deref for JsonStr<'a> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JsonStr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for JsonStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Visit<'a> {
+            type Value = JsonStr<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(JsonStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(JsonStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(JsonStr(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Visit(std::marker::PhantomData))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_strings_borrow_unless_escaped_even_inside_an_option() {
+        // Given an object with a plain and an escaped string
+        let json = r#"{"plain":"abc","escaped":"a\"b"}"#;
+        // When both are read as optional JsonStr
+        #[derive(serde::Deserialize)]
+        struct Two<'a> {
+            #[serde(borrow)]
+            plain: Option<JsonStr<'a>>,
+            #[serde(borrow)]
+            escaped: Option<JsonStr<'a>>,
+        }
+        let two: Two<'_> = serde_json::from_str(json).unwrap();
+        // Then the plain one points into the input and the escaped one is unescaped
+        assert!(matches!(two.plain, Some(JsonStr(Cow::Borrowed("abc")))));
+        assert_eq!(&*two.escaped.unwrap(), "a\"b");
+    }
 
     #[test]
     fn a_part_of_the_owner_is_shared_not_copied() {
