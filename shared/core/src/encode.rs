@@ -130,8 +130,9 @@ pub fn encode_parquet(
 }
 
 /// Dictionary encoding only where values repeat (users, types, sources, the unit); unique
-/// columns skip the dictionary attempt, and the payload keeps no min/max statistics, which
-/// nobody filters on and which cost a full comparison pass.
+/// columns skip the dictionary attempt. Min/max statistics only on columns a query filters
+/// on (ids, types, times, source); payload, headers, key and position (decimal text, whose
+/// text order is not numeric order) skip the comparison pass.
 fn writer_properties() -> Result<WriterProperties, EncodeError> {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
@@ -139,7 +140,7 @@ fn writer_properties() -> Result<WriterProperties, EncodeError> {
     for repeated in ["user_id", "event_type", "source", "version", "source_unit"] {
         b = b.set_column_dictionary_enabled(ColumnPath::from(repeated), true);
     }
-    for unfiltered in ["payload", "source_headers"] {
+    for unfiltered in ["payload", "source_headers", "source_key", "source_position"] {
         b = b.set_column_statistics_enabled(ColumnPath::from(unfiltered), EnabledStatistics::None);
     }
     Ok(b.build())

@@ -375,8 +375,11 @@ mod tests {
     use super::*;
 
     fn ok(json: &str) -> Event {
-        validate(&Bytes::copy_from_slice(json.as_bytes()), DEFAULT_MAX_RECORD_BYTES)
-            .expect("valid event")
+        validate(
+            &Bytes::copy_from_slice(json.as_bytes()),
+            DEFAULT_MAX_RECORD_BYTES,
+        )
+        .expect("valid event")
     }
 
     fn poison(bytes: &[u8]) -> Poison {

@@ -6,11 +6,11 @@
 //! ordering unit is the topic-partition.
 
 use crate::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
+use crate::text::JsonStr;
 use base64::Engine;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
-use crate::text::JsonStr;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -4,9 +4,9 @@
 //! one batch is one shard, in sequence order.
 
 use crate::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
+use crate::text::JsonStr;
 use bytes::Bytes;
 use serde::Deserialize;
-use crate::text::JsonStr;
 use std::borrow::Cow;
 use std::sync::Arc;
 

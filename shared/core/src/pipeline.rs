@@ -392,7 +392,11 @@ where
             &record.unit.label,
             &record.position,
         );
-        let bytes = record.data.as_deref().map(<[u8]>::to_vec).unwrap_or_default();
+        let bytes = record
+            .data
+            .as_deref()
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
         self.objects
             .put_new(&key, bytes, "application/octet-stream")
             .await?;

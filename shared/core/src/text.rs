@@ -178,6 +178,9 @@ mod tests {
         assert_ne!(t.bytes().as_ptr(), other.as_ptr());
         // An empty str at the very end of the owner is inside it too.
         let end = std::str::from_utf8(&owner[6..]).unwrap();
-        assert_eq!(Text::within(&owner, end).bytes().as_ptr(), owner[6..].as_ptr());
+        assert_eq!(
+            Text::within(&owner, end).bytes().as_ptr(),
+            owner[6..].as_ptr()
+        );
     }
 }

@@ -3,8 +3,10 @@
 //! the partial-batch response.
 
 pub mod config;
+pub mod raw_body;
 
 pub use config::{Config, ConfigError, DatabaseSource};
+pub use raw_body::RawBodies;
 
 use lambda_runtime::{Context, LambdaEvent};
 use streamload_aws::{DynamoDedup, S3Objects, SqsDeadLetters};
@@ -191,17 +193,22 @@ fn function_name(ctx: &Context, fallback: &str) -> String {
     }
 }
 
-/// What the Lambda runtime hands the handler: the event's JSON text, checked to be JSON but
-/// not parsed into a tree. The runtime's own typed parse tracks a path and allocates a string
-/// per object key (110,000 of them in a 10,000-record Kinesis batch); the source parses the
-/// text once itself, borrowing from it.
-pub type RawEvent = Box<serde_json::value::RawValue>;
+/// Why an invocation failed as a whole (the mapping retries the batch).
+#[derive(Debug, thiserror::Error)]
+pub enum InvocationError {
+    #[error("no body was kept for request {0}")]
+    MissingBody(String),
+    #[error("the event is not UTF-8 JSON (invalid byte at offset {0})")]
+    NotUtf8(usize),
+}
 
 /// The handler of both functions: decode the source's event, run the shared pipeline, answer
-/// with the source's failure identifiers.
+/// with the source's failure identifiers. `bodies` holds the event as Lambda sent it (see
+/// [`raw_body`]); the runtime itself parsed only a placeholder.
 pub async fn handle<S, D, R, O, Q>(
     pipeline: &Pipeline<D, R, O, Q>,
-    event: LambdaEvent<RawEvent>,
+    bodies: &RawBodies,
+    event: LambdaEvent<()>,
 ) -> Result<BatchItemFailures, lambda_runtime::Error>
 where
     S: EventSource,
@@ -210,12 +217,14 @@ where
     O: ObjectSink,
     Q: DeadLetters,
 {
-    let LambdaEvent {
-        payload, context, ..
-    } = event;
-    let batch = S::decode(payload.get())?;
+    let context = event.context;
+    let body = bodies
+        .take(&context.request_id)
+        .ok_or_else(|| InvocationError::MissingBody(context.request_id.clone()))?;
+    let text = std::str::from_utf8(&body).map_err(|e| InvocationError::NotUtf8(e.valid_up_to()))?;
+    let batch = S::decode(text)?;
     // The records hold their decoded bytes; the event text is not needed past this point.
-    drop(payload);
+    drop(body);
     let name = function_name(&context, S::FUNCTION);
     Ok(run_batch(
         pipeline,
@@ -225,6 +234,28 @@ where
         S::failure_identifier,
     )
     .await)
+}
+
+/// Serves invocations of source `S` from the Lambda Runtime API until the sandbox ends:
+/// `lambda_runtime::run` with the body kept aside for the source's own single parse.
+pub async fn run<S, D, R, O, Q>(pipeline: Pipeline<D, R, O, Q>) -> Result<(), lambda_runtime::Error>
+where
+    S: EventSource,
+    D: DedupStore,
+    R: RowSink,
+    O: ObjectSink,
+    Q: DeadLetters,
+{
+    let bodies = RawBodies::default();
+    let (pipeline, kept) = (&pipeline, &bodies);
+    let handler = lambda_runtime::service_fn(move |event: LambdaEvent<()>| async move {
+        handle::<S, D, R, O, Q>(pipeline, kept, event).await
+    });
+    lambda_runtime::Runtime::new(handler)
+        .layer(lambda_runtime::layers::TracingLayer::new())
+        .layer(bodies.clone())
+        .run()
+        .await
 }
 
 #[cfg(test)]
