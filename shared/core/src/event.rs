@@ -153,7 +153,7 @@ pub fn validate(data: &Bytes, max_record_bytes: usize) -> Result<Event, Poison> 
     let source = optional_text("source", wire.source.map(|j| j.0), text_of)?;
     let version = match wire.version {
         None => None,
-        Some(raw) => scalar_text("version", raw)?.map(|v| text_of(v)),
+        Some(raw) => scalar_text("version", raw)?.map(text_of),
     };
     Ok(Event {
         event_id,
