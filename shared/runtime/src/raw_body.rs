@@ -113,8 +113,12 @@ mod tests {
         let inner = Inner::default();
         let mut service = bodies.layer(inner.clone());
         // When two invocations pass through
-        let _ = service.call(invocation("r1", br#"{"Records":[1]}"#));
-        let _ = service.call(invocation("r2", br#"{"Records":[2]}"#));
+        for (id, body) in [
+            ("r1", &br#"{"Records":[1]}"#[..]),
+            ("r2", br#"{"Records":[2]}"#),
+        ] {
+            service.call(invocation(id, body)).into_inner().unwrap();
+        }
         // Then the runtime sees only `null`, which parses as the handler's `()`
         let seen = inner.0.lock().unwrap().clone();
         assert_eq!(
