@@ -128,12 +128,40 @@ async fn main() {
         tx.commit().await.unwrap();
         naive_times.push(t.elapsed());
     }
+    // 1c. Alternative: one INSERT … SELECT FROM UNNEST of five binary arrays, no stage table.
+    let mut unnest_times = Vec::new();
+    let mut unnest_update_times = Vec::new();
+    {
+        let mut pg = stack.pg_clone().await;
+        let sql = "INSERT INTO events (event_id, user_id, event_type, payload, created_at)
+             SELECT u.a, u.b, u.c, u.d::jsonb, u.e
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) AS u(a, b, c, d, e)
+             ON CONFLICT (event_id) DO UPDATE SET payload = EXCLUDED.payload, updated_at = now()";
+        let stmt = pg.prepare(sql).await.unwrap();
+        let created = chrono::DateTime::from_timestamp_micros(1_714_557_600_000_000).unwrap();
+        for run in 0..RUNS {
+            let ids: Vec<String> = (0..ROWS).map(|i| format!("unnest-{run}-{i}")).collect();
+            let users = vec!["user-1"; ROWS];
+            let types = vec!["page_view"; ROWS];
+            let times = vec![created; ROWS];
+            for times_out in [&mut unnest_times, &mut unnest_update_times] {
+                let t = Instant::now();
+                let tx = pg.transaction().await.unwrap();
+                tx.execute(&stmt, &[&ids, &users, &types, &payloads, &times])
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                times_out.push(t.elapsed());
+            }
+        }
+    }
     let rate = |d: Duration| ROWS as f64 / d.as_secs_f64();
     let (c, u, n) = (
         median(copy_times),
         median(copy_update_times),
         median(naive_times),
     );
+    let (un, uu) = (median(unnest_times), median(unnest_update_times));
     println!("postgres upsert, {ROWS} rows per batch (median of {RUNS}; baseline median of 3):");
     println!(
         "  binary COPY + upsert, new rows     : {:>8.1} ms  {:>9.0} rows/s",
@@ -144,6 +172,16 @@ async fn main() {
         "  binary COPY + upsert, all conflicts: {:>8.1} ms  {:>9.0} rows/s",
         u.as_secs_f64() * 1e3,
         rate(u)
+    );
+    println!(
+        "  UNNEST arrays + upsert, new rows   : {:>8.1} ms  {:>9.0} rows/s",
+        un.as_secs_f64() * 1e3,
+        rate(un)
+    );
+    println!(
+        "  UNNEST arrays + upsert, conflicts  : {:>8.1} ms  {:>9.0} rows/s",
+        uu.as_secs_f64() * 1e3,
+        rate(uu)
     );
     println!(
         "  row-at-a-time prepared INSERT      : {:>8.1} ms  {:>9.0} rows/s",
