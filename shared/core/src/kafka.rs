@@ -9,10 +9,12 @@ use crate::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
 use crate::text::JsonStr;
 use base64::Engine;
 use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::json;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 
 /// The event as Lambda sends it, borrowed from the event text.
@@ -44,9 +46,10 @@ pub struct KafkaRecord<'a> {
     pub key: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
     pub value: Option<JsonStr<'a>>,
-    /// Single-key maps whose values are Java (signed) bytes; keys may repeat.
-    #[serde(borrow, default)]
-    pub headers: Vec<BTreeMap<Cow<'a, str>, Vec<i8>>>,
+    /// Single-key maps whose values are Java (signed) bytes; keys may repeat. Read straight
+    /// into the lineage JSON text.
+    #[serde(default)]
+    pub headers: HeadersJson,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,24 +66,75 @@ impl crate::Classify for KafkaDecodeError {
     }
 }
 
-/// Header values as base64 of their unsigned bytes, in order, repeats kept:
-/// `[{"name":"base64"}]`, written directly rather than through a JSON tree.
-fn headers_json(headers: &[BTreeMap<Cow<'_, str>, Vec<i8>>]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut out = String::from("[");
-    for (k, v) in headers.iter().flat_map(|h| h.iter()) {
-        if out.len() > 1 {
-            out.push(',');
+/// Kafka headers as lineage JSON: `[{"name":"<base64 of the unsigned bytes>"}]`, in order,
+/// repeats kept; `None` when there are none. Written while the event is parsed, with no map or
+/// JSON tree per record.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HeadersJson(pub Option<String>);
+
+impl<'de> Deserialize<'de> for HeadersJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct List;
+        impl<'de> Visitor<'de> for List {
+            type Value = HeadersJson;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of header maps")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<HeadersJson, E> {
+                Ok(HeadersJson(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<HeadersJson, A::Error> {
+                let mut out = String::from("[");
+                while seq.next_element_seed(HeaderMap(&mut out))?.is_some() {}
+                if out.len() == 1 {
+                    return Ok(HeadersJson(None));
+                }
+                out.push(']');
+                Ok(HeadersJson(Some(out)))
+            }
         }
-        out.push('{');
-        out.push_str(&serde_json::Value::from(&**k).to_string());
-        out.push_str(":\"");
-        let bytes: Vec<u8> = v.iter().map(|&b| b as u8).collect();
-        b64.encode_string(bytes, &mut out);
-        out.push_str("\"}");
+        deserializer.deserialize_any(List)
     }
-    out.push(']');
-    out
+}
+
+/// One `{"name":[signed bytes], …}` map, appended to the JSON text as `{"name":"base64"}`
+/// entries.
+struct HeaderMap<'o>(&'o mut String);
+
+impl<'de> DeserializeSeed<'de> for HeaderMap<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for HeaderMap<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a header map")
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
+        let out = self.0;
+        while let Some(name) = map.next_key::<JsonStr<'de>>()? {
+            let bytes: Vec<i8> = map.next_value()?;
+            let unsigned: Vec<u8> = bytes.iter().map(|&b| b as u8).collect();
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push('{');
+            if name.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+                out.push('"');
+                out.push_str(&name);
+                out.push('"');
+            } else {
+                out.push_str(&serde_json::to_string(&*name).map_err(de::Error::custom)?);
+            }
+            out.push_str(":\"");
+            base64::engine::general_purpose::STANDARD.encode_string(unsigned, out);
+            out.push_str("\"}");
+        }
+        Ok(())
+    }
 }
 
 /// Parses the event text and turns it into source-neutral records.
@@ -134,7 +188,7 @@ pub fn decode_event(event: &KafkaEvent<'_>) -> Result<Batch, KafkaDecodeError> {
             position: Position::from_offset(offset),
             data: span.map(|s| arena.slice(s)),
             key: r.key.as_deref().map(str::to_owned),
-            headers_json: (!r.headers.is_empty()).then(|| headers_json(&r.headers)),
+            headers_json: r.headers.0.clone(),
             arrival_ms: r.timestamp,
             origin: Origin::Kafka {
                 timestamp: r.timestamp,
@@ -227,6 +281,19 @@ mod tests {
         let h: serde_json::Value =
             serde_json::from_str(batch.records[0].headers_json.as_deref().unwrap()).unwrap();
         assert_eq!(h, json!([{"q\"x\\": "AA=="}]));
+    }
+
+    #[test]
+    fn no_headers_empty_headers_and_null_headers_keep_no_lineage() {
+        let event = r#"{"records":{"t-0":[
+            {"topic":"t","partition":0,"offset":1,"value":"e30="},
+            {"topic":"t","partition":0,"offset":2,"value":"e30=","headers":[]},
+            {"topic":"t","partition":0,"offset":3,"value":"e30=","headers":null}]}}"#;
+        let batch = decode(event).unwrap();
+        assert!(batch.records.iter().all(|r| r.headers_json.is_none()));
+        assert!(decode(r#"{"records":{"t-0":[{"topic":"t","partition":0,"offset":1,
+            "headers":[{"h":"not bytes"}]}]}}"#)
+        .is_err());
     }
 
     #[test]
