@@ -3,6 +3,7 @@
 //! its addresses), so tests run in parallel without colliding.
 
 pub mod proxy;
+pub mod runtime_api;
 
 use arrow_array::cast::AsArray;
 use aws_sdk_dynamodb::types::{

@@ -291,8 +291,10 @@ mod tests {
             {"topic":"t","partition":0,"offset":3,"value":"e30=","headers":null}]}}"#;
         let batch = decode(event).unwrap();
         assert!(batch.records.iter().all(|r| r.headers_json.is_none()));
-        assert!(decode(r#"{"records":{"t-0":[{"topic":"t","partition":0,"offset":1,
-            "headers":[{"h":"not bytes"}]}]}}"#)
+        assert!(decode(
+            r#"{"records":{"t-0":[{"topic":"t","partition":0,"offset":1,
+            "headers":[{"h":"not bytes"}]}]}}"#
+        )
         .is_err());
     }
 
