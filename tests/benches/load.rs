@@ -1,8 +1,9 @@
 //! Sink benchmarks against the real local stack (`make bench` starts it):
 //! 1. Peak memory of one 10,000-record Kinesis invocation through the real pipeline (decode,
 //!    claims in DynamoDB, Postgres, S3, response), read from VmHWM before anything else ran.
-//! 2. PostgreSQL upsert of 10,000-row batches: the shipped binary COPY + one upsert, beside a
-//!    row-at-a-time prepared INSERT … ON CONFLICT in one transaction (the naive baseline).
+//! 2. PostgreSQL upsert of 10,000-row batches: the shipped binary COPY + one upsert, beside one
+//!    INSERT … SELECT FROM UNNEST of arrays (the other fast design) and a row-at-a-time
+//!    prepared INSERT … ON CONFLICT in one transaction (the naive baseline).
 //!
 //! Run: `make bench` (or, with the stack's env exported, `cargo bench -p streamload-tests --bench load`).
 
@@ -82,9 +83,28 @@ async fn main() {
     let sink = PgRows::new(config, TableName::parse("events").unwrap());
     let payloads: Vec<String> = (0..ROWS).map(payload).collect();
 
-    // 1a. The shipped sink: new ids each run (inserts), then the same ids again (updates).
-    let mut copy_times = Vec::new();
-    let mut copy_update_times = Vec::new();
+    // 2a. The shipped sink beside one INSERT … SELECT FROM UNNEST of five binary arrays (no
+    // stage table), interleaved run by run so both meet the same table size: new ids each run
+    // (inserts), then the same ids again (every row a conflict: updates).
+    let mut pg = stack.pg_clone().await;
+    let unnest = pg
+        .prepare(
+            "INSERT INTO events (event_id, user_id, event_type, payload, created_at)
+             SELECT u.a, u.b, u.c, u.d::jsonb, u.e
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+               AS u(a, b, c, d, e)
+             ON CONFLICT (event_id) DO UPDATE SET payload = EXCLUDED.payload, updated_at = now()",
+        )
+        .await
+        .unwrap();
+    let created = chrono::DateTime::from_timestamp_micros(1_714_557_600_000_000).unwrap();
+    let (users, types, times) = (
+        vec!["user-1"; ROWS],
+        vec!["page_view"; ROWS],
+        vec![created; ROWS],
+    );
+    let [mut copy_new, mut copy_update, mut unnest_new, mut unnest_update] =
+        [(); 4].map(|_| Vec::new());
     for run in 0..RUNS {
         let ids: Vec<String> = (0..ROWS).map(|i| format!("copy-{run}-{i}")).collect();
         let rows: Vec<Row<'_>> = ids
@@ -98,18 +118,26 @@ async fn main() {
                 created_at_us: 1_714_557_600_000_000,
             })
             .collect();
-        let t = Instant::now();
-        sink.upsert(&rows).await.unwrap();
-        copy_times.push(t.elapsed());
-        let t = Instant::now();
-        sink.upsert(&rows).await.unwrap();
-        copy_update_times.push(t.elapsed());
+        for times_out in [&mut copy_new, &mut copy_update] {
+            let t = Instant::now();
+            sink.upsert(&rows).await.unwrap();
+            times_out.push(t.elapsed());
+        }
+        let ids: Vec<String> = (0..ROWS).map(|i| format!("unnest-{run}-{i}")).collect();
+        for times_out in [&mut unnest_new, &mut unnest_update] {
+            let t = Instant::now();
+            let tx = pg.transaction().await.unwrap();
+            tx.execute(&unnest, &[&ids, &users, &types, &payloads, &times])
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            times_out.push(t.elapsed());
+        }
     }
 
-    // 1b. Naive baseline: one prepared INSERT … ON CONFLICT per row, one transaction.
+    // 2b. Naive baseline: one prepared INSERT … ON CONFLICT per row, one transaction.
     let mut naive_times = Vec::new();
     for run in 0..3 {
-        let mut pg = stack.pg_clone().await;
         let t = Instant::now();
         let tx = pg.transaction().await.unwrap();
         let stmt = tx
@@ -128,68 +156,22 @@ async fn main() {
         tx.commit().await.unwrap();
         naive_times.push(t.elapsed());
     }
-    // 1c. Alternative: one INSERT … SELECT FROM UNNEST of five binary arrays, no stage table.
-    let mut unnest_times = Vec::new();
-    let mut unnest_update_times = Vec::new();
-    {
-        let mut pg = stack.pg_clone().await;
-        let sql = "INSERT INTO events (event_id, user_id, event_type, payload, created_at)
-             SELECT u.a, u.b, u.c, u.d::jsonb, u.e
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) AS u(a, b, c, d, e)
-             ON CONFLICT (event_id) DO UPDATE SET payload = EXCLUDED.payload, updated_at = now()";
-        let stmt = pg.prepare(sql).await.unwrap();
-        let created = chrono::DateTime::from_timestamp_micros(1_714_557_600_000_000).unwrap();
-        for run in 0..RUNS {
-            let ids: Vec<String> = (0..ROWS).map(|i| format!("unnest-{run}-{i}")).collect();
-            let users = vec!["user-1"; ROWS];
-            let types = vec!["page_view"; ROWS];
-            let times = vec![created; ROWS];
-            for times_out in [&mut unnest_times, &mut unnest_update_times] {
-                let t = Instant::now();
-                let tx = pg.transaction().await.unwrap();
-                tx.execute(&stmt, &[&ids, &users, &types, &payloads, &times])
-                    .await
-                    .unwrap();
-                tx.commit().await.unwrap();
-                times_out.push(t.elapsed());
-            }
-        }
-    }
     let rate = |d: Duration| ROWS as f64 / d.as_secs_f64();
-    let (c, u, n) = (
-        median(copy_times),
-        median(copy_update_times),
-        median(naive_times),
-    );
-    let (un, uu) = (median(unnest_times), median(unnest_update_times));
+    let n = median(naive_times.clone());
     println!("postgres upsert, {ROWS} rows per batch (median of {RUNS}; baseline median of 3):");
-    println!(
-        "  binary COPY + upsert, new rows     : {:>8.1} ms  {:>9.0} rows/s",
-        c.as_secs_f64() * 1e3,
-        rate(c)
-    );
-    println!(
-        "  binary COPY + upsert, all conflicts: {:>8.1} ms  {:>9.0} rows/s",
-        u.as_secs_f64() * 1e3,
-        rate(u)
-    );
-    println!(
-        "  UNNEST arrays + upsert, new rows   : {:>8.1} ms  {:>9.0} rows/s",
-        un.as_secs_f64() * 1e3,
-        rate(un)
-    );
-    println!(
-        "  UNNEST arrays + upsert, conflicts  : {:>8.1} ms  {:>9.0} rows/s",
-        uu.as_secs_f64() * 1e3,
-        rate(uu)
-    );
-    println!(
-        "  row-at-a-time prepared INSERT      : {:>8.1} ms  {:>9.0} rows/s",
-        n.as_secs_f64() * 1e3,
-        rate(n)
-    );
-    println!(
-        "  speed-up over row-at-a-time        : {:>8.1}x",
-        n.as_secs_f64() / c.as_secs_f64()
-    );
+    for (label, times) in [
+        ("shipped: binary COPY + upsert, new rows", &copy_new),
+        ("shipped: binary COPY + upsert, conflicts", &copy_update),
+        ("UNNEST arrays + upsert, new rows", &unnest_new),
+        ("UNNEST arrays + upsert, conflicts", &unnest_update),
+        ("row-at-a-time prepared INSERT", &naive_times),
+    ] {
+        let d = median(times.clone());
+        println!(
+            "  {label:42}: {:>8.1} ms  {:>9.0} rows/s  {:>5.1}x row-at-a-time",
+            d.as_secs_f64() * 1e3,
+            rate(d),
+            n.as_secs_f64() / d.as_secs_f64()
+        );
+    }
 }

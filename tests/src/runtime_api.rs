@@ -82,6 +82,22 @@ pub fn serve_one_invocation(
     (addr, handle)
 }
 
+/// Runs `binary` against a stand-in API that hands it `event` (deadline inside the finish
+/// margin, so it must answer without I/O) and returns what it posts first.
+pub fn run_one_invocation(binary: &str, event: String) -> Posted {
+    let (api, posted) = serve_one_invocation(event, Duration::from_millis(1000));
+    let mut child = loader_command(binary, api).spawn().expect("run the binary");
+    let result = posted.join().expect("the stand-in API thread");
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// The request line of a response posted for the one invocation.
+pub fn response_line() -> String {
+    format!("POST /2018-06-01/runtime/invocation/{REQUEST_ID}/response HTTP/1.1")
+}
+
 /// The function binary configured against `api`, with a valid configuration whose database
 /// and AWS endpoint do not answer: what it can do without them is decode, decide and report.
 pub fn loader_command(binary: &str, api: SocketAddr) -> Command {

@@ -2,8 +2,7 @@
 //! reach the Kafka decoder as Lambda sent it, and the partial-batch response must name the
 //! lowest record of each partition the way Kafka mappings expect.
 
-use std::time::Duration;
-use streamload_tests::runtime_api::{loader_command, serve_one_invocation, REQUEST_ID};
+use streamload_tests::runtime_api::{response_line, run_one_invocation};
 
 #[test]
 fn an_invocation_body_reaches_the_decoder_and_the_answer_reaches_the_api() {
@@ -22,19 +21,10 @@ fn an_invocation_body_reaches_the_decoder_and_the_answer_reaches_the_api() {
         record(0, 7),
         record(1, 3)
     );
-    let (api, posted) = serve_one_invocation(event, Duration::from_millis(1000));
     // When the function serves it
-    let mut child = loader_command(env!("CARGO_BIN_EXE_kafka-loader"), api)
-        .spawn()
-        .expect("run the binary");
-    let (line, body) = posted.join().unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    // Then the answer names the lowest offset of each partition, under the request id
-    assert_eq!(
-        line,
-        format!("POST /2018-06-01/runtime/invocation/{REQUEST_ID}/response HTTP/1.1")
-    );
+    let (line, body) = run_one_invocation(env!("CARGO_BIN_EXE_kafka-loader"), event);
+    // Then it answers under the invocation's request id
+    assert_eq!(line, response_line());
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
     let mut failures = answer["batchItemFailures"].as_array().unwrap().clone();
     failures.sort_by_key(|f| {

@@ -2,8 +2,7 @@
 //! the Kinesis decoder as Lambda sent it, and the partial-batch response must go back to the
 //! API under the invocation's request id.
 
-use std::time::Duration;
-use streamload_tests::runtime_api::{loader_command, serve_one_invocation, REQUEST_ID};
+use streamload_tests::runtime_api::{response_line, run_one_invocation};
 
 const SEQ: &str = "49590338271490256608559692538361571095921575989136588898";
 
@@ -17,19 +16,10 @@ fn an_invocation_body_reaches_the_decoder_and_the_answer_reaches_the_api() {
         "eventSource":"aws:kinesis","eventID":"shardId-000000000000:{SEQ}",
         "eventSourceARN":"arn:aws:kinesis:us-east-1:123456789012:stream/orders"}}]}}"#
     );
-    let (api, posted) = serve_one_invocation(event, Duration::from_millis(1000));
     // When the function serves it
-    let mut child = loader_command(env!("CARGO_BIN_EXE_kinesis-loader"), api)
-        .spawn()
-        .expect("run the binary");
-    let (line, body) = posted.join().unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    // Then the answer names the record from the body, under the invocation's request id
-    assert_eq!(
-        line,
-        format!("POST /2018-06-01/runtime/invocation/{REQUEST_ID}/response HTTP/1.1")
-    );
+    let (line, body) = run_one_invocation(env!("CARGO_BIN_EXE_kinesis-loader"), event);
+    // Then it answers under the invocation's request id
+    assert_eq!(line, response_line());
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         answer,
