@@ -28,6 +28,7 @@ fn record_json(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A Kinesis event with every field Lambda sends (those the loader ignores still cost a parse).
 fn kinesis_event_json(records: &[Vec<u8>]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
     let recs: Vec<serde_json::Value> = records
@@ -35,8 +36,13 @@ fn kinesis_event_json(records: &[Vec<u8>]) -> String {
         .enumerate()
         .map(|(i, d)| {
             let seq = format!("4959033827149025660855969253836157109592157598913{i:07}");
-            serde_json::json!({"kinesis": {"partitionKey": "pk", "sequenceNumber": seq, "data": b64.encode(d), "approximateArrivalTimestamp": 1714557600.5},
-                "eventID": format!("shardId-000000000000:{seq}"), "eventSourceARN": "arn:aws:kinesis:us-east-1:1:stream/orders"})
+            serde_json::json!({
+                "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": "pk", "sequenceNumber": seq,
+                            "data": b64.encode(d), "approximateArrivalTimestamp": 1714557600.5},
+                "eventSource": "aws:kinesis", "eventVersion": "1.0",
+                "eventID": format!("shardId-000000000000:{seq}"), "eventName": "aws:kinesis:record",
+                "invokeIdentityArn": "arn:aws:iam::123456789012:role/loader", "awsRegion": "us-east-1",
+                "eventSourceARN": "arn:aws:kinesis:us-east-1:123456789012:stream/orders"})
         })
         .collect();
     serde_json::json!({ "Records": recs }).to_string()
@@ -50,7 +56,11 @@ fn kafka_event_json(records: &[Vec<u8>]) -> String {
         .map(|(i, d)| serde_json::json!({"topic": "orders", "partition": 0, "offset": i, "timestamp": 1714557600500i64,
             "timestampType": "CREATE_TIME", "key": null, "value": b64.encode(d), "headers": [{"trace": [116, 45, 49]}]}))
         .collect();
-    serde_json::json!({ "eventSource": "aws:kafka", "records": { "orders-0": recs } }).to_string()
+    serde_json::json!({ "eventSource": "aws:kafka",
+        "eventSourceArn": "arn:aws:kafka:us-east-1:123456789012:cluster/c/abcd-1",
+        "bootstrapServers": "b-1.c.kafka.us-east-1.amazonaws.com:9098",
+        "records": { "orders-0": recs } })
+    .to_string()
 }
 
 /// What `lambda_runtime` 1.x would do with the body if it parsed the event itself, as it does
