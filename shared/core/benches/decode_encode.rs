@@ -206,6 +206,9 @@ fn bench(c: &mut Criterion) {
         kinesis.len() as f64 / 1e6,
         kafka.len() as f64 / 1e6
     );
+    if let Ok(path) = std::env::var("DECODE_ENCODE_ONCE") {
+        return run_once(&path, &kinesis, &kafka, &records);
+    }
     // CPU time per batch: the 10,000-record batch, and one at the 6 MB invocation cap.
     let capped = capped_records(&records);
     let capped_json: usize = capped.iter().map(Vec::len).sum();
@@ -260,6 +263,22 @@ fn bench(c: &mut Criterion) {
     stages(c, &kinesis, json_bytes);
 }
 
+/// `DECODE_ENCODE_ONCE=<path>`: run one path once over the 10,000-record batch and stop, for
+/// counting instructions under callgrind (scripts/bench.sh), which other tenants of a shared
+/// host cannot disturb. `setup` runs nothing past building the inputs, to be subtracted.
+fn run_once(path: &str, kinesis: &str, kafka: &str, records: &[Vec<u8>]) {
+    let bytes = match path {
+        "setup" => 0,
+        "kinesis" => shipped::<Kinesis>(kinesis.as_bytes()),
+        "kinesis_behind_runtime_parse" => behind_runtime_parse::<Kinesis>(kinesis.as_bytes()),
+        "kafka" => shipped::<Kafka>(kafka.as_bytes()),
+        "naive" => naive(records),
+        "kinesis_envelope" => Kinesis::decode(kinesis).unwrap().records.len(),
+        other => panic!("DECODE_ENCODE_ONCE: unknown path {other}"),
+    };
+    black_box(bytes);
+}
+
 /// Where the time goes, stage by stage, for the Kinesis path.
 fn stages(c: &mut Criterion, kinesis: &str, json_bytes: usize) {
     let mut s = c.benchmark_group("kinesis_stages");
@@ -276,6 +295,7 @@ fn stages(c: &mut Criterion, kinesis: &str, json_bytes: usize) {
     s.bench_function("2_parse_event_and_base64", |b| {
         b.iter(|| Kinesis::decode(black_box(kinesis)).unwrap())
     });
+
     s.bench_function("3_validate", |b| {
         b.iter(|| valid_events(black_box(&batch)).len())
     });

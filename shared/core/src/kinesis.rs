@@ -3,7 +3,6 @@
 //! The event is `{"Records":[{"kinesis":{...},"eventID":"shardId-…:seq","eventSourceARN":…}]}`;
 //! one batch is one shard, in sequence order.
 
-use crate::json_scan::{once, Declined, Scanner};
 use crate::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
 use crate::text::JsonStr;
 use bytes::Bytes;
@@ -13,13 +12,13 @@ use std::sync::Arc;
 
 /// The event as Lambda sends it, borrowed from the event text: the base64 `data` of every
 /// record is decoded straight from the text, never copied into a string first.
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Deserialize)]
 pub struct KinesisEvent<'a> {
     #[serde(rename = "Records", borrow, default)]
     pub records: Vec<KinesisEventRecord<'a>>,
 }
 
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Deserialize)]
 pub struct KinesisEventRecord<'a> {
     #[serde(borrow)]
     pub kinesis: KinesisData<'a>,
@@ -29,7 +28,7 @@ pub struct KinesisEventRecord<'a> {
     pub event_source_arn: Option<JsonStr<'a>>,
 }
 
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KinesisData<'a> {
     #[serde(borrow)]
@@ -60,87 +59,8 @@ impl crate::Classify for KinesisDecodeError {
 
 /// Parses the event text and turns it into source-neutral records.
 pub fn decode(event_json: &str) -> Result<Batch, KinesisDecodeError> {
-    let event = match scan_event(event_json) {
-        Ok(event) => event,
-        // serde_json is the authority: it gives the same event, or the precise error.
-        Err(Declined) => serde_json::from_str(event_json)?,
-    };
+    let event: KinesisEvent<'_> = serde_json::from_str(event_json)?;
     decode_event(&event)
-}
-
-/// The fast envelope reader ([`crate::json_scan`]): the same [`KinesisEvent`] serde_json would
-/// give, or `Declined` for anything it does not fully understand.
-fn scan_event(text: &str) -> Result<KinesisEvent<'_>, Declined> {
-    let mut s = Scanner::new(text);
-    let mut records = None;
-    s.object(|s, key| match &*key {
-        "Records" => {
-            let mut list = Vec::new();
-            s.array(|s| {
-                list.push(scan_record(s)?);
-                Ok(())
-            })?;
-            once(&mut records, list)
-        }
-        _ => s.skip(),
-    })?;
-    s.end()?;
-    Ok(KinesisEvent {
-        records: records.unwrap_or_default(),
-    })
-}
-
-fn scan_record<'a>(s: &mut Scanner<'a>) -> Result<KinesisEventRecord<'a>, Declined> {
-    let (mut kinesis, mut event_id, mut arn) = (None, None, None);
-    s.object(|s, key| match &*key {
-        "kinesis" => {
-            let data = scan_data(s)?;
-            once(&mut kinesis, data)
-        }
-        "eventID" => {
-            let v = s.optional_string()?;
-            once(&mut event_id, v)
-        }
-        "eventSourceARN" => {
-            let v = s.optional_string()?;
-            once(&mut arn, v)
-        }
-        _ => s.skip(),
-    })?;
-    Ok(KinesisEventRecord {
-        kinesis: kinesis.ok_or(Declined)?,
-        event_id: event_id.flatten(),
-        event_source_arn: arn.flatten(),
-    })
-}
-
-fn scan_data<'a>(s: &mut Scanner<'a>) -> Result<KinesisData<'a>, Declined> {
-    let (mut seq, mut key, mut data, mut arrival) = (None, None, None, None);
-    s.object(|s, field| match &*field {
-        "sequenceNumber" => {
-            let v = s.string()?;
-            once(&mut seq, v.0)
-        }
-        "partitionKey" => {
-            let v = s.optional_string()?;
-            once(&mut key, v)
-        }
-        "data" => {
-            let v = s.optional_string()?;
-            once(&mut data, v)
-        }
-        "approximateArrivalTimestamp" => {
-            let v = s.optional_f64()?;
-            once(&mut arrival, v)
-        }
-        _ => s.skip(),
-    })?;
-    Ok(KinesisData {
-        sequence_number: seq.ok_or(Declined)?,
-        partition_key: key.flatten(),
-        data: data.flatten(),
-        approximate_arrival_timestamp: arrival.flatten(),
-    })
 }
 
 /// Turns a parsed event into source-neutral records. Every record's bytes are decoded into
@@ -264,103 +184,6 @@ mod tests {
         let err = decode(r#"{"Records":[{"kinesis":{"data":"e30="}}]}"#).unwrap_err();
         assert!(matches!(err, KinesisDecodeError::Shape(_)), "{err}");
         assert_eq!(crate::Classify::class(&err), crate::ErrorClass::Permanent);
-    }
-
-    /// The fast reader must give serde_json's event or decline, never something else.
-    fn agrees_with_serde(text: &str) -> bool {
-        let fast = scan_event(text);
-        match serde_json::from_str::<KinesisEvent<'_>>(text) {
-            Ok(reference) => match fast {
-                Ok(event) => {
-                    assert_eq!(event, reference, "{text}");
-                    true
-                }
-                Err(Declined) => false,
-            },
-            Err(_) => {
-                assert!(fast.is_err(), "accepted what serde_json rejects: {text}");
-                false
-            }
-        }
-    }
-
-    const FULL: &str = r#"{"Records":[{"kinesis":{"kinesisSchemaVersion":"1.0","partitionKey":"pk-1",
-        "sequenceNumber":"49590338271490256608559692538361571095921575989136588898",
-        "data":"eyJhIjoxfQ==","approximateArrivalTimestamp":1545084650.987},
-        "eventSource":"aws:kinesis","eventVersion":"1.0",
-        "eventID":"shardId-000000000006:49590338271490256608559692538361571095921575989136588898",
-        "eventName":"aws:kinesis:record","invokeIdentityArn":"arn:aws:iam::123456789012:role/x",
-        "awsRegion":"us-east-2","eventSourceARN":"arn:aws:kinesis:us-east-2:123456789012:stream/orders"},
-        {"eventID":"shardId-000000000006:2","kinesis":{"data":null,"sequenceNumber":"2",
-        "partitionKey":"p\"k\u00e9","extra":{"n":[1,2.5e-3,true,false,null,{}]}}}]}"#;
-
-    #[test]
-    fn the_fast_reader_gives_what_serde_gives() {
-        // Given events in the shapes Lambda sends and some it never would
-        for text in [
-            FULL,
-            r#"{"Records":[]}"#,
-            r#"{}"#,
-            r#" { "Records" : [ { "kinesis" : { "sequenceNumber" : "1" } } ] } "#,
-            r#"{"Records":[{"kinesis":{"sequenceNumber":"1","data":"a\/b"}}]}"#,
-            r#"{"Records":[{"kinesis":{"sequenceNumber":"1","approximateArrivalTimestamp":7}}]}"#,
-        ] {
-            // Then the fast reader accepts them and agrees
-            assert!(agrees_with_serde(text), "declined {text}");
-        }
-        for text in [
-            r#"{"Records":null}"#,
-            r#"{"Records":[{"kinesis":{}}]}"#,
-            r#"{"Records":[{"kinesis":{"sequenceNumber":1}}]}"#,
-            r#"{"Records":[{"kinesis":{"sequenceNumber":"1","sequenceNumber":"2"}}]}"#,
-            r#"{"Records":[],"Records":[]}"#,
-            r#"{"Records":[{"kinesis":{"sequenceNumber":"1","data":7}}]}"#,
-            r#"{"Records":[{"kinesis":{"sequenceNumber":"1"}}]} x"#,
-            r#"[]"#,
-        ] {
-            assert!(!agrees_with_serde(text), "accepted {text}");
-        }
-    }
-
-    #[test]
-    fn the_fast_reader_never_accepts_a_mutation_serde_rejects() {
-        // Given many small corruptions of a full event (xorshift, fixed seed)
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let inserts = [
-            "\"", "\\", ",", ":", "{", "}", "[", "]", " ", "0", "-", "e", ".", "n", "\u{1}", "x",
-        ];
-        let (mut accepted, mut tried) = (0, 0);
-        for _ in 0..4000 {
-            let mut text = FULL.to_owned();
-            for _ in 0..1 + next() % 3 {
-                let at = (next() as usize) % text.len();
-                if !text.is_char_boundary(at) {
-                    continue;
-                }
-                if next() % 2 == 0 {
-                    let end = (at + 1 + (next() as usize) % 4).min(text.len());
-                    if text.is_char_boundary(end) {
-                        text.replace_range(at..end, "");
-                    }
-                } else {
-                    text.insert_str(at, inserts[(next() as usize) % inserts.len()]);
-                }
-            }
-            // When both read it, then they agree or the fast reader declines
-            tried += 1;
-            accepted += usize::from(agrees_with_serde(&text));
-        }
-        // and the fast path still takes the corruptions that left valid events
-        assert!(
-            accepted > tried / 20,
-            "fast path took {accepted} of {tried}"
-        );
     }
 
     #[test]

@@ -11,7 +11,6 @@ pub mod dead_letter;
 pub mod encode;
 pub mod error;
 pub mod event;
-mod json_scan;
 pub mod kafka;
 pub mod kinesis;
 pub mod memory;
