@@ -1,7 +1,31 @@
 #!/usr/bin/env bash
-# make bench: CPU path (criterion, Kinesis and Kafka beside a naive baseline) and the sinks
-# against the local stack (Postgres upsert beside row-at-a-time; peak memory of one batch).
+# make bench: CPU path (criterion, Kinesis and Kafka beside a naive baseline and beside the
+# runtime-parse design), its instruction counts under callgrind (repeatable on shared hosts,
+# where wall and CPU time swing ±40%), and the sinks against the local stack (Postgres upsert
+# beside UNNEST and row-at-a-time; peak memory of one batch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo bench -p streamload-core --bench decode_encode
+
+if command -v valgrind >/dev/null; then
+  bin=$(cargo bench -p streamload-core --bench decode_encode --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "decode_encode" and m.get("executable"):
+        print(m["executable"])')
+  count() {
+    DECODE_ENCODE_ONCE=$1 valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" --bench 2>&1 |
+      awk '/Collected/ { n = $4 } END { print n }'
+  }
+  setup=$(count setup)
+  echo "instructions per 10,000-record batch (callgrind, set-up subtracted):"
+  for path in kinesis kinesis_behind_runtime_parse kafka naive kinesis_envelope; do
+    n=$(count "$path")
+    awk -v p="$path" -v n="$n" -v s="$setup" 'BEGIN { printf "  %-30s %6.1f M\n", p, (n - s) / 1e6 }'
+  done
+else
+  echo "valgrind not installed: instruction counts skipped"
+fi
+
 cargo bench -p streamload-tests --bench load
