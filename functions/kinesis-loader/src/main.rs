@@ -7,5 +7,5 @@ use lambda_runtime::Error;
 async fn main() -> Result<(), Error> {
     streamload_runtime::init_tracing();
     let pipeline = streamload_runtime::start().await?;
-    streamload_runtime::run::<streamload_runtime::Kinesis, _, _, _, _>(pipeline).await
+    streamload_runtime::run::<streamload_runtime::Kinesis>(pipeline).await
 }

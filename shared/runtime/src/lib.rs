@@ -238,18 +238,11 @@ where
 
 /// Serves invocations of source `S` from the Lambda Runtime API until the sandbox ends:
 /// `lambda_runtime::run` with the body kept aside for the source's own single parse.
-pub async fn run<S, D, R, O, Q>(pipeline: Pipeline<D, R, O, Q>) -> Result<(), lambda_runtime::Error>
-where
-    S: EventSource,
-    D: DedupStore,
-    R: RowSink,
-    O: ObjectSink,
-    Q: DeadLetters,
-{
+pub async fn run<S: EventSource>(pipeline: AwsPipeline) -> Result<(), lambda_runtime::Error> {
     let bodies = RawBodies::default();
     let (pipeline, kept) = (&pipeline, &bodies);
     let handler = lambda_runtime::service_fn(move |event: LambdaEvent<()>| async move {
-        handle::<S, D, R, O, Q>(pipeline, kept, event).await
+        handle::<S, _, _, _, _>(pipeline, kept, event).await
     });
     lambda_runtime::Runtime::new(handler)
         .layer(lambda_runtime::layers::TracingLayer::new())
