@@ -13,21 +13,29 @@ use lambda_runtime::LambdaInvocation;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 /// What the runtime parses in place of the body: `null`, read as `()`.
 const PLACEHOLDER: &[u8] = b"null";
 
+/// Lambda's longest function timeout (15 minutes). A body kept longer than this belongs to an
+/// invocation that is certainly over (its handler panicked before taking it), so it is freed.
+pub const MAX_INVOCATION: Duration = Duration::from_secs(15 * 60);
+
 /// Invocation bodies by request id, between the layer and the handler. Keyed rather than a
 /// single slot so concurrent invocations (Lambda Managed Instances) never see each other's.
 #[derive(Clone, Default)]
-pub struct RawBodies(Arc<Mutex<HashMap<String, Bytes>>>);
+pub struct RawBodies(Arc<Mutex<HashMap<String, (Instant, Bytes)>>>);
 
 impl RawBodies {
     fn put(&self, request_id: String, body: Bytes) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(request_id, body);
+        self.put_at(request_id, body, Instant::now());
+    }
+
+    fn put_at(&self, request_id: String, body: Bytes, now: Instant) {
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.retain(|_, (since, _)| now.saturating_duration_since(*since) <= MAX_INVOCATION);
+        kept.insert(request_id, (now, body));
     }
 
     /// The body of `request_id`, removed; `None` if the layer never saw it.
@@ -36,6 +44,7 @@ impl RawBodies {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(request_id)
+            .map(|(_, body)| body)
     }
 }
 
@@ -130,5 +139,25 @@ mod tests {
         assert_eq!(bodies.take("r2").unwrap(), &br#"{"Records":[2]}"#[..]);
         assert_eq!(bodies.take("r1").unwrap(), &br#"{"Records":[1]}"#[..]);
         assert!(bodies.take("r1").is_none());
+    }
+
+    #[test]
+    fn a_body_never_taken_is_freed_once_its_invocation_is_certainly_over() {
+        // Given a body whose handler never took it (it panicked first)
+        let bodies = RawBodies::default();
+        let start = Instant::now();
+        bodies.put_at("lost".into(), Bytes::from_static(b"{}"), start);
+        // When another invocation arrives within the longest timeout, it is kept
+        bodies.put_at(
+            "next".into(),
+            Bytes::from_static(b"{}"),
+            start + MAX_INVOCATION,
+        );
+        assert_eq!(bodies.0.lock().unwrap().len(), 2);
+        // Then one arriving after it is freed
+        let later = start + MAX_INVOCATION + Duration::from_secs(1);
+        bodies.put_at("last".into(), Bytes::from_static(b"{}"), later);
+        assert!(bodies.take("lost").is_none());
+        assert!(bodies.take("next").is_some() && bodies.take("last").is_some());
     }
 }
