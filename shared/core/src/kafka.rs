@@ -140,16 +140,17 @@ impl<'de> Visitor<'de> for HeaderMap<'_> {
 /// Parses the event text and turns it into source-neutral records.
 pub fn decode(event_json: &str) -> Result<Batch, KafkaDecodeError> {
     let event: KafkaEvent<'_> = serde_json::from_str(event_json)?;
-    decode_event(&event)
+    decode_event(event)
 }
 
 /// Turns a parsed event into source-neutral records, partitions in key order, offsets
-/// ascending. Every value is decoded into one shared buffer.
-pub fn decode_event(event: &KafkaEvent<'_>) -> Result<Batch, KafkaDecodeError> {
-    let mut ordered: Vec<&KafkaRecord<'_>> = Vec::new();
-    for list in event.records.values() {
+/// ascending. Every value is decoded into one shared buffer; the parsed event is consumed, so
+/// header text and keys move into the records rather than being copied.
+pub fn decode_event(event: KafkaEvent<'_>) -> Result<Batch, KafkaDecodeError> {
+    let mut ordered: Vec<KafkaRecord<'_>> = Vec::new();
+    for list in event.records.into_values() {
         let start = ordered.len();
-        ordered.extend(list.iter());
+        ordered.extend(list);
         ordered[start..].sort_by_key(|r| r.offset);
     }
     let encoded: usize = ordered
@@ -168,14 +169,14 @@ pub fn decode_event(event: &KafkaEvent<'_>) -> Result<Batch, KafkaDecodeError> {
     let arena = Bytes::from(arena);
 
     let mut records = Vec::with_capacity(ordered.len());
-    let mut units: BTreeMap<(&str, i32), Arc<SourceUnit>> = BTreeMap::new();
+    let mut units: BTreeMap<(Cow<'_, str>, i32), Arc<SourceUnit>> = BTreeMap::new();
     for (r, span) in ordered.into_iter().zip(spans) {
         let offset = u64::try_from(r.offset).map_err(|_| KafkaDecodeError::NegativeOffset {
             topic: r.topic.to_string(),
             partition: r.partition,
         })?;
         let unit = units
-            .entry((&*r.topic, r.partition))
+            .entry((r.topic.0.clone(), r.partition))
             .or_insert_with(|| {
                 Arc::new(SourceUnit {
                     label: format!("{}/{}", r.topic, r.partition),
@@ -187,8 +188,8 @@ pub fn decode_event(event: &KafkaEvent<'_>) -> Result<Batch, KafkaDecodeError> {
             unit,
             position: Position::from_offset(offset),
             data: span.map(|s| arena.slice(s)),
-            key: r.key.as_deref().map(str::to_owned),
-            headers_json: r.headers.0.clone(),
+            key: r.key.map(|k| k.0.into_owned()),
+            headers_json: r.headers.0,
             arrival_ms: r.timestamp,
             origin: Origin::Kafka {
                 timestamp: r.timestamp,
