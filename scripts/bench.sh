@@ -7,13 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo bench -p streamload-core --bench decode_encode
 
-if command -v valgrind >/dev/null; then
-  bin=$(cargo bench -p streamload-core --bench decode_encode --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
+bin=$(cargo bench -p streamload-core --bench decode_encode --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "decode_encode" and m.get("executable"):
         print(m["executable"])')
+
+if command -v valgrind >/dev/null; then
   count() {
     DECODE_ENCODE_ONCE=$1 valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" --bench 2>&1 |
       awk '/Collected/ { n = $4 } END { print n }'
@@ -27,5 +28,16 @@ for l in sys.stdin:
 else
   echo "valgrind not installed: instruction counts skipped"
 fi
+
+# A warm function handles batch after batch: CPU time and page faults per batch with the
+# allocator keeping freed memory (as shipped) and with glibc's defaults, alternated.
+echo "warm function, 100 batches back to back (kept = as shipped, default = glibc defaults):"
+for round in 1 2 3; do
+  for path in kinesis kafka; do
+    DECODE_ENCODE_ONCE=$path DECODE_ENCODE_TIMES=100 "$bin" --bench 2>&1 | sed -n 's/^\(.* x100: .*\)/  kept    \1/p'
+    DECODE_ENCODE_ALLOCATOR_DEFAULTS=1 DECODE_ENCODE_ONCE=$path DECODE_ENCODE_TIMES=100 "$bin" --bench 2>&1 |
+      sed -n 's/^\(.* x100: .*\)/  default \1/p'
+  done
+done
 
 cargo bench -p streamload-tests --bench load

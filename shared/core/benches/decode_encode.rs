@@ -196,6 +196,11 @@ fn capped_records(records: &[Vec<u8>]) -> Vec<Vec<u8>> {
 }
 
 fn bench(c: &mut Criterion) {
+    // As the shipped functions start (streamload_runtime::run); the allocator's defaults stay
+    // when DECODE_ENCODE_ALLOCATOR_DEFAULTS is set, to measure what keeping memory saves.
+    if std::env::var_os("DECODE_ENCODE_ALLOCATOR_DEFAULTS").is_none() {
+        streamload_core::heap::keep_freed_memory();
+    }
     let records: Vec<Vec<u8>> = (0..RECORDS).map(record_json).collect();
     let json_bytes: usize = records.iter().map(Vec::len).sum();
     let kinesis = kinesis_event_json(&records);
@@ -266,7 +271,32 @@ fn bench(c: &mut Criterion) {
 /// `DECODE_ENCODE_ONCE=<path>`: run one path once over the 10,000-record batch and stop, for
 /// counting instructions under callgrind (scripts/bench.sh), which other tenants of a shared
 /// host cannot disturb. `setup` runs nothing past building the inputs, to be subtracted.
+/// `DECODE_ENCODE_TIMES=<n>` runs it n times back to back, as a warm function handles batch
+/// after batch, and reports CPU time and page faults per batch (also for `perf record`).
 fn run_once(path: &str, kinesis: &str, kafka: &str, records: &[Vec<u8>]) {
+    let times: u32 = std::env::var("DECODE_ENCODE_TIMES").map_or(1, |n| n.parse().unwrap());
+    let (cpu, faults) = (thread_cpu(), minor_faults());
+    for _ in 0..times {
+        run_path(path, kinesis, kafka, records);
+    }
+    if times > 1 {
+        eprintln!(
+            "{path} x{times}: {:.2} ms CPU, {:.0} page faults per batch",
+            (thread_cpu() - cpu).as_secs_f64() * 1e3 / f64::from(times),
+            (minor_faults() - faults) as f64 / f64::from(times)
+        );
+    }
+}
+
+/// Minor page faults this thread has taken so far.
+fn minor_faults() -> i64 {
+    // SAFETY: getrusage writes one rusage into the zeroed value we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    usage.ru_minflt
+}
+
+fn run_path(path: &str, kinesis: &str, kafka: &str, records: &[Vec<u8>]) {
     let bytes = match path {
         "setup" => 0,
         "kinesis" => shipped::<Kinesis>(kinesis.as_bytes()),

@@ -11,6 +11,7 @@ pub mod dead_letter;
 pub mod encode;
 pub mod error;
 pub mod event;
+pub mod heap;
 pub mod kafka;
 pub mod kinesis;
 pub mod memory;

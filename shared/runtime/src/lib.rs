@@ -239,6 +239,9 @@ where
 /// Serves invocations of source `S` from the Lambda Runtime API until the sandbox ends:
 /// `lambda_runtime::run` with the body kept aside for the source's own single parse.
 pub async fn run<S: EventSource>(pipeline: AwsPipeline) -> Result<(), lambda_runtime::Error> {
+    if !streamload_core::heap::keep_freed_memory() {
+        tracing::debug!("allocator keeps its defaults: freed batch buffers go back to the kernel");
+    }
     let bodies = RawBodies::default();
     let (pipeline, kept) = (&pipeline, &bodies);
     let handler = lambda_runtime::service_fn(move |event: LambdaEvent<()>| async move {
