@@ -6,18 +6,14 @@
 use crate::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
 use crate::text::JsonStr;
 use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
-/// The event as Lambda sends it, borrowed from the event text: the base64 `data` of every
-/// record is decoded straight from the text, never copied into a string first.
-#[derive(Debug, Deserialize)]
-pub struct KinesisEvent<'a> {
-    #[serde(rename = "Records", borrow, default)]
-    pub records: Vec<KinesisEventRecord<'a>>,
-}
-
+/// One record of the event as Lambda sends it (`{"Records":[…]}`), borrowed from the event
+/// text. Records are handled one by one as the parser reaches them (see [`decode`]).
 #[derive(Debug, Deserialize)]
 pub struct KinesisEventRecord<'a> {
     #[serde(borrow)]
@@ -32,7 +28,7 @@ pub struct KinesisEventRecord<'a> {
 #[serde(rename_all = "camelCase")]
 pub struct KinesisData<'a> {
     #[serde(borrow)]
-    pub sequence_number: Cow<'a, str>,
+    pub sequence_number: JsonStr<'a>,
     #[serde(borrow, default)]
     pub partition_key: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
@@ -57,34 +53,53 @@ impl crate::Classify for KinesisDecodeError {
     }
 }
 
-/// Parses the event text and turns it into source-neutral records.
+/// Parses the event text and turns it into source-neutral records, in one pass: each record
+/// is handled as soon as the parser has read it, while its text is still in cache, and its
+/// base64 `data` is decoded straight into one buffer shared by the batch. Undecodable base64
+/// keeps `data` as the base64 text's bytes so the poison record still reaches the dead-letter
+/// queue unchanged.
 pub fn decode(event_json: &str) -> Result<Batch, KinesisDecodeError> {
-    let event: KinesisEvent<'_> = serde_json::from_str(event_json)?;
-    decode_event(&event)
+    // Decoded data is at most 3/4 of the text it came from, so the buffer never grows:
+    // reserved but untouched pages cost no memory.
+    let mut builder = BatchBuilder {
+        arena: Vec::with_capacity(event_json.len() / 4 * 3 + 3),
+        records: Vec::new(),
+        current: None,
+        failure: None,
+    };
+    let mut de = serde_json::Deserializer::from_str(event_json);
+    let parsed = EventSeed(&mut builder)
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+    if let Some(failure) = builder.failure {
+        return Err(failure);
+    }
+    parsed?;
+    let arena = Bytes::from(builder.arena);
+    let records = builder
+        .records
+        .into_iter()
+        .map(|(mut record, span)| {
+            record.data = Some(arena.slice(span));
+            record
+        })
+        .collect();
+    Ok(Batch { records })
 }
 
-/// Turns a parsed event into source-neutral records. Every record's bytes are decoded into
-/// one shared buffer; undecodable base64 keeps `data` as the base64 text's bytes so the
-/// poison record still reaches the dead-letter queue unchanged.
-pub fn decode_event(event: &KinesisEvent<'_>) -> Result<Batch, KinesisDecodeError> {
-    let n = event.records.len();
-    let encoded: usize = event
-        .records
-        .iter()
-        .map(|r| r.kinesis.data.as_deref().map_or(0, str::len))
-        .sum();
-    let mut arena: Vec<u8> = Vec::with_capacity(encoded / 4 * 3 + 3);
-    let mut spans = Vec::with_capacity(n);
-    for r in &event.records {
-        let data = r.kinesis.data.as_deref().unwrap_or_default();
-        spans.push(crate::record::decode_base64_into(&mut arena, data));
-    }
-    let arena = Bytes::from(arena);
+/// Records decoded so far: their data in one buffer, each with the span of its bytes.
+struct BatchBuilder {
+    arena: Vec<u8>,
+    records: Vec<(SourceRecord, Range<usize>)>,
+    /// A batch is one shard: the unit and the lineage strings are built once and shared.
+    current: Option<(Arc<SourceUnit>, Arc<str>, Arc<str>)>,
+    /// Why decoding stopped, when the event parsed but a record did not make sense.
+    failure: Option<KinesisDecodeError>,
+}
 
-    let mut records = Vec::with_capacity(n);
-    // A batch is one shard: the unit and the lineage strings are built once and shared.
-    let mut current: Option<(Arc<SourceUnit>, Arc<str>, Arc<str>)> = None;
-    for (index, (r, span)) in event.records.iter().zip(spans).enumerate() {
+impl BatchBuilder {
+    fn push(&mut self, r: KinesisEventRecord<'_>) -> Result<(), KinesisDecodeError> {
+        let index = self.records.len();
         let position = Position::parse(&r.kinesis.sequence_number)
             .ok_or(KinesisDecodeError::BadSequenceNumber { index })?;
         let stream_arn = r.event_source_arn.as_deref().unwrap_or_default();
@@ -93,7 +108,7 @@ pub fn decode_event(event: &KinesisEvent<'_>) -> Result<Batch, KinesisDecodeErro
             .as_deref()
             .and_then(|id| id.split_once(':').map(|(s, _)| s))
             .unwrap_or("shard");
-        let (unit, arn, shard) = match &current {
+        let (unit, arn, shard) = match &self.current {
             Some((u, a, s)) if &**a == stream_arn && &**s == shard_id => {
                 (u.clone(), a.clone(), s.clone())
             }
@@ -110,29 +125,86 @@ pub fn decode_event(event: &KinesisEvent<'_>) -> Result<Batch, KinesisDecodeErro
                     Arc::<str>::from(stream_arn),
                     Arc::<str>::from(shard_id),
                 );
-                current = Some(made.clone());
+                self.current = Some(made.clone());
                 made
             }
         };
-        let arrival_ms = r
-            .kinesis
-            .approximate_arrival_timestamp
-            .map(|s| (s * 1000.0) as i64);
-        records.push(SourceRecord {
+        let span = crate::record::decode_base64_into(
+            &mut self.arena,
+            r.kinesis.data.as_deref().unwrap_or_default(),
+        );
+        let arrival = r.kinesis.approximate_arrival_timestamp;
+        let record = SourceRecord {
             unit,
             origin: Origin::Kinesis {
                 stream_arn: arn,
                 shard_id: shard,
-                approximate_arrival: r.kinesis.approximate_arrival_timestamp,
+                approximate_arrival: arrival,
             },
             position,
-            data: Some(arena.slice(span)),
+            data: None,
             key: r.kinesis.partition_key.as_deref().map(str::to_owned),
             headers_json: None,
-            arrival_ms,
-        });
+            arrival_ms: arrival.map(|s| (s * 1000.0) as i64),
+        };
+        self.records.push((record, span));
+        Ok(())
     }
-    Ok(Batch { records })
+}
+
+/// The top-level object: `Records` is read record by record, other keys are skipped.
+struct EventSeed<'b>(&'b mut BatchBuilder);
+
+impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Kinesis event object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<JsonStr<'de>>()? {
+            if &*key == "Records" {
+                map.next_value_seed(RecordsSeed(&mut *self.0))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct RecordsSeed<'b>(&'b mut BatchBuilder);
+
+impl<'de> DeserializeSeed<'de> for RecordsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of Kinesis records")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if let Some(n) = seq.size_hint() {
+            self.0.records.reserve(n);
+        }
+        while let Some(record) = seq.next_element::<KinesisEventRecord<'de>>()? {
+            if let Err(failure) = self.0.push(record) {
+                self.0.failure = Some(failure);
+                return Err(de::Error::custom("stopped at an invalid record"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The Kinesis `itemIdentifier`: the record's sequence number, as a string.
