@@ -3,6 +3,7 @@
 //! The event is `{"Records":[{"kinesis":{...},"eventID":"shardId-…:seq","eventSourceARN":…}]}`;
 //! one batch is one shard, in sequence order.
 
+use crate::json_cursor::{has_control_character, Bail, Cursor};
 use crate::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
 use crate::text::JsonStr;
 use bytes::Bytes;
@@ -58,33 +59,137 @@ impl crate::Classify for KinesisDecodeError {
 /// base64 `data` is decoded straight into one buffer shared by the batch. Undecodable base64
 /// keeps `data` as the base64 text's bytes so the poison record still reaches the dead-letter
 /// queue unchanged.
+///
+/// The event is read with the strict plain-JSON cursor ([`crate::json_cursor`]); text outside
+/// its subset (an escape sequence, say) is read again by serde_json, which then decides.
 pub fn decode(event_json: &str) -> Result<Batch, KinesisDecodeError> {
-    // Decoded data is at most 3/4 of the text it came from, so the buffer never grows:
-    // reserved but untouched pages cost no memory.
-    let mut builder = BatchBuilder {
-        arena: Vec::with_capacity(event_json.len() / 4 * 3 + 3),
-        records: Vec::new(),
-        current: None,
-        failure: None,
+    let mut builder = BatchBuilder::for_event(event_json);
+    if decode_plain(event_json, &mut builder).is_err() {
+        builder.clear();
+        decode_with_serde(event_json, &mut builder)?;
+    }
+    Ok(builder.finish())
+}
+
+/// The plain-JSON reading of the event; [`Bail`] leaves `builder` half-filled.
+fn decode_plain(event_json: &str, builder: &mut BatchBuilder) -> Result<(), Bail> {
+    let mut c = Cursor::new(event_json);
+    let mut records_seen = false;
+    c.object(|c, key| {
+        if key != "Records" {
+            return c.skip_value();
+        }
+        if std::mem::replace(&mut records_seen, true) {
+            return Err(Bail);
+        }
+        c.array(|c| plain_record(c, builder))
+    })?;
+    c.end()
+}
+
+fn plain_record(c: &mut Cursor<'_>, builder: &mut BatchBuilder) -> Result<(), Bail> {
+    let mut kinesis = None;
+    let (mut event_id, mut event_source_arn) = (None, None);
+    c.object(|c, key| match key {
+        "kinesis" => set_once(&mut kinesis, plain_kinesis(c, &mut builder.arena)?),
+        "eventID" => set_once(&mut event_id, optional_string(c)?),
+        "eventSourceARN" => set_once(&mut event_source_arn, optional_string(c)?),
+        _ => c.skip_value(),
+    })?;
+    let (fields, span) = kinesis.ok_or(Bail)?;
+    let lineage = Lineage {
+        event_id: event_id.flatten(),
+        event_source_arn: event_source_arn.flatten(),
     };
+    // A bad sequence number is left to serde_json's reading, which names it.
+    builder.push(&fields, lineage, span).map_err(|_| Bail)
+}
+
+/// The `kinesis` object; `data` is decoded as soon as it is read.
+fn plain_kinesis<'a>(
+    c: &mut Cursor<'a>,
+    arena: &mut Vec<u8>,
+) -> Result<(KinesisFields<'a>, Range<usize>), Bail> {
+    let (mut sequence_number, mut partition_key, mut data, mut arrival) = (None, None, None, None);
+    c.object(|c, key| match key {
+        "sequenceNumber" => set_once(&mut sequence_number, c.string()?),
+        "partitionKey" => set_once(&mut partition_key, optional_string(c)?),
+        "data" => {
+            let span = if c.null() {
+                None
+            } else {
+                let text = c.string_unchecked()?;
+                let (span, decoded) = crate::record::decode_base64_or_keep(arena, text);
+                // Base64 holds no control characters; kept text is checked as JSON requires.
+                if !decoded && has_control_character(text.as_bytes()) {
+                    return Err(Bail);
+                }
+                Some(span)
+            };
+            set_once(&mut data, span)
+        }
+        "approximateArrivalTimestamp" => {
+            // serde_json reads the number, exactly as its own parse of the event would.
+            let seconds = match c.null() {
+                true => None,
+                false => Some(serde_json::from_str::<f64>(c.number()?).map_err(|_| Bail)?),
+            };
+            set_once(&mut arrival, seconds)
+        }
+        _ => c.skip_value(),
+    })?;
+    let span = data.flatten().unwrap_or(arena.len()..arena.len());
+    let fields = KinesisFields {
+        sequence_number: sequence_number.ok_or(Bail)?,
+        partition_key: partition_key.flatten(),
+        approximate_arrival_timestamp: arrival.flatten(),
+    };
+    Ok((fields, span))
+}
+
+/// A string or `null`.
+fn optional_string<'a>(c: &mut Cursor<'a>) -> Result<Option<&'a str>, Bail> {
+    if c.null() {
+        Ok(None)
+    } else {
+        c.string().map(Some)
+    }
+}
+
+/// Records a field's value; a second occurrence is left to serde_json, which rejects it.
+fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), Bail> {
+    match slot.replace(value) {
+        None => Ok(()),
+        Some(_) => Err(Bail),
+    }
+}
+
+/// serde_json's reading of the event: the authority on anything outside the plain subset.
+fn decode_with_serde(
+    event_json: &str,
+    builder: &mut BatchBuilder,
+) -> Result<(), KinesisDecodeError> {
     let mut de = serde_json::Deserializer::from_str(event_json);
-    let parsed = EventSeed(&mut builder)
+    let parsed = EventSeed(builder)
         .deserialize(&mut de)
         .and_then(|()| de.end());
-    if let Some(failure) = builder.failure {
+    if let Some(failure) = builder.failure.take() {
         return Err(failure);
     }
-    parsed?;
-    let arena = Bytes::from(builder.arena);
-    let records = builder
-        .records
-        .into_iter()
-        .map(|(mut record, span)| {
-            record.data = Some(arena.slice(span));
-            record
-        })
-        .collect();
-    Ok(Batch { records })
+    Ok(parsed?)
+}
+
+/// The fields of `kinesis` the loader keeps, apart from `data`.
+struct KinesisFields<'a> {
+    sequence_number: &'a str,
+    partition_key: Option<&'a str>,
+    approximate_arrival_timestamp: Option<f64>,
+}
+
+/// Where a record came from: `eventID` (`shardId-…:sequence`) and the stream's ARN.
+struct Lineage<'a> {
+    event_id: Option<&'a str>,
+    event_source_arn: Option<&'a str>,
 }
 
 /// Records decoded so far: their data in one buffer, each with the span of its bytes.
@@ -98,14 +203,36 @@ struct BatchBuilder {
 }
 
 impl BatchBuilder {
-    fn push(&mut self, r: KinesisEventRecord<'_>) -> Result<(), KinesisDecodeError> {
+    fn for_event(event_json: &str) -> Self {
+        Self {
+            // Decoded data is at most 3/4 of the text it came from, so the buffer never
+            // grows: reserved but untouched pages cost no memory.
+            arena: Vec::with_capacity(event_json.len() / 4 * 3 + 3),
+            records: Vec::new(),
+            current: None,
+            failure: None,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.arena.clear();
+        self.records.clear();
+        self.current = None;
+        self.failure = None;
+    }
+
+    fn push(
+        &mut self,
+        fields: &KinesisFields<'_>,
+        lineage: Lineage<'_>,
+        span: Range<usize>,
+    ) -> Result<(), KinesisDecodeError> {
         let index = self.records.len();
-        let position = Position::parse(&r.kinesis.sequence_number)
+        let position = Position::parse(fields.sequence_number)
             .ok_or(KinesisDecodeError::BadSequenceNumber { index })?;
-        let stream_arn = r.event_source_arn.as_deref().unwrap_or_default();
-        let shard_id = r
+        let stream_arn = lineage.event_source_arn.unwrap_or_default();
+        let shard_id = lineage
             .event_id
-            .as_deref()
             .and_then(|id| id.split_once(':').map(|(s, _)| s))
             .unwrap_or("shard");
         let (unit, arn, shard) = match &self.current {
@@ -129,11 +256,7 @@ impl BatchBuilder {
                 made
             }
         };
-        let span = crate::record::decode_base64_into(
-            &mut self.arena,
-            r.kinesis.data.as_deref().unwrap_or_default(),
-        );
-        let arrival = r.kinesis.approximate_arrival_timestamp;
+        let arrival = fields.approximate_arrival_timestamp;
         let record = SourceRecord {
             unit,
             origin: Origin::Kinesis {
@@ -143,12 +266,41 @@ impl BatchBuilder {
             },
             position,
             data: None,
-            key: r.kinesis.partition_key.as_deref().map(str::to_owned),
+            key: fields.partition_key.map(str::to_owned),
             headers_json: None,
             arrival_ms: arrival.map(|s| (s * 1000.0) as i64),
         };
         self.records.push((record, span));
         Ok(())
+    }
+
+    /// One parsed record (serde_json's reading), its data decoded now.
+    fn push_parsed(&mut self, r: &KinesisEventRecord<'_>) -> Result<(), KinesisDecodeError> {
+        let data = r.kinesis.data.as_deref().unwrap_or_default();
+        let span = crate::record::decode_base64_into(&mut self.arena, data);
+        let fields = KinesisFields {
+            sequence_number: &r.kinesis.sequence_number,
+            partition_key: r.kinesis.partition_key.as_deref(),
+            approximate_arrival_timestamp: r.kinesis.approximate_arrival_timestamp,
+        };
+        let lineage = Lineage {
+            event_id: r.event_id.as_deref(),
+            event_source_arn: r.event_source_arn.as_deref(),
+        };
+        self.push(&fields, lineage, span)
+    }
+
+    fn finish(self) -> Batch {
+        let arena = Bytes::from(self.arena);
+        let records = self
+            .records
+            .into_iter()
+            .map(|(mut record, span)| {
+                record.data = Some(arena.slice(span));
+                record
+            })
+            .collect();
+        Batch { records }
     }
 }
 
@@ -168,11 +320,14 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
         f.write_str("a Kinesis event object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut records_seen = false;
         while let Some(key) = map.next_key::<JsonStr<'de>>()? {
-            if &*key == "Records" {
-                map.next_value_seed(RecordsSeed(&mut *self.0))?;
-            } else {
+            if &*key != "Records" {
                 map.next_value::<IgnoredAny>()?;
+            } else if std::mem::replace(&mut records_seen, true) {
+                return Err(de::Error::duplicate_field("Records"));
+            } else {
+                map.next_value_seed(RecordsSeed(&mut *self.0))?;
             }
         }
         Ok(())
@@ -194,11 +349,8 @@ impl<'de> Visitor<'de> for RecordsSeed<'_> {
         f.write_str("a list of Kinesis records")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        if let Some(n) = seq.size_hint() {
-            self.0.records.reserve(n);
-        }
         while let Some(record) = seq.next_element::<KinesisEventRecord<'de>>()? {
-            if let Err(failure) = self.0.push(record) {
+            if let Err(failure) = self.0.push_parsed(&record) {
                 self.0.failure = Some(failure);
                 return Err(de::Error::custom("stopped at an invalid record"));
             }
@@ -273,5 +425,200 @@ mod tests {
         assert_eq!(&second[..], b"not base64!");
         // and both live in one allocation, back to back
         assert_eq!(first.as_ptr().wrapping_add(first.len()), second.as_ptr());
+    }
+
+    /// The plain cursor's reading, `None` where it gives up.
+    fn plain_reading(text: &str) -> Option<String> {
+        let mut builder = BatchBuilder::for_event(text);
+        decode_plain(text, &mut builder).ok()?;
+        Some(format!("{:?}", builder.finish()))
+    }
+
+    /// serde_json's reading: the batch, or that it failed.
+    fn serde_reading(text: &str) -> Result<String, String> {
+        let mut builder = BatchBuilder::for_event(text);
+        decode_with_serde(text, &mut builder).map_err(|e| e.to_string())?;
+        Ok(format!("{:?}", builder.finish()))
+    }
+
+    /// Holds the cursor to its contract on `text`: whatever it accepts, serde_json accepts
+    /// and reads the same. Returns whether the cursor accepted it.
+    fn agrees_with_serde_json(text: &str) -> bool {
+        match plain_reading(text) {
+            None => false,
+            Some(plain) => {
+                assert_eq!(Ok(plain), serde_reading(text), "event: {text}");
+                true
+            }
+        }
+    }
+
+    /// xorshift64: deterministic variety without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+    }
+
+    /// A Kinesis event with random layout, field order, extra fields, nulls, escapes,
+    /// duplicates, odd numbers and bad base64: mostly what Lambda sends, sometimes not.
+    fn random_event(rng: &mut Rng) -> String {
+        let ws = |rng: &mut Rng| {
+            rng.pick(&["", "", "", " ", "\n  ", "\t", "\r\n"])
+                .to_owned()
+        };
+        let mut records = Vec::new();
+        for i in 0..rng.below(4) {
+            let seq = format!("4959033827149025660855969253836157109592157598913{i:07}");
+            let mut kinesis = vec![
+                format!(
+                    r#""sequenceNumber":"{}""#,
+                    rng.pick(&[&seq, &seq, &seq, "007", "12a", ""])
+                ),
+                format!(
+                    r#""partitionKey":{}"#,
+                    rng.pick(&[r#""pk""#, "null", r#""p\"k""#, r#""pk-é""#])
+                ),
+                format!(
+                    r#""data":{}"#,
+                    rng.pick(&[
+                        r#""eyJhIjoxfQ==""#,
+                        r#""""#,
+                        "null",
+                        r#""not base64!""#,
+                        r#""eyJh\u0049joxfQ==""#,
+                        "\"eyJh\tIjoxfQ==\"",
+                        r#""eyJhIjoxfQ""#,
+                    ])
+                ),
+                format!(
+                    r#""approximateArrivalTimestamp":{}"#,
+                    rng.pick(&[
+                        "1545084650.987",
+                        "1545084650",
+                        "1.545084650987e9",
+                        "null",
+                        "-0",
+                        "1e400",
+                        "01",
+                        "1.",
+                        r#""1545084650""#,
+                    ])
+                ),
+                r#""kinesisSchemaVersion":"1.0""#.to_owned(),
+            ];
+            if rng.below(8) == 0 {
+                kinesis.push(r#""data":"e30=""#.to_owned());
+            }
+            let mut record = vec![
+                format!("\"kinesis\":{{{}}}", shuffle(rng, kinesis).join(&format!(",{}", ws(rng)))),
+                format!(r#""eventID":{}"#, rng.pick(&[
+                    &format!(r#""shardId-000000000006:{seq}""#), r#""shardId-7:1""#, "null", r#""noshard""#,
+                ])),
+                format!(r#""eventSourceARN":{}"#, rng.pick(&[
+                    r#""arn:aws:kinesis:us-east-2:123456789012:stream/orders""#,
+                    r#""arn:aws:kinesis:us-east-2:123456789012:stream\/orders""#, "null",
+                ])),
+                format!(r#""extra":{}"#, rng.pick(&[
+                    "[1,-2.5e3,true,false,null,{\"a\":[]},\"s\"]", "{}", "[]", "\"aws:kinesis\"",
+                    "[1,]", "{\"a\":1,}", "tru", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+                ])),
+            ];
+            if rng.below(10) == 0 {
+                record.remove(0);
+            }
+            records.push(format!("{{{}}}", shuffle(rng, record).join(",")));
+        }
+        let mut top = vec![format!(
+            "\"Records\":{}[{}]{}",
+            ws(rng),
+            records.join(&format!(",{}", ws(rng))),
+            ws(rng)
+        )];
+        if rng.below(4) == 0 {
+            top.push(r#""other":{"x":[null]}"#.to_owned());
+        }
+        if rng.below(12) == 0 {
+            top.push(r#""Records":[]"#.to_owned());
+        }
+        let body = format!("{}{{{}}}{}", ws(rng), shuffle(rng, top).join(","), ws(rng));
+        match rng.below(12) {
+            0 => format!("{body}x"),
+            1 => body.replacen('}', "", 1),
+            _ => body,
+        }
+    }
+
+    fn shuffle(rng: &mut Rng, mut items: Vec<String>) -> Vec<String> {
+        for i in (1..items.len()).rev() {
+            items.swap(i, rng.below(i + 1));
+        }
+        items
+    }
+
+    #[test]
+    fn the_plain_reading_agrees_with_serde_json_on_varied_events() {
+        // Given thousands of events, most plain, many with something unusual
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let (mut accepted, mut bailed) = (0, 0);
+        for _ in 0..5_000 {
+            // When both readings are taken, then they agree wherever the cursor accepts
+            if agrees_with_serde_json(&random_event(&mut rng)) {
+                accepted += 1;
+            } else {
+                bailed += 1;
+            }
+        }
+        // and both outcomes were exercised
+        assert!(
+            accepted > 500 && bailed > 500,
+            "accepted {accepted}, bailed {bailed}"
+        );
+    }
+
+    #[test]
+    fn the_plain_reading_agrees_with_serde_json_on_damaged_events() {
+        // Given one plain event, damaged one byte at a time in every way JSON could notice
+        let event = r#"{"Records":[{"kinesis":{"kinesisSchemaVersion":"1.0","partitionKey":"pk-1",
+            "sequenceNumber":"49590338271490256608559692538361571095921575989136588898",
+            "data":"eyJhIjoxfQ==","approximateArrivalTimestamp":1545084650.987},
+            "eventSource":"aws:kinesis","eventVersion":"1.0","n":[-1.5e2,true,null],
+            "eventID":"shardId-000000000006:49590338271490256608559692538361571095921575989136588898",
+            "eventSourceARN":"arn:aws:kinesis:us-east-2:123456789012:stream/orders"}]}"#;
+        assert!(agrees_with_serde_json(event));
+        let swaps = [
+            '"', '\\', ',', ':', '{', '}', '[', ']', '0', '-', '.', 'e', ' ', '\u{1}', 'n',
+        ];
+        let mut accepted = 0;
+        for at in 0..event.len() {
+            let (head, tail) = event.split_at(at);
+            let mut damaged = vec![format!("{head}{}", &tail[1..])];
+            damaged.extend(swaps.iter().map(|c| format!("{head}{c}{}", &tail[1..])));
+            damaged.extend(swaps.iter().map(|c| format!("{head}{c}{tail}")));
+            // When both readings are taken, then they agree wherever the cursor accepts
+            accepted += damaged.iter().filter(|d| agrees_with_serde_json(d)).count();
+        }
+        assert!(accepted > 0);
+    }
+
+    #[test]
+    fn unusual_text_is_read_by_serde_json() {
+        // Given events the cursor leaves to serde_json: an escape, a duplicate Records
+        let escaped = r#"{"Records":[{"kinesis":{"sequenceNumber":"1","data":"e30="},
+            "eventSourceARN":"arn:aws:kinesis:us-east-1:1:stream\/orders"}]}"#;
+        let twice = r#"{"Records":[],"Records":[]}"#;
+        assert_eq!(plain_reading(escaped), None);
+        assert_eq!(plain_reading(twice), None);
+        // When decoded, then serde_json's reading stands
+        let batch = decode(escaped).unwrap();
+        assert_eq!(batch.records[0].unit.label, "orders/shard");
+        assert!(matches!(decode(twice), Err(KinesisDecodeError::Shape(_))));
     }
 }

@@ -12,6 +12,7 @@ pub mod encode;
 pub mod error;
 pub mod event;
 pub mod heap;
+mod json_cursor;
 pub mod kafka;
 pub mod kinesis;
 pub mod memory;

@@ -146,15 +146,20 @@ impl SourceRecord {
 /// that is not base64 is kept as it is, so a poison record reaches the dead-letter queue with
 /// exactly the bytes it arrived with.
 pub(crate) fn decode_base64_into(arena: &mut Vec<u8>, text: &str) -> Range<usize> {
+    decode_base64_or_keep(arena, text).0
+}
+
+/// [`decode_base64_into`], also telling whether `text` was base64 (else it was kept as is).
+pub(crate) fn decode_base64_or_keep(arena: &mut Vec<u8>, text: &str) -> (Range<usize>, bool) {
     let start = arena.len();
-    if base64_simd::STANDARD
+    let decoded = base64_simd::STANDARD
         .decode_append(text.as_bytes(), arena)
-        .is_err()
-    {
+        .is_ok();
+    if !decoded {
         arena.truncate(start);
         arena.extend_from_slice(text.as_bytes());
     }
-    start..arena.len()
+    (start..arena.len(), decoded)
 }
 
 /// A decoded batch: records in delivery order, which is position order within each unit.
