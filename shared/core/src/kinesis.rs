@@ -130,9 +130,10 @@ fn plain_kinesis<'a>(
         }
         "approximateArrivalTimestamp" => {
             // serde_json reads the number, exactly as its own parse of the event would.
-            let seconds = match c.null() {
-                true => None,
-                false => Some(serde_json::from_str::<f64>(c.number()?).map_err(|_| Bail)?),
+            let seconds = if c.null() {
+                None
+            } else {
+                Some(serde_json::from_str::<f64>(c.number()?).map_err(|_| Bail)?)
             };
             set_once(&mut arrival, seconds)
         }
