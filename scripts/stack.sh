@@ -12,12 +12,24 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STATE="$ROOT/.stack"
 VENV="$ROOT/.venv"
-MOTO_PORT=${STREAMLOAD_MOTO_PORT:-5050}
-KAFKA_PORT=${STREAMLOAD_KAFKA_PORT:-19092}
 PRIVATE_PG_PORT=55432
 mkdir -p "$STATE"
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# A service's port: the one asked for (STREAMLOAD_<NAME>_PORT), else the one this checkout's
+# stack already uses, else the default or, when something else holds it (another checkout's
+# stack, say), the next free port above it. The choice is kept in .stack/<name>.port.
+choose_port() { # name default
+  local name=$1 port=$2 asked="STREAMLOAD_${1^^}_PORT"
+  if [ -n "${!asked:-}" ]; then echo "${!asked}"; return; fi
+  if [ -f "$STATE/$name.port" ]; then port=$(cat "$STATE/$name.port"); fi
+  if ! { running "$name" && port_open "$port"; }; then
+    while port_open "$port"; do port=$((port + 1)); done
+  fi
+  echo "$port" >"$STATE/$name.port"
+  echo "$port"
+}
 
 wait_port() { # name port seconds
   local i
@@ -32,12 +44,15 @@ wait_port() { # name port seconds
 
 running() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
 
+MOTO_PORT=$(choose_port moto 5050)
+KAFKA_PORT=$(choose_port kafka 19092)
+
 start_bg() { # name port command...
   local name=$1 port=$2
   shift 2
   if running "$name" && port_open "$port"; then return 0; fi
   if port_open "$port"; then
-    echo "stack: port $port is taken by something else; set STREAMLOAD_${name^^}_PORT" >&2
+    echo "stack: port $port (STREAMLOAD_${name^^}_PORT) is taken by something else" >&2
     return 1
   fi
   nohup "$@" >"$STATE/$name.log" 2>&1 &
