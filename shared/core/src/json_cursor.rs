@@ -10,7 +10,10 @@
 //! gives up with [`Bail`], and the caller parses the same text again with serde_json, which
 //! stays the authority on every unusual input (errors included). So the cursor only has to be
 //! right on what it accepts: it never accepts text serde_json rejects, and it reads what it
-//! accepts exactly as serde_json does. The differential tests in `kinesis` hold it to that.
+//! accepts exactly as serde_json does. The differential tests in `kinesis` and `kafka` hold
+//! it to that.
+
+use std::ops::Range;
 
 /// The text is outside the plain subset (or is not JSON): parse it with serde_json instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,10 +204,109 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// A string or `null`.
+pub(crate) fn optional_string<'a>(c: &mut Cursor<'a>) -> Result<Option<&'a str>, Bail> {
+    if c.null() {
+        Ok(None)
+    } else {
+        c.string().map(Some)
+    }
+}
+
+/// An integer as serde_json reads one into `T`: digits only and within `T`'s range. serde_json
+/// reads a fraction, an exponent or `-0` as a float, which no integer field accepts; Rust's
+/// integer parsing refuses the first two, `-0` is refused here.
+pub(crate) fn integer<T: std::str::FromStr>(c: &mut Cursor<'_>) -> Result<T, Bail> {
+    let text = c.number()?;
+    if text == "-0" {
+        return Err(Bail);
+    }
+    text.parse().map_err(|_| Bail)
+}
+
+/// A base64 string decoded into `arena` (the span of its bytes); text that is not base64 is
+/// kept as it is, after the check JSON requires of it. The base64 decoder itself admits no
+/// control character, so the common case looks at each byte once.
+pub(crate) fn base64_into(c: &mut Cursor<'_>, arena: &mut Vec<u8>) -> Result<Range<usize>, Bail> {
+    let text = c.string_unchecked()?;
+    let (span, decoded) = crate::record::decode_base64_or_keep(arena, text);
+    if !decoded && has_control_character(text.as_bytes()) {
+        return Err(Bail);
+    }
+    Ok(span)
+}
+
+/// Records a field's value; a second occurrence is left to serde_json (a derived struct
+/// rejects it, a map keeps the last).
+pub(crate) fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), Bail> {
+    match slot.replace(value) {
+        None => Ok(()),
+        Some(_) => Err(Bail),
+    }
+}
+
 /// Whether `bytes` holds a byte below 0x20, which JSON strings may not contain unescaped.
 /// Written without an early exit so that it compiles to SIMD.
 pub(crate) fn has_control_character(bytes: &[u8]) -> bool {
     bytes.iter().fold(false, |found, &b| found | (b < 0x20))
+}
+
+/// Deterministic variety for the differential tests of the sources' plain readings.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// xorshift64: deterministic variety without a dependency.
+    pub(crate) struct Rng(pub(crate) u64);
+
+    impl Rng {
+        pub(crate) fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+
+        pub(crate) fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+
+        /// The first of `items` (the usual value) seven times in eight, else any of them:
+        /// most records stay plain, so a single odd field decides whether the cursor bails.
+        pub(crate) fn mostly<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            if self.below(8) == 0 {
+                self.pick(items)
+            } else {
+                items[0]
+            }
+        }
+
+        /// Whitespace as JSON allows it between tokens, usually none.
+        pub(crate) fn whitespace(&mut self) -> &'static str {
+            self.pick(&["", "", "", " ", "\n  ", "\t", "\r\n"])
+        }
+    }
+
+    pub(crate) fn shuffle(rng: &mut Rng, mut items: Vec<String>) -> Vec<String> {
+        for i in (1..items.len()).rev() {
+            items.swap(i, rng.below(i + 1));
+        }
+        items
+    }
+
+    /// ASCII `text` damaged one byte at a time: each byte dropped, replaced and preceded by
+    /// each character JSON could notice.
+    pub(crate) fn damaged(text: &str) -> Vec<String> {
+        let swaps = [
+            '"', '\\', ',', ':', '{', '}', '[', ']', '0', '-', '.', 'e', ' ', '\u{1}', 'n',
+        ];
+        let mut out = Vec::new();
+        for at in 0..text.len() {
+            let (head, tail) = text.split_at(at);
+            out.push(format!("{head}{}", &tail[1..]));
+            out.extend(swaps.iter().map(|c| format!("{head}{c}{}", &tail[1..])));
+            out.extend(swaps.iter().map(|c| format!("{head}{c}{tail}")));
+        }
+        out
+    }
 }
 
 #[cfg(test)]

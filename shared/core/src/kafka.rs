@@ -5,6 +5,7 @@
 //! partition are taken from each record's own fields, never by splitting the key. The
 //! ordering unit is the topic-partition.
 
+use crate::json_cursor::{base64_into, integer, optional_string, set_once, Bail, Cursor};
 use crate::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
 use crate::text::JsonStr;
 use base64::Engine;
@@ -15,6 +16,7 @@ use serde_json::json;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// The event as Lambda sends it, borrowed from the event text.
@@ -137,46 +139,184 @@ impl<'de> Visitor<'de> for HeaderMap<'_> {
     }
 }
 
-/// Parses the event text and turns it into source-neutral records.
+/// Parses the event text and turns it into source-neutral records, partitions in key order,
+/// offsets ascending. Every value is decoded into one buffer shared by the batch.
+///
+/// The event is read with the strict plain-JSON cursor ([`crate::json_cursor`]), each value
+/// decoded as soon as it is read; text outside its subset (an escape sequence, a repeated
+/// partition key, say) is read again by serde_json, which then decides.
 pub fn decode(event_json: &str) -> Result<Batch, KafkaDecodeError> {
-    let event: KafkaEvent<'_> = serde_json::from_str(event_json)?;
-    decode_event(event)
+    // Decoded values are at most 3/4 of the text they came from, so the buffer never grows:
+    // reserved but untouched pages cost no memory.
+    let mut arena = Vec::with_capacity(event_json.len() / 4 * 3 + 3);
+    match decode_plain(event_json, &mut arena) {
+        Ok(rows) => assemble(rows, arena),
+        Err(Bail) => {
+            arena.clear();
+            let event: KafkaEvent<'_> = serde_json::from_str(event_json)?;
+            decode_parsed(event, arena)
+        }
+    }
 }
 
-/// Turns a parsed event into source-neutral records, partitions in key order, offsets
-/// ascending. Every value is decoded into one shared buffer; the parsed event is consumed, so
-/// header text and keys move into the records rather than being copied.
-pub fn decode_event(event: KafkaEvent<'_>) -> Result<Batch, KafkaDecodeError> {
-    let mut ordered: Vec<KafkaRecord<'_>> = Vec::new();
-    for list in event.records.into_values() {
-        let start = ordered.len();
-        ordered.extend(list);
-        ordered[start..].sort_by_key(|r| r.offset);
-    }
-    let encoded: usize = ordered
-        .iter()
-        .map(|r| r.value.as_deref().map_or(0, str::len))
-        .sum();
-    let mut arena: Vec<u8> = Vec::with_capacity(encoded / 4 * 3 + 3);
-    let spans: Vec<_> = ordered
-        .iter()
-        .map(|r| {
-            r.value
-                .as_deref()
-                .map(|v| crate::record::decode_base64_into(&mut arena, v))
-        })
-        .collect();
-    let arena = Bytes::from(arena);
+/// One record on its way into the batch, whichever reading produced it.
+struct Row<'a> {
+    topic: Cow<'a, str>,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    key: Option<Cow<'a, str>>,
+    headers_json: Option<String>,
+    /// The value's bytes in the batch buffer; `None` for a tombstone.
+    value: Option<Range<usize>>,
+}
 
-    let mut records = Vec::with_capacity(ordered.len());
+/// serde_json's reading: the authority on anything outside the plain subset.
+fn decode_parsed(event: KafkaEvent<'_>, mut arena: Vec<u8>) -> Result<Batch, KafkaDecodeError> {
+    let mut rows = Vec::new();
+    for mut list in event.records.into_values() {
+        list.sort_by_key(|r| r.offset);
+        rows.extend(list.into_iter().map(|r| {
+            Row {
+                value: r
+                    .value
+                    .as_deref()
+                    .map(|v| crate::record::decode_base64_into(&mut arena, v)),
+                topic: r.topic.0,
+                partition: r.partition,
+                offset: r.offset,
+                timestamp: r.timestamp,
+                key: r.key.map(|k| k.0),
+                headers_json: r.headers.0,
+            }
+        }));
+    }
+    assemble(rows, arena)
+}
+
+/// The plain-JSON reading, in the order serde_json's map gives: partitions by key, then
+/// offsets ascending (a stable sort, as on that path).
+fn decode_plain<'a>(event_json: &'a str, arena: &mut Vec<u8>) -> Result<Vec<Row<'a>>, Bail> {
+    let mut c = Cursor::new(event_json);
+    let (mut source, mut source_arn, mut servers, mut records) = (None, None, None, None);
+    c.object(|c, key| match key {
+        "eventSource" => set_once(&mut source, optional_string(c)?),
+        "eventSourceArn" => set_once(&mut source_arn, optional_string(c)?),
+        "bootstrapServers" => set_once(&mut servers, optional_string(c)?),
+        "records" => {
+            let mut partitions: Vec<(&str, Vec<Row<'_>>)> = Vec::new();
+            c.object(|c, partition_key| {
+                let mut rows = Vec::new();
+                c.array(|c| {
+                    rows.push(plain_record(c, arena)?);
+                    Ok(())
+                })?;
+                partitions.push((partition_key, rows));
+                Ok(())
+            })?;
+            set_once(&mut records, partitions)
+        }
+        _ => c.skip_value(),
+    })?;
+    c.end()?;
+    let mut partitions = records.unwrap_or_default();
+    partitions.sort_by(|a, b| a.0.cmp(b.0));
+    // A repeated partition key: serde_json's map keeps the last list; let it decide.
+    if partitions.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(Bail);
+    }
+    let mut rows = Vec::with_capacity(partitions.iter().map(|p| p.1.len()).sum());
+    for (_, mut list) in partitions {
+        list.sort_by_key(|r| r.offset);
+        rows.extend(list);
+    }
+    Ok(rows)
+}
+
+fn plain_record<'a>(c: &mut Cursor<'a>, arena: &mut Vec<u8>) -> Result<Row<'a>, Bail> {
+    let (mut topic, mut partition, mut offset, mut timestamp) = (None, None, None, None);
+    let (mut timestamp_type, mut key, mut value, mut headers) = (None, None, None, None);
+    c.object(|c, field| match field {
+        "topic" => set_once(&mut topic, c.string()?),
+        "partition" => set_once(&mut partition, integer::<i32>(c)?),
+        "offset" => set_once(&mut offset, integer::<i64>(c)?),
+        "timestamp" => {
+            let ms = if c.null() {
+                None
+            } else {
+                Some(integer::<i64>(c)?)
+            };
+            set_once(&mut timestamp, ms)
+        }
+        "timestampType" => set_once(&mut timestamp_type, optional_string(c)?),
+        "key" => set_once(&mut key, optional_string(c)?),
+        "value" => {
+            let span = if c.null() {
+                None
+            } else {
+                Some(base64_into(c, arena)?)
+            };
+            set_once(&mut value, span)
+        }
+        "headers" => set_once(&mut headers, plain_headers(c)?),
+        _ => c.skip_value(),
+    })?;
+    Ok(Row {
+        topic: Cow::Borrowed(topic.ok_or(Bail)?),
+        partition: partition.ok_or(Bail)?,
+        offset: offset.ok_or(Bail)?,
+        timestamp: timestamp.flatten(),
+        key: key.flatten().map(Cow::Borrowed),
+        headers_json: headers.flatten(),
+        value: value.flatten(),
+    })
+}
+
+/// `headers` as [`HeadersJson`] writes them: `[{"name":"base64"}]`, `None` when empty or null.
+fn plain_headers(c: &mut Cursor<'_>) -> Result<Option<String>, Bail> {
+    if c.null() {
+        return Ok(None);
+    }
+    let mut out = String::from("[");
+    let mut bytes = Vec::new();
+    c.array(|c| {
+        c.object(|c, name| {
+            bytes.clear();
+            c.array(|c| {
+                bytes.push(integer::<i8>(c)? as u8);
+                Ok(())
+            })?;
+            if out.len() > 1 {
+                out.push(',');
+            }
+            // A plain string holds no quote, backslash or control character: it is its JSON.
+            out.push_str("{\"");
+            out.push_str(name);
+            out.push_str("\":\"");
+            base64::engine::general_purpose::STANDARD.encode_string(&bytes, &mut out);
+            out.push_str("\"}");
+            Ok(())
+        })
+    })?;
+    if out.len() == 1 {
+        return Ok(None);
+    }
+    out.push(']');
+    Ok(Some(out))
+}
+
+/// The batch from records in order: units shared per topic-partition, offsets checked.
+fn assemble(rows: Vec<Row<'_>>, arena: Vec<u8>) -> Result<Batch, KafkaDecodeError> {
+    let arena = Bytes::from(arena);
+    let mut records = Vec::with_capacity(rows.len());
     let mut units: BTreeMap<(Cow<'_, str>, i32), Arc<SourceUnit>> = BTreeMap::new();
-    for (r, span) in ordered.into_iter().zip(spans) {
+    for r in rows {
         let offset = u64::try_from(r.offset).map_err(|_| KafkaDecodeError::NegativeOffset {
             topic: r.topic.to_string(),
             partition: r.partition,
         })?;
         let unit = units
-            .entry((r.topic.0.clone(), r.partition))
+            .entry((r.topic.clone(), r.partition))
             .or_insert_with(|| {
                 Arc::new(SourceUnit {
                     label: format!("{}/{}", r.topic, r.partition),
@@ -187,9 +327,9 @@ pub fn decode_event(event: KafkaEvent<'_>) -> Result<Batch, KafkaDecodeError> {
         records.push(SourceRecord {
             unit,
             position: Position::from_offset(offset),
-            data: span.map(|s| arena.slice(s)),
-            key: r.key.map(|k| k.0.into_owned()),
-            headers_json: r.headers.0,
+            data: r.value.map(|s| arena.slice(s)),
+            key: r.key.map(Cow::into_owned),
+            headers_json: r.headers_json,
             arrival_ms: r.timestamp,
             origin: Origin::Kafka {
                 timestamp: r.timestamp,
@@ -309,5 +449,218 @@ mod tests {
             failure_identifier(&unit, &Position::from_offset(42)),
             json!({"partition": "my-topic-1", "offset": 42})
         );
+    }
+
+    use crate::json_cursor::testing::{damaged, shuffle, Rng};
+
+    /// The plain cursor's reading, `None` where it gives up.
+    fn plain_reading(text: &str) -> Option<Result<String, String>> {
+        let mut arena = Vec::with_capacity(text.len());
+        let rows = decode_plain(text, &mut arena).ok()?;
+        Some(
+            assemble(rows, arena)
+                .map(|b| format!("{b:?}"))
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    /// serde_json's reading: the batch, or why it failed.
+    fn serde_reading(text: &str) -> Result<String, String> {
+        let event: KafkaEvent<'_> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        decode_parsed(event, Vec::new())
+            .map(|b| format!("{b:?}"))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whatever the cursor accepts, serde_json accepts and reads the same. Returns whether
+    /// the cursor accepted `text`.
+    fn agrees_with_serde_json(text: &str) -> bool {
+        match plain_reading(text) {
+            None => false,
+            Some(plain) => {
+                assert_eq!(plain, serde_reading(text), "event: {text}");
+                true
+            }
+        }
+    }
+
+    /// A Kafka event with random layout, field order, extra fields, nulls, escapes,
+    /// duplicates, numbers of every kind, odd headers and bad base64.
+    fn random_event(rng: &mut Rng) -> String {
+        let mut partitions = Vec::new();
+        let mut keys = shuffle(
+            rng,
+            ["my-topic-0", "my-topic-1", "t-0"].map(String::from).into(),
+        );
+        keys.truncate(rng.below(4));
+        if rng.below(10) == 0 && !keys.is_empty() {
+            keys.push(keys[0].clone());
+        }
+        for key in keys {
+            let mut list = Vec::new();
+            for _ in 0..rng.below(4) {
+                let mut fields = vec![
+                    format!(
+                        r#""topic":{}"#,
+                        rng.mostly(&[r#""my-topic""#, r#""my-topic""#, r#""t\"q""#, "null"])
+                    ),
+                    format!(
+                        r#""partition":{}"#,
+                        rng.mostly(&["0", "0", "1", "-0", "1.0", "2147483648", r#""0""#, "-1"])
+                    ),
+                    format!(
+                        r#""offset":{}"#,
+                        rng.mostly(&[
+                            "15",
+                            "16",
+                            "3",
+                            "15",
+                            "-1",
+                            "9223372036854775808",
+                            "1e2",
+                            "-0",
+                            "18446744073709551616",
+                        ])
+                    ),
+                    format!(
+                        r#""timestamp":{}"#,
+                        rng.mostly(&["1545084650987", "null", "-0", "1.5", "-3"])
+                    ),
+                    format!(
+                        r#""timestampType":{}"#,
+                        rng.mostly(&[r#""CREATE_TIME""#, "null", "0"])
+                    ),
+                    format!(
+                        r#""key":{}"#,
+                        rng.mostly(&[r#""a2V5""#, "null", r#""k\u0041""#, r#""ké""#])
+                    ),
+                    format!(
+                        r#""value":{}"#,
+                        rng.mostly(&[
+                            r#""eyJhIjoxfQ==""#,
+                            r#""eyJhIjoxfQ==""#,
+                            "null",
+                            r#""not base64!""#,
+                            "\"bad\tb64\"",
+                            r#""""#,
+                            "7",
+                        ])
+                    ),
+                    format!(
+                        r#""headers":{}"#,
+                        rng.mostly(&[
+                            "[]",
+                            "null",
+                            r#"[{"h":[104,-1]},{"h":[1]}]"#,
+                            r#"[{"h":[128]}]"#,
+                            r#"[{"h":[-0]}]"#,
+                            "[{}]",
+                            r#"[{"a":[1],"a":[2]}]"#,
+                            r#"{"h":[1]}"#,
+                            r#"[{"q\"x":[0]}]"#,
+                            r#"[{"h":[]}]"#,
+                            r#"[{"h":[1.0]}]"#,
+                            r#"[{"h":"x"}]"#,
+                        ])
+                    ),
+                    format!(
+                        r#""extra":{}"#,
+                        rng.mostly(&["[1,{\"a\":null}]", "\"x\"", "[1,]"])
+                    ),
+                ];
+                for _ in 0..rng.below(3) {
+                    if rng.below(3) == 0 {
+                        let at = rng.below(fields.len());
+                        fields.remove(at);
+                    }
+                }
+                if rng.below(8) == 0 && !fields.is_empty() {
+                    let again = fields[rng.below(fields.len())].clone();
+                    fields.push(again);
+                }
+                let sep = format!(",{}", rng.whitespace());
+                list.push(format!("{{{}}}", shuffle(rng, fields).join(&sep)));
+            }
+            partitions.push(format!(r#""{key}":[{}]"#, list.join(",")));
+        }
+        let mut top = vec![
+            format!(r#""records":{{{}}}"#, partitions.join(",")),
+            format!(
+                r#""eventSource":{}"#,
+                rng.mostly(&[r#""aws:kafka""#, r#""SelfManagedKafka""#, "null", "1"])
+            ),
+            r#""bootstrapServers":"b-1:9098,b-2:9098""#.to_owned(),
+        ];
+        if rng.below(3) == 0 {
+            top.push(r#""eventSourceArn":"arn:aws:kafka:us-east-1:1:cluster/c/1""#.to_owned());
+        }
+        if rng.below(8) == 0 {
+            top.push(r#""records":{}"#.to_owned());
+        }
+        let body = format!(
+            "{}{{{}}}{}",
+            rng.whitespace(),
+            shuffle(rng, top).join(","),
+            rng.whitespace()
+        );
+        match rng.below(12) {
+            0 => format!("{body},"),
+            1 => body.replacen(']', "", 1),
+            _ => body,
+        }
+    }
+
+    #[test]
+    fn the_plain_reading_agrees_with_serde_json_on_varied_events() {
+        // Given thousands of events, many plain, many with something unusual
+        let mut rng = Rng(0x00dd_ba11_5eed_0002);
+        let (mut accepted_with_records, mut bailed) = (0, 0);
+        for _ in 0..10_000 {
+            // When both readings are taken, then they agree wherever the cursor accepts
+            let event = random_event(&mut rng);
+            if agrees_with_serde_json(&event) {
+                // (counting those that hold a record)
+                accepted_with_records +=
+                    usize::from(event.contains("value\"") || event.contains("data\""));
+            } else {
+                bailed += 1;
+            }
+        }
+        // and both outcomes were exercised, with records
+        assert!(
+            accepted_with_records > 300 && bailed > 300,
+            "accepted {accepted_with_records} with records, bailed {bailed}"
+        );
+    }
+
+    #[test]
+    fn the_plain_reading_agrees_with_serde_json_on_damaged_events() {
+        // Given a plain two-partition event, damaged one byte at a time
+        let event = r#"{"eventSource":"aws:kafka","bootstrapServers":"b-1:9098","records":{
+            "t-1":[{"topic":"t","partition":1,"offset":3,"timestamp":1,"key":"a2V5","value":"e30=",
+                    "headers":[]}],
+            "t-0":[{"topic":"t","partition":0,"offset":16,"timestamp":1545084650988,
+                    "timestampType":"CREATE_TIME","key":null,"value":"eyJhIjoxfQ==",
+                    "headers":[{"h":[104,-1]},{"h":[1]}]},
+                   {"topic":"t","partition":0,"offset":15,"value":null,"headers":null}]}}"#;
+        assert!(agrees_with_serde_json(event));
+        // When both readings are taken, then they agree wherever the cursor accepts
+        let accepted = damaged(event)
+            .iter()
+            .filter(|d| agrees_with_serde_json(d))
+            .count();
+        assert!(accepted > 0);
+    }
+
+    #[test]
+    fn a_repeated_partition_key_is_read_by_serde_json() {
+        // Given a partition key twice (serde_json's map keeps the last list)
+        let event = r#"{"records":{"t-0":[{"topic":"t","partition":0,"offset":1,"value":"e30="}],
+            "t-0":[{"topic":"t","partition":0,"offset":2,"value":"e30="}]}}"#;
+        assert!(plain_reading(event).is_none());
+        // When decoded, then serde_json's reading stands
+        let batch = decode(event).unwrap();
+        assert_eq!(batch.records.len(), 1);
+        assert_eq!(batch.records[0].position.as_str(), "2");
     }
 }
