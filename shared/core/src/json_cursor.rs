@@ -292,6 +292,30 @@ pub(crate) mod testing {
         items
     }
 
+    /// Takes both readings of `n` generated events through `agrees` (which asserts they are
+    /// equal where the cursor accepts, and returns whether it did) and returns how many were
+    /// accepted while holding a record (text with `"<record_field>"`) and how many bailed.
+    pub(crate) fn differential_run(
+        seed: u64,
+        n: usize,
+        record_field: &str,
+        mut generate: impl FnMut(&mut Rng) -> String,
+        agrees: impl Fn(&str) -> bool,
+    ) -> (usize, usize) {
+        let mut rng = Rng(seed);
+        let field = format!("\"{record_field}\"");
+        let (mut accepted_with_records, mut bailed) = (0, 0);
+        for _ in 0..n {
+            let event = generate(&mut rng);
+            if agrees(&event) {
+                accepted_with_records += usize::from(event.contains(&field));
+            } else {
+                bailed += 1;
+            }
+        }
+        (accepted_with_records, bailed)
+    }
+
     /// ASCII `text` damaged one byte at a time: each byte dropped, replaced and preceded by
     /// each character JSON could notice.
     pub(crate) fn damaged(text: &str) -> Vec<String> {

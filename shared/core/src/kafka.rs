@@ -451,7 +451,7 @@ mod tests {
         );
     }
 
-    use crate::json_cursor::testing::{damaged, shuffle, Rng};
+    use crate::json_cursor::testing::{damaged, differential_run, shuffle, Rng};
 
     /// The plain cursor's reading, `None` where it gives up.
     fn plain_reading(text: &str) -> Option<Result<String, String>> {
@@ -612,20 +612,15 @@ mod tests {
 
     #[test]
     fn the_plain_reading_agrees_with_serde_json_on_varied_events() {
-        // Given thousands of events, many plain, many with something unusual
-        let mut rng = Rng(0x00dd_ba11_5eed_0002);
-        let (mut accepted_with_records, mut bailed) = (0, 0);
-        for _ in 0..10_000 {
-            // When both readings are taken, then they agree wherever the cursor accepts
-            let event = random_event(&mut rng);
-            if agrees_with_serde_json(&event) {
-                // (counting those that hold a record)
-                accepted_with_records +=
-                    usize::from(event.contains("value\"") || event.contains("data\""));
-            } else {
-                bailed += 1;
-            }
-        }
+        // Given thousands of events, many plain, many with something unusual, when both
+        // readings are taken, then they agree wherever the cursor accepts
+        let (accepted_with_records, bailed) = differential_run(
+            0x00dd_ba11_5eed_0002,
+            10_000,
+            "value",
+            random_event,
+            agrees_with_serde_json,
+        );
         // and both outcomes were exercised, with records
         assert!(
             accepted_with_records > 300 && bailed > 300,
