@@ -95,15 +95,10 @@ impl<'a> Cursor<'a> {
 
     /// `null`, consumed if it is next.
     pub(crate) fn null(&mut self) -> bool {
-        self.peek();
-        if self.bytes()[self.pos..].starts_with(b"null") {
-            self.pos += 4;
-            true
-        } else {
-            false
-        }
+        self.literal(b"null").is_ok()
     }
 
+    /// `word` (`true`, `false`, `null`), consumed if it is next.
     fn literal(&mut self, word: &[u8]) -> Result<(), Bail> {
         self.peek();
         if self.bytes()[self.pos..].starts_with(word) {

@@ -7,14 +7,12 @@ use crate::json_cursor::{base64_into, optional_string, set_once, Bail, Cursor};
 use crate::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
 use crate::text::JsonStr;
 use bytes::Bytes;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
 /// One record of the event as Lambda sends it (`{"Records":[…]}`), borrowed from the event
-/// text. Records are handled one by one as the parser reaches them (see [`decode`]).
+/// text: serde_json's reading, used when the plain cursor gives up (see [`decode`]).
 #[derive(Debug, Deserialize)]
 pub struct KinesisEventRecord<'a> {
     #[serde(borrow)]
@@ -55,7 +53,7 @@ impl crate::Classify for KinesisDecodeError {
 }
 
 /// Parses the event text and turns it into source-neutral records, in one pass: each record
-/// is handled as soon as the parser has read it, while its text is still in cache, and its
+/// is handled as soon as the cursor has read it, while its text is still in cache, and its
 /// base64 `data` is decoded straight into one buffer shared by the batch. Undecodable base64
 /// keeps `data` as the base64 text's bytes so the poison record still reaches the dead-letter
 /// queue unchanged.
@@ -143,18 +141,23 @@ fn plain_kinesis<'a>(
 }
 
 /// serde_json's reading of the event: the authority on anything outside the plain subset.
+/// Speed does not matter here (the cursor reads what Lambda sends), so it is plain serde.
 fn decode_with_serde(
     event_json: &str,
     builder: &mut BatchBuilder,
 ) -> Result<(), KinesisDecodeError> {
-    let mut de = serde_json::Deserializer::from_str(event_json);
-    let parsed = EventSeed(builder)
-        .deserialize(&mut de)
-        .and_then(|()| de.end());
-    if let Some(failure) = builder.failure.take() {
-        return Err(failure);
-    }
-    Ok(parsed?)
+    let event: KinesisEvent<'_> = serde_json::from_str(event_json)?;
+    event
+        .records
+        .iter()
+        .try_for_each(|record| builder.push_parsed(record))
+}
+
+/// The event as serde reads it: `{"Records":[…]}`.
+#[derive(Debug, Deserialize)]
+struct KinesisEvent<'a> {
+    #[serde(rename = "Records", borrow, default)]
+    records: Vec<KinesisEventRecord<'a>>,
 }
 
 /// The fields of `kinesis` the loader keeps, apart from `data`.
@@ -176,8 +179,6 @@ struct BatchBuilder {
     records: Vec<(SourceRecord, Range<usize>)>,
     /// A batch is one shard: the unit and the lineage strings are built once and shared.
     current: Option<(Arc<SourceUnit>, Arc<str>, Arc<str>)>,
-    /// Why decoding stopped, when the event parsed but a record did not make sense.
-    failure: Option<KinesisDecodeError>,
 }
 
 impl BatchBuilder {
@@ -188,7 +189,6 @@ impl BatchBuilder {
             arena: Vec::with_capacity(event_json.len() / 4 * 3 + 3),
             records: Vec::new(),
             current: None,
-            failure: None,
         }
     }
 
@@ -196,7 +196,6 @@ impl BatchBuilder {
         self.arena.clear();
         self.records.clear();
         self.current = None;
-        self.failure = None;
     }
 
     fn push(
@@ -279,61 +278,6 @@ impl BatchBuilder {
             })
             .collect();
         Batch { records }
-    }
-}
-
-/// The top-level object: `Records` is read record by record, other keys are skipped.
-struct EventSeed<'b>(&'b mut BatchBuilder);
-
-impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for EventSeed<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a Kinesis event object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut records_seen = false;
-        while let Some(key) = map.next_key::<JsonStr<'de>>()? {
-            if &*key != "Records" {
-                map.next_value::<IgnoredAny>()?;
-            } else if std::mem::replace(&mut records_seen, true) {
-                return Err(de::Error::duplicate_field("Records"));
-            } else {
-                map.next_value_seed(RecordsSeed(&mut *self.0))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-struct RecordsSeed<'b>(&'b mut BatchBuilder);
-
-impl<'de> DeserializeSeed<'de> for RecordsSeed<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for RecordsSeed<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a list of Kinesis records")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(record) = seq.next_element::<KinesisEventRecord<'de>>()? {
-            if let Err(failure) = self.0.push_parsed(&record) {
-                self.0.failure = Some(failure);
-                return Err(de::Error::custom("stopped at an invalid record"));
-            }
-        }
-        Ok(())
     }
 }
 
