@@ -1,9 +1,11 @@
 //! Dedup claims in DynamoDB: one item per `event_id`, written with conditional PutItem.
 //!
-//! Item: `pk` (the claim key: `ev:<event_id>` or `dl:<unit>:<position>`), `claim_owner`, `lease_until` (epoch ms), `object_key`,
-//! `expires_at` (epoch s, the table's TTL attribute). A refused claim comes back with the
-//! holder's item (`ReturnValuesOnConditionCheckFailure = ALL_OLD`), so a duplicate costs no
-//! second round trip.
+//! Item: `pk` (the claim key: `ev:<event_id>` or `dl:<unit>:<position>:<digest>`),
+//! `claim_owner`, `lease_until` (epoch ms), `object_key`, `expires_at` (epoch s, the table's
+//! TTL attribute). Every conditional write asks for the item it was refused by
+//! (`ReturnValuesOnConditionCheckFailure = ALL_OLD`): a duplicate costs no second round trip,
+//! and a write whose answer was lost, retried by the SDK, recognises its own earlier attempt
+//! in the item that refuses the retry.
 
 use crate::error::classify_sdk_error;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
@@ -105,7 +107,7 @@ impl DedupStore for DynamoDedup {
         }
     }
 
-    async fn take_over(&self, claim: &Claim, previous: &Claim) -> Result<bool, PortError> {
+    async fn take_over(&self, claim: &Claim, previous: &Claim) -> Result<ClaimAttempt, PortError> {
         let r = self
             .client
             .put_item()
@@ -119,12 +121,16 @@ impl DedupStore for DynamoDedup {
                 ":lease",
                 AttributeValue::N(previous.lease_until_ms.to_string()),
             )
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match r {
-            Ok(_) => Ok(true),
+            Ok(_) => Ok(ClaimAttempt::Claimed),
             Err(e) => match e.as_service_error() {
-                Some(PutItemError::ConditionalCheckFailedException(_)) => Ok(false),
+                Some(PutItemError::ConditionalCheckFailedException(c)) => match c.item() {
+                    Some(item) => Ok(ClaimAttempt::Held(claim_of(item)?)),
+                    None => Ok(ClaimAttempt::Absent),
+                },
                 _ => Err(classify_sdk_error("dynamodb PutItem", &e)),
             },
         }

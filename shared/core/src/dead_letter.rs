@@ -1,13 +1,78 @@
 //! The dead-letter message: what a person needs to understand and replay a poison record.
 //!
 //! Body: `{"reason","kind","source":{…},"data_base64"}`; a record too large for the queue
-//! carries `data_s3_key` instead of its bytes. `dedup_id` (unit and position) lets a consumer,
-//! or a FIFO queue, drop the copy a redelivered batch may send again.
+//! carries `data_s3_key` instead of its bytes. `dedup_id` (the record's [`poison_digest`])
+//! lets a consumer, or a FIFO queue, drop the copy a redelivered batch may send again.
 
 use crate::event::Poison;
-use crate::record::SourceRecord;
+use crate::record::{Origin, SourceRecord};
 use base64::Engine;
 use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// Hex characters of a poison digest: 128 bits, so two different records never share one.
+pub const POISON_DIGEST_HEX_CHARS: usize = 32;
+
+/// The identity of a poison record: where it came from (stream or cluster ARN, unit,
+/// position, the source's timestamp) and what it is (its bytes), as a hex SHA-256 prefix.
+///
+/// Coordinates alone are not unique: MSK and a self-managed cluster can feed one function
+/// with the same topic name, a re-created topic restarts its offsets, and long unit labels
+/// are cut in object keys. A redelivery of the same record yields the same digest.
+///
+/// ```
+/// use streamload_core::dead_letter::poison_digest;
+/// # use streamload_core::record::{Origin, Position, SourceRecord, SourceUnit};
+/// # let record = |data: &'static [u8]| SourceRecord {
+/// #     unit: std::sync::Arc::new(SourceUnit { label: "orders/0".into(), topic_partition: Some(("orders".into(), 0)) }),
+/// #     position: Position::from_offset(7),
+/// #     data: Some(bytes::Bytes::from_static(data)),
+/// #     key: None, headers_json: None, arrival_ms: None,
+/// #     origin: Origin::Kafka { cluster: "arn:aws:kafka:us-east-1:1:cluster/a/1".into(), timestamp: Some(1) },
+/// # };
+/// assert_eq!(poison_digest(&record(b"x")), poison_digest(&record(b"x")));
+/// assert_ne!(poison_digest(&record(b"x")), poison_digest(&record(b"y")));
+/// assert_eq!(poison_digest(&record(b"x")).len(), 32);
+/// ```
+pub fn poison_digest(record: &SourceRecord) -> String {
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    match &record.origin {
+        Origin::Kinesis {
+            stream_arn,
+            approximate_arrival,
+            ..
+        } => {
+            field(b"kinesis");
+            field(stream_arn.as_bytes());
+            field(
+                &approximate_arrival
+                    .map_or(u64::MAX, f64::to_bits)
+                    .to_be_bytes(),
+            );
+        }
+        Origin::Kafka { cluster, timestamp } => {
+            field(b"kafka");
+            field(cluster.as_bytes());
+            field(&timestamp.map_or(i64::MIN, |t| t).to_be_bytes());
+        }
+    }
+    field(record.unit.label.as_bytes());
+    field(record.position.as_str().as_bytes());
+    match &record.data {
+        Some(bytes) => field(bytes),
+        None => field(b"\xfftombstone"),
+    }
+    let digest = h.finalize();
+    let mut hex = String::with_capacity(POISON_DIGEST_HEX_CHARS);
+    for b in digest.iter().take(POISON_DIGEST_HEX_CHARS / 2) {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex
+}
 
 /// Where the raw bytes of a dead letter travel.
 #[derive(Debug, Clone, Copy)]
@@ -16,12 +81,18 @@ pub enum DeadLetterData<'a> {
     InObject(&'a str),
 }
 
-pub fn body(record: &SourceRecord, poison: &Poison, data: DeadLetterData<'_>) -> String {
+/// The message for `record`; `digest` is its [`poison_digest`].
+pub fn body(
+    record: &SourceRecord,
+    poison: &Poison,
+    digest: &str,
+    data: DeadLetterData<'_>,
+) -> String {
     let mut msg = json!({
         "reason": poison.reason,
         "kind": poison.kind.as_str(),
         "source": record.dead_letter_source(),
-        "dedup_id": format!("{}/{}", record.unit.label, record.position),
+        "dedup_id": digest,
     });
     match data {
         DeadLetterData::Inline => {
@@ -41,7 +112,7 @@ pub fn body(record: &SourceRecord, poison: &Poison, data: DeadLetterData<'_>) ->
 mod tests {
     use super::*;
     use crate::event::PoisonKind;
-    use crate::record::{Origin, Position, SourceUnit};
+    use crate::record::{Position, SourceUnit};
 
     #[test]
     fn carries_reason_kind_source_and_raw_bytes() {
@@ -65,20 +136,62 @@ mod tests {
             kind: PoisonKind::Decode,
             reason: "not UTF-8".into(),
         };
+        let digest = poison_digest(&record);
         let v: serde_json::Value =
-            serde_json::from_str(&body(&record, &poison, DeadLetterData::Inline)).unwrap();
+            serde_json::from_str(&body(&record, &poison, &digest, DeadLetterData::Inline)).unwrap();
         assert_eq!(v["kind"], "decode");
         assert_eq!(v["reason"], "not UTF-8");
         assert_eq!(v["source"]["sequence_number"], "7");
         assert_eq!(v["data_base64"], "/wB4");
-        assert_eq!(v["dedup_id"], "s/shard-1/7");
+        assert_eq!(v["dedup_id"], digest.as_str());
         let w: serde_json::Value = serde_json::from_str(&body(
             &record,
             &poison,
+            &digest,
             DeadLetterData::InObject("dl/k.bin"),
         ))
         .unwrap();
         assert_eq!(w["data_s3_key"], "dl/k.bin");
         assert!(w.get("data_base64").is_none());
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+    use crate::record::{Position, SourceUnit};
+    use std::sync::Arc;
+
+    fn kafka(cluster: &str, offset: u64, data: &'static [u8]) -> SourceRecord {
+        SourceRecord {
+            unit: Arc::new(SourceUnit {
+                label: "orders/0".into(),
+                topic_partition: Some(("orders".into(), 0)),
+            }),
+            position: Position::from_offset(offset),
+            data: Some(bytes::Bytes::from_static(data)),
+            key: None,
+            headers_json: None,
+            arrival_ms: Some(1),
+            origin: Origin::Kafka {
+                cluster: cluster.into(),
+                timestamp: Some(1),
+            },
+        }
+    }
+
+    #[test]
+    fn same_coordinates_on_two_clusters_or_with_other_bytes_are_two_poison_records() {
+        // Given the same topic, partition and offset on MSK and on a self-managed cluster
+        let msk = kafka("arn:aws:kafka:us-east-1:1:cluster/a/1", 7, b"bad");
+        let own = kafka("bootstrap:b1:9092", 7, b"bad");
+        // And a re-created topic whose offset 7 now holds other bytes
+        let recreated = kafka("arn:aws:kafka:us-east-1:1:cluster/a/1", 7, b"worse");
+        // Then each has its own identity, and a redelivery keeps its identity
+        let d = poison_digest(&msk);
+        assert_ne!(d, poison_digest(&own));
+        assert_ne!(d, poison_digest(&recreated));
+        assert_eq!(d, poison_digest(&msk.clone()));
+        assert!(d.bytes().all(|b| b.is_ascii_hexdigit()));
     }
 }

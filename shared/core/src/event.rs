@@ -44,6 +44,9 @@ pub enum PoisonKind {
     TooLarge,
     /// A Kafka record with a null value.
     Tombstone,
+    /// Valid JSON, but a sink refused it for a reason of its own: a constraint or column
+    /// type of the user's table, or a value the Parquet encoder cannot write.
+    Refused,
 }
 
 impl PoisonKind {
@@ -53,6 +56,7 @@ impl PoisonKind {
             PoisonKind::Validation => "validation",
             PoisonKind::TooLarge => "too_large",
             PoisonKind::Tombstone => "tombstone",
+            PoisonKind::Refused => "refused",
         }
     }
 }

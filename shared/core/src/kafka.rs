@@ -150,7 +150,7 @@ pub fn decode(event_json: &str) -> Result<Batch, KafkaDecodeError> {
     // reserved but untouched pages cost no memory.
     let mut arena = Vec::with_capacity(event_json.len() / 4 * 3 + 3);
     match decode_plain(event_json, &mut arena) {
-        Ok(rows) => assemble(rows, arena),
+        Ok((rows, cluster)) => assemble(rows, arena, cluster),
         Err(Bail) => {
             arena.clear();
             let event: KafkaEvent<'_> = serde_json::from_str(event_json)?;
@@ -173,6 +173,10 @@ struct Row<'a> {
 
 /// serde_json's reading: the authority on anything outside the plain subset.
 fn decode_parsed(event: KafkaEvent<'_>, mut arena: Vec<u8>) -> Result<Batch, KafkaDecodeError> {
+    let cluster = cluster_of(
+        event.event_source_arn.as_ref().map(|s| &*s.0),
+        event.bootstrap_servers.as_ref().map(|s| &*s.0),
+    );
     let mut rows = Vec::new();
     for mut list in event.records.into_values() {
         list.sort_by_key(|r| r.offset);
@@ -191,12 +195,26 @@ fn decode_parsed(event: KafkaEvent<'_>, mut arena: Vec<u8>) -> Result<Batch, Kaf
             }
         }));
     }
-    assemble(rows, arena)
+    assemble(rows, arena, cluster)
+}
+
+/// Which cluster the batch came from: the MSK cluster ARN, or `bootstrap:<servers>` for a
+/// self-managed cluster (its event carries no ARN). Part of a poison record's identity, so
+/// the same topic on two clusters never shares a dead-letter claim.
+fn cluster_of(event_source_arn: Option<&str>, bootstrap_servers: Option<&str>) -> Arc<str> {
+    match (event_source_arn, bootstrap_servers) {
+        (Some(arn), _) if !arn.is_empty() => Arc::from(arn),
+        (_, Some(servers)) => Arc::from(format!("bootstrap:{servers}")),
+        _ => Arc::from(""),
+    }
 }
 
 /// The plain-JSON reading, in the order serde_json's map gives: partitions by key, then
 /// offsets ascending (a stable sort, as on that path).
-fn decode_plain<'a>(event_json: &'a str, arena: &mut Vec<u8>) -> Result<Vec<Row<'a>>, Bail> {
+fn decode_plain<'a>(
+    event_json: &'a str,
+    arena: &mut Vec<u8>,
+) -> Result<(Vec<Row<'a>>, Arc<str>), Bail> {
     let mut c = Cursor::new(event_json);
     let (mut source, mut source_arn, mut servers, mut records) = (None, None, None, None);
     c.object(|c, key| match key {
@@ -230,7 +248,8 @@ fn decode_plain<'a>(event_json: &'a str, arena: &mut Vec<u8>) -> Result<Vec<Row<
         list.sort_by_key(|r| r.offset);
         rows.extend(list);
     }
-    Ok(rows)
+    let _ = source;
+    Ok((rows, cluster_of(source_arn.flatten(), servers.flatten())))
 }
 
 fn plain_record<'a>(c: &mut Cursor<'a>, arena: &mut Vec<u8>) -> Result<Row<'a>, Bail> {
@@ -306,7 +325,11 @@ fn plain_headers(c: &mut Cursor<'_>) -> Result<Option<String>, Bail> {
 }
 
 /// The batch from records in order: units shared per topic-partition, offsets checked.
-fn assemble(rows: Vec<Row<'_>>, arena: Vec<u8>) -> Result<Batch, KafkaDecodeError> {
+fn assemble(
+    rows: Vec<Row<'_>>,
+    arena: Vec<u8>,
+    cluster: Arc<str>,
+) -> Result<Batch, KafkaDecodeError> {
     let arena = Bytes::from(arena);
     let mut records = Vec::with_capacity(rows.len());
     let mut units: BTreeMap<(Cow<'_, str>, i32), Arc<SourceUnit>> = BTreeMap::new();
@@ -332,6 +355,7 @@ fn assemble(rows: Vec<Row<'_>>, arena: Vec<u8>) -> Result<Batch, KafkaDecodeErro
             headers_json: r.headers_json,
             arrival_ms: r.timestamp,
             origin: Origin::Kafka {
+                cluster: cluster.clone(),
                 timestamp: r.timestamp,
             },
         });
@@ -456,9 +480,9 @@ mod tests {
     /// The plain cursor's reading, `None` where it gives up.
     fn plain_reading(text: &str) -> Option<Result<String, String>> {
         let mut arena = Vec::with_capacity(text.len());
-        let rows = decode_plain(text, &mut arena).ok()?;
+        let (rows, cluster) = decode_plain(text, &mut arena).ok()?;
         Some(
-            assemble(rows, arena)
+            assemble(rows, arena, cluster)
                 .map(|b| format!("{b:?}"))
                 .map_err(|e| e.to_string()),
         )

@@ -6,9 +6,9 @@
 
 use crate::error::PortError;
 use crate::ports::{
-    Claim, ClaimAttempt, DeadLetters, DedupStore, ObjectSink, PutOutcome, Row, RowSink,
+    Claim, ClaimAttempt, DeadLetters, DedupStore, ObjectSink, PutOutcome, Refusal, Row, RowSink,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,14 +46,16 @@ impl DedupStore for MemoryDedup {
         &self,
         claim: &Claim,
         previous: &Claim,
-    ) -> impl Future<Output = Result<bool, PortError>> + Send {
+    ) -> impl Future<Output = Result<ClaimAttempt, PortError>> + Send {
         self.writes.fetch_add(1, Ordering::SeqCst);
         let mut claims = lock(&self.claims);
-        let r = if claims.get(&claim.key) == Some(previous) {
-            claims.insert(claim.key.clone(), claim.clone());
-            true
-        } else {
-            false
+        let r = match claims.get(&claim.key) {
+            Some(current) if current == previous => {
+                claims.insert(claim.key.clone(), claim.clone());
+                ClaimAttempt::Claimed
+            }
+            Some(current) => ClaimAttempt::Held(current.clone()),
+            None => ClaimAttempt::Absent,
         };
         std::future::ready(Ok(r))
     }
@@ -82,29 +84,46 @@ impl DedupStore for MemoryDedup {
 /// A stored row: (user_id, event_type, payload, created_at_us, times written).
 pub type StoredRow = (String, String, Option<String>, i64, u32);
 
-/// Rows by event id, counting how often each was written.
+/// Rows by event id, counting how often each was written. Rows whose `user_id` is in
+/// `refused_users` are refused, as a CHECK constraint on the real table would refuse them.
 #[derive(Default, Clone)]
 pub struct MemoryRows {
     pub rows: Arc<Mutex<BTreeMap<String, StoredRow>>>,
+    pub refused_users: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl RowSink for MemoryRows {
-    fn upsert(&self, rows: &[Row<'_>]) -> impl Future<Output = Result<(), PortError>> + Send {
+    fn upsert(
+        &self,
+        rows: &[Row<'_>],
+        _until_ms: i64,
+    ) -> impl Future<Output = Result<Vec<Refusal>, PortError>> + Send {
+        let refused_users = lock(&self.refused_users).clone();
         let mut stored = lock(&self.rows);
-        for r in rows {
-            let entry = stored.entry(r.event_id.to_owned()).or_insert_with(|| {
+        let mut refusals = Vec::new();
+        for (index, r) in rows.iter().enumerate() {
+            if refused_users.contains(r.user_id) {
+                refusals.push(Refusal {
+                    index,
+                    reason: "SQLSTATE 23514 (constraint memory_check)".into(),
+                });
+                continue;
+            }
+            // The whole row is replaced, as the real upsert does: the row and the event's
+            // Parquet copy always agree.
+            let writes = stored.get(r.event_id).map_or(0, |e| e.4);
+            stored.insert(
+                r.event_id.to_owned(),
                 (
                     r.user_id.to_owned(),
                     r.event_type.to_owned(),
-                    None,
+                    r.payload.map(str::to_owned),
                     r.created_at_us,
-                    0,
-                )
-            });
-            entry.2 = r.payload.map(str::to_owned);
-            entry.4 += 1;
+                    writes + 1,
+                ),
+            );
         }
-        std::future::ready(Ok(()))
+        std::future::ready(Ok(refusals))
     }
 }
 
@@ -153,7 +172,11 @@ impl Default for MemoryDeadLetters {
 }
 
 impl DeadLetters for MemoryDeadLetters {
-    fn send(&self, body: String) -> impl Future<Output = Result<(), PortError>> + Send {
+    fn send(
+        &self,
+        body: String,
+        _dedup_id: &str,
+    ) -> impl Future<Output = Result<(), PortError>> + Send {
         lock(&self.sent).push(body);
         std::future::ready(Ok(()))
     }
@@ -173,6 +196,8 @@ pub struct FaultSwitch {
     /// Calls reach the real adapter, then report an ambiguous error (the effect happened but
     /// the answer was lost).
     pub lose_answers: AtomicBool,
+    /// The next this-many calls reach the real adapter, then report an ambiguous error.
+    pub lose_next: AtomicUsize,
     /// The next call reaches the real adapter and then never returns: a crash right after
     /// the step. Later calls never return either.
     pub crash_after: AtomicBool,
@@ -219,7 +244,11 @@ impl FaultSwitch {
             self.crashed.store(true, Ordering::SeqCst);
             std::future::pending::<()>().await;
         }
-        if self.lose_answers.load(Ordering::SeqCst) {
+        let lose_one = self
+            .lose_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lose_one || self.lose_answers.load(Ordering::SeqCst) {
             return Err(PortError::ambiguous("injected lost answer"));
         }
         r
@@ -246,7 +275,7 @@ impl<T: DedupStore> DedupStore for Faulty<T> {
         self.switch.after(r).await
     }
 
-    async fn take_over(&self, claim: &Claim, previous: &Claim) -> Result<bool, PortError> {
+    async fn take_over(&self, claim: &Claim, previous: &Claim) -> Result<ClaimAttempt, PortError> {
         self.switch.before().await?;
         let r = self.inner.take_over(claim, previous).await;
         self.switch.after(r).await
@@ -265,9 +294,9 @@ impl<T: DedupStore> DedupStore for Faulty<T> {
 }
 
 impl<T: RowSink> RowSink for Faulty<T> {
-    async fn upsert(&self, rows: &[Row<'_>]) -> Result<(), PortError> {
+    async fn upsert(&self, rows: &[Row<'_>], until_ms: i64) -> Result<Vec<Refusal>, PortError> {
         self.switch.before().await?;
-        let r = self.inner.upsert(rows).await;
+        let r = self.inner.upsert(rows, until_ms).await;
         self.switch.after(r).await
     }
 }
@@ -292,9 +321,9 @@ impl<T: ObjectSink> ObjectSink for Faulty<T> {
 }
 
 impl<T: DeadLetters> DeadLetters for Faulty<T> {
-    async fn send(&self, body: String) -> Result<(), PortError> {
+    async fn send(&self, body: String, dedup_id: &str) -> Result<(), PortError> {
         self.switch.before().await?;
-        let r = self.inner.send(body).await;
+        let r = self.inner.send(body, dedup_id).await;
         self.switch.after(r).await
     }
 

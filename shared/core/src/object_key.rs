@@ -56,14 +56,33 @@ pub fn data_object_key(
     )
 }
 
-/// Where a record too large for the queue keeps its raw bytes.
-pub fn dead_letter_key(prefix: &str, unit_label: &str, position: &Position) -> String {
-    format!("{prefix}{}/{position}.bin", sanitize(unit_label))
+/// Where a record too large for the queue keeps its raw bytes. `digest` is the record's
+/// poison digest (hex): the unit label may be cut and coordinates repeat across clusters.
+pub fn dead_letter_key(
+    prefix: &str,
+    unit_label: &str,
+    position: &Position,
+    digest: &str,
+) -> String {
+    format!(
+        "{prefix}{}/{position}-{}.bin",
+        sanitize(unit_label),
+        sanitize(digest)
+    )
 }
 
 /// The archived dead-letter message of a poison record: proof that it was sent.
-pub fn dead_letter_message_key(prefix: &str, unit_label: &str, position: &Position) -> String {
-    format!("{prefix}{}/{position}.json", sanitize(unit_label))
+pub fn dead_letter_message_key(
+    prefix: &str,
+    unit_label: &str,
+    position: &Position,
+    digest: &str,
+) -> String {
+    format!(
+        "{prefix}{}/{position}-{}.json",
+        sanitize(unit_label),
+        sanitize(digest)
+    )
 }
 
 #[cfg(test)]

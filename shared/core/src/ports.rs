@@ -10,7 +10,8 @@ use std::future::Future;
 /// A dedup claim, as stored in the dedup table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
-    /// `ev:<event_id>` for an event, `dl:<unit>:<position>` for a poison record.
+    /// `ev:<event_id>` for an event, `dl:<unit>:<position>:<digest>` for a poison record
+    /// (see [`crate::pipeline::poison_claim_key`]).
     pub key: String,
     /// The invocation that holds the claim (its Lambda request id).
     pub owner: String,
@@ -32,6 +33,21 @@ pub enum ClaimAttempt {
     /// A live (unexpired) claim already exists; this is its content, returned by the failed
     /// conditional write itself (`ReturnValuesOnConditionCheckFailure = ALL_OLD`).
     Held(Claim),
+    /// The conditional write was refused and the key holds no item (a takeover whose claim
+    /// was released meanwhile).
+    Absent,
+}
+
+impl ClaimAttempt {
+    /// Whether `mine` holds the key after this answer: written now, or written by an earlier
+    /// attempt of the same call whose answer was lost (the item returned is our own).
+    pub fn is_mine(&self, mine: &Claim) -> bool {
+        match self {
+            ClaimAttempt::Claimed => true,
+            ClaimAttempt::Held(c) => c.owner == mine.owner && c.object_key == mine.object_key,
+            ClaimAttempt::Absent => false,
+        }
+    }
 }
 
 /// Dedup claims: DynamoDB in production.
@@ -45,12 +61,14 @@ pub trait DedupStore: Send + Sync {
     ) -> impl Future<Output = Result<ClaimAttempt, PortError>> + Send;
 
     /// Replaces `previous` (a claim of a dead owner) with `claim`, only if it is unchanged.
-    /// Returns false when someone else changed it first.
+    /// A refusal returns what the item holds now (`ReturnValuesOnConditionCheckFailure`), so
+    /// the caller can tell its own earlier, applied attempt (an SDK retry after a lost answer
+    /// meets it) from someone else's write.
     fn take_over(
         &self,
         claim: &Claim,
         previous: &Claim,
-    ) -> impl Future<Output = Result<bool, PortError>> + Send;
+    ) -> impl Future<Output = Result<ClaimAttempt, PortError>> + Send;
 
     /// Strongly consistent read of the claim on `key`, expired or not.
     fn read(&self, key: &str) -> impl Future<Output = Result<Option<Claim>, PortError>> + Send;
@@ -74,10 +92,28 @@ pub struct Row<'a> {
     pub created_at_us: i64,
 }
 
-/// The database: PostgreSQL in production. `upsert` is one transaction; rows have distinct
-/// event ids, and re-applying the same rows leaves one row per event id.
+/// A row the database refused for a reason that belongs to the row itself (a constraint, a
+/// value its column cannot hold): it can never load, and it must not hold back the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Index into the rows given to [`RowSink::upsert`].
+    pub index: usize,
+    /// The database's reason: SQLSTATE and the names of the objects involved, never values.
+    pub reason: String,
+}
+
+/// The database: PostgreSQL in production. `upsert` commits every row it does not refuse in
+/// one transaction; rows have distinct event ids, and re-applying the same rows leaves one
+/// row per event id.
 pub trait RowSink: Send + Sync {
-    fn upsert(&self, rows: &[Row<'_>]) -> impl Future<Output = Result<(), PortError>> + Send;
+    /// Upserts `rows`, returning the rows refused for reasons of their own (the rest are
+    /// committed). `until_ms` (epoch ms) bounds the call: a statement still running then is
+    /// cancelled and the call fails with an ambiguous error.
+    fn upsert(
+        &self,
+        rows: &[Row<'_>],
+        until_ms: i64,
+    ) -> impl Future<Output = Result<Vec<Refusal>, PortError>> + Send;
 }
 
 /// Whether a create-only put made the object or found it there already.
@@ -102,8 +138,13 @@ pub trait ObjectSink: Send + Sync {
 
 /// The dead-letter queue: SQS in production.
 pub trait DeadLetters: Send + Sync {
-    /// Sends one message body (JSON text).
-    fn send(&self, body: String) -> impl Future<Output = Result<(), PortError>> + Send;
+    /// Sends one message body (JSON text). `dedup_id` identifies the poison record (a FIFO
+    /// queue uses it as `MessageDeduplicationId`, so a resend after a lost answer is dropped).
+    fn send(
+        &self,
+        body: String,
+        dedup_id: &str,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
 
     /// Largest body the queue accepts, in bytes; larger records go to the object store.
     fn max_body_bytes(&self) -> usize;

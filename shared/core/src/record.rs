@@ -75,6 +75,8 @@ pub enum Origin {
         approximate_arrival: Option<f64>,
     },
     Kafka {
+        /// The MSK cluster ARN, or `bootstrap:<servers>` for a self-managed cluster.
+        cluster: Arc<str>,
         /// Milliseconds since the epoch.
         timestamp: Option<i64>,
     },
@@ -113,7 +115,7 @@ impl SourceRecord {
                 "partition_key": self.key,
                 "approximate_arrival": approximate_arrival,
             }),
-            Origin::Kafka { timestamp } => {
+            Origin::Kafka { cluster, timestamp } => {
                 let (topic, partition) = match &self.unit.topic_partition {
                     Some((t, p)) => (t.as_str(), Some(*p)),
                     None => (self.unit.label.as_str(), None),
@@ -130,6 +132,7 @@ impl SourceRecord {
                     .map(Into::into)
                     .unwrap_or_else(|_| self.position.as_str().into());
                 json!({
+                    "cluster": &**cluster,
                     "topic": topic,
                     "partition": partition,
                     "offset": offset,

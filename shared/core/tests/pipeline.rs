@@ -8,7 +8,10 @@ use streamload_core::memory::{
     FaultSwitch, Faulty, MemoryDeadLetters, MemoryDedup, MemoryObjects, MemoryRows,
 };
 use streamload_core::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
-use streamload_core::{FailureCause, Invocation, Pipeline, PipelineSettings, RecordOutcome};
+use streamload_core::retry::RetryPolicy;
+use streamload_core::{
+    FailureCause, Invocation, Pipeline, PipelineSettings, PoisonKind, RecordOutcome,
+};
 
 type TestPipeline = Pipeline<
     Faulty<MemoryDedup>,
@@ -52,6 +55,11 @@ impl Stack {
         let settings = PipelineSettings {
             lease_grace: Duration::from_millis(50),
             finish_margin: Duration::from_millis(200),
+            in_budget_retry: RetryPolicy {
+                max_attempts: 4,
+                initial_backoff: Duration::from_millis(5),
+                max_backoff: Duration::from_millis(20),
+            },
             ..PipelineSettings::default()
         };
         let p = Pipeline {
@@ -458,14 +466,15 @@ async fn crash_then_redeliver(arm: impl Fn(&Switches)) {
     let ids = ["a", "b", "c", "a", "d"];
     let mut batch = batch_of(&ids, 1);
     batch.records.push(record(99, Some(b"not json".to_vec())));
-    // Given a sandbox that dies at the armed point (its deadline is 400 ms away)
+    // Given a sandbox that dies at the armed point (its deadline is 1 s away; Lambda stops
+    // it after 300 ms, long before its own bounded calls would give up)
     let (p1, s1) = stack.pipeline();
     arm(&s1);
     let crashed = tokio::time::timeout(
         Duration::from_millis(300),
         p1.process(
             &batch,
-            &invocation("inv-crashed", Duration::from_millis(400)),
+            &invocation("inv-crashed", Duration::from_millis(1000)),
         ),
     )
     .await;
@@ -526,7 +535,7 @@ async fn a_dead_letter_repeats_only_when_the_sandbox_dies_between_send_and_archi
         Duration::from_millis(300),
         p1.process(
             &batch,
-            &invocation("inv-crashed", Duration::from_millis(400)),
+            &invocation("inv-crashed", Duration::from_millis(1000)),
         ),
     )
     .await;
@@ -550,4 +559,175 @@ async fn a_dead_letter_repeats_only_when_the_sandbox_dies_between_send_and_archi
         .filter(|k| k.ends_with(".json"))
         .count();
     assert_eq!(archives, 1);
+}
+
+#[tokio::test]
+async fn a_row_the_database_refuses_is_dead_lettered_and_the_rest_of_the_batch_loads() {
+    // Given a table that refuses one user's rows (as a CHECK constraint would)
+    let stack = Stack::new();
+    stack
+        .rows
+        .refused_users
+        .lock()
+        .unwrap()
+        .insert("u-b".into());
+    let (p, _) = stack.pipeline();
+    // When a batch with that user's event between two others is processed
+    let report = p
+        .process(
+            &batch_of(&["a", "b", "c"], 1),
+            &invocation("inv-1", Duration::from_secs(30)),
+        )
+        .await;
+    // Then the others load in this invocation and the refused one is dead-lettered, not failed
+    assert_eq!(
+        report.outcomes,
+        vec![
+            RecordOutcome::Loaded,
+            RecordOutcome::DeadLettered(PoisonKind::Refused),
+            RecordOutcome::Loaded
+        ]
+    );
+    assert!(report.failures.is_empty());
+    assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "c"]));
+    assert_eq!(stack.row_count(), 2);
+    let sent = stack.dead_letters.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    let msg: serde_json::Value = serde_json::from_str(&sent[0]).unwrap();
+    assert_eq!(msg["kind"], "refused");
+    assert!(msg["reason"].as_str().unwrap().contains("23514"), "{msg}");
+    // When the batch is delivered again, Then nothing more is loaded or queued
+    let (p2, _) = stack.pipeline();
+    let again = p2
+        .process(
+            &batch_of(&["a", "b", "c"], 1),
+            &invocation("inv-2", Duration::from_secs(30)),
+        )
+        .await;
+    assert!(
+        again
+            .outcomes
+            .iter()
+            .all(|o| *o == RecordOutcome::Duplicate),
+        "{:?}",
+        again.outcomes
+    );
+    assert_eq!(stack.dead_letters.sent.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_call_that_never_answers_is_cut_off_before_the_deadline() {
+    // Given an object store that never answers (a black-holed connection)
+    let stack = Stack::new();
+    let (p, s) = stack.pipeline();
+    s.objects.crash_before.store(true, Ordering::SeqCst);
+    let budget = Duration::from_millis(1500);
+    // When a batch is processed with 1.5 s left
+    let started = std::time::Instant::now();
+    let report = p
+        .process(&batch_of(&["a", "b"], 1), &invocation("inv-1", budget))
+        .await;
+    // Then the answer comes before the deadline, reporting the first record
+    assert!(started.elapsed() < budget, "{:?}", started.elapsed());
+    assert_eq!(report.failures.len(), 1);
+    assert_eq!(report.failures[0].1, Position::from_offset(1));
+    // And a redelivery after the lease loads each event once in both sinks
+    let (p2, _) = stack.pipeline();
+    let again = p2
+        .process(
+            &batch_of(&["a", "b"], 1),
+            &invocation("inv-2", Duration::from_secs(30)),
+        )
+        .await;
+    assert!(again.failures.is_empty(), "{:?}", again.outcomes);
+    assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "b"]));
+}
+
+#[tokio::test]
+async fn definite_failures_are_retried_inside_the_invocation() {
+    // Given a dedup store and an object store that each fail their next three calls
+    let stack = Stack::new();
+    let (p, s) = stack.pipeline();
+    s.dedup.fail_next.store(3, Ordering::SeqCst);
+    s.objects.fail_next.store(3, Ordering::SeqCst);
+    // When a batch is processed
+    let report = p
+        .process(
+            &batch_of(&["a", "b", "c"], 1),
+            &invocation("inv-1", Duration::from_secs(30)),
+        )
+        .await;
+    // Then it completes in this invocation
+    assert!(report.failures.is_empty(), "{:?}", report.outcomes);
+    assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "b", "c"]));
+}
+
+#[tokio::test]
+async fn a_claim_whose_answer_was_lost_is_recognised_by_its_retry() {
+    // Given claims whose first answer is lost after they landed
+    let stack = Stack::new();
+    let (p, s) = stack.pipeline();
+    s.dedup.lose_next.store(2, Ordering::SeqCst);
+    // When a batch is processed
+    let report = p
+        .process(
+            &batch_of(&["a", "b"], 1),
+            &invocation("inv-1", Duration::from_secs(30)),
+        )
+        .await;
+    // Then the retried conditional write meets its own claim and the batch loads
+    assert!(report.failures.is_empty(), "{:?}", report.outcomes);
+    assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "b"]));
+}
+
+#[tokio::test]
+async fn two_poison_records_at_the_same_coordinates_are_both_dead_lettered() {
+    // Given a poison record at position 5, then (a re-created stream) other poison bytes at 5
+    let stack = Stack::new();
+    for (attempt, bytes) in [
+        ("inv-1", &b"not json"[..]),
+        ("inv-2", &b"also not json"[..]),
+    ] {
+        let (p, _) = stack.pipeline();
+        let batch = Batch {
+            records: vec![record(5, Some(bytes.to_vec()))],
+        };
+        // When each is delivered
+        let r = p
+            .process(&batch, &invocation(attempt, Duration::from_secs(30)))
+            .await;
+        assert!(r.failures.is_empty(), "{:?}", r.outcomes);
+    }
+    // Then both reach the queue, each archived under its own key
+    assert_eq!(stack.dead_letters.sent.lock().unwrap().len(), 2);
+    let archives = stack
+        .objects
+        .objects
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|k| k.ends_with(".json"))
+        .count();
+    assert_eq!(archives, 2);
+}
+
+#[test]
+fn bisection_finds_each_row_the_encoder_refuses() {
+    use streamload_core::pipeline::isolate_refusals;
+    // Given an encoder that refuses members 3 and 11 of 16
+    let encode = |members: &[usize]| {
+        if members.iter().any(|m| *m == 3 || *m == 11) {
+            Err("value out of range")
+        } else {
+            Ok(vec![])
+        }
+    };
+    let members: Vec<usize> = (0..16).collect();
+    // When the refused members are isolated
+    let mut refused = Vec::new();
+    isolate_refusals(&members, &encode, &mut refused);
+    // Then exactly those two are named, with the encoder's reason
+    let named: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
+    assert_eq!(named, vec![3, 11]);
+    assert!(refused[0].1.contains("value out of range"));
 }

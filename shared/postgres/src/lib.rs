@@ -1,13 +1,21 @@
 //! The PostgreSQL row sink: one transaction per batch — binary COPY of the batch into a
 //! session temp table, then one `INSERT … SELECT … ON CONFLICT (event_id) DO UPDATE`.
 //!
+//! A row the database refuses for a reason of its own (SQLSTATE classes 22 and 23) does not
+//! fail the batch: the batch is bisected under savepoints until each refused row stands
+//! alone, and the rest commits (see [`upsert_isolating`]). Every call is bounded by the
+//! caller's deadline: the server's `statement_timeout` for a lock held elsewhere, the
+//! client's own timeout for a connection that went silent, TCP keepalives for a half-open one.
+//!
 //! The connection is opened lazily and kept across invocations; a broken one is dropped and
 //! reopened on the next attempt. Retries follow [`streamload_core::retry::SINK_RETRY`].
 
 use std::error::Error as _;
+use std::time::Duration;
 use streamload_core::error::PortError;
-use streamload_core::ports::{Row, RowSink};
-use streamload_core::retry::{retry, SINK_RETRY};
+use streamload_core::ports::{Refusal, Row, RowSink};
+use streamload_core::retry::SINK_RETRY;
+use streamload_core::Classify;
 use tokio::sync::Mutex;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
@@ -125,6 +133,29 @@ struct Session {
     upsert_sql: String,
 }
 
+/// Longest wait for a connection (TCP, TLS, authentication): an RDS instance answers in
+/// milliseconds, so a slower connect is a failover or a black hole.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// TCP keepalive: idle time before the first probe, the interval between probes and how
+/// many may go unanswered. A half-open connection (the database failed over, a NAT entry
+/// expired) is noticed in about 45 s instead of the kernel's two hours.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub const KEEPALIVE_RETRIES: u32 = 3;
+
+/// SQLSTATE classes that belong to one row, not to the batch: 22 (data exception: a value its
+/// column cannot hold, a jsonb text PostgreSQL will not store, a string too long) and 23
+/// (integrity constraint violation: CHECK, NOT NULL, a unique index other than the conflict
+/// target, a foreign key). Anything else fails the batch (see [`classify`]).
+const ROW_SQLSTATE_CLASSES: [&str; 2] = ["22", "23"];
+
+/// Whether `e` is a refusal of (one of) the rows rather than a failure of the call.
+fn refuses_a_row(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| ROW_SQLSTATE_CLASSES.iter().any(|k| c.code().starts_with(k)))
+}
+
 /// Rows into PostgreSQL.
 pub struct PgRows {
     config: Config,
@@ -133,7 +164,22 @@ pub struct PgRows {
 }
 
 impl PgRows {
-    pub fn new(config: Config, table: TableName) -> Self {
+    /// The sink over `config`, with a connect timeout, TCP keepalives and an
+    /// `application_name` unless the connection string sets them.
+    pub fn new(mut config: Config, table: TableName) -> Self {
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_RETRIES);
+        if config.get_application_name().is_none() {
+            let name = std::env::var("AWS_LAMBDA_FUNCTION_NAME")
+                .unwrap_or_else(|_| "streamload".to_owned());
+            config.application_name(&name);
+        }
         Self {
             config,
             table,
@@ -149,41 +195,140 @@ impl PgRows {
             }
         });
         client.batch_execute(STAGE_DDL).await?;
+        // The row and its Parquet copy always agree: a later load of the same event (after
+        // its claim expired, or a producer retry that took over a dead invocation's claim)
+        // replaces the whole row, as its object holds the whole event.
         let upsert_sql = format!(
             "INSERT INTO {t} (event_id, user_id, event_type, payload, created_at)
              SELECT event_id, user_id, event_type, payload, created_at FROM streamload_stage
-             ON CONFLICT (event_id) DO UPDATE SET payload = EXCLUDED.payload, updated_at = now()",
+             ON CONFLICT (event_id) DO UPDATE SET user_id = EXCLUDED.user_id,
+               event_type = EXCLUDED.event_type, payload = EXCLUDED.payload,
+               created_at = EXCLUDED.created_at, updated_at = now()",
             t = self.table.quoted()
         );
         Ok(Session { client, upsert_sql })
     }
 
-    async fn upsert_once(&self, rows: &[Row<'_>]) -> Result<(), PortError> {
+    async fn upsert_once(
+        &self,
+        rows: &[Row<'_>],
+        until_ms: i64,
+    ) -> Result<Vec<Refusal>, PortError> {
         let mut guard = self.session.lock().await;
         if guard.as_ref().is_some_and(|s| s.client.is_closed()) {
             *guard = None;
         }
+        let left = |until_ms: i64| Duration::from_millis((until_ms - epoch_ms()).max(1) as u64);
         if guard.is_none() {
-            *guard = Some(self.connect().await.map_err(|e| classify(&e))?);
+            let session = tokio::time::timeout(left(until_ms), self.connect())
+                .await
+                .map_err(|_| PortError::retryable("postgres: connect did not finish in time"))?
+                .map_err(|e| classify(&e))?;
+            *guard = Some(session);
         }
         let Some(session) = guard.as_mut() else {
             return Err(PortError::retryable("postgres: no session"));
         };
-        let result = copy_and_upsert(session, rows).await;
-        if let Err(e) = &result {
-            if session.client.is_closed() || e.code().is_none() {
+        // The server cancels a statement still running at `until_ms` (a lock held elsewhere);
+        // the client gives up shortly after (a black-holed connection, where the server's
+        // answer never arrives).
+        let result = tokio::time::timeout(
+            left(until_ms) + CLIENT_GRACE,
+            upsert_isolating(session, rows, until_ms),
+        )
+        .await;
+        match result {
+            Err(_) => {
+                // The connection is mid-transaction in an unknown state: never reuse it.
                 *guard = None;
+                Err(PortError::ambiguous(
+                    "postgres: no answer before the deadline (the commit may have happened)",
+                ))
             }
+            Ok(Err(e)) => {
+                if session.client.is_closed() || e.code().is_none() {
+                    *guard = None;
+                }
+                Err(classify(&e))
+            }
+            Ok(Ok(refused)) => Ok(refused),
         }
-        result.map_err(|e| classify(&e))
     }
 }
 
-async fn copy_and_upsert(
+/// How long the client waits past `until_ms` for the server's own statement timeout to answer.
+const CLIENT_GRACE: Duration = Duration::from_millis(250);
+
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One transaction for the whole batch. When the database refuses a row for a reason of the
+/// row's own, the batch is loaded again in one transaction that bisects it under savepoints
+/// until each refused row stands alone; every other row commits. The happy path costs
+/// nothing extra: one COPY, one upsert, one commit.
+async fn upsert_isolating(
     session: &mut Session,
     rows: &[Row<'_>],
+    until_ms: i64,
+) -> Result<Vec<Refusal>, tokio_postgres::Error> {
+    let timeout_sql = format!(
+        "SET LOCAL statement_timeout = {}",
+        (until_ms - epoch_ms()).max(1)
+    );
+    let first = {
+        let tx = session.client.transaction().await?;
+        tx.batch_execute(&timeout_sql).await?;
+        match copy_and_upsert(&tx, &session.upsert_sql, rows).await {
+            Ok(()) => tx.commit().await.map(|()| None),
+            Err(e) if refuses_a_row(&e) => Ok(Some(e)),
+            Err(e) => Err(e),
+        }
+    };
+    if first?.is_none() {
+        return Ok(Vec::new());
+    }
+
+    let mut tx = session.client.transaction().await?;
+    tx.batch_execute(&timeout_sql).await?;
+    let mut refused = Vec::new();
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::from([0..rows.len()]);
+    while let Some(range) = ranges.pop() {
+        let savepoint = tx.savepoint("streamload_rows").await?;
+        match copy_and_upsert(&savepoint, &session.upsert_sql, &rows[range.clone()]).await {
+            Ok(()) => {
+                savepoint.batch_execute("TRUNCATE streamload_stage").await?;
+                savepoint.commit().await?;
+            }
+            Err(e) if refuses_a_row(&e) => {
+                savepoint.rollback().await?;
+                if range.len() == 1 {
+                    refused.push(Refusal {
+                        index: range.start,
+                        reason: format!("the database refused the row: {}", describe(&e)),
+                    });
+                } else {
+                    let mid = range.start + range.len() / 2;
+                    ranges.push(mid..range.end);
+                    ranges.push(range.start..mid);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    tx.commit().await?;
+    refused.sort_by_key(|r| r.index);
+    Ok(refused)
+}
+
+async fn copy_and_upsert(
+    tx: &tokio_postgres::Transaction<'_>,
+    upsert_sql: &str,
+    rows: &[Row<'_>],
 ) -> Result<(), tokio_postgres::Error> {
-    let tx = session.client.transaction().await?;
     let sink = tx.copy_in(STAGE_COPY).await?;
     let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
     futures::pin_mut!(writer);
@@ -196,37 +341,42 @@ async fn copy_and_upsert(
             .await?;
     }
     writer.finish().await?;
-    tx.execute(session.upsert_sql.as_str(), &[]).await?;
-    tx.commit().await
+    tx.execute(upsert_sql, &[]).await?;
+    Ok(())
 }
 
-/// Connection problems, contention and resource shortages are retryable; anything else
-/// (a missing table, a permission) is permanent.
-fn classify(e: &tokio_postgres::Error) -> PortError {
-    // Server messages and their DETAIL lines can quote row values; log only the SQLSTATE and
-    // the names of the objects involved, never payload text.
-    let msg = match e.as_db_error() {
+/// What went wrong, naming only the SQLSTATE and the objects involved: server messages and
+/// their DETAIL lines can quote row values, so they are never used.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
         Some(db) => format!(
-            "postgres: SQLSTATE {} (table {:?}, column {:?}, constraint {:?})",
+            "SQLSTATE {} (table {:?}, column {:?}, constraint {:?})",
             db.code().code(),
             db.table().unwrap_or("-"),
             db.column().unwrap_or("-"),
             db.constraint().unwrap_or("-"),
         ),
-        None if e.is_closed() => "postgres: connection closed".to_owned(),
+        None if e.is_closed() => "connection closed".to_owned(),
         None => format!(
-            "postgres: client or connection error ({})",
+            "client or connection error ({})",
             e.source()
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| "no detail".into())
         ),
-    };
+    }
+}
+
+/// Connection problems, contention, resource shortages and a cancelled statement (the
+/// deadline's statement timeout) are retryable; anything else (a missing table, a
+/// permission) is permanent. A refused row never reaches here: it is a [`Refusal`].
+fn classify(e: &tokio_postgres::Error) -> PortError {
+    let msg = format!("postgres: {}", describe(e));
     match e.code() {
         None => PortError::retryable(msg),
         Some(c)
             if c.code().starts_with("08")
                 || c.code().starts_with("53")
-                || c.code().starts_with("57P") =>
+                || c.code().starts_with("57") =>
         {
             PortError::retryable(msg)
         }
@@ -242,11 +392,25 @@ fn classify(e: &tokio_postgres::Error) -> PortError {
 }
 
 impl RowSink for PgRows {
-    async fn upsert(&self, rows: &[Row<'_>]) -> Result<(), PortError> {
+    async fn upsert(&self, rows: &[Row<'_>], until_ms: i64) -> Result<Vec<Refusal>, PortError> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        retry(SINK_RETRY, || self.upsert_once(rows)).await
+        let mut attempt = 1;
+        loop {
+            match self.upsert_once(rows, until_ms).await {
+                Ok(refused) => return Ok(refused),
+                Err(e) if e.is_retryable() && attempt < SINK_RETRY.max_attempts => {
+                    let pause = SINK_RETRY.backoff(attempt);
+                    if epoch_ms() + pause.as_millis() as i64 >= until_ms {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

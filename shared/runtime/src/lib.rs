@@ -61,6 +61,15 @@ pub async fn start() -> Result<AwsPipeline, StartError> {
 /// Builds the AWS pipeline for `config`.
 pub async fn build_pipeline(config: &Config) -> Result<AwsPipeline, StartError> {
     let sdk = streamload_aws::sdk_config().await;
+    build_pipeline_with(config, &sdk).await
+}
+
+/// [`build_pipeline`] over a given SDK configuration (tests point it at a fault proxy).
+pub async fn build_pipeline_with(
+    config: &Config,
+    sdk: &aws_config::SdkConfig,
+) -> Result<AwsPipeline, StartError> {
+    let sdk = sdk.clone();
     let pg_config: tokio_postgres::Config = match &config.database {
         DatabaseSource::Url(url) => url.parse().map_err(|_| ConfigError::Invalid {
             name: "DATABASE_URL",
@@ -82,10 +91,10 @@ pub async fn build_pipeline(config: &Config) -> Result<AwsPipeline, StartError> 
         why: e.to_string(),
     })?;
     Ok(Pipeline {
-        dedup: DynamoDedup::new(aws_sdk_dynamodb::Client::new(&sdk), &config.dedup_table),
+        dedup: DynamoDedup::new(streamload_aws::dynamodb_client(&sdk), &config.dedup_table),
         rows: PgRows::new(pg_config, table),
         objects: S3Objects::new(streamload_aws::s3_client(&sdk), &config.output_bucket),
-        dead_letters: SqsDeadLetters::new(aws_sdk_sqs::Client::new(&sdk), &config.dlq_url),
+        dead_letters: SqsDeadLetters::new(streamload_aws::sqs_client(&sdk), &config.dlq_url),
         settings: PipelineSettings {
             max_record_bytes: config.max_record_bytes,
             dedup_ttl_s: config.dedup_ttl_seconds,
