@@ -137,7 +137,7 @@ async fn main() {
             .collect();
         for times_out in [&mut copy_new, &mut copy_update] {
             let t = Instant::now();
-            sink.upsert(&rows).await.unwrap();
+            sink.upsert(&rows, i64::MAX / 2).await.unwrap();
             times_out.push(t.elapsed());
         }
         let ids: Vec<String> = (0..ROWS).map(|i| format!("unnest-{run}-{i}")).collect();

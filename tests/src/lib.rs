@@ -2,6 +2,7 @@
 //! table, S3 bucket and SQS queue on the real local stack (`make test` starts it and exports
 //! its addresses), so tests run in parallel without colliding.
 
+pub mod fault_proxy;
 pub mod proxy;
 pub mod runtime_api;
 

@@ -40,15 +40,30 @@ async fn dedup_claims_are_conditional_and_return_the_holder() {
             .unwrap(),
         ClaimAttempt::Claimed
     );
-    // A takeover from a stale view of the holder fails; from the current one it succeeds
-    assert!(!dedup
-        .take_over(&claim("c", now + 500), &claim("a", now + 100))
-        .await
-        .unwrap());
-    assert!(dedup
+    // A takeover from a stale view of the holder is refused with the current holder
+    assert_eq!(
+        dedup
+            .take_over(&claim("c", now + 500), &claim("a", now + 100))
+            .await
+            .unwrap(),
+        ClaimAttempt::Held(claim("b", now + 500))
+    );
+    // From the current one it succeeds
+    assert_eq!(
+        dedup
+            .take_over(&claim("c", now + 500), &claim("b", now + 500))
+            .await
+            .unwrap(),
+        ClaimAttempt::Claimed
+    );
+    // When the same takeover is sent again (an SDK retry after a lost answer), Then it is
+    // refused with our own claim, which the pipeline recognises as ours
+    let again = dedup
         .take_over(&claim("c", now + 500), &claim("b", now + 500))
         .await
-        .unwrap());
+        .unwrap();
+    assert_eq!(again, ClaimAttempt::Held(claim("c", now + 500)));
+    assert!(again.is_mine(&claim("c", now + 500)));
     // A release by someone else leaves the claim; by the holder it removes it
     dedup.release("ev:evt-1", "b").await.unwrap();
     assert_eq!(
@@ -92,7 +107,6 @@ async fn objects_are_created_once_and_never_overwritten() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_errors_name_the_constraint_but_never_the_row() {
     use streamload_core::ports::{Row, RowSink};
-    use streamload_core::Classify;
     // Given a table whose check constraint rejects a user, and a row carrying that user
     let stack = TestStack::new("pgerr", false).await;
     stack
@@ -114,20 +128,19 @@ async fn database_errors_name_the_constraint_but_never_the_row() {
         created_at_us: 0,
     };
     // When it is upserted
-    let err = sink
-        .upsert(&[row])
+    let refused = sink
+        .upsert(&[row], now_ms() + 10_000)
         .await
-        .expect_err("the constraint rejects it");
-    // Then the error is permanent and names the constraint, and no row value reaches the message
-    assert!(!err.is_retryable());
+        .expect("a refused row is an answer, not a failed call");
+    // Then the row is refused with a reason naming the constraint, and no row value
+    assert_eq!(refused.len(), 1);
+    let reason = &refused[0].reason;
     assert!(
-        err.message.contains("23514") && err.message.contains("no_secret_user"),
-        "{}",
-        err.message
+        reason.contains("23514") && reason.contains("no_secret_user"),
+        "{reason}"
     );
     assert!(
-        !err.message.contains("secret-user-42") && !err.message.contains("4111"),
-        "{}",
-        err.message
+        !reason.contains("secret-user-42") && !reason.contains("4111"),
+        "{reason}"
     );
 }

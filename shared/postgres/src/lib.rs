@@ -295,7 +295,8 @@ async fn upsert_isolating(
     let mut tx = session.client.transaction().await?;
     tx.batch_execute(&timeout_sql).await?;
     let mut refused = Vec::new();
-    let mut ranges: Vec<std::ops::Range<usize>> = Vec::from([0..rows.len()]);
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    ranges.push(0..rows.len());
     while let Some(range) = ranges.pop() {
         let savepoint = tx.savepoint("streamload_rows").await?;
         match copy_and_upsert(&savepoint, &session.upsert_sql, &rows[range.clone()]).await {
