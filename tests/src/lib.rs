@@ -175,6 +175,22 @@ impl TestStack {
         p
     }
 
+    /// The real pipeline reaching the AWS endpoint through `proxy`: faults on the wire, below
+    /// the SDK, so its own retries meet them.
+    pub async fn pipeline_via(&self, proxy: &fault_proxy::FaultProxy) -> AwsPipeline {
+        let sdk = streamload_aws::sdk_config_with_endpoint(Some(&proxy.endpoint())).await;
+        let mut p = streamload_runtime::build_pipeline_with(&self.config, &sdk)
+            .await
+            .expect("pipeline");
+        p.settings.lease_grace = Duration::from_millis(200);
+        p
+    }
+
+    /// A fault proxy in front of this stack's AWS endpoint.
+    pub async fn fault_proxy(&self) -> fault_proxy::FaultProxy {
+        fault_proxy::FaultProxy::start(&env("AWS_ENDPOINT_URL")).await
+    }
+
     /// The real pipeline with a fault switch in front of each adapter.
     pub async fn faulty_pipeline(&self) -> (FaultyPipeline, Switches) {
         let p = self.pipeline().await;
