@@ -41,3 +41,4 @@ for round in 1 2 3; do
 done
 
 cargo bench -p streamload-tests --bench load
+cargo bench -p streamload-tests --bench faults

@@ -41,8 +41,9 @@ pub struct PipelineSettings {
     pub dead_letter_prefix: String,
     /// Conditional writes in flight at once.
     pub claim_concurrency: usize,
-    /// Added to the invocation deadline to form a claim's lease: covers clock skew between
-    /// hosts and a request already on the wire when the sandbox froze.
+    /// Added to the invocation's cutoff (deadline − finish margin) to form a claim's lease:
+    /// covers clock skew between hosts and a write already on the wire when its call was cut
+    /// off.
     pub lease_grace: Duration,
     /// No new step starts later than this before the deadline; the rest is reported failed.
     pub finish_margin: Duration,
@@ -204,7 +205,10 @@ impl Work<'_> {
         Some(Claim {
             key: slot.claim_key.clone()?,
             owner: self.inv.attempt_id.clone(),
-            lease_until_ms: self.inv.deadline_ms + settings.lease_grace.as_millis() as i64,
+            // Every write that can make the claim's object appear is bounded by the cutoff
+            // (see `bounded`), so the holder is certainly done writing by then: the lease
+            // ends a grace period after the cutoff, not after the deadline.
+            lease_until_ms: self.cutoff_ms(settings) + settings.lease_grace.as_millis() as i64,
             object_key: slot.object_key.clone()?,
             expires_at_s: now_ms() / 1000 + settings.dedup_ttl_s,
         })
