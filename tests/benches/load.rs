@@ -191,4 +191,46 @@ async fn main() {
             n.as_secs_f64() / d.as_secs_f64()
         );
     }
+
+    // 2c. Refused rows: the same 10,000-row batch with 0, 1, 10 and 100 rows a CHECK
+    // constraint refuses. 0 is the happy path (one COPY, one upsert); the others pay a
+    // rollback and a bisecting transaction under savepoints.
+    pg.batch_execute(
+        "ALTER TABLE events ADD CONSTRAINT bench_no_banned CHECK (user_id <> 'banned')",
+    )
+    .await
+    .unwrap();
+    println!("postgres upsert with refused rows, {ROWS} new rows per batch (median of 3):");
+    for refused in [0usize, 1, 10, 100] {
+        let mut times = Vec::new();
+        for run in 0..3 {
+            let ids: Vec<String> = (0..ROWS)
+                .map(|i| format!("refuse-{refused}-{run}-{i}"))
+                .collect();
+            let rows: Vec<Row<'_>> = ids
+                .iter()
+                .zip(&payloads)
+                .enumerate()
+                .map(|(i, (id, p))| Row {
+                    event_id: id,
+                    user_id: if refused > 0 && i % (ROWS / refused) == ROWS / refused / 2 {
+                        "banned"
+                    } else {
+                        "user-1"
+                    },
+                    event_type: "page_view",
+                    payload: Some(p),
+                    created_at_us: 1_714_557_600_000_000,
+                })
+                .collect();
+            let t = Instant::now();
+            let out = sink.upsert(&rows, i64::MAX / 2).await.unwrap();
+            times.push(t.elapsed());
+            assert_eq!(out.len(), refused);
+        }
+        println!(
+            "  {refused:>3} refused: {:>8.1} ms",
+            median(times).as_secs_f64() * 1e3
+        );
+    }
 }

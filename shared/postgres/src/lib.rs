@@ -277,7 +277,7 @@ async fn upsert_isolating(
 ) -> Result<Vec<Refusal>, tokio_postgres::Error> {
     let timeout_sql = format!(
         "SET LOCAL statement_timeout = {}",
-        (until_ms - epoch_ms()).max(1)
+        (until_ms - epoch_ms()).clamp(1, i64::from(i32::MAX))
     );
     let first = {
         let tx = session.client.transaction().await?;
