@@ -600,7 +600,10 @@ where
                         maybe_landed.remove(&i);
                         refused.push((i, old));
                     }
-                    Ok(ClaimAttempt::Absent) if matches!(step, Step::Claim) => {
+                    // No item at all (a takeover whose holder released it meanwhile): an
+                    // ordinary claim decides next round.
+                    Ok(ClaimAttempt::Absent) => {
+                        maybe_landed.remove(&i);
                         retry.push((i, Step::Claim));
                     }
                     Ok(_) => {
@@ -616,6 +619,8 @@ where
                         cause.insert(i, FailureCause::Dedup);
                         if e.is_retryable() {
                             retry.push((i, step));
+                        } else {
+                            work.fail(i, FailureCause::Dedup);
                         }
                     }
                 }
@@ -633,7 +638,10 @@ where
                         cause.insert(i, FailureCause::ObjectStore);
                         retry.push((i, Step::Judge(old)));
                     }
-                    Existing::Takeover(old) => pending.push((i, Step::Takeover(old))),
+                    Existing::Takeover(old) => {
+                        cause.insert(i, FailureCause::Contended);
+                        pending.push((i, Step::Takeover(old)));
+                    }
                     Existing::Wait(old) => {
                         // A dead holder's lease ending within our budget is cheaper to wait
                         // for here than to spend one of the mapping's retry attempts on.
