@@ -14,7 +14,6 @@
 use std::time::{Duration, Instant};
 use streamload_core::kinesis::decode;
 use streamload_core::retry::RetryPolicy;
-use streamload_core::RecordOutcome;
 use streamload_tests::fault_proxy::{Fault, Rule};
 use streamload_tests::*;
 
@@ -70,37 +69,12 @@ async fn trial(rate: f64, rounds: bool) -> Trial {
         };
     }
     let (records, expected) = batch_records();
-    let mut from = 0;
-    let mut invocations = 0;
-    let mut first_share = 0.0;
-    let mut first_wall = Duration::ZERO;
-    while from < records.len() {
-        invocations += 1;
-        assert!(invocations <= 200, "no progress");
-        let b = decode(&kinesis_event(&records[from..])).unwrap();
-        let started = Instant::now();
-        let r = p
-            .process(
-                &b,
-                &invocation(&format!("inv-{invocations}"), Duration::from_secs(60)),
-            )
-            .await;
-        let done = r
-            .outcomes
-            .iter()
-            .take_while(|o| !matches!(o, RecordOutcome::Failed(_)))
-            .count();
-        if invocations == 1 {
-            first_share = done as f64 / records.len() as f64;
-            first_wall = started.elapsed();
-        }
-        from += done;
-    }
+    let run = deliver_until_done(&p, &records, Duration::from_secs(60), 200).await;
     stack.assert_each_once_in_both_sinks(&expected).await;
     Trial {
-        first_share,
-        invocations,
-        first_wall,
+        first_share: run.first_completed as f64 / records.len() as f64,
+        invocations: run.invocations,
+        first_wall: run.first_wall,
     }
 }
 

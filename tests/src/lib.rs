@@ -368,6 +368,82 @@ pub fn kinesis_event(records: &[(u64, Vec<u8>)]) -> String {
     serde_json::json!({ "Records": recs }).to_string()
 }
 
+/// A decoded Kinesis batch over `records` of (sequence number, data bytes).
+pub fn kinesis_batch(records: &[(u64, Vec<u8>)]) -> streamload_core::Batch {
+    streamload_core::kinesis::decode(&kinesis_event(records)).expect("a Kinesis event")
+}
+
+/// A valid producer event `id` at sequence `seq`, user `user-<id>`.
+pub fn plain_event(seq: u64, id: &str) -> (u64, Vec<u8>) {
+    (seq, event_json(id, &format!("user-{id}"), r#"{"n":1}"#))
+}
+
+/// `v` sorted and deduplicated, as the sinks are compared.
+pub fn sorted_ids(v: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// How one shard's range went when Lambda delivered it, then redelivered from the lowest
+/// reported record, until nothing was reported.
+#[derive(Debug, Clone, Copy)]
+pub struct Redeliveries {
+    pub invocations: usize,
+    /// Records before the first reported one in the first invocation.
+    pub first_completed: usize,
+    pub first_wall: Duration,
+}
+
+/// Delivers the Kinesis `records` (one shard) as the event-source mapping does with a
+/// partial-batch response: the whole range, then from the lowest reported record on. Panics
+/// after `max_invocations` without finishing.
+pub async fn deliver_until_done<D, R, O, Q>(
+    pipeline: &Pipeline<D, R, O, Q>,
+    records: &[(u64, Vec<u8>)],
+    budget: Duration,
+    max_invocations: usize,
+) -> Redeliveries
+where
+    D: streamload_core::ports::DedupStore,
+    R: streamload_core::ports::RowSink,
+    O: streamload_core::ports::ObjectSink,
+    Q: streamload_core::ports::DeadLetters,
+{
+    let mut from = 0;
+    let mut out = Redeliveries {
+        invocations: 0,
+        first_completed: 0,
+        first_wall: Duration::ZERO,
+    };
+    while from < records.len() {
+        out.invocations += 1;
+        assert!(
+            out.invocations <= max_invocations,
+            "no progress after {max_invocations} invocations"
+        );
+        let started = std::time::Instant::now();
+        let report = pipeline
+            .process(
+                &kinesis_batch(&records[from..]),
+                &invocation(&format!("inv-{}", out.invocations), budget),
+            )
+            .await;
+        let done = report
+            .outcomes
+            .iter()
+            .take_while(|o| !matches!(o, streamload_core::RecordOutcome::Failed(_)))
+            .count();
+        if out.invocations == 1 {
+            out.first_completed = done;
+            out.first_wall = started.elapsed();
+        }
+        from += done;
+    }
+    out
+}
+
 /// The Kinesis sequence number `kinesis_event` gives offset `n`.
 pub fn seq(n: u64) -> String {
     format!("4959033827149025660855969253836157109592157598913{n:07}")

@@ -4,26 +4,12 @@
 //! SDK's own retries meet the fault), a table locked elsewhere, and a FIFO dead-letter queue.
 
 use std::time::{Duration, Instant};
-use streamload_core::kinesis::decode;
 use streamload_core::ports::{Claim, DedupStore};
 use streamload_core::{FailureCause, PoisonKind, RecordOutcome};
 use streamload_tests::fault_proxy::{Fault, Rule};
 use streamload_tests::*;
 
-fn ids(v: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v.dedup();
-    v
-}
-
-fn batch(records: &[(u64, Vec<u8>)]) -> streamload_core::Batch {
-    decode(&kinesis_event(records)).unwrap()
-}
-
-fn plain(seq: u64, id: &str) -> (u64, Vec<u8>) {
-    (seq, event_json(id, &format!("user-{id}"), r#"{"n":1}"#))
-}
+use streamload_tests::{kinesis_batch as batch, plain_event as plain, sorted_ids as ids};
 
 fn raw(seq: u64, json: &str) -> (u64, Vec<u8>) {
     (seq, json.as_bytes().to_vec())
@@ -375,29 +361,8 @@ async fn sustained_throttling_keeps_exactly_once_and_most_of_the_batch_in_one_in
         .map(String::as_str)
         .collect::<Vec<_>>());
     // When Lambda delivers it, resuming from the reported record each time
-    let mut from = 0;
-    let mut invocations = 0;
-    let mut first_completed = 0;
-    while from < records.len() {
-        invocations += 1;
-        assert!(invocations <= 10, "no progress after 10 invocations");
-        let b = batch(&records[from..]);
-        let r = p
-            .process(
-                &b,
-                &invocation(&format!("inv-{invocations}"), Duration::from_secs(30)),
-            )
-            .await;
-        let done = r
-            .outcomes
-            .iter()
-            .take_while(|o| !matches!(o, RecordOutcome::Failed(_)))
-            .count();
-        if invocations == 1 {
-            first_completed = done;
-        }
-        from += done;
-    }
+    let run = deliver_until_done(&p, &records, Duration::from_secs(30), 10).await;
+    let (first_completed, invocations) = (run.first_completed, run.invocations);
     // Then every event is once in both sinks, and the first invocation did most of the work
     stack.assert_each_once_in_both_sinks(&expected).await;
     eprintln!(

@@ -2,25 +2,12 @@
 //! SQS). Each test reads Given / When / Then and checks both sinks.
 
 use std::time::Duration;
-use streamload_core::kinesis::{decode, failure_identifier};
+use streamload_core::kinesis::failure_identifier;
 use streamload_core::RecordOutcome;
 use streamload_runtime::run_batch;
 use streamload_tests::*;
 
-fn ids(v: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v.dedup();
-    v
-}
-
-fn batch(records: &[(u64, Vec<u8>)]) -> streamload_core::Batch {
-    decode(&kinesis_event(records)).unwrap()
-}
-
-fn plain(seq: u64, id: &str) -> (u64, Vec<u8>) {
-    (seq, event_json(id, &format!("user-{id}"), r#"{"n":1}"#))
-}
+use streamload_tests::{kinesis_batch as batch, plain_event as plain, sorted_ids as ids};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_batch_then_redelivery_then_producer_retry_load_each_event_once() {
