@@ -107,10 +107,7 @@ pub fn dynamodb_client(config: &SdkConfig) -> aws_sdk_dynamodb::Client {
 
 /// The SQS client of the dead letters.
 pub fn sqs_client(config: &SdkConfig) -> aws_sdk_sqs::Client {
-    let b = aws_sdk_sqs::config::Builder::from(config).retry_partition(
-        aws_sdk_sqs::config::retry::RetryPartition::custom("streamload-sqs")
-            .token_bucket(aws_sdk_sqs::config::retry::TokenBucket::unlimited())
-            .build(),
-    );
+    let b = aws_sdk_sqs::config::Builder::from(config)
+        .retry_partition(retry_partition("streamload-sqs"));
     aws_sdk_sqs::Client::from_conf(b.build())
 }

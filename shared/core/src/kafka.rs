@@ -248,7 +248,6 @@ fn decode_plain<'a>(
         list.sort_by_key(|r| r.offset);
         rows.extend(list);
     }
-    let _ = source;
     Ok((rows, cluster_of(source_arn.flatten(), servers.flatten())))
 }
 
