@@ -22,7 +22,7 @@ mod secrets;
 
 pub use dedup::DynamoDedup;
 pub use error::{classify_sdk_error, AwsError};
-pub use objects::S3Objects;
+pub use objects::{read_object, S3Objects, MAX_CONFIG_OBJECT_BYTES};
 pub use queue::{SqsDeadLetters, SQS_MAX_MESSAGE_BYTES};
 pub use secrets::{database_secret, DatabaseSecret};
 

@@ -67,3 +67,36 @@ impl ObjectSink for S3Objects {
         }
     }
 }
+
+/// Longest configuration object read at start-up: a route file is a few kilobytes; anything
+/// this large is a wrong URI.
+pub const MAX_CONFIG_OBJECT_BYTES: usize = 1024 * 1024;
+
+/// Reads a small object whole (the route configuration at start-up). An error names the
+/// bucket and key, never the content.
+pub async fn read_object(client: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
+    let out = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| {
+            let p = classify_sdk_error("s3 GetObject", &e);
+            format!("s3://{bucket}/{key}: {}", p.message)
+        })?;
+    if out
+        .content_length()
+        .is_some_and(|n| n as usize > MAX_CONFIG_OBJECT_BYTES)
+    {
+        return Err(format!(
+            "s3://{bucket}/{key}: over {MAX_CONFIG_OBJECT_BYTES} bytes"
+        ));
+    }
+    let bytes = out
+        .body
+        .collect()
+        .await
+        .map_err(|_| format!("s3://{bucket}/{key}: the body could not be read"))?;
+    Ok(bytes.into_bytes().to_vec())
+}

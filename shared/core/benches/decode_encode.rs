@@ -8,7 +8,8 @@ use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use streamload_core::encode::{encode_parquet, ParquetRow};
-use streamload_core::event::{validate, Event, DEFAULT_MAX_RECORD_BYTES};
+use streamload_core::event::DEFAULT_MAX_RECORD_BYTES;
+use streamload_core::route::{Mapped, Routes};
 use streamload_core::record::Batch;
 use streamload_core::source::{EventSource, Kafka, Kinesis};
 
@@ -92,36 +93,114 @@ where
     to_parquet(&valid_events(&batch), &batch)
 }
 
-/// Every record of the batch validated (all are valid in this bench), into a list sized for
-/// the batch as the pipeline's is.
-fn valid_events(batch: &Batch) -> Vec<Event> {
-    let mut events = Vec::with_capacity(batch.records.len());
-    for r in &batch.records {
-        if let Some(event) = r
-            .data
-            .as_ref()
-            .and_then(|d| validate(d, DEFAULT_MAX_RECORD_BYTES).ok())
-        {
-            events.push(event);
-        }
-    }
-    events
+/// The built-in events route (the first release's contract), compiled once as at start-up.
+fn builtin() -> &'static Routes {
+    static ROUTES: std::sync::OnceLock<Routes> = std::sync::OnceLock::new();
+    ROUTES.get_or_init(|| Routes::builtin("events", "events/").unwrap())
 }
 
-/// Arrow + Parquet for validated events (every record of the bench batch is valid).
-fn to_parquet(events: &[Event], batch: &Batch) -> usize {
+/// Every record of the batch mapped by `routes` (all are valid in this bench), into a list
+/// sized for the batch as the pipeline's is.
+fn mapped(routes: &Routes, batch: &Batch) -> Vec<Mapped> {
+    let mut out = Vec::with_capacity(batch.records.len());
+    for m in routes
+        .map_batch(&batch.records, DEFAULT_MAX_RECORD_BYTES)
+        .into_iter()
+        .flatten()
+    {
+        out.push(m);
+    }
+    out
+}
+
+fn valid_events(batch: &Batch) -> Vec<Mapped> {
+    mapped(builtin(), batch)
+}
+
+/// Arrow + Parquet for mapped records (every record of the bench batch is valid).
+fn to_parquet(events: &[Mapped], batch: &Batch) -> usize {
+    parquet_of(builtin(), events, batch)
+}
+
+fn parquet_of(routes: &Routes, events: &[Mapped], batch: &Batch) -> usize {
     let rows: Vec<ParquetRow<'_>> = events
         .iter()
         .zip(&batch.records)
         .map(|(e, r)| ParquetRow {
-            event: e,
+            values: &e.values,
             source_unit: &r.unit.label,
             source_position: r.position.as_str(),
             source_key: r.key.as_deref(),
             source_headers: r.headers_json.as_deref(),
         })
         .collect();
-    encode_parquet(&rows, 1_714_557_600_000_000).unwrap().len()
+    encode_parquet(routes.get(0), &rows, 1_714_557_600_000_000)
+        .unwrap()
+        .len()
+}
+
+/// A 20-column route with nested pointers and every kind of type, as a team's own events
+/// look (the issue's benchmark shape).
+const WIDE_ROUTE: &str = r#"{"route": [{
+    "name": "orders", "source": "*", "table": "orders", "event_time": "/placed_at",
+    "identity": ["/order_id", "/revision"], "key": ["order_id"], "merge": {"newest_by": "revision"},
+    "column": [
+      {"name": "order_id", "from": "/order_id", "type": "text", "required": true},
+      {"name": "revision", "from": "/revision", "type": "integer", "required": true},
+      {"name": "placed_at", "from": "/placed_at", "type": "timestamptz", "unit": "ms", "required": true},
+      {"name": "updated", "from": "/meta/updated", "type": "timestamptz"},
+      {"name": "customer_id", "from": "/customer/id", "type": "uuid"},
+      {"name": "customer_tier", "from": "/customer/tier", "type": "text"},
+      {"name": "country", "from": "/customer/address/country", "type": "text"},
+      {"name": "city", "from": "/customer/address/city", "type": "text"},
+      {"name": "total", "from": "/amount/total", "type": "numeric", "precision": 12, "scale": 2},
+      {"name": "tax", "from": "/amount/tax", "type": "numeric", "precision": 12, "scale": 2},
+      {"name": "currency", "from": "/amount/currency", "type": "text"},
+      {"name": "items", "from": "/items", "type": "jsonb"},
+      {"name": "first_sku", "from": "/items/0/sku", "type": "text"},
+      {"name": "item_count", "from": "/item_count", "type": "integer"},
+      {"name": "weight", "from": "/shipping/weight_kg", "type": "double"},
+      {"name": "express", "from": "/shipping/express", "type": "boolean"},
+      {"name": "ship_by", "from": "/shipping/ship_by", "type": "date"},
+      {"name": "channel", "from": "/channel", "type": "text"},
+      {"name": "sequence", "from": "/sequence", "type": "bigint"},
+      {"name": "partition_key", "from": "@partition_key", "type": "text"}
+    ]}]}"#;
+
+fn wide_routes() -> &'static Routes {
+    static ROUTES: std::sync::OnceLock<Routes> = std::sync::OnceLock::new();
+    ROUTES.get_or_init(|| Routes::compile(&serde_json::from_str(WIDE_ROUTE).unwrap()).unwrap())
+}
+
+fn wide_record(i: usize) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "order_id": format!("ord-{i:08}"),
+        "revision": i % 7,
+        "placed_at": 1_714_557_600_000i64 + i as i64 * 37,
+        "meta": {"updated": "2024-05-01T10:00:00.123Z", "producer": "checkout-svc", "trace": format!("{i:032x}")},
+        "customer": {
+            "id": format!("6f9619ff-8b86-d011-b42d-{:012x}", i),
+            "tier": (["gold", "silver", "bronze"])[i % 3],
+            "address": {"country": (["DE", "FR", "US", "JP"])[i % 4], "city": (["Berlin", "Paris", "Austin", "Osaka"])[i % 4], "zip": "10115"}
+        },
+        "amount": {"total": format!("{}.{:02}", 10 + i % 500, i % 100), "tax": "1.90", "currency": "EUR"},
+        "items": [{"sku": format!("SKU-{}", i % 97), "qty": 1 + i % 3, "price": "9.95"},
+                  {"sku": "SKU-7", "qty": 1, "price": "4.50"}],
+        "item_count": 2,
+        "shipping": {"weight_kg": 1.25 + (i % 10) as f64, "express": i % 5 == 0, "ship_by": "2024-05-03"},
+        "channel": (["web", "app", "store"])[i % 3],
+        "sequence": 1_000_000_000_000i64 + i as i64,
+        "notes": "leave at the door, ring twice"
+    }))
+    .unwrap()
+}
+
+/// The wide route's path from the Kinesis event: decode, map 20 columns, Arrow and Parquet.
+fn wide_shipped(event: &str) -> usize {
+    let batch = Kinesis::decode(event).unwrap();
+    let events = mapped(wide_routes(), &batch);
+    assert_eq!(events.len(), batch.records.len());
+    parquet_of(wide_routes(), &events, &batch)
 }
 
 /// Naive: a serde_json::Value tree per record, fields cloned out, default Parquet settings.
@@ -248,6 +327,15 @@ fn bench(c: &mut Criterion) {
         json_bytes,
         cpu_median(runs, || naive(&records)),
     );
+    let wide: Vec<Vec<u8>> = (0..RECORDS).map(wide_record).collect();
+    let wide_json: usize = wide.iter().map(Vec::len).sum();
+    let wide_event = kinesis_event_json(&wide);
+    cpu_report(
+        "wide route 10k (20 cols): event -> parquet",
+        wide_event.len(),
+        wide_json,
+        cpu_median(runs, || wide_shipped(&wide_event)),
+    );
     cpu_report(
         &format!("kinesis 6 MB cap ({} records)", capped.len()),
         capped_event.len(),
@@ -263,6 +351,9 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("kafka_event_to_parquet", |b| {
         b.iter(|| shipped::<Kafka>(black_box(kafka.as_bytes())))
+    });
+    g.bench_function("wide_route_20_columns_event_to_parquet", |b| {
+        b.iter(|| wide_shipped(black_box(&wide_event)))
     });
     g.bench_function("naive_value_tree_baseline", |b| {
         b.iter(|| naive(black_box(&records)))

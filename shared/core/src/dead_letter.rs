@@ -28,7 +28,7 @@ pub const POISON_DIGEST_HEX_CHARS: usize = 32;
 /// #     position: Position::from_offset(7),
 /// #     data: Some(bytes::Bytes::from_static(data)),
 /// #     key: None, headers_json: None, arrival_ms: None,
-/// #     origin: Origin::Kafka { cluster: "arn:aws:kafka:us-east-1:1:cluster/a/1".into(), timestamp: Some(1) },
+/// #     origin: Origin::Kafka { cluster: "arn:aws:kafka:us-east-1:1:cluster/a/1".into(), timestamp: Some(1), value_schema_id: None },
 /// # };
 /// assert_eq!(poison_digest(&record(b"x")), poison_digest(&record(b"x")));
 /// assert_ne!(poison_digest(&record(b"x")), poison_digest(&record(b"y")));
@@ -54,7 +54,9 @@ pub fn poison_digest(record: &SourceRecord) -> String {
                     .to_be_bytes(),
             );
         }
-        Origin::Kafka { cluster, timestamp } => {
+        Origin::Kafka {
+            cluster, timestamp, ..
+        } => {
             field(b"kafka");
             field(cluster.as_bytes());
             field(&timestamp.map_or(i64::MIN, |t| t).to_be_bytes());
@@ -176,6 +178,7 @@ mod identity_tests {
             origin: Origin::Kafka {
                 cluster: cluster.into(),
                 timestamp: Some(1),
+                value_schema_id: None,
             },
         }
     }

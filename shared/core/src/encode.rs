@@ -1,24 +1,21 @@
-//! Pure Parquet encoding of loaded events: Arrow arrays in, Parquet bytes out. The I/O that
+//! Pure Parquet encoding of mapped records: typed values in, Parquet bytes out, by the
+//! route's schema and writer properties (built once, see [`crate::route`]). The I/O that
 //! stores the bytes lives in the S3 adapter.
 
-use crate::event::Event;
-use arrow_array::builder::{StringBuilder, TimestampMicrosecondBuilder};
+use crate::route::{value::uuid_text, ColumnType, Route, Value};
+use arrow_array::builder::{
+    BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int32Builder,
+    Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-/// zstd level 1: most of the size win of higher levels at several times the speed, which is
-/// what a per-batch Lambda cares about.
-const ZSTD_LEVEL: i32 = 1;
-
-/// One row of a Parquet object: the event and where it came from.
+/// One row of a Parquet object: the mapped values and where the record came from.
 #[derive(Debug, Clone, Copy)]
 pub struct ParquetRow<'a> {
-    pub event: &'a Event,
+    /// One value per route column.
+    pub values: &'a [Value],
     /// `stream/shard` or `topic/partition`.
     pub source_unit: &'a str,
     /// Sequence number or offset.
@@ -35,6 +32,8 @@ pub enum EncodeError {
     Arrow(#[from] arrow_schema::ArrowError),
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
+    #[error("column {0:?} got a value of another type")]
+    Mismatch(String),
 }
 
 impl crate::Classify for EncodeError {
@@ -43,135 +42,224 @@ impl crate::Classify for EncodeError {
     }
 }
 
-/// The columns of every Parquet object streamload writes.
-pub fn schema() -> SchemaRef {
-    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    SCHEMA
-        .get_or_init(|| {
-            let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-            Arc::new(Schema::new(vec![
-                Field::new("event_id", DataType::Utf8, false),
-                Field::new("user_id", DataType::Utf8, false),
-                Field::new("event_type", DataType::Utf8, false),
-                Field::new("payload", DataType::Utf8, true),
-                Field::new("created_at", ts.clone(), false),
-                Field::new("source", DataType::Utf8, true),
-                Field::new("version", DataType::Utf8, true),
-                Field::new("source_unit", DataType::Utf8, false),
-                Field::new("source_position", DataType::Utf8, false),
-                Field::new("source_key", DataType::Utf8, true),
-                Field::new("source_headers", DataType::Utf8, true),
-                Field::new("ingested_at", ts, false),
-            ]))
-        })
-        .clone()
-}
-
-/// Encodes `rows` as one zstd-compressed Parquet file.
+/// Encodes `rows` of `route` as one zstd-compressed Parquet file.
+///
+/// ```
+/// use streamload_core::encode::{encode_parquet, ParquetRow};
+/// use streamload_core::route::{Routes, Value};
+/// let routes = Routes::builtin("events", "events/").unwrap();
+/// let values = [
+///     Value::Text("e1".into()), Value::Text("u1".into()), Value::Text("click".into()),
+///     Value::Null, Value::Timestamp(1_700_000_000_000_000), Value::Null, Value::Null,
+/// ];
+/// let row = ParquetRow { values: &values, source_unit: "s/shard-0", source_position: "1",
+///                        source_key: None, source_headers: None };
+/// let bytes = encode_parquet(routes.get(0), &[row], 1_700_000_001_000_000).unwrap();
+/// assert_eq!(&bytes[..4], b"PAR1");
+/// ```
 pub fn encode_parquet(
+    route: &Route,
     rows: &[ParquetRow<'_>],
     ingested_at_us: i64,
 ) -> Result<Vec<u8>, EncodeError> {
     let n = rows.len();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(route.columns.len() + 5);
+    let mismatch = |i: usize| EncodeError::Mismatch(route.columns[i].name.clone());
+    for (i, c) in route.columns.iter().enumerate() {
+        let values = rows.iter().map(|r| &r.values[i]);
+        let array: ArrayRef = match c.ty {
+            ColumnType::Text | ColumnType::Jsonb => {
+                let bytes = rows.iter().map(|r| text_len(&r.values[i])).sum();
+                let mut b = StringBuilder::with_capacity(n, bytes);
+                for v in values {
+                    match v {
+                        Value::Text(t) | Value::Json(t) => b.append_value(t),
+                        Value::Null => b.append_null(),
+                        _ => return Err(mismatch(i)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Uuid => {
+                let mut b = StringBuilder::with_capacity(n, n * 36);
+                for v in values {
+                    match v {
+                        Value::Uuid(u) => b.append_value(uuid_text(u)),
+                        Value::Null => b.append_null(),
+                        _ => return Err(mismatch(i)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Numeric {
+                precision: Some(p),
+                scale,
+            } => {
+                let mut b = Decimal128Builder::with_capacity(n)
+                    .with_precision_and_scale(p, scale.unwrap_or(0) as i8)?;
+                for v in values {
+                    match v {
+                        Value::Numeric {
+                            unscaled: Some(u), ..
+                        } => b.append_value(*u),
+                        Value::Null => b.append_null(),
+                        _ => return Err(mismatch(i)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Numeric { .. } => {
+                let mut b = StringBuilder::with_capacity(n, n * 8);
+                for v in values {
+                    match v {
+                        Value::Numeric { text, .. } => b.append_value(text),
+                        Value::Null => b.append_null(),
+                        _ => return Err(mismatch(i)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Integer => {
+                let mut b = Int32Builder::with_capacity(n);
+                for v in values {
+                    match v {
+                        Value::Int(x) => {
+                            b.append_value(i32::try_from(*x).map_err(|_| mismatch(i))?)
+                        }
+                        Value::Null => b.append_null(),
+                        _ => return Err(mismatch(i)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Bigint => {
+                let mut b = Int64Builder::with_capacity(n);
+                for v in values {
+                    match v {
+                        Value::Int(x) => b.append_value(*x),
+                        Value::Null => b.append_null(),
+                        _ => return Err(mismatch(i)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Double => {
+                let mut b = Float64Builder::with_capacity(n);
+                for v in values {
+                    match v {
+                        Value::Double(x) => b.append_value(*x),
+                        Value::Null => b.append_null(),
+                        _ => return Err(mismatch(i)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Boolean => {
+                let mut b = BooleanBuilder::with_capacity(n);
+                for v in values {
+                    match v {
+                        Value::Bool(x) => b.append_value(*x),
+                        Value::Null => b.append_null(),
+                        _ => return Err(mismatch(i)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Timestamptz { .. } => {
+                let mut b = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+                for v in values {
+                    match v {
+                        Value::Timestamp(x) => b.append_value(*x),
+                        Value::Null => b.append_null(),
+                        _ => return Err(mismatch(i)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Date => {
+                let mut b = Date32Builder::with_capacity(n);
+                for v in values {
+                    match v {
+                        Value::Date(x) => b.append_value(*x),
+                        Value::Null => b.append_null(),
+                        _ => return Err(mismatch(i)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+        };
+        columns.push(array);
+    }
+
     let text_bytes = |f: fn(&ParquetRow<'_>) -> usize| rows.iter().map(f).sum::<usize>();
-    let mut event_id = StringBuilder::with_capacity(n, text_bytes(|r| r.event.event_id.len()));
-    let mut user_id = StringBuilder::with_capacity(n, text_bytes(|r| r.event.user_id.len()));
-    let mut event_type = StringBuilder::with_capacity(n, text_bytes(|r| r.event.event_type.len()));
-    let mut payload = StringBuilder::with_capacity(
-        n,
-        text_bytes(|r| r.event.payload.as_ref().map_or(0, |p| p.len())),
-    );
-    let mut created_at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut source = StringBuilder::new();
-    let mut version = StringBuilder::new();
     let mut source_unit = StringBuilder::with_capacity(n, text_bytes(|r| r.source_unit.len()));
     let mut source_position =
         StringBuilder::with_capacity(n, text_bytes(|r| r.source_position.len()));
     let mut source_key = StringBuilder::new();
     let mut source_headers = StringBuilder::new();
     let mut ingested_at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-
     for r in rows {
-        event_id.append_value(&r.event.event_id);
-        user_id.append_value(&r.event.user_id);
-        event_type.append_value(&r.event.event_type);
-        payload.append_option(r.event.payload.as_deref());
-        created_at.append_value(r.event.created_at_us);
-        source.append_option(r.event.source.as_deref());
-        version.append_option(r.event.version.as_deref());
         source_unit.append_value(r.source_unit);
         source_position.append_value(r.source_position);
         source_key.append_option(r.source_key);
         source_headers.append_option(r.source_headers);
         ingested_at.append_value(ingested_at_us);
     }
+    columns.push(Arc::new(source_unit.finish()));
+    columns.push(Arc::new(source_position.finish()));
+    columns.push(Arc::new(source_key.finish()));
+    columns.push(Arc::new(source_headers.finish()));
+    columns.push(Arc::new(ingested_at.finish()));
 
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(event_id.finish()),
-        Arc::new(user_id.finish()),
-        Arc::new(event_type.finish()),
-        Arc::new(payload.finish()),
-        Arc::new(created_at.finish()),
-        Arc::new(source.finish()),
-        Arc::new(version.finish()),
-        Arc::new(source_unit.finish()),
-        Arc::new(source_position.finish()),
-        Arc::new(source_key.finish()),
-        Arc::new(source_headers.finish()),
-        Arc::new(ingested_at.finish()),
-    ];
-    let batch = RecordBatch::try_new(schema(), columns)?;
-    let mut out =
-        Vec::with_capacity(text_bytes(|r| r.event.payload.as_ref().map_or(64, |p| p.len())) / 3);
-    let mut writer = ArrowWriter::try_new(&mut out, schema(), Some(writer_properties()?))?;
+    let schema = route.lake_schema().clone();
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    let raw: usize = rows
+        .iter()
+        .map(|r| r.values.iter().map(text_len).sum::<usize>() + 64)
+        .sum();
+    let mut out = Vec::with_capacity(raw / 3);
+    let mut writer = ArrowWriter::try_new(&mut out, schema, Some(route.lake_properties().clone()))?;
     writer.write(&batch)?;
     writer.close()?;
     Ok(out)
 }
 
-/// Dictionary encoding only where values repeat (users, types, sources, the unit); unique
-/// columns skip the dictionary attempt. Min/max statistics only on columns a query filters
-/// on (ids, types, times, source); payload, headers, key and position (decimal text, whose
-/// text order is not numeric order) skip the comparison pass.
-fn writer_properties() -> Result<WriterProperties, EncodeError> {
-    let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
-        .set_dictionary_enabled(false);
-    for repeated in ["user_id", "event_type", "source", "version", "source_unit"] {
-        b = b.set_column_dictionary_enabled(ColumnPath::from(repeated), true);
+fn text_len(v: &Value) -> usize {
+    match v {
+        Value::Text(t) | Value::Json(t) => t.len(),
+        _ => 0,
     }
-    for unfiltered in ["payload", "source_headers", "source_key", "source_position"] {
-        b = b.set_column_statistics_enabled(ColumnPath::from(unfiltered), EnabledStatistics::None);
-    }
-    Ok(b.build())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::Routes;
     use bytes::Bytes;
+    use parquet::basic::{Compression, ZstdLevel};
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
-    fn event(id: &str) -> Event {
-        Event {
-            event_id: id.into(),
-            user_id: "u".into(),
-            event_type: "t".into(),
-            payload: Some(r#"{"k":"ü"}"#.into()),
-            created_at_us: 1_700_000_000_000_000,
-            source: None,
-            version: Some("2".into()),
-        }
+    fn values(id: &str) -> Vec<Value> {
+        vec![
+            Value::Text(id.into()),
+            Value::Text("u".into()),
+            Value::Text("t".into()),
+            Value::Json(r#"{"k":"ü"}"#.into()),
+            Value::Timestamp(1_700_000_000_000_000),
+            Value::Null,
+            Value::Text("2".into()),
+        ]
     }
 
     #[test]
-    fn encodes_every_row_with_zstd() {
-        // Given three events
-        let events = [event("a"), event("b"), event("c")];
-        let rows: Vec<_> = events
+    fn the_builtin_route_keeps_the_first_release_columns_with_zstd() {
+        // Given three events of the built-in route
+        let routes = Routes::builtin("events", "events/").unwrap();
+        let all = [values("a"), values("b"), values("c")];
+        let rows: Vec<_> = all
             .iter()
-            .map(|e| ParquetRow {
-                event: e,
+            .map(|v| ParquetRow {
+                values: v,
                 source_unit: "s/shard-1",
                 source_position: "42",
                 source_key: Some("pk"),
@@ -179,12 +267,35 @@ mod tests {
             })
             .collect();
         // When they are encoded
-        let bytes = encode_parquet(&rows, 1_700_000_001_000_000).unwrap();
-        // Then the file holds three rows in twelve columns, compressed with zstd
+        let bytes = encode_parquet(routes.get(0), &rows, 1_700_000_001_000_000).unwrap();
+        // Then the file holds three rows in the twelve columns of the first release, zstd
         let reader = SerializedFileReader::new(Bytes::from(bytes)).unwrap();
         let meta = reader.metadata();
         assert_eq!(meta.file_metadata().num_rows(), 3);
-        assert_eq!(meta.file_metadata().schema_descr().num_columns(), 12);
+        let names: Vec<&str> = meta
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .map(|c| c.name())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "event_id",
+                "user_id",
+                "event_type",
+                "payload",
+                "created_at",
+                "source",
+                "version",
+                "source_unit",
+                "source_position",
+                "source_key",
+                "source_headers",
+                "ingested_at"
+            ]
+        );
         assert_eq!(
             meta.row_group(0).column(0).compression(),
             Compression::ZSTD(ZstdLevel::try_new(1).unwrap())

@@ -52,6 +52,19 @@ pub struct KafkaRecord<'a> {
     /// into the lineage JSON text.
     #[serde(default)]
     pub headers: HeadersJson,
+    /// Present when the mapping validates records against a schema registry.
+    #[serde(borrow, default)]
+    pub value_schema_metadata: Option<SchemaMetadata<'a>>,
+}
+
+/// `keySchemaMetadata` / `valueSchemaMetadata`: `{dataFormat, schemaId}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaMetadata<'a> {
+    #[serde(borrow, default)]
+    pub data_format: Option<JsonStr<'a>>,
+    #[serde(borrow, default)]
+    pub schema_id: Option<JsonStr<'a>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +180,7 @@ struct Row<'a> {
     timestamp: Option<i64>,
     key: Option<Cow<'a, str>>,
     headers_json: Option<String>,
+    value_schema_id: Option<Cow<'a, str>>,
     /// The value's bytes in the batch buffer; `None` for a tombstone.
     value: Option<Range<usize>>,
 }
@@ -192,6 +206,10 @@ fn decode_parsed(event: KafkaEvent<'_>, mut arena: Vec<u8>) -> Result<Batch, Kaf
                 timestamp: r.timestamp,
                 key: r.key.map(|k| k.0),
                 headers_json: r.headers.0,
+                value_schema_id: r
+                    .value_schema_metadata
+                    .and_then(|m| m.schema_id)
+                    .map(|id| id.0),
             }
         }));
     }
@@ -254,6 +272,7 @@ fn decode_plain<'a>(
 fn plain_record<'a>(c: &mut Cursor<'a>, arena: &mut Vec<u8>) -> Result<Row<'a>, Bail> {
     let (mut topic, mut partition, mut offset, mut timestamp) = (None, None, None, None);
     let (mut timestamp_type, mut key, mut value, mut headers) = (None, None, None, None);
+    let mut schema = None;
     c.object(|c, field| match field {
         "topic" => set_once(&mut topic, c.string()?),
         "partition" => set_once(&mut partition, integer::<i32>(c)?),
@@ -277,6 +296,7 @@ fn plain_record<'a>(c: &mut Cursor<'a>, arena: &mut Vec<u8>) -> Result<Row<'a>, 
             set_once(&mut value, span)
         }
         "headers" => set_once(&mut headers, plain_headers(c)?),
+        "valueSchemaMetadata" => set_once(&mut schema, plain_schema_id(c)?),
         _ => c.skip_value(),
     })?;
     Ok(Row {
@@ -286,8 +306,23 @@ fn plain_record<'a>(c: &mut Cursor<'a>, arena: &mut Vec<u8>) -> Result<Row<'a>, 
         timestamp: timestamp.flatten(),
         key: key.flatten().map(Cow::Borrowed),
         headers_json: headers.flatten(),
+        value_schema_id: schema.flatten().map(Cow::Borrowed),
         value: value.flatten(),
     })
+}
+
+/// `valueSchemaMetadata` on the plain path: `null` or `{"dataFormat": "…", "schemaId": "…"}`.
+fn plain_schema_id<'a>(c: &mut Cursor<'a>) -> Result<Option<&'a str>, Bail> {
+    if c.null() {
+        return Ok(None);
+    }
+    let (mut format, mut id) = (None, None);
+    c.object(|c, field| match field {
+        "dataFormat" => set_once(&mut format, optional_string(c)?),
+        "schemaId" => set_once(&mut id, optional_string(c)?),
+        _ => c.skip_value(),
+    })?;
+    Ok(id.flatten())
 }
 
 /// `headers` as [`HeadersJson`] writes them: `[{"name":"base64"}]`, `None` when empty or null.
@@ -356,6 +391,7 @@ fn assemble(
             origin: Origin::Kafka {
                 cluster: cluster.clone(),
                 timestamp: r.timestamp,
+                value_schema_id: r.value_schema_id.map(|id| Arc::from(&*id)),
             },
         });
     }

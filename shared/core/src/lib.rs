@@ -1,7 +1,7 @@
 //! The pure core of streamload.
 //!
 //! Everything that decides *what* happens to a micro-batch lives here: decoding the
-//! event-source payloads, validating producer events, the exactly-once claim protocol, the
+//! event-source payloads, mapping records by their route, the exactly-once claim protocol, the
 //! partial-batch failure response and the pure encoders (Parquet bytes, dead-letter bodies).
 //! It knows no AWS SDK and no Postgres driver: the outside world is reached only through the
 //! narrow traits in [`ports`], so the protocol can be tested with in-memory fakes and run
@@ -23,11 +23,13 @@ pub mod ports;
 pub mod record;
 pub mod response;
 pub mod retry;
+pub mod route;
 pub mod source;
 pub mod text;
 
 pub use error::{Classify, ErrorClass};
-pub use event::{validate, Event, Poison, PoisonKind};
+pub use event::{Poison, PoisonKind};
+pub use route::{Mapped, Route, Routes};
 pub use pipeline::{
     BatchReport, FailureCause, Invocation, Pipeline, PipelineSettings, RecordOutcome,
 };

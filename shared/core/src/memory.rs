@@ -8,6 +8,7 @@ use crate::error::PortError;
 use crate::ports::{
     Claim, ClaimAttempt, DeadLetters, DedupStore, ObjectSink, PutOutcome, Refusal, Row, RowSink,
 };
+use crate::route::{Merge, Route, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -81,15 +82,41 @@ impl DedupStore for MemoryDedup {
     }
 }
 
-/// A stored row: (user_id, event_type, payload, created_at_us, times written).
-pub type StoredRow = (String, String, Option<String>, i64, u32);
+/// A stored row: its values (table columns only, in route order) and how often it was
+/// written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRow {
+    pub values: Vec<Value>,
+    pub writes: u32,
+}
 
-/// Rows by event id, counting how often each was written. Rows whose `user_id` is in
+/// Rows by table and key, merged as the real upsert merges them (keep-first or newest-by,
+/// the same event always rewriting its own row). Rows whose `user_id` column is in
 /// `refused_users` are refused, as a CHECK constraint on the real table would refuse them.
 #[derive(Default, Clone)]
 pub struct MemoryRows {
-    pub rows: Arc<Mutex<BTreeMap<String, StoredRow>>>,
+    pub rows: Arc<Mutex<BTreeMap<(String, String), StoredRow>>>,
     pub refused_users: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl MemoryRows {
+    /// The stored rows of `table` by key text.
+    pub fn table(&self, table: &str) -> BTreeMap<String, StoredRow> {
+        lock(&self.rows)
+            .iter()
+            .filter(|((t, _), _)| t == table)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+fn key_text(route: &Route, values: &[Value]) -> String {
+    route
+        .key
+        .iter()
+        .map(|&i| values[i].identity_text().into_owned())
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
 }
 
 impl RowSink for MemoryRows {
@@ -102,28 +129,73 @@ impl RowSink for MemoryRows {
         let mut stored = lock(&self.rows);
         let mut refusals = Vec::new();
         for (index, r) in rows.iter().enumerate() {
-            if refused_users.contains(r.user_id) {
+            let user = r
+                .route
+                .columns
+                .iter()
+                .position(|c| c.name == "user_id")
+                .map(|i| r.values[i].identity_text().into_owned());
+            if user.is_some_and(|u| refused_users.contains(&u)) {
                 refusals.push(Refusal {
                     index,
                     reason: "SQLSTATE 23514 (constraint memory_check)".into(),
                 });
                 continue;
             }
-            // The whole row is replaced, as the real upsert does: the row and the event's
-            // Parquet copy always agree.
-            let writes = stored.get(r.event_id).map_or(0, |e| e.4);
-            stored.insert(
-                r.event_id.to_owned(),
-                (
-                    r.user_id.to_owned(),
-                    r.event_type.to_owned(),
-                    r.payload.map(str::to_owned),
-                    r.created_at_us,
-                    writes + 1,
-                ),
-            );
+            let values: Vec<Value> = r
+                .route
+                .table_columns()
+                .map(|(i, _)| r.values[i].clone())
+                .collect();
+            let slot = (r.route.table_name(), key_text(r.route, r.values));
+            let table_index = |col: usize| r.route.table_columns().position(|(i, _)| i == col);
+            let replace = match stored.get(&slot) {
+                None => true,
+                Some(old) => {
+                    let same_event = r.route.identity.iter().all(|&i| {
+                        table_index(i).is_some_and(|t| old.values[t] == values[t])
+                    });
+                    let newer = match r.route.merge {
+                        Merge::KeepFirst => false,
+                        Merge::NewestBy(col) => table_index(col).is_some_and(|t| {
+                            compare(&values[t], &old.values[t]) == Some(std::cmp::Ordering::Greater)
+                        }),
+                    };
+                    same_event || newer
+                }
+            };
+            if replace {
+                let writes = stored.get(&slot).map_or(0, |e| e.writes);
+                stored.insert(
+                    slot,
+                    StoredRow {
+                        values,
+                        writes: writes + 1,
+                    },
+                );
+            }
         }
         std::future::ready(Ok(refusals))
+    }
+}
+
+/// SQL ordering of two values of one column (NULL is lower than anything, as `newest_by`
+/// treats it).
+fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
+    use Value as V;
+    match (a, b) {
+        (V::Null, V::Null) => Some(std::cmp::Ordering::Equal),
+        (_, V::Null) => Some(std::cmp::Ordering::Greater),
+        (V::Null, _) => Some(std::cmp::Ordering::Less),
+        (V::Int(x), V::Int(y)) => Some(x.cmp(y)),
+        (V::Double(x), V::Double(y)) => x.partial_cmp(y),
+        (V::Timestamp(x), V::Timestamp(y)) => Some(x.cmp(y)),
+        (V::Date(x), V::Date(y)) => Some(x.cmp(y)),
+        (V::Text(x), V::Text(y)) => Some(x.cmp(y)),
+        (V::Numeric { text: x, .. }, V::Numeric { text: y, .. }) => {
+            x.parse::<f64>().ok()?.partial_cmp(&y.parse::<f64>().ok()?)
+        }
+        _ => None,
     }
 }
 

@@ -16,7 +16,8 @@
 use crate::dead_letter::{self, poison_digest, DeadLetterData};
 use crate::encode::{encode_parquet, EncodeError, ParquetRow};
 use crate::error::{Classify, PortError};
-use crate::event::{validate, Event, Poison, PoisonKind, DEFAULT_MAX_RECORD_BYTES};
+use crate::event::{Poison, PoisonKind, DEFAULT_MAX_RECORD_BYTES};
+use crate::route::{Mapped, Routes};
 use crate::metrics::BatchSummary;
 use crate::object_key::{
     data_object_key, dead_letter_key, dead_letter_message_key, hour_partition,
@@ -35,8 +36,8 @@ pub struct PipelineSettings {
     pub max_record_bytes: usize,
     /// How long a loaded `event_id` is remembered (DEDUP_TTL_SECONDS).
     pub dedup_ttl_s: i64,
-    /// Prefix of the Parquet objects, ending in `/` (OUTPUT_PREFIX).
-    pub output_prefix: String,
+    /// The routes records are mapped by; each names its table, columns and lake prefix.
+    pub routes: Routes,
     /// Prefix of dead-letter objects too large for the queue.
     pub dead_letter_prefix: String,
     /// Conditional writes in flight at once.
@@ -56,7 +57,9 @@ impl Default for PipelineSettings {
         Self {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             dedup_ttl_s: 604_800,
-            output_prefix: "events/".into(),
+            routes: Routes::builtin("events", "events/").unwrap_or_else(|e| {
+                unreachable!("the built-in route is valid: {e}")
+            }),
             dead_letter_prefix: "dead-letter/".into(),
             claim_concurrency: 64,
             lease_grace: Duration::from_secs(10),
@@ -155,8 +158,8 @@ pub const IN_BUDGET_RETRY: RetryPolicy = RetryPolicy {
 /// Progress of one delivered record through the pipeline.
 #[derive(Debug, Default)]
 struct Slot {
-    /// The validated event; `None` for a poison record.
-    event: Option<Event>,
+    /// The mapped record; `None` for a poison record.
+    event: Option<Mapped>,
     /// Why the record can never load.
     poison: Option<Poison>,
     /// The poison record's identity ([`poison_digest`]).
@@ -306,15 +309,12 @@ where
             unknown: Vec::new(),
         };
 
-        // 1. Validate.
-        for record in &batch.records {
-            let verdict = match &record.data {
-                None => Err(Poison {
-                    kind: PoisonKind::Tombstone,
-                    reason: "record has a null value (tombstone), which is not an event".into(),
-                }),
-                Some(data) => validate(data, self.settings.max_record_bytes),
-            };
+        // 1. Route, decode and map.
+        let verdicts = self
+            .settings
+            .routes
+            .map_batch(&batch.records, self.settings.max_record_bytes);
+        for verdict in verdicts {
             work.slots.push(match verdict {
                 Ok(event) => Slot {
                     event: Some(event),
@@ -333,10 +333,10 @@ where
         let mut winners = Vec::new();
         for (i, slot) in work.slots.iter().enumerate() {
             if let Some(e) = &slot.event {
-                match first_copy.get(e.event_id.as_str()) {
+                match first_copy.get(e.claim_key.as_str()) {
                     Some(&w) => copy_of.push((i, w)),
                     None => {
-                        first_copy.insert(&e.event_id, i);
+                        first_copy.insert(&e.claim_key, i);
                         winners.push(i);
                     }
                 }
@@ -397,27 +397,28 @@ where
         }
     }
 
-    /// Names the object each winner will live in: one object per unit and UTC hour, named by
-    /// the first and last planned positions and this attempt.
+    /// Names the object each winner will live in: one object per route, unit and UTC hour
+    /// of the event time, under the route's lake prefix, named by the first and last planned
+    /// positions and this attempt.
     fn plan_objects(&self, work: &mut Work<'_>, winners: &[usize]) {
-        let mut groups: BTreeMap<(&SourceUnit, String), Vec<usize>> = BTreeMap::new();
+        let mut groups: BTreeMap<(usize, &SourceUnit, String), Vec<usize>> = BTreeMap::new();
         for &i in winners {
             if let Some(e) = &work.slots[i].event {
                 let unit = &work.batch.records[i].unit;
                 groups
-                    .entry((unit, hour_partition(e.created_at_us)))
+                    .entry((e.route, unit, hour_partition(e.event_time_us)))
                     .or_default()
                     .push(i);
             }
         }
         let mut keys: Vec<(usize, String)> = Vec::with_capacity(winners.len());
-        for ((unit, hour), members) in groups {
+        for ((route, unit, hour), members) in groups {
             let positions = members.iter().map(|&i| &work.batch.records[i].position);
             let (Some(first), Some(last)) = (positions.clone().min(), positions.max()) else {
                 continue;
             };
             let key = data_object_key(
-                &self.settings.output_prefix,
+                &self.settings.routes.get(route).lake_prefix,
                 &hour,
                 &unit.label,
                 first,
@@ -432,7 +433,7 @@ where
         for &i in winners {
             let slot = &mut work.slots[i];
             if let Some(e) = &slot.event {
-                slot.claim_key = Some(event_claim_key(&e.event_id));
+                slot.claim_key = Some(e.claim_key.clone());
             }
         }
     }
@@ -756,7 +757,8 @@ where
         let mut refused: Vec<(usize, String)> = Vec::new();
         let mut bodies: BTreeMap<String, Result<Vec<u8>, EncodeError>> = BTreeMap::new();
         for (key, members) in &mut by_object {
-            let encode = |subset: &[usize]| encode_members(work, subset, ingested_at_us);
+            let encode =
+                |subset: &[usize]| encode_members(&self.settings.routes, work, subset, ingested_at_us);
             let body = match encode(members) {
                 Ok(body) => Ok(body),
                 Err(_) => {
@@ -780,11 +782,8 @@ where
             .iter()
             .filter_map(|&i| work.slots[i].event.as_ref())
             .map(|e| Row {
-                event_id: &e.event_id,
-                user_id: &e.user_id,
-                event_type: &e.event_type,
-                payload: e.payload.as_deref(),
-                created_at_us: e.created_at_us,
+                route: self.settings.routes.get(e.route),
+                values: &e.values,
             })
             .collect();
         let upserted = bounded(cutoff + 200, self.rows.upsert(&rows, cutoff)).await;
@@ -837,7 +836,7 @@ where
             let before = members.len();
             members.retain(|i| !refused_set.contains(i));
             if members.len() != before && !work.tainted.contains(key) {
-                let body = encode_members(work, members, ingested_at_us);
+                let body = encode_members(&self.settings.routes, work, members, ingested_at_us);
                 bodies.insert(key.clone(), body);
             }
         }
@@ -965,18 +964,25 @@ where
     }
 }
 
-/// The Parquet object of `members`.
+/// The Parquet object of `members` (all of one route: objects are planned per route).
 fn encode_members(
+    routes: &Routes,
     work: &Work<'_>,
     members: &[usize],
     ingested_at_us: i64,
 ) -> Result<Vec<u8>, EncodeError> {
+    let Some(route) = members
+        .iter()
+        .find_map(|&i| work.slots[i].event.as_ref().map(|e| routes.get(e.route)))
+    else {
+        return Ok(Vec::new());
+    };
     let rows: Vec<ParquetRow<'_>> = members
         .iter()
         .filter_map(|&i| {
             let r = &work.batch.records[i];
             work.slots[i].event.as_ref().map(|event| ParquetRow {
-                event,
+                values: &event.values,
                 source_unit: &r.unit.label,
                 source_position: r.position.as_str(),
                 source_key: r.key.as_deref(),
@@ -984,7 +990,7 @@ fn encode_members(
             })
         })
         .collect();
-    encode_parquet(&rows, ingested_at_us)
+    encode_parquet(route, &rows, ingested_at_us)
 }
 
 /// Finds, by bisection, each member that `encode` refuses on its own, with the reason.
@@ -1050,7 +1056,7 @@ fn summarise(
             RecordOutcome::Loaded => {
                 s.loaded += 1;
                 if let Some(e) = &slot.event {
-                    s.latency_from_created_ms.push(now - e.created_at_us / 1000);
+                    s.latency_from_created_ms.push(now - e.event_time_us / 1000);
                 }
                 if let Some(a) = r.arrival_ms {
                     s.latency_from_arrival_ms.push(now - a);

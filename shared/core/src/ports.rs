@@ -5,6 +5,7 @@
 //! call; retries of transient errors happen inside the adapter per [`crate::retry`].
 
 use crate::error::PortError;
+use crate::route::{Route, Value};
 use std::future::Future;
 
 /// A dedup claim, as stored in the dedup table.
@@ -82,14 +83,12 @@ pub trait DedupStore: Send + Sync {
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 }
 
-/// One validated row for the database.
-#[derive(Debug, Clone, PartialEq)]
+/// One mapped row for the database: its route (table, columns, key, merge) and its values,
+/// one per route column (lake-only columns included; the sink skips them).
+#[derive(Debug, Clone, Copy)]
 pub struct Row<'a> {
-    pub event_id: &'a str,
-    pub user_id: &'a str,
-    pub event_type: &'a str,
-    pub payload: Option<&'a str>,
-    pub created_at_us: i64,
+    pub route: &'a Route,
+    pub values: &'a [Value],
 }
 
 /// A row the database refused for a reason that belongs to the row itself (a constraint, a
@@ -103,8 +102,8 @@ pub struct Refusal {
 }
 
 /// The database: PostgreSQL in production. `upsert` commits every row it does not refuse in
-/// one transaction; rows have distinct event ids, and re-applying the same rows leaves one
-/// row per event id.
+/// one transaction; rows have distinct identities, each row is merged into its route's table
+/// by the route's key and merge rule, and re-applying the same rows changes nothing more.
 pub trait RowSink: Send + Sync {
     /// Upserts `rows`, returning the rows refused for reasons of their own (the rest are
     /// committed). `until_ms` (epoch ms) bounds the call: a statement still running then is

@@ -79,6 +79,9 @@ pub enum Origin {
         cluster: Arc<str>,
         /// Milliseconds since the epoch.
         timestamp: Option<i64>,
+        /// The schema registry's id of the value's schema (`valueSchemaMetadata.schemaId`),
+        /// when the mapping validates records against a registry.
+        value_schema_id: Option<Arc<str>>,
     },
 }
 
@@ -115,7 +118,11 @@ impl SourceRecord {
                 "partition_key": self.key,
                 "approximate_arrival": approximate_arrival,
             }),
-            Origin::Kafka { cluster, timestamp } => {
+            Origin::Kafka {
+                cluster,
+                timestamp,
+                value_schema_id,
+            } => {
                 let (topic, partition) = match &self.unit.topic_partition {
                     Some((t, p)) => (t.as_str(), Some(*p)),
                     None => (self.unit.label.as_str(), None),
@@ -139,6 +146,7 @@ impl SourceRecord {
                     "key_base64": self.key,
                     "timestamp": timestamp,
                     "headers": headers,
+                    "value_schema_id": value_schema_id.as_deref(),
                 })
             }
         }

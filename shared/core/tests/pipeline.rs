@@ -242,7 +242,7 @@ async fn a_redelivered_batch_is_recognised_as_duplicates() {
             .lock()
             .unwrap()
             .values()
-            .map(|r| r.4)
+            .map(|r| r.writes)
             .sum::<u32>(),
         3
     );

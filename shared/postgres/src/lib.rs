@@ -1,5 +1,7 @@
-//! The PostgreSQL row sink: one transaction per batch — binary COPY of the batch into a
-//! session temp table, then one `INSERT … SELECT … ON CONFLICT (event_id) DO UPDATE`.
+//! The PostgreSQL row sink: one transaction per batch — for each route in the batch, a binary
+//! COPY into the route's session temp table, then one `INSERT … SELECT DISTINCT ON (key) …
+//! ON CONFLICT (key) DO UPDATE … WHERE <merge rule>` (see [`sql`]). Start-up checks that each
+//! route's table fits its columns ([`PgRows::check_routes`]).
 //!
 //! A row the database refuses for a reason of its own (SQLSTATE classes 22 and 23) does not
 //! fail the batch: the batch is bisected under savepoints until each refused row stands
@@ -14,123 +16,40 @@ use std::error::Error as _;
 use std::time::Duration;
 use streamload_core::error::PortError;
 use streamload_core::ports::{Refusal, Row, RowSink};
+use streamload_core::route::{RouteErrors, Routes};
 use streamload_core::retry::SINK_RETRY;
 use streamload_core::Classify;
 use tokio::sync::Mutex;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls};
 
-/// A validated, quoted table name: `name` or `schema.name`, each part an SQL identifier.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableName {
-    quoted: String,
-}
+mod check;
+mod sql;
 
-/// PostgreSQL truncates identifiers longer than 63 bytes; refuse them instead.
-const MAX_IDENTIFIER_BYTES: usize = 63;
+pub use sql::RouteSql;
+use sql::Cell;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("invalid table name {0:?}: use letters, digits and _ (optionally schema.table)")]
-    TableName(String),
+    #[error("{0}")]
+    Routes(#[from] RouteErrors),
+    #[error("postgres: {0}")]
+    Connect(String),
 }
 
 impl streamload_core::Classify for PgError {
     fn class(&self) -> streamload_core::ErrorClass {
-        streamload_core::ErrorClass::Permanent
-    }
-}
-
-impl TableName {
-    pub fn parse(name: &str) -> Result<Self, PgError> {
-        let parts: Vec<&str> = name.split('.').collect();
-        let ok = (1..=2).contains(&parts.len())
-            && parts.iter().all(|p| {
-                !p.is_empty()
-                    && p.len() <= MAX_IDENTIFIER_BYTES
-                    && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                    && !p.as_bytes()[0].is_ascii_digit()
-            });
-        if !ok {
-            return Err(PgError::TableName(name.to_owned()));
+        match self {
+            PgError::Routes(_) => streamload_core::ErrorClass::Permanent,
+            PgError::Connect(_) => streamload_core::ErrorClass::Retryable,
         }
-        let quoted = parts
-            .iter()
-            .map(|p| format!("\"{p}\""))
-            .collect::<Vec<_>>()
-            .join(".");
-        Ok(Self { quoted })
     }
-
-    pub fn quoted(&self) -> &str {
-        &self.quoted
-    }
-}
-
-const STAGE_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS streamload_stage (
-    event_id text NOT NULL, user_id text NOT NULL, event_type text NOT NULL,
-    payload jsonb, created_at timestamptz NOT NULL) ON COMMIT DELETE ROWS";
-const STAGE_COPY: &str =
-    "COPY streamload_stage (event_id, user_id, event_type, payload, created_at) FROM STDIN (FORMAT binary)";
-const STAGE_TYPES: [Type; 5] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::JSONB,
-    Type::TIMESTAMPTZ,
-];
-
-/// jsonb in binary COPY: a version byte, then the JSON text.
-#[derive(Debug)]
-struct RawJsonb<'a>(&'a str);
-
-impl ToSql for RawJsonb<'_> {
-    fn to_sql(
-        &self,
-        _: &Type,
-        out: &mut bytes::BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        out.extend_from_slice(&[1]);
-        out.extend_from_slice(self.0.as_bytes());
-        Ok(IsNull::No)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::JSONB
-    }
-
-    to_sql_checked!();
-}
-
-/// timestamptz in binary: microseconds since 2000-01-01 UTC.
-#[derive(Debug)]
-struct UnixMicros(i64);
-
-/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
-const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
-
-impl ToSql for UnixMicros {
-    fn to_sql(
-        &self,
-        _: &Type,
-        out: &mut bytes::BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        out.extend_from_slice(&(self.0 - PG_EPOCH_OFFSET_US).to_be_bytes());
-        Ok(IsNull::No)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::TIMESTAMPTZ
-    }
-
-    to_sql_checked!();
 }
 
 struct Session {
     client: Client,
-    upsert_sql: String,
 }
 
 /// Longest wait for a connection (TCP, TLS, authentication): an RDS instance answers in
@@ -159,14 +78,15 @@ fn refuses_a_row(e: &tokio_postgres::Error) -> bool {
 /// Rows into PostgreSQL.
 pub struct PgRows {
     config: Config,
-    table: TableName,
+    /// Per route (by index): its stage table and statements, built once.
+    statements: Vec<RouteSql>,
     session: Mutex<Option<Session>>,
 }
 
 impl PgRows {
     /// The sink over `config`, with a connect timeout, TCP keepalives and an
     /// `application_name` unless the connection string sets them.
-    pub fn new(mut config: Config, table: TableName) -> Self {
+    pub fn new(mut config: Config, routes: &Routes) -> Self {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -182,31 +102,27 @@ impl PgRows {
         }
         Self {
             config,
-            table,
+            statements: routes.iter().map(RouteSql::new).collect(),
             session: Mutex::new(None),
         }
     }
 
-    async fn connect(&self) -> Result<Session, tokio_postgres::Error> {
+    /// A connection with no session set-up (the start-up checks use it, then drop it).
+    async fn connect_plain(&self) -> Result<Client, tokio_postgres::Error> {
         let (client, connection) = self.config.connect(NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "postgres connection closed");
             }
         });
-        client.batch_execute(STAGE_DDL).await?;
-        // The row and its Parquet copy always agree: a later load of the same event (after
-        // its claim expired, or a producer retry that took over a dead invocation's claim)
-        // replaces the whole row, as its object holds the whole event.
-        let upsert_sql = format!(
-            "INSERT INTO {t} (event_id, user_id, event_type, payload, created_at)
-             SELECT event_id, user_id, event_type, payload, created_at FROM streamload_stage
-             ON CONFLICT (event_id) DO UPDATE SET user_id = EXCLUDED.user_id,
-               event_type = EXCLUDED.event_type, payload = EXCLUDED.payload,
-               created_at = EXCLUDED.created_at, updated_at = now()",
-            t = self.table.quoted()
-        );
-        Ok(Session { client, upsert_sql })
+        Ok(client)
+    }
+
+    async fn connect(&self) -> Result<Session, tokio_postgres::Error> {
+        let client = self.connect_plain().await?;
+        let ddl: Vec<&str> = self.statements.iter().map(|r| r.stage_ddl.as_str()).collect();
+        client.batch_execute(&ddl.join(";\n")).await?;
+        Ok(Session { client })
     }
 
     async fn upsert_once(
@@ -234,7 +150,7 @@ impl PgRows {
         // answer never arrives).
         let result = tokio::time::timeout(
             left(until_ms) + CLIENT_GRACE,
-            upsert_isolating(session, rows, until_ms),
+            upsert_isolating(session, &self.statements, rows, until_ms),
         )
         .await;
         match result {
@@ -272,6 +188,7 @@ fn epoch_ms() -> i64 {
 /// nothing extra: one COPY, one upsert, one commit.
 async fn upsert_isolating(
     session: &mut Session,
+    statements: &[RouteSql],
     rows: &[Row<'_>],
     until_ms: i64,
 ) -> Result<Vec<Refusal>, tokio_postgres::Error> {
@@ -282,7 +199,7 @@ async fn upsert_isolating(
     let first = {
         let tx = session.client.transaction().await?;
         tx.batch_execute(&timeout_sql).await?;
-        match copy_and_upsert(&tx, &session.upsert_sql, rows).await {
+        match copy_and_upsert(&tx, statements, rows).await {
             Ok(()) => tx.commit().await.map(|()| None),
             Err(e) if refuses_a_row(&e) => Ok(Some(e)),
             Err(e) => Err(e),
@@ -299,9 +216,11 @@ async fn upsert_isolating(
     ranges.push(0..rows.len());
     while let Some(range) = ranges.pop() {
         let savepoint = tx.savepoint("streamload_rows").await?;
-        match copy_and_upsert(&savepoint, &session.upsert_sql, &rows[range.clone()]).await {
+        match copy_and_upsert(&savepoint, statements, &rows[range.clone()]).await {
             Ok(()) => {
-                savepoint.batch_execute("TRUNCATE streamload_stage").await?;
+                savepoint
+                    .batch_execute(&truncate_stages(statements, &rows[range.clone()]))
+                    .await?;
                 savepoint.commit().await?;
             }
             Err(e) if refuses_a_row(&e) => {
@@ -325,30 +244,60 @@ async fn upsert_isolating(
     Ok(refused)
 }
 
+/// For each route among `rows`: COPY its rows into its stage table, then merge them into
+/// its table.
 async fn copy_and_upsert(
     tx: &tokio_postgres::Transaction<'_>,
-    upsert_sql: &str,
+    statements: &[RouteSql],
     rows: &[Row<'_>],
 ) -> Result<(), tokio_postgres::Error> {
-    let sink = tx.copy_in(STAGE_COPY).await?;
-    let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
-    futures::pin_mut!(writer);
-    for r in rows {
-        let payload = r.payload.map(RawJsonb);
-        let created = UnixMicros(r.created_at_us);
-        writer
-            .as_mut()
-            .write(&[&r.event_id, &r.user_id, &r.event_type, &payload, &created])
-            .await?;
+    let mut routes: Vec<usize> = rows.iter().map(|r| r.route.index).collect();
+    routes.sort_unstable();
+    routes.dedup();
+    for route in routes {
+        let Some(sql) = statements.get(route) else {
+            continue;
+        };
+        let sink = tx.copy_in(&sql.copy).await?;
+        let writer = BinaryCopyInWriter::new(sink, &sql.types);
+        futures::pin_mut!(writer);
+        let mut cells: Vec<Cell<'_>> = Vec::with_capacity(sql.columns.len() + 1);
+        for (ord, r) in rows.iter().filter(|r| r.route.index == route).enumerate() {
+            cells.clear();
+            cells.extend(
+                sql.columns
+                    .iter()
+                    .map(|&(i, ty)| Cell::Value(&r.values[i], ty)),
+            );
+            cells.push(Cell::Ord(ord as i32));
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+            writer.as_mut().write(&refs).await?;
+        }
+        writer.finish().await?;
+        tx.execute(&sql.upsert, &[]).await?;
     }
-    writer.finish().await?;
-    tx.execute(upsert_sql, &[]).await?;
     Ok(())
+}
+
+fn truncate_stages(statements: &[RouteSql], rows: &[Row<'_>]) -> String {
+    let mut routes: Vec<usize> = rows.iter().map(|r| r.route.index).collect();
+    routes.sort_unstable();
+    routes.dedup();
+    let stages: Vec<&str> = routes
+        .iter()
+        .filter_map(|&i| statements.get(i).map(|s| s.stage.as_str()))
+        .collect();
+    if stages.is_empty() {
+        String::new()
+    } else {
+        format!("TRUNCATE {}", stages.join(", "))
+    }
 }
 
 /// What went wrong, naming only the SQLSTATE and the objects involved: server messages and
 /// their DETAIL lines can quote row values, so they are never used.
-fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!(
             "SQLSTATE {} (table {:?}, column {:?}, constraint {:?})",
@@ -411,31 +360,6 @@ impl RowSink for PgRows {
                 }
                 Err(e) => return Err(e),
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_names_are_identifiers_only() {
-        assert_eq!(TableName::parse("events").unwrap().quoted(), "\"events\"");
-        assert_eq!(
-            TableName::parse("analytics.events_v2").unwrap().quoted(),
-            "\"analytics\".\"events_v2\""
-        );
-        for bad in [
-            "",
-            "events; drop table x",
-            "a.b.c",
-            "1events",
-            "ev\"ents",
-            "a.",
-            &"x".repeat(64),
-        ] {
-            assert!(TableName::parse(bad).is_err(), "{bad:?} must be refused");
         }
     }
 }

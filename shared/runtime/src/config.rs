@@ -26,9 +26,21 @@ impl std::fmt::Debug for DatabaseSource {
     }
 }
 
+/// Where the routes come from (`STREAMLOAD_CONFIG`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutesSource {
+    /// No file: the built-in events route over TARGET_TABLE and OUTPUT_PREFIX.
+    Builtin,
+    /// A TOML file on the function's file system (e.g. in the deployment package).
+    File(String),
+    /// A TOML object in S3, read once at start-up.
+    S3 { bucket: String, key: String },
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database: DatabaseSource,
+    pub routes: RoutesSource,
     pub target_table: String,
     pub dedup_table: String,
     pub dedup_ttl_seconds: i64,
@@ -55,27 +67,30 @@ impl streamload_core::Classify for ConfigError {
 }
 
 fn prefix(name: &'static str, value: String) -> Result<String, ConfigError> {
-    let invalid = |why: &str| ConfigError::Invalid {
+    streamload_core::route::check_prefix(&value).map_err(|why| ConfigError::Invalid {
         name,
         why: why.into(),
-    };
-    if value.starts_with('/') {
-        return Err(invalid("must not start with /"));
-    }
-    if value.split('/').any(|part| part == "." || part == "..") {
-        return Err(invalid("must not contain . or .. segments"));
-    }
-    if !value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "/_-.=".contains(c))
-    {
-        return Err(invalid("use letters, digits and / _ - . = only"));
-    }
-    Ok(if value.is_empty() || value.ends_with('/') {
-        value
-    } else {
-        format!("{value}/")
     })
+}
+
+fn routes_source(value: Option<String>) -> Result<RoutesSource, ConfigError> {
+    let Some(v) = value else {
+        return Ok(RoutesSource::Builtin);
+    };
+    let v = v.trim().to_owned();
+    match v.strip_prefix("s3://") {
+        Some(rest) => match rest.split_once('/') {
+            Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => Ok(RoutesSource::S3 {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+            }),
+            _ => Err(ConfigError::Invalid {
+                name: "STREAMLOAD_CONFIG",
+                why: "an S3 URI must be s3://<bucket>/<key>".into(),
+            }),
+        },
+        None => Ok(RoutesSource::File(v)),
+    }
 }
 
 impl Config {
@@ -119,10 +134,19 @@ impl Config {
             }
         };
         let target_table = get("TARGET_TABLE").unwrap_or_else(|| "events".into());
-        streamload_postgres::TableName::parse(&target_table).map_err(|e| ConfigError::Invalid {
-            name: "TARGET_TABLE",
-            why: e.to_string(),
-        })?;
+        let table_ok = match target_table.split_once('.') {
+            Some((schema, table)) => {
+                streamload_core::route::is_identifier(schema)
+                    && streamload_core::route::is_identifier(table)
+            }
+            None => streamload_core::route::is_identifier(&target_table),
+        };
+        if !table_ok {
+            return Err(ConfigError::Invalid {
+                name: "TARGET_TABLE",
+                why: "use letters, digits and _ (optionally schema.table)".into(),
+            });
+        }
         let dedup_ttl_seconds = number("DEDUP_TTL_SECONDS", 604_800)?;
         if dedup_ttl_seconds < MIN_DEDUP_TTL_SECONDS {
             return Err(ConfigError::Invalid {
@@ -151,6 +175,7 @@ impl Config {
         }
         Ok(Config {
             database,
+            routes: routes_source(get("STREAMLOAD_CONFIG"))?,
             target_table,
             dedup_table: required("DEDUP_TABLE")?,
             dedup_ttl_seconds,
@@ -229,6 +254,27 @@ mod tests {
         assert!(bad("TARGET_TABLE", "events;drop").contains("TARGET_TABLE"));
         assert!(bad("OUTPUT_PREFIX", "../escape").contains("OUTPUT_PREFIX"));
         assert!(bad("DATABASE_URL", "postgres://u@h:notaport/db").contains("DATABASE_URL"));
+        assert!(bad("STREAMLOAD_CONFIG", "s3://bucket-only").contains("STREAMLOAD_CONFIG"));
+    }
+
+    #[test]
+    fn the_routes_come_from_a_file_an_s3_object_or_the_builtin_route() {
+        assert_eq!(with(BASE).unwrap().routes, RoutesSource::Builtin);
+        let mut p = BASE.to_vec();
+        p.push(("STREAMLOAD_CONFIG", "s3://cfg/streamload/prod.toml"));
+        assert_eq!(
+            with(&p).unwrap().routes,
+            RoutesSource::S3 {
+                bucket: "cfg".into(),
+                key: "streamload/prod.toml".into()
+            }
+        );
+        p.pop();
+        p.push(("STREAMLOAD_CONFIG", "/var/task/streamload.toml"));
+        assert_eq!(
+            with(&p).unwrap().routes,
+            RoutesSource::File("/var/task/streamload.toml".into())
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 pub mod config;
 pub mod raw_body;
 
-pub use config::{Config, ConfigError, DatabaseSource};
+pub use config::{Config, ConfigError, DatabaseSource, RoutesSource};
 pub use raw_body::RawBodies;
 
 use lambda_runtime::{Context, LambdaEvent};
@@ -15,7 +15,8 @@ use streamload_core::record::Batch;
 use streamload_core::response::{BatchItemFailures, ItemFailure};
 pub use streamload_core::source::{EventSource, Kafka, Kinesis};
 use streamload_core::{Invocation, Pipeline, PipelineSettings};
-use streamload_postgres::{PgRows, TableName};
+use streamload_core::route::{ConfigFile, RouteErrors, Routes};
+use streamload_postgres::{PgError, PgRows};
 
 /// The pipeline as deployed: DynamoDB, PostgreSQL, S3 and SQS.
 pub type AwsPipeline = Pipeline<DynamoDedup, PgRows, S3Objects, SqsDeadLetters>;
@@ -27,6 +28,73 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("database secret: {0}")]
     Secret(#[from] streamload_aws::AwsError),
+    /// The route file could not be read or parsed.
+    #[error("STREAMLOAD_CONFIG {source_name}: {why}")]
+    RouteFile { source_name: String, why: String },
+    #[error("{0}")]
+    Routes(#[from] RouteErrors),
+    #[error("{0}")]
+    Database(#[from] PgError),
+}
+
+/// Parses a route file's TOML text and compiles it.
+///
+/// ```
+/// let routes = streamload_runtime::parse_routes(r#"
+///     [[route]]
+///     name = "orders"
+///     source = "kafka:orders"
+///     table = "orders"
+///     key = ["order_id"]
+///     [[route.column]]
+///     name = "order_id"
+///     from = "/order_id"
+///     type = "text"
+///     required = true
+/// "#, "inline").unwrap();
+/// assert_eq!(routes.get(0).name, "orders");
+/// ```
+pub fn parse_routes(text: &str, source_name: &str) -> Result<Routes, StartError> {
+    let file: ConfigFile = toml::from_str(text).map_err(|e| StartError::RouteFile {
+        source_name: source_name.to_owned(),
+        // toml's message names the line and the key; it quotes configuration, not data.
+        why: e.to_string().trim().replace('\n', " "),
+    })?;
+    Ok(Routes::compile(&file)?)
+}
+
+/// The routes `config` names: its file, its S3 object or the built-in route.
+pub async fn load_routes(
+    config: &Config,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Routes, StartError> {
+    let (name, text) = match &config.routes {
+        RoutesSource::Builtin => {
+            return Ok(Routes::builtin(&config.target_table, &config.output_prefix)?)
+        }
+        RoutesSource::File(path) => (
+            path.clone(),
+            std::fs::read_to_string(path).map_err(|e| StartError::RouteFile {
+                source_name: path.clone(),
+                why: e.kind().to_string(),
+            })?,
+        ),
+        RoutesSource::S3 { bucket, key } => {
+            let name = format!("s3://{bucket}/{key}");
+            let bytes = streamload_aws::read_object(&streamload_aws::s3_client(sdk), bucket, key)
+                .await
+                .map_err(|why| StartError::RouteFile {
+                    source_name: name.clone(),
+                    why,
+                })?;
+            let text = String::from_utf8(bytes).map_err(|_| StartError::RouteFile {
+                source_name: name.clone(),
+                why: "not UTF-8".into(),
+            })?;
+            (name, text)
+        }
+    };
+    parse_routes(&text, &name)
 }
 
 /// JSON logs on stdout, level from `RUST_LOG` (default info), no ANSI colours.
@@ -86,19 +154,20 @@ pub async fn build_pipeline_with(
             c
         }
     };
-    let table = TableName::parse(&config.target_table).map_err(|e| ConfigError::Invalid {
-        name: "TARGET_TABLE",
-        why: e.to_string(),
-    })?;
+    let routes = load_routes(config, &sdk).await?;
+    let rows = PgRows::new(pg_config, &routes);
+    for ddl in rows.check_routes(&routes).await? {
+        tracing::info!(statement = %ddl, "schema migrated at start-up");
+    }
     Ok(Pipeline {
         dedup: DynamoDedup::new(streamload_aws::dynamodb_client(&sdk), &config.dedup_table),
-        rows: PgRows::new(pg_config, table),
+        rows,
         objects: S3Objects::new(streamload_aws::s3_client(&sdk), &config.output_bucket),
         dead_letters: SqsDeadLetters::new(streamload_aws::sqs_client(&sdk), &config.dlq_url),
         settings: PipelineSettings {
             max_record_bytes: config.max_record_bytes,
             dedup_ttl_s: config.dedup_ttl_seconds,
-            output_prefix: config.output_prefix.clone(),
+            routes,
             dead_letter_prefix: config.dead_letter_prefix.clone(),
             finish_margin: config.finish_margin,
             ..PipelineSettings::default()

@@ -1,0 +1,235 @@
+//! The statements of one route, built once from its plan: a session temp table shaped like
+//! the route's table columns, the binary COPY into it, and the merge into the real table.
+//!
+//! Every identifier comes from the checked configuration and is quoted; no value is ever
+//! spliced into SQL (values travel in the COPY stream).
+
+use bytes::BufMut;
+use streamload_core::route::{quote, ColumnType, Merge, Route, Value};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+
+/// The stage table, COPY and upsert of one route.
+#[derive(Debug, Clone)]
+pub struct RouteSql {
+    /// Quoted name of the session temp table.
+    pub stage: String,
+    pub stage_ddl: String,
+    pub copy: String,
+    pub upsert: String,
+    /// Binary COPY types, one per staged column, then the delivery ordinal.
+    pub types: Vec<Type>,
+    /// The route's table columns (index into the route's values) and their types.
+    pub columns: Vec<(usize, ColumnType)>,
+}
+
+/// The type a value is staged as. `numeric` is staged as its exact decimal text and cast in
+/// the merge (PostgreSQL's binary numeric is base-10000 digits; text is as exact and simpler).
+fn stage_type(ty: ColumnType) -> Type {
+    match ty {
+        ColumnType::Text | ColumnType::Numeric { .. } => Type::TEXT,
+        ColumnType::Integer => Type::INT4,
+        ColumnType::Bigint => Type::INT8,
+        ColumnType::Double => Type::FLOAT8,
+        ColumnType::Boolean => Type::BOOL,
+        ColumnType::Timestamptz { .. } => Type::TIMESTAMPTZ,
+        ColumnType::Date => Type::DATE,
+        ColumnType::Uuid => Type::UUID,
+        ColumnType::Jsonb => Type::JSONB,
+    }
+}
+
+impl RouteSql {
+    /// ```
+    /// use streamload_core::route::Routes;
+    /// let routes = Routes::builtin("events", "events/").unwrap();
+    /// let sql = streamload_postgres::RouteSql::new(routes.get(0));
+    /// assert!(sql.upsert.starts_with("INSERT INTO \"events\" AS cur"));
+    /// assert!(sql.upsert.contains("ON CONFLICT (\"event_id\") DO UPDATE"));
+    /// ```
+    pub fn new(route: &Route) -> Self {
+        let stage = quote(&format!("streamload_stage_{}", route.name));
+        let columns: Vec<(usize, ColumnType)> =
+            route.table_columns().map(|(i, c)| (i, c.ty)).collect();
+        let name = |i: usize| quote(&route.columns[i].name);
+        let stage_cols: Vec<String> = columns
+            .iter()
+            .map(|&(i, ty)| format!("{} {}", name(i), stage_type(ty).name()))
+            .chain(std::iter::once("streamload_ord integer".to_owned()))
+            .collect();
+        let stage_ddl = format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {stage} ({}) ON COMMIT DELETE ROWS",
+            stage_cols.join(", ")
+        );
+        let list: Vec<String> = columns.iter().map(|&(i, _)| name(i)).collect();
+        let copy = format!(
+            "COPY {stage} ({}, streamload_ord) FROM STDIN (FORMAT binary)",
+            list.join(", ")
+        );
+        let select: Vec<String> = columns
+            .iter()
+            .map(|&(i, ty)| match ty {
+                ColumnType::Numeric { .. } => format!("CAST({} AS numeric)", name(i)),
+                _ => name(i),
+            })
+            .collect();
+        let keys: Vec<String> = route.key.iter().map(|&i| name(i)).collect();
+        let keys = keys.join(", ");
+        // One row per key from the batch: the newest by the merge column, else the first
+        // delivered, so the batch never hits a key twice in one statement.
+        let order = match route.merge {
+            Merge::NewestBy(i) => format!("{keys}, {} DESC NULLS LAST, streamload_ord", name(i)),
+            Merge::KeepFirst => format!("{keys}, streamload_ord"),
+        };
+        let mut set: Vec<String> = columns
+            .iter()
+            .filter(|(i, _)| !route.key.contains(i))
+            .map(|&(i, _)| format!("{0} = EXCLUDED.{0}", name(i)))
+            .collect();
+        if let Some(u) = &route.updated_at_column {
+            set.push(format!("{} = now()", quote(u)));
+        }
+        // The same event loaded again (a crash between the sinks, a takeover) always
+        // rewrites its own row, so the row and the event's Parquet copy agree.
+        let same_event = if route.identity.iter().all(|i| route.key.contains(i)) {
+            None
+        } else {
+            let ids: Vec<String> = route.identity.iter().map(|&i| name(i)).collect();
+            Some(format!(
+                "(cur.{}) IS NOT DISTINCT FROM (EXCLUDED.{})",
+                ids.join(", cur."),
+                ids.join(", EXCLUDED.")
+            ))
+        };
+        let condition = match (route.merge, same_event) {
+            (Merge::KeepFirst, None) => Some(None),
+            (Merge::KeepFirst, Some(same)) => Some(Some(same)),
+            (Merge::NewestBy(i), same) => {
+                let c = name(i);
+                let newer = format!(
+                    "cur.{c} < EXCLUDED.{c} OR (cur.{c} IS NULL AND EXCLUDED.{c} IS NOT NULL)"
+                );
+                Some(Some(match same {
+                    Some(same) => format!("{newer} OR {same}"),
+                    None => newer,
+                }))
+            }
+        };
+        let action = match (set.is_empty(), condition) {
+            (true, _) | (_, None) => "DO NOTHING".to_owned(),
+            (false, Some(None)) => format!("DO UPDATE SET {}", set.join(", ")),
+            (false, Some(Some(w))) => format!("DO UPDATE SET {} WHERE {w}", set.join(", ")),
+        };
+        let upsert = format!(
+            "INSERT INTO {t} AS cur ({cols}) SELECT DISTINCT ON ({keys}) {select} FROM {stage} \
+             ORDER BY {order} ON CONFLICT ({keys}) {action}",
+            t = route.quoted_table(),
+            cols = list.join(", "),
+            select = select.join(", "),
+        );
+        let types = columns
+            .iter()
+            .map(|&(_, ty)| stage_type(ty))
+            .chain(std::iter::once(Type::INT4))
+            .collect();
+        Self {
+            stage,
+            stage_ddl,
+            copy,
+            upsert,
+            types,
+            columns,
+        }
+    }
+}
+
+/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+/// Days between 1970-01-01 and 2000-01-01.
+const PG_EPOCH_OFFSET_DAYS: i32 = 10_957;
+
+/// One cell of the binary COPY stream, written in its stage type's binary format.
+#[derive(Debug)]
+pub(crate) enum Cell<'a> {
+    Value(&'a Value, ColumnType),
+    /// The record's place in the batch, which decides between two rows of one key.
+    Ord(i32),
+}
+
+impl ToSql for Cell<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let v = match self {
+            Cell::Ord(n) => {
+                out.put_i32(*n);
+                return Ok(IsNull::No);
+            }
+            Cell::Value(v, _) => v,
+        };
+        match v {
+            Value::Null => return Ok(IsNull::Yes),
+            Value::Text(t) => out.extend_from_slice(t.as_bytes()),
+            Value::Numeric { text, .. } => out.extend_from_slice(text.as_bytes()),
+            Value::Json(t) => {
+                // jsonb in binary: a version byte, then the JSON text.
+                out.put_u8(1);
+                out.extend_from_slice(t.as_bytes());
+            }
+            Value::Int(i) => match self {
+                Cell::Value(_, ColumnType::Integer) => out.put_i32(i32::try_from(*i)?),
+                _ => out.put_i64(*i),
+            },
+            Value::Double(d) => out.put_f64(*d),
+            Value::Bool(b) => out.put_u8(u8::from(*b)),
+            Value::Timestamp(us) => out.put_i64(us - PG_EPOCH_OFFSET_US),
+            Value::Date(days) => out.put_i32(days - PG_EPOCH_OFFSET_DAYS),
+            Value::Uuid(u) => out.extend_from_slice(u),
+        }
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        // Every cell is written in the stage type chosen for its column (`stage_type`).
+        true
+    }
+
+    to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamload_core::route::{ConfigFile, Routes};
+
+    #[test]
+    fn newest_by_merges_only_a_higher_revision_or_the_same_event() {
+        // Given a route keyed by order_id, identified by (order_id, revision), newest by revision
+        let file: ConfigFile = serde_json::from_str(
+            r#"{"route": [{"name": "orders", "source": "*", "table": "sales.orders",
+                "identity": ["/id", "/rev"], "key": ["order_id"], "merge": {"newest_by": "rev"},
+                "column": [
+                  {"name": "order_id", "from": "/id", "type": "text", "required": true},
+                  {"name": "rev", "from": "/rev", "type": "integer", "required": true},
+                  {"name": "total", "from": "/total", "type": "numeric"},
+                  {"name": "note", "from": "/note", "type": "text", "lake_only": true}]}]}"#,
+        )
+        .unwrap();
+        let routes = Routes::compile(&file).unwrap();
+        // When its statements are built
+        let sql = RouteSql::new(routes.get(0));
+        // Then the merge keeps the newest row per key, never stages lake-only columns, and
+        // casts the staged numeric text
+        assert_eq!(
+            sql.upsert,
+            "INSERT INTO \"sales\".\"orders\" AS cur (\"order_id\", \"rev\", \"total\") \
+             SELECT DISTINCT ON (\"order_id\") \"order_id\", \"rev\", CAST(\"total\" AS numeric) \
+             FROM \"streamload_stage_orders\" ORDER BY \"order_id\", \"rev\" DESC NULLS LAST, streamload_ord \
+             ON CONFLICT (\"order_id\") DO UPDATE SET \"rev\" = EXCLUDED.\"rev\", \"total\" = EXCLUDED.\"total\" \
+             WHERE cur.\"rev\" < EXCLUDED.\"rev\" OR (cur.\"rev\" IS NULL AND EXCLUDED.\"rev\" IS NOT NULL) \
+             OR (cur.\"order_id\", cur.\"rev\") IS NOT DISTINCT FROM (EXCLUDED.\"order_id\", EXCLUDED.\"rev\")"
+        );
+        assert_eq!(sql.types, vec![Type::TEXT, Type::INT4, Type::TEXT, Type::INT4]);
+    }
+}
