@@ -9,7 +9,8 @@
 
 use std::time::{Duration, Instant};
 use streamload_core::ports::{Row, RowSink};
-use streamload_postgres::{PgRows, TableName};
+use streamload_core::route::{Routes, Value};
+use streamload_postgres::PgRows;
 use streamload_tests::*;
 
 const ROWS: usize = 10_000;
@@ -97,7 +98,19 @@ async fn main() {
 
     // 2. Postgres upsert.
     let config: tokio_postgres::Config = stack.database_url.parse().unwrap();
-    let sink = PgRows::new(config, TableName::parse("events").unwrap());
+    let routes = Routes::builtin("events", "events/").unwrap();
+    let sink = PgRows::new(config, &routes);
+    let event_values = |id: &str, user: &str, p: &str| {
+        vec![
+            Value::Text(id.into()),
+            Value::Text(user.into()),
+            Value::Text("page_view".into()),
+            Value::Json(p.into()),
+            Value::Timestamp(1_714_557_600_000_000),
+            Value::Null,
+            Value::Null,
+        ]
+    };
     let payloads: Vec<String> = (0..ROWS).map(payload).collect();
 
     // 2a. The shipped sink beside one INSERT … SELECT FROM UNNEST of five binary arrays (no
@@ -124,15 +137,16 @@ async fn main() {
         [(); 4].map(|_| Vec::new());
     for run in 0..RUNS {
         let ids: Vec<String> = (0..ROWS).map(|i| format!("copy-{run}-{i}")).collect();
-        let rows: Vec<Row<'_>> = ids
+        let values: Vec<Vec<Value>> = ids
             .iter()
             .zip(&payloads)
-            .map(|(id, p)| Row {
-                event_id: id,
-                user_id: "user-1",
-                event_type: "page_view",
-                payload: Some(p),
-                created_at_us: 1_714_557_600_000_000,
+            .map(|(id, p)| event_values(id, "user-1", p))
+            .collect();
+        let rows: Vec<Row<'_>> = values
+            .iter()
+            .map(|v| Row {
+                route: routes.get(0),
+                values: v,
             })
             .collect();
         for times_out in [&mut copy_new, &mut copy_update] {
@@ -207,20 +221,24 @@ async fn main() {
             let ids: Vec<String> = (0..ROWS)
                 .map(|i| format!("refuse-{refused}-{run}-{i}"))
                 .collect();
-            let rows: Vec<Row<'_>> = ids
+            let values: Vec<Vec<Value>> = ids
                 .iter()
                 .zip(&payloads)
                 .enumerate()
-                .map(|(i, (id, p))| Row {
-                    event_id: id,
-                    user_id: if refused > 0 && i % (ROWS / refused) == ROWS / refused / 2 {
+                .map(|(i, (id, p))| {
+                    let user = if refused > 0 && i % (ROWS / refused) == ROWS / refused / 2 {
                         "banned"
                     } else {
                         "user-1"
-                    },
-                    event_type: "page_view",
-                    payload: Some(p),
-                    created_at_us: 1_714_557_600_000_000,
+                    };
+                    event_values(id, user, p)
+                })
+                .collect();
+            let rows: Vec<Row<'_>> = values
+                .iter()
+                .map(|v| Row {
+                    route: routes.get(0),
+                    values: v,
                 })
                 .collect();
             let t = Instant::now();

@@ -116,16 +116,21 @@ async fn database_errors_name_the_constraint_but_never_the_row() {
         )
         .await
         .unwrap();
-    let sink = streamload_postgres::PgRows::new(
-        stack.database_url.parse().unwrap(),
-        streamload_postgres::TableName::parse("events").unwrap(),
-    );
+    use streamload_core::route::{Routes, Value};
+    let routes = Routes::builtin("events", "events/").unwrap();
+    let sink = streamload_postgres::PgRows::new(stack.database_url.parse().unwrap(), &routes);
+    let values = [
+        Value::Text("e1".into()),
+        Value::Text("secret-user-42".into()),
+        Value::Text("t".into()),
+        Value::Json(r#"{"card":"4111-secret"}"#.into()),
+        Value::Timestamp(0),
+        Value::Null,
+        Value::Null,
+    ];
     let row = Row {
-        event_id: "e1",
-        user_id: "secret-user-42",
-        event_type: "t",
-        payload: Some(r#"{"card":"4111-secret"}"#),
-        created_at_us: 0,
+        route: routes.get(0),
+        values: &values,
     };
     // When it is upserted
     let refused = sink

@@ -130,12 +130,21 @@ async fn poison_mix_goes_to_the_queue_and_hostile_valid_records_load_verbatim() 
     assert_eq!(by_seq(2)["data_base64"], "//4A");
     assert_eq!(by_seq(3)["kind"], "decode");
     assert_eq!(by_seq(4)["kind"], "validation");
-    assert_eq!(by_seq(5)["reason"], "event_id is missing");
-    assert_eq!(by_seq(6)["reason"], "user_id is empty");
-    assert_eq!(by_seq(7)["reason"], "event_type is empty");
+    assert_eq!(
+        by_seq(5)["reason"],
+        r#"route "events": column "event_id" is required (absent or null)"#
+    );
+    assert_eq!(
+        by_seq(6)["reason"],
+        r#"route "events": column "user_id" is required (empty)"#
+    );
+    assert_eq!(
+        by_seq(7)["reason"],
+        r#"route "events": column "event_type" is required (empty)"#
+    );
     assert_eq!(
         by_seq(8)["reason"],
-        "created_at is not an ISO-8601 timestamp"
+        r#"route "events": column "created_at" is not an RFC 3339 timestamp"#
     );
     assert_eq!(by_seq(12)["kind"], "too_large");
     // The oversized record's bytes did not fit in a message: they are in S3

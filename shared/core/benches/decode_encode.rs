@@ -9,8 +9,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use streamload_core::encode::{encode_parquet, ParquetRow};
 use streamload_core::event::DEFAULT_MAX_RECORD_BYTES;
-use streamload_core::route::{Mapped, Routes};
 use streamload_core::record::Batch;
+use streamload_core::route::{Mapped, Routes};
 use streamload_core::source::{EventSource, Kafka, Kinesis};
 
 const RECORDS: usize = 10_000;

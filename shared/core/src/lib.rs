@@ -29,10 +29,10 @@ pub mod text;
 
 pub use error::{Classify, ErrorClass};
 pub use event::{Poison, PoisonKind};
-pub use route::{Mapped, Route, Routes};
 pub use pipeline::{
     BatchReport, FailureCause, Invocation, Pipeline, PipelineSettings, RecordOutcome,
 };
+pub use route::{Mapped, Route, Routes};
 
 pub use record::{Batch, Position, SourceRecord};
 pub use text::Text;

@@ -152,9 +152,11 @@ impl RowSink for MemoryRows {
             let replace = match stored.get(&slot) {
                 None => true,
                 Some(old) => {
-                    let same_event = r.route.identity.iter().all(|&i| {
-                        table_index(i).is_some_and(|t| old.values[t] == values[t])
-                    });
+                    let same_event = r
+                        .route
+                        .identity
+                        .iter()
+                        .all(|&i| table_index(i).is_some_and(|t| old.values[t] == values[t]));
                     let newer = match r.route.merge {
                         Merge::KeepFirst => false,
                         Merge::NewestBy(col) => table_index(col).is_some_and(|t| {

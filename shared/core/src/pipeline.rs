@@ -17,7 +17,6 @@ use crate::dead_letter::{self, poison_digest, DeadLetterData};
 use crate::encode::{encode_parquet, EncodeError, ParquetRow};
 use crate::error::{Classify, PortError};
 use crate::event::{Poison, PoisonKind, DEFAULT_MAX_RECORD_BYTES};
-use crate::route::{Mapped, Routes};
 use crate::metrics::BatchSummary;
 use crate::object_key::{
     data_object_key, dead_letter_key, dead_letter_message_key, hour_partition,
@@ -25,6 +24,7 @@ use crate::object_key::{
 use crate::ports::{Claim, ClaimAttempt, DeadLetters, DedupStore, ObjectSink, Row, RowSink};
 use crate::record::{Batch, Position, SourceRecord, SourceUnit};
 use crate::retry::RetryPolicy;
+use crate::route::{Mapped, Routes};
 use futures::stream::{self, StreamExt};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -57,9 +57,8 @@ impl Default for PipelineSettings {
         Self {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             dedup_ttl_s: 604_800,
-            routes: Routes::builtin("events", "events/").unwrap_or_else(|e| {
-                unreachable!("the built-in route is valid: {e}")
-            }),
+            routes: Routes::builtin("events", "events/")
+                .unwrap_or_else(|e| unreachable!("the built-in route is valid: {e}")),
             dead_letter_prefix: "dead-letter/".into(),
             claim_concurrency: 64,
             lease_grace: Duration::from_secs(10),
@@ -757,8 +756,9 @@ where
         let mut refused: Vec<(usize, String)> = Vec::new();
         let mut bodies: BTreeMap<String, Result<Vec<u8>, EncodeError>> = BTreeMap::new();
         for (key, members) in &mut by_object {
-            let encode =
-                |subset: &[usize]| encode_members(&self.settings.routes, work, subset, ingested_at_us);
+            let encode = |subset: &[usize]| {
+                encode_members(&self.settings.routes, work, subset, ingested_at_us)
+            };
             let body = match encode(members) {
                 Ok(body) => Ok(body),
                 Err(_) => {

@@ -49,31 +49,40 @@ fn numeric_typmod(formatted: &str) -> Option<(u8, u8)> {
 impl PgRows {
     /// Checks every route's table (see the module docs), adding missing columns where the
     /// route allows it. Returns the `ALTER TABLE` statements it ran.
+    ///
+    /// A database that cannot be reached is not a configuration mistake: the error is
+    /// retryable ([`PgError::Connect`]) and the sink runs the same checks on its first
+    /// connection instead (see [`PgRows::check_on_first_connect`]).
     pub async fn check_routes(&self, routes: &Routes) -> Result<Vec<String>, PgError> {
         let client = tokio::time::timeout(crate::CONNECT_TIMEOUT * 2, self.connect_plain())
             .await
             .map_err(|_| PgError::Connect("connect did not finish in time".into()))?
             .map_err(|e| PgError::Connect(crate::describe(&e)))?;
-        let mut problems = Vec::new();
-        let mut migrated = Vec::new();
-        for route in routes.iter() {
-            match check_route(&client, route).await {
-                Ok(mut done) => migrated.append(&mut done),
-                Err(CheckError::Problems(mut p)) => problems.append(&mut p),
-                Err(CheckError::Db(e)) => {
-                    return Err(PgError::Connect(format!(
-                        "checking route {:?}: {}",
-                        route.name,
-                        crate::describe(&e)
-                    )))
-                }
+        check_all(&client, routes).await
+    }
+}
+
+/// The checks of every route over `client`.
+pub(crate) async fn check_all(client: &Client, routes: &Routes) -> Result<Vec<String>, PgError> {
+    let mut problems = Vec::new();
+    let mut migrated = Vec::new();
+    for route in routes.iter() {
+        match check_route(client, route).await {
+            Ok(mut done) => migrated.append(&mut done),
+            Err(CheckError::Problems(mut p)) => problems.append(&mut p),
+            Err(CheckError::Db(e)) => {
+                return Err(PgError::Connect(format!(
+                    "checking route {:?}: {}",
+                    route.name,
+                    crate::describe(&e)
+                )))
             }
         }
-        if problems.is_empty() {
-            Ok(migrated)
-        } else {
-            Err(PgError::Routes(RouteErrors(problems)))
-        }
+    }
+    if problems.is_empty() {
+        Ok(migrated)
+    } else {
+        Err(PgError::Routes(RouteErrors(problems)))
     }
 }
 
@@ -175,7 +184,15 @@ async fn check_route(client: &Client, route: &Route) -> Result<Vec<String>, Chec
         if let (ColumnType::Numeric { scale, .. }, Some((p, s))) =
             (c.ty, numeric_typmod(&found.formatted))
         {
-            if scale.unwrap_or(0) != s || !matches!(c.ty, ColumnType::Numeric { precision: Some(_), .. }) {
+            if scale.unwrap_or(0) != s
+                || !matches!(
+                    c.ty,
+                    ColumnType::Numeric {
+                        precision: Some(_),
+                        ..
+                    }
+                )
+            {
                 problems.push(at(format!(
                     "column {:?} is numeric({p},{s}) in table {table:?}: set precision = {p} and scale = {s}, \
                      or PostgreSQL would round what the lake keeps exact",
@@ -184,7 +201,10 @@ async fn check_route(client: &Client, route: &Route) -> Result<Vec<String>, Chec
             }
         }
     }
-    let mapped: Vec<&str> = route.table_columns().map(|(_, c)| c.name.as_str()).collect();
+    let mapped: Vec<&str> = route
+        .table_columns()
+        .map(|(_, c)| c.name.as_str())
+        .collect();
     let mut unmapped_required: Vec<&String> = columns
         .iter()
         .filter(|(name, col)| col.not_null_without_default && !mapped.contains(&name.as_str()))

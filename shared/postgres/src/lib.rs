@@ -16,8 +16,8 @@ use std::error::Error as _;
 use std::time::Duration;
 use streamload_core::error::PortError;
 use streamload_core::ports::{Refusal, Row, RowSink};
-use streamload_core::route::{RouteErrors, Routes};
 use streamload_core::retry::SINK_RETRY;
+use streamload_core::route::{RouteErrors, Routes};
 use streamload_core::Classify;
 use tokio::sync::Mutex;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -28,8 +28,8 @@ use tokio_postgres::{Client, Config, NoTls};
 mod check;
 mod sql;
 
-pub use sql::RouteSql;
 use sql::Cell;
+pub use sql::RouteSql;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -78,6 +78,10 @@ fn refuses_a_row(e: &tokio_postgres::Error) -> bool {
 /// Rows into PostgreSQL.
 pub struct PgRows {
     config: Config,
+    routes: Routes,
+    /// The start-up checks still have to run (the database was unreachable at start-up):
+    /// the first connection runs them before any row is written.
+    unchecked: std::sync::atomic::AtomicBool,
     /// Per route (by index): its stage table and statements, built once.
     statements: Vec<RouteSql>,
     session: Mutex<Option<Session>>,
@@ -102,6 +106,8 @@ impl PgRows {
         }
         Self {
             config,
+            routes: routes.clone(),
+            unchecked: std::sync::atomic::AtomicBool::new(false),
             statements: routes.iter().map(RouteSql::new).collect(),
             session: Mutex::new(None),
         }
@@ -118,9 +124,39 @@ impl PgRows {
         Ok(client)
     }
 
-    async fn connect(&self) -> Result<Session, tokio_postgres::Error> {
-        let client = self.connect_plain().await?;
-        let ddl: Vec<&str> = self.statements.iter().map(|r| r.stage_ddl.as_str()).collect();
+    /// Defers the start-up checks to the first connection (see [`PgRows::check_routes`]).
+    pub fn check_on_first_connect(&self) {
+        self.unchecked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    async fn connect(&self) -> Result<Session, PortError> {
+        let client = self.connect_plain().await.map_err(|e| classify(&e))?;
+        if self.unchecked.load(std::sync::atomic::Ordering::SeqCst) {
+            match check::check_all(&client, &self.routes).await {
+                Ok(done) => {
+                    for ddl in done {
+                        tracing::info!(statement = %ddl, "schema migrated");
+                    }
+                    self.unchecked
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                }
+                Err(PgError::Routes(e)) => {
+                    tracing::error!(error = %e, "a route does not fit its table");
+                    return Err(PortError::permanent(format!("postgres: {e}")));
+                }
+                Err(e) => return Err(PortError::retryable(e.to_string())),
+            }
+        }
+        self.session_from(client).await.map_err(|e| classify(&e))
+    }
+
+    async fn session_from(&self, client: Client) -> Result<Session, tokio_postgres::Error> {
+        let ddl: Vec<&str> = self
+            .statements
+            .iter()
+            .map(|r| r.stage_ddl.as_str())
+            .collect();
         client.batch_execute(&ddl.join(";\n")).await?;
         Ok(Session { client })
     }
@@ -138,8 +174,7 @@ impl PgRows {
         if guard.is_none() {
             let session = tokio::time::timeout(left(until_ms), self.connect())
                 .await
-                .map_err(|_| PortError::retryable("postgres: connect did not finish in time"))?
-                .map_err(|e| classify(&e))?;
+                .map_err(|_| PortError::retryable("postgres: connect did not finish in time"))??;
             *guard = Some(session);
         }
         let Some(session) = guard.as_mut() else {

@@ -230,6 +230,9 @@ mod tests {
              WHERE cur.\"rev\" < EXCLUDED.\"rev\" OR (cur.\"rev\" IS NULL AND EXCLUDED.\"rev\" IS NOT NULL) \
              OR (cur.\"order_id\", cur.\"rev\") IS NOT DISTINCT FROM (EXCLUDED.\"order_id\", EXCLUDED.\"rev\")"
         );
-        assert_eq!(sql.types, vec![Type::TEXT, Type::INT4, Type::TEXT, Type::INT4]);
+        assert_eq!(
+            sql.types,
+            vec![Type::TEXT, Type::INT4, Type::TEXT, Type::INT4]
+        );
     }
 }

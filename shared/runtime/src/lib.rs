@@ -13,9 +13,9 @@ use streamload_aws::{DynamoDedup, S3Objects, SqsDeadLetters};
 use streamload_core::ports::{DeadLetters, DedupStore, ObjectSink, RowSink};
 use streamload_core::record::Batch;
 use streamload_core::response::{BatchItemFailures, ItemFailure};
+use streamload_core::route::{ConfigFile, RouteErrors, Routes};
 pub use streamload_core::source::{EventSource, Kafka, Kinesis};
 use streamload_core::{Invocation, Pipeline, PipelineSettings};
-use streamload_core::route::{ConfigFile, RouteErrors, Routes};
 use streamload_postgres::{PgError, PgRows};
 
 /// The pipeline as deployed: DynamoDB, PostgreSQL, S3 and SQS.
@@ -70,7 +70,10 @@ pub async fn load_routes(
 ) -> Result<Routes, StartError> {
     let (name, text) = match &config.routes {
         RoutesSource::Builtin => {
-            return Ok(Routes::builtin(&config.target_table, &config.output_prefix)?)
+            return Ok(Routes::builtin(
+                &config.target_table,
+                &config.output_prefix,
+            )?)
         }
         RoutesSource::File(path) => (
             path.clone(),
@@ -156,8 +159,19 @@ pub async fn build_pipeline_with(
     };
     let routes = load_routes(config, &sdk).await?;
     let rows = PgRows::new(pg_config, &routes);
-    for ddl in rows.check_routes(&routes).await? {
-        tracing::info!(statement = %ddl, "schema migrated at start-up");
+    match rows.check_routes(&routes).await {
+        Ok(done) => {
+            for ddl in done {
+                tracing::info!(statement = %ddl, "schema migrated at start-up");
+            }
+        }
+        // Unreachable now is not a mistake in the configuration: the first connection
+        // runs the checks before any row is written.
+        Err(PgError::Connect(why)) => {
+            tracing::warn!(error = %why, "database unreachable at start-up; checking routes on first connect");
+            rows.check_on_first_connect();
+        }
+        Err(e) => return Err(e.into()),
     }
     Ok(Pipeline {
         dedup: DynamoDedup::new(streamload_aws::dynamodb_client(&sdk), &config.dedup_table),

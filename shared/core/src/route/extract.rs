@@ -270,11 +270,22 @@ mod tests {
         // Given a record with nesting, an array and a member with a slash in its name
         let text = r#"{"a":{"b":[10,{"c":"x"}],"d/e":true},"z":null,"big":[1,2,3]}"#;
         // When six pointers are read in one pass
-        let caps = run(&["/a/b/0", "/a/b/1/c", "/a/d~1e", "/z", "/missing", ""], text).unwrap();
+        let caps = run(
+            &["/a/b/0", "/a/b/1/c", "/a/d~1e", "/z", "/missing", ""],
+            text,
+        )
+        .unwrap();
         // Then each has the raw text at its place, and the absent one has none
         assert_eq!(
             caps,
-            vec![Some("10"), Some("\"x\""), Some("true"), Some("null"), None, Some(text)]
+            vec![
+                Some("10"),
+                Some("\"x\""),
+                Some("true"),
+                Some("null"),
+                None,
+                Some(text)
+            ]
         );
     }
 
@@ -287,12 +298,24 @@ mod tests {
     #[test]
     fn bad_documents_are_told_apart() {
         assert_eq!(run(&["/a"], "[1]"), Err(ExtractError::NotAnObject));
-        assert!(matches!(run(&["/a"], "{\"a\":"), Err(ExtractError::NotJson(..))));
-        assert!(matches!(run(&["/a"], "nope"), Err(ExtractError::NotJson(..))));
-        assert_eq!(run(&["/a"], r#"{"a":1,"a":2}"#), Err(ExtractError::Duplicate));
+        assert!(matches!(
+            run(&["/a"], "{\"a\":"),
+            Err(ExtractError::NotJson(..))
+        ));
+        assert!(matches!(
+            run(&["/a"], "nope"),
+            Err(ExtractError::NotJson(..))
+        ));
+        assert_eq!(
+            run(&["/a"], r#"{"a":1,"a":2}"#),
+            Err(ExtractError::Duplicate)
+        );
         // A repeated member no pointer names is left alone.
         assert!(run(&["/a"], r#"{"b":1,"b":2,"a":3}"#).is_ok());
-        assert!(matches!(run(&["/a"], r#"{"a":1} x"#), Err(ExtractError::NotJson(..))));
+        assert!(matches!(
+            run(&["/a"], r#"{"a":1} x"#),
+            Err(ExtractError::NotJson(..))
+        ));
     }
 
     #[test]

@@ -531,13 +531,14 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
             None
         }
     };
-    let lake_prefix = match check_prefix(spec.lake_prefix.as_deref().unwrap_or(&format!("{route}/"))) {
-        Ok(p) => p,
-        Err(why) => {
-            bad(format!("lake_prefix {why}"));
-            String::new()
-        }
-    };
+    let lake_prefix =
+        match check_prefix(spec.lake_prefix.as_deref().unwrap_or(&format!("{route}/"))) {
+            Ok(p) => p,
+            Err(why) => {
+                bad(format!("lake_prefix {why}"));
+                String::new()
+            }
+        };
     let claim_prefix = spec
         .claim_prefix
         .clone()
@@ -655,7 +656,9 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
     let by_name = |name: &str| columns.iter().position(|c| c.name == name);
     let mut key = Vec::new();
     if spec.key.is_empty() {
-        problems.push(format!("route {route:?}: key must name at least one column"));
+        problems.push(format!(
+            "route {route:?}: key must name at least one column"
+        ));
     }
     for k in &spec.key {
         match by_name(k) {
@@ -685,7 +688,9 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
     };
     let mut identity = Vec::new();
     if identity_sources.is_empty() {
-        problems.push(format!("route {route:?}: identity must name at least one field"));
+        problems.push(format!(
+            "route {route:?}: identity must name at least one field"
+        ));
     }
     for from in &identity_sources {
         match spec
@@ -881,7 +886,10 @@ impl Route {
 
     /// Columns written to the table, with their indices.
     pub fn table_columns(&self) -> impl Iterator<Item = (usize, &Column)> {
-        self.columns.iter().enumerate().filter(|(_, c)| !c.lake_only)
+        self.columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.lake_only)
     }
 
     /// Decodes `record` and maps it to this route's columns, or says why it can never load.
@@ -947,7 +955,10 @@ impl Route {
             if c.required && matches!(&v, Value::Text(t) if t.trim().is_empty()) {
                 return Err(poison(
                     PoisonKind::Validation,
-                    format!("route {:?}: column {:?} is required (empty)", self.name, c.name),
+                    format!(
+                        "route {:?}: column {:?} is required (empty)",
+                        self.name, c.name
+                    ),
                 ));
             }
             values.push(v);
@@ -1072,7 +1083,6 @@ fn meta_value(meta: Meta, ty: ColumnType, r: &SourceRecord) -> Result<Value, val
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1106,7 +1116,10 @@ mod tests {
     fn ok(json: &str) -> Mapped {
         builtin()
             .get(0)
-            .map(&kinesis_record("s", json.as_bytes()), DEFAULT_MAX_RECORD_BYTES)
+            .map(
+                &kinesis_record("s", json.as_bytes()),
+                DEFAULT_MAX_RECORD_BYTES,
+            )
             .expect("valid event")
     }
 
@@ -1192,7 +1205,10 @@ mod tests {
         );
         let data = record.data.clone().unwrap();
         // When it is mapped
-        let e = builtin().get(0).map(&record, DEFAULT_MAX_RECORD_BYTES).unwrap();
+        let e = builtin()
+            .get(0)
+            .map(&record, DEFAULT_MAX_RECORD_BYTES)
+            .unwrap();
         // Then plain fields are views of the record and the escaped one is unescaped text
         let inside = |v: &Value| match v {
             Value::Text(t) | Value::Json(t) => {
@@ -1260,7 +1276,10 @@ mod tests {
     fn records_go_to_the_first_matching_route_or_are_poison() {
         // Given routes for one stream and a catch-all, and a config with no catch-all
         let routes = orders();
-        let other = kinesis_record("clicks", br#"{"id":"6f9619ff-8b86-d011-b42d-00c04fc964ff"}"#);
+        let other = kinesis_record(
+            "clicks",
+            br#"{"id":"6f9619ff-8b86-d011-b42d-00c04fc964ff"}"#,
+        );
         let m = routes.map_batch(std::slice::from_ref(&other), DEFAULT_MAX_RECORD_BYTES);
         assert_eq!(m[0].as_ref().unwrap().route, 1);
         let mut file: ConfigFile = serde_json::from_str(ORDERS).unwrap();
@@ -1270,7 +1289,10 @@ mod tests {
         let m = only_orders.map_batch(&[other], DEFAULT_MAX_RECORD_BYTES);
         // Then it is poison, naming the stream
         let p = m[0].as_ref().unwrap_err();
-        assert_eq!(p.reason, r#"no route takes records from Kinesis stream "clicks""#);
+        assert_eq!(
+            p.reason,
+            r#"no route takes records from Kinesis stream "clicks""#
+        );
     }
 
     #[test]
@@ -1280,7 +1302,10 @@ mod tests {
             "orders",
             br#"{"order_id":"o-1","revision":1,"amount":{"total":"19.999"},"placed_at":1}"#,
         );
-        let p = routes.get(0).map(&bad, DEFAULT_MAX_RECORD_BYTES).unwrap_err();
+        let p = routes
+            .get(0)
+            .map(&bad, DEFAULT_MAX_RECORD_BYTES)
+            .unwrap_err();
         assert_eq!(
             p.reason,
             r#"route "orders": column "total" has more decimal places than the column's scale"#
@@ -1326,7 +1351,10 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
-        assert!(errors.0.iter().all(|line| line.starts_with("route \"Bad-Name\"")));
+        assert!(errors
+            .0
+            .iter()
+            .all(|line| line.starts_with("route \"Bad-Name\"")));
         // And two routes may not share a name or a lake prefix
         let twice = r#"{"route": [
             {"name": "a", "source": "*", "table": "t", "key": ["id"], "lake_prefix": "x/",
@@ -1335,7 +1363,14 @@ mod tests {
              "column": [{"name": "id", "from": "/id", "type": "text"}]}]}"#;
         let e = Routes::compile(&serde_json::from_str(twice).unwrap()).unwrap_err();
         assert!(e.to_string().contains("the name is used twice"), "{e}");
-        assert!(e.to_string().contains("lake_prefix \"x/\" is route \"a\"'s too"), "{e}");
-        assert!(e.to_string().contains("claim_prefix \"rt:a:\" overlaps"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("lake_prefix \"x/\" is route \"a\"'s too"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("claim_prefix \"rt:a:\" overlaps"),
+            "{e}"
+        );
     }
 }

@@ -360,7 +360,8 @@ fn epoch_micros(s: &str, unit: EpochUnit) -> Result<i64, Misfit> {
 
 /// Days since 1970-01-01 of `YYYY-MM-DD`.
 fn date(s: &str) -> Result<i32, Misfit> {
-    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| "is not a date (YYYY-MM-DD)")?;
+    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| "is not a date (YYYY-MM-DD)")?;
     let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).ok_or("is not a date")?;
     let days = d.signed_duration_since(epoch).num_days();
     if !(-719_162..=2_932_896).contains(&days) {
@@ -507,7 +508,10 @@ mod tests {
         assert_eq!(conv(ColumnType::Integer, "4e1"), Ok(Value::Int(40)));
         assert!(conv(ColumnType::Integer, "4.5").is_err());
         assert!(conv(ColumnType::Integer, "3000000000").is_err());
-        assert_eq!(conv(ColumnType::Bigint, "3000000000"), Ok(Value::Int(3_000_000_000)));
+        assert_eq!(
+            conv(ColumnType::Bigint, "3000000000"),
+            Ok(Value::Int(3_000_000_000))
+        );
         assert!(conv(ColumnType::Bigint, "\"12a\"").is_err());
         assert!(conv(ColumnType::Bigint, "true").is_err());
         assert_eq!(conv(ColumnType::Double, "\"1.5\""), Ok(Value::Double(1.5)));
@@ -530,14 +534,20 @@ mod tests {
         assert_eq!(conv(n, "1.5e2"), Ok(v("150", Some(15000))));
         assert_eq!(conv(n, "0"), Ok(v("0", Some(0))));
         assert!(conv(n, "1.999").is_err(), "more places than the scale");
-        assert!(conv(n, "123456789").is_err(), "more digits than the precision");
+        assert!(
+            conv(n, "123456789").is_err(),
+            "more digits than the precision"
+        );
         let free = ColumnType::Numeric {
             precision: None,
             scale: None,
         };
         assert_eq!(conv(free, "0.000"), Ok(v("0", None)));
         assert_eq!(conv(free, "-00.10"), Err("is not a decimal number"));
-        assert_eq!(conv(free, "12345678901234567890.123"), Ok(v("12345678901234567890.123", None)));
+        assert_eq!(
+            conv(free, "12345678901234567890.123"),
+            Ok(v("12345678901234567890.123", None))
+        );
     }
 
     #[test]
@@ -547,9 +557,18 @@ mod tests {
             unit: Some(EpochUnit::Millis),
         };
         let t = 1_709_289_296_789_000;
-        assert_eq!(conv(rfc, "\"2024-03-01T10:34:56.789Z\""), Ok(Value::Timestamp(t)));
-        assert_eq!(conv(rfc, "\"2024-03-01T10:34:56.789\""), Ok(Value::Timestamp(t)));
-        assert_eq!(conv(rfc, "\"2024-03-01T11:34:56.789+01:00\""), Ok(Value::Timestamp(t)));
+        assert_eq!(
+            conv(rfc, "\"2024-03-01T10:34:56.789Z\""),
+            Ok(Value::Timestamp(t))
+        );
+        assert_eq!(
+            conv(rfc, "\"2024-03-01T10:34:56.789\""),
+            Ok(Value::Timestamp(t))
+        );
+        assert_eq!(
+            conv(rfc, "\"2024-03-01T11:34:56.789+01:00\""),
+            Ok(Value::Timestamp(t))
+        );
         assert!(conv(rfc, "1709289296789").is_err(), "a number needs a unit");
         assert_eq!(conv(ms, "1709289296789"), Ok(Value::Timestamp(t)));
         assert_eq!(conv(ms, "\"1709289296789\""), Ok(Value::Timestamp(t)));
@@ -564,9 +583,15 @@ mod tests {
     #[test]
     fn other_types_accept_their_forms_only() {
         assert_eq!(conv(ColumnType::Boolean, "true"), Ok(Value::Bool(true)));
-        assert_eq!(conv(ColumnType::Boolean, "\"false\""), Ok(Value::Bool(false)));
+        assert_eq!(
+            conv(ColumnType::Boolean, "\"false\""),
+            Ok(Value::Bool(false))
+        );
         assert!(conv(ColumnType::Boolean, "1").is_err());
-        assert_eq!(conv(ColumnType::Date, "\"2024-02-29\""), Ok(Value::Date(19_782)));
+        assert_eq!(
+            conv(ColumnType::Date, "\"2024-02-29\""),
+            Ok(Value::Date(19_782))
+        );
         assert!(conv(ColumnType::Date, "\"2023-02-29\"").is_err());
         let u = conv(ColumnType::Uuid, "\"6F9619FF-8B86-D011-B42D-00C04FC964FF\"").unwrap();
         assert_eq!(u.identity_text(), "6f9619ff-8b86-d011-b42d-00c04fc964ff");
@@ -574,9 +599,18 @@ mod tests {
         assert_eq!(conv(ColumnType::Text, "12"), Ok(Value::Text("12".into())));
         assert!(conv(ColumnType::Text, "{\"a\":1}").is_err());
         assert!(conv(ColumnType::Text, "\"a\\u0000b\"").is_err(), "NUL");
-        assert!(conv(ColumnType::Text, "\"\\ud800\"").is_err(), "lone surrogate");
-        assert_eq!(conv(ColumnType::Text, "\"a\\\"b\""), Ok(Value::Text("a\"b".into())));
-        assert_eq!(conv(ColumnType::Jsonb, "[1,{\"a\":2}]"), Ok(Value::Json("[1,{\"a\":2}]".into())));
+        assert!(
+            conv(ColumnType::Text, "\"\\ud800\"").is_err(),
+            "lone surrogate"
+        );
+        assert_eq!(
+            conv(ColumnType::Text, "\"a\\\"b\""),
+            Ok(Value::Text("a\"b".into()))
+        );
+        assert_eq!(
+            conv(ColumnType::Jsonb, "[1,{\"a\":2}]"),
+            Ok(Value::Json("[1,{\"a\":2}]".into()))
+        );
         assert!(conv(ColumnType::Jsonb, "\"\\u0000\"").is_err());
         assert_eq!(conv(ColumnType::Integer, "null"), Ok(Value::Null));
     }
