@@ -717,4 +717,27 @@ mod tests {
         assert_eq!(batch.records.len(), 1);
         assert_eq!(batch.records[0].position.as_str(), "2");
     }
+
+    #[test]
+    fn a_schema_registry_id_is_kept_on_both_readings() {
+        // Given a record a schema-registry mapping decoded to JSON, plain and with an escape
+        let record = |topic: &str| {
+            format!(
+                r#"{{"records":{{"t-0":[{{"topic":"{topic}","partition":0,"offset":1,"value":"e30=",
+                "valueSchemaMetadata":{{"dataFormat":"AVRO","schemaId":"a1b2c3d4-0001"}}}}]}}}}"#
+            )
+        };
+        for event in [record("t"), record(r"t\u0041")] {
+            // When it is decoded
+            let batch = decode(&event).unwrap();
+            // Then the schema id is in the record's origin, for lineage and @schema_id
+            match &batch.records[0].origin {
+                Origin::Kafka {
+                    value_schema_id, ..
+                } => assert_eq!(value_schema_id.as_deref(), Some("a1b2c3d4-0001"), "{event}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(plain_reading(&record("t")).is_some(), "the plain path reads it");
+    }
 }
