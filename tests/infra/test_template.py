@@ -134,3 +134,20 @@ def test_storage_is_encrypted_private_and_recoverable(template):
 def test_alarms_cover_lag_errors_throttles_and_dead_letters(template):
     metrics = {a["Properties"]["MetricName"] for a in resources(template, "AWS::CloudWatch::Alarm").values()}
     assert {"IteratorAge", "OffsetLag", "Errors", "Throttles", "ApproximateNumberOfMessagesVisible"} <= metrics
+
+
+def test_the_route_file_is_the_one_object_the_functions_may_read_besides_their_own(template):
+    # Given the shared sink policy
+    statements = template["Resources"]["SinkPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    route_file = [s for s in statements if isinstance(s, dict) and "Fn::If" in s]
+    # Then the route file's statement exists only with a route file, and grants GetObject on
+    # exactly the object its S3 URI names
+    assert len(route_file) == 1
+    condition, granted, otherwise = route_file[0]["Fn::If"]
+    assert condition == "HasRoutesConfig"
+    assert otherwise == {"Ref": "AWS::NoValue"}
+    assert granted["Action"] == "s3:GetObject"
+    path = granted["Resource"]["Fn::Sub"][1]["Path"]
+    assert path == {"Fn::Select": [1, {"Fn::Split": ["s3://", {"Ref": "RoutesConfigUri"}]}]}
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["STREAMLOAD_CONFIG"] == {"Ref": "RoutesConfigUri"}
