@@ -5,6 +5,9 @@
 //!    INSERT … SELECT FROM UNNEST of arrays (the other fast design) and a row-at-a-time
 //!    prepared INSERT … ON CONFLICT in one transaction (the naive baseline).
 //!
+//! 3. The same upsert for a 20-column route (shared/core/benches/support/wide_route.rs):
+//!    mapped from JSON, newest_by merge, beside the events route in the same run.
+//!
 //! Run: `make bench` (or, with the stack's env exported, `cargo bench -p streamload-tests --bench load`).
 
 use std::time::{Duration, Instant};
@@ -12,6 +15,9 @@ use streamload_core::ports::{Row, RowSink};
 use streamload_core::route::{Routes, Value};
 use streamload_postgres::PgRows;
 use streamload_tests::*;
+
+#[path = "../../shared/core/benches/support/wide_route.rs"]
+mod wide_route;
 
 const ROWS: usize = 10_000;
 const RUNS: usize = 7;
@@ -249,6 +255,90 @@ async fn main() {
         println!(
             "  {refused:>3} refused: {:>8.1} ms",
             median(times).as_secs_f64() * 1e3
+        );
+    }
+
+    // 3. A 20-column route: the same binary COPY + merge, for rows mapped from JSON by the
+    // route's plan; new orders, then the same orders at a higher revision (every row a
+    // conflict that replaces), then the same again (every row a conflict the merge keeps).
+    pg.batch_execute(wide_route::WIDE_TABLE_DDL).await.unwrap();
+    let wide = Routes::compile(&serde_json::from_str(wide_route::WIDE_ROUTE).unwrap()).unwrap();
+    let config: tokio_postgres::Config = stack.database_url.parse().unwrap();
+    let wide_sink = PgRows::new(config, &wide);
+    wide_sink.check_routes(&wide).await.unwrap();
+    let [mut new_rows, mut replaced, mut kept] = [(); 3].map(|_| Vec::new());
+    for run in 0..RUNS {
+        let records: Vec<(u64, Vec<u8>)> = (0..ROWS)
+            .map(|i| {
+                let mut v: serde_json::Value =
+                    serde_json::from_slice(&wide_route::wide_record(i)).unwrap();
+                v["order_id"] = format!("run{run}-{i}").into();
+                (i as u64, serde_json::to_vec(&v).unwrap())
+            })
+            .collect();
+        let batch = kinesis_batch(&records);
+        let mapped: Vec<_> = wide
+            .map_batch(&batch.records, 1 << 20)
+            .into_iter()
+            .map(|m| m.unwrap())
+            .collect();
+        let rows: Vec<Row<'_>> = mapped
+            .iter()
+            .map(|m| Row {
+                route: wide.get(0),
+                values: &m.values,
+            })
+            .collect();
+        let t = Instant::now();
+        wide_sink.upsert(&rows, i64::MAX / 2).await.unwrap();
+        new_rows.push(t.elapsed());
+        let revised: Vec<Vec<Value>> = mapped
+            .iter()
+            .map(|m| {
+                let mut v = m.values.clone();
+                v[1] = Value::Int(100);
+                v
+            })
+            .collect();
+        let rows: Vec<Row<'_>> = revised
+            .iter()
+            .map(|v| Row {
+                route: wide.get(0),
+                values: v,
+            })
+            .collect();
+        let t = Instant::now();
+        wide_sink.upsert(&rows, i64::MAX / 2).await.unwrap();
+        replaced.push(t.elapsed());
+        let rows: Vec<Row<'_>> = mapped
+            .iter()
+            .map(|m| Row {
+                route: wide.get(0),
+                values: &m.values,
+            })
+            .collect();
+        let t = Instant::now();
+        wide_sink.upsert(&rows, i64::MAX / 2).await.unwrap();
+        kept.push(t.elapsed());
+    }
+    let newest: i64 = pg
+        .query_one("SELECT count(*) FROM bench_orders WHERE revision = 100", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(newest, (ROWS * RUNS) as i64, "older revisions must not replace newer ones");
+    println!("postgres upsert, 20-column route, {ROWS} rows per batch (median of {RUNS}):");
+    for (label, times) in [
+        ("events route (5 columns), new rows [2a]", &copy_new),
+        ("20-column route, new rows", &new_rows),
+        ("20-column route, newer revision replaces", &replaced),
+        ("20-column route, older revision kept", &kept),
+    ] {
+        let d = median(times.clone());
+        println!(
+            "  {label:42}: {:>8.1} ms  {:>9.0} rows/s",
+            d.as_secs_f64() * 1e3,
+            rate(d)
         );
     }
 }

@@ -139,60 +139,13 @@ fn parquet_of(routes: &Routes, events: &[Mapped], batch: &Batch) -> usize {
         .len()
 }
 
-/// A 20-column route with nested pointers and every kind of type, as a team's own events
-/// look (the issue's benchmark shape).
-const WIDE_ROUTE: &str = r#"{"route": [{
-    "name": "orders", "source": "*", "table": "orders", "event_time": "/placed_at",
-    "identity": ["/order_id", "/revision"], "key": ["order_id"], "merge": {"newest_by": "revision"},
-    "column": [
-      {"name": "order_id", "from": "/order_id", "type": "text", "required": true},
-      {"name": "revision", "from": "/revision", "type": "integer", "required": true},
-      {"name": "placed_at", "from": "/placed_at", "type": "timestamptz", "unit": "ms", "required": true},
-      {"name": "updated", "from": "/meta/updated", "type": "timestamptz"},
-      {"name": "customer_id", "from": "/customer/id", "type": "uuid"},
-      {"name": "customer_tier", "from": "/customer/tier", "type": "text"},
-      {"name": "country", "from": "/customer/address/country", "type": "text"},
-      {"name": "city", "from": "/customer/address/city", "type": "text"},
-      {"name": "total", "from": "/amount/total", "type": "numeric", "precision": 12, "scale": 2},
-      {"name": "tax", "from": "/amount/tax", "type": "numeric", "precision": 12, "scale": 2},
-      {"name": "currency", "from": "/amount/currency", "type": "text"},
-      {"name": "items", "from": "/items", "type": "jsonb"},
-      {"name": "first_sku", "from": "/items/0/sku", "type": "text"},
-      {"name": "item_count", "from": "/item_count", "type": "integer"},
-      {"name": "weight", "from": "/shipping/weight_kg", "type": "double"},
-      {"name": "express", "from": "/shipping/express", "type": "boolean"},
-      {"name": "ship_by", "from": "/shipping/ship_by", "type": "date"},
-      {"name": "channel", "from": "/channel", "type": "text"},
-      {"name": "sequence", "from": "/sequence", "type": "bigint"},
-      {"name": "partition_key", "from": "@partition_key", "type": "text"}
-    ]}]}"#;
+#[path = "support/wide_route.rs"]
+mod wide_route;
+use wide_route::{wide_record, WIDE_ROUTE};
 
 fn wide_routes() -> &'static Routes {
     static ROUTES: std::sync::OnceLock<Routes> = std::sync::OnceLock::new();
     ROUTES.get_or_init(|| Routes::compile(&serde_json::from_str(WIDE_ROUTE).unwrap()).unwrap())
-}
-
-fn wide_record(i: usize) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "order_id": format!("ord-{i:08}"),
-        "revision": i % 7,
-        "placed_at": 1_714_557_600_000i64 + i as i64 * 37,
-        "meta": {"updated": "2024-05-01T10:00:00.123Z", "producer": "checkout-svc", "trace": format!("{i:032x}")},
-        "customer": {
-            "id": format!("6f9619ff-8b86-d011-b42d-{:012x}", i),
-            "tier": (["gold", "silver", "bronze"])[i % 3],
-            "address": {"country": (["DE", "FR", "US", "JP"])[i % 4], "city": (["Berlin", "Paris", "Austin", "Osaka"])[i % 4], "zip": "10115"}
-        },
-        "amount": {"total": format!("{}.{:02}", 10 + i % 500, i % 100), "tax": "1.90", "currency": "EUR"},
-        "items": [{"sku": format!("SKU-{}", i % 97), "qty": 1 + i % 3, "price": "9.95"},
-                  {"sku": "SKU-7", "qty": 1, "price": "4.50"}],
-        "item_count": 2,
-        "shipping": {"weight_kg": 1.25 + (i % 10) as f64, "express": i % 5 == 0, "ship_by": "2024-05-03"},
-        "channel": (["web", "app", "store"])[i % 3],
-        "sequence": 1_000_000_000_000i64 + i as i64,
-        "notes": "leave at the door, ring twice"
-    }))
-    .unwrap()
 }
 
 /// The wide route's path from the Kinesis event: decode, map 20 columns, Arrow and Parquet.
@@ -397,6 +350,11 @@ fn run_path(path: &str, kinesis: &str, kafka: &str, records: &[Vec<u8>]) {
         "kinesis_behind_runtime_parse" => behind_runtime_parse::<Kinesis>(kinesis.as_bytes()),
         "kafka" => shipped::<Kafka>(kafka.as_bytes()),
         "naive" => naive(records),
+        "wide" => wide_shipped(&kinesis_event_json(
+            &(0..RECORDS).map(wide_record).collect::<Vec<_>>(),
+        )),
+        "wide_setup" => kinesis_event_json(&(0..RECORDS).map(wide_record).collect::<Vec<_>>())
+            .len(),
         "kinesis_envelope" => Kinesis::decode(kinesis).unwrap().records.len(),
         other => panic!("DECODE_ENCODE_ONCE: unknown path {other}"),
     };
