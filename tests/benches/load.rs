@@ -322,11 +322,18 @@ async fn main() {
         kept.push(t.elapsed());
     }
     let newest: i64 = pg
-        .query_one("SELECT count(*) FROM bench_orders WHERE revision = 100", &[])
+        .query_one(
+            "SELECT count(*) FROM bench_orders WHERE revision = 100",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(newest, (ROWS * RUNS) as i64, "older revisions must not replace newer ones");
+    assert_eq!(
+        newest,
+        (ROWS * RUNS) as i64,
+        "older revisions must not replace newer ones"
+    );
     println!("postgres upsert, 20-column route, {ROWS} rows per batch (median of {RUNS}):");
     for (label, times) in [
         ("events route (5 columns), new rows [2a]", &copy_new),

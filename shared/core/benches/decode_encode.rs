@@ -353,8 +353,9 @@ fn run_path(path: &str, kinesis: &str, kafka: &str, records: &[Vec<u8>]) {
         "wide" => wide_shipped(&kinesis_event_json(
             &(0..RECORDS).map(wide_record).collect::<Vec<_>>(),
         )),
-        "wide_setup" => kinesis_event_json(&(0..RECORDS).map(wide_record).collect::<Vec<_>>())
-            .len(),
+        "wide_setup" => {
+            kinesis_event_json(&(0..RECORDS).map(wide_record).collect::<Vec<_>>()).len()
+        }
         "kinesis_envelope" => Kinesis::decode(kinesis).unwrap().records.len(),
         other => panic!("DECODE_ENCODE_ONCE: unknown path {other}"),
     };

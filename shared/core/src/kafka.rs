@@ -738,6 +738,9 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert!(plain_reading(&record("t")).is_some(), "the plain path reads it");
+        assert!(
+            plain_reading(&record("t")).is_some(),
+            "the plain path reads it"
+        );
     }
 }
