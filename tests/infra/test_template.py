@@ -151,3 +151,16 @@ def test_the_route_file_is_the_one_object_the_functions_may_read_besides_their_o
     assert path == {"Fn::Select": [1, {"Fn::Split": ["s3://", {"Ref": "RoutesConfigUri"}]}]}
     env = template["Globals"]["Function"]["Environment"]["Variables"]
     assert env["STREAMLOAD_CONFIG"] == {"Ref": "RoutesConfigUri"}
+
+
+def test_sam_builds_without_a_prompt_and_the_license_file_matches_cargo():
+    import tomllib
+
+    root = TEMPLATE.parents[1]
+    samconfig = tomllib.loads((root / "samconfig.toml").read_text())
+    # rust-cargolambda is a beta build method: without this `sam build` waits at a prompt
+    assert samconfig["default"]["global"]["parameters"]["beta_features"] is True
+    assert "/.aws-sam" in (root / ".gitignore").read_text().split()
+    cargo = tomllib.loads((root / "Cargo.toml").read_text())
+    assert cargo["workspace"]["package"]["license"] == "Apache-2.0"
+    assert "Apache License\n                           Version 2.0" in (root / "LICENSE").read_text()
