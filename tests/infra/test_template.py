@@ -164,3 +164,17 @@ def test_sam_builds_without_a_prompt_and_the_license_file_matches_cargo():
     cargo = tomllib.loads((root / "Cargo.toml").read_text())
     assert cargo["workspace"]["package"]["license"] == "Apache-2.0"
     assert "Apache License\n                           Version 2.0" in (root / "LICENSE").read_text()
+
+
+def test_a_redeployed_stack_can_reuse_its_dedup_memory(template):
+    # Given an existing dedup table by parameter
+    assert template["Conditions"]["CreateDedupTable"] == {"Fn::Equals": [{"Ref": "ExistingDedupTableName"}, ""]}
+    # Then the stack creates none, and the functions and the policy name the existing one
+    assert template["Resources"]["DedupTable"]["Condition"] == "CreateDedupTable"
+    assert template["Resources"]["DedupTable"]["DeletionPolicy"] == "Retain"
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["DEDUP_TABLE"] == {"Fn::If": ["CreateDedupTable", {"Ref": "DedupTable"}, {"Ref": "ExistingDedupTableName"}]}
+    statements = template["Resources"]["SinkPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    claims = next(s for s in statements if isinstance(s, dict) and s.get("Sid") == "DedupClaims")
+    assert claims["Resource"]["Fn::If"][0] == "CreateDedupTable"
+    assert "${ExistingDedupTableName}" in claims["Resource"]["Fn::If"][2]["Fn::Sub"]
