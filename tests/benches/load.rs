@@ -28,6 +28,17 @@ fn payload(i: usize) -> String {
     )
 }
 
+/// The rows of `route` over each record's values.
+fn rows_of<'a>(
+    route: &'a streamload_core::Route,
+    values: impl IntoIterator<Item = &'a [Value]>,
+) -> Vec<Row<'a>> {
+    values
+        .into_iter()
+        .map(|values| Row { route, values })
+        .collect()
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -148,13 +159,7 @@ async fn main() {
             .zip(&payloads)
             .map(|(id, p)| event_values(id, "user-1", p))
             .collect();
-        let rows: Vec<Row<'_>> = values
-            .iter()
-            .map(|v| Row {
-                route: routes.get(0),
-                values: v,
-            })
-            .collect();
+        let rows = rows_of(routes.get(0), values.iter().map(Vec::as_slice));
         for times_out in [&mut copy_new, &mut copy_update] {
             let t = Instant::now();
             sink.upsert(&rows, i64::MAX / 2).await.unwrap();
@@ -240,13 +245,7 @@ async fn main() {
                     event_values(id, user, p)
                 })
                 .collect();
-            let rows: Vec<Row<'_>> = values
-                .iter()
-                .map(|v| Row {
-                    route: routes.get(0),
-                    values: v,
-                })
-                .collect();
+            let rows = rows_of(routes.get(0), values.iter().map(Vec::as_slice));
             let t = Instant::now();
             let out = sink.upsert(&rows, i64::MAX / 2).await.unwrap();
             times.push(t.elapsed());
@@ -282,13 +281,7 @@ async fn main() {
             .into_iter()
             .map(|m| m.unwrap())
             .collect();
-        let rows: Vec<Row<'_>> = mapped
-            .iter()
-            .map(|m| Row {
-                route: wide.get(0),
-                values: &m.values,
-            })
-            .collect();
+        let rows = rows_of(wide.get(0), mapped.iter().map(|m| m.values.as_slice()));
         let t = Instant::now();
         wide_sink.upsert(&rows, i64::MAX / 2).await.unwrap();
         new_rows.push(t.elapsed());
@@ -300,23 +293,11 @@ async fn main() {
                 v
             })
             .collect();
-        let rows: Vec<Row<'_>> = revised
-            .iter()
-            .map(|v| Row {
-                route: wide.get(0),
-                values: v,
-            })
-            .collect();
+        let rows = rows_of(wide.get(0), revised.iter().map(Vec::as_slice));
         let t = Instant::now();
         wide_sink.upsert(&rows, i64::MAX / 2).await.unwrap();
         replaced.push(t.elapsed());
-        let rows: Vec<Row<'_>> = mapped
-            .iter()
-            .map(|m| Row {
-                route: wide.get(0),
-                values: &m.values,
-            })
-            .collect();
+        let rows = rows_of(wide.get(0), mapped.iter().map(|m| m.values.as_slice()));
         let t = Instant::now();
         wide_sink.upsert(&rows, i64::MAX / 2).await.unwrap();
         kept.push(t.elapsed());

@@ -125,12 +125,6 @@ pub struct Pipeline<D, R, O, Q> {
     pub settings: PipelineSettings,
 }
 
-/// The dedup key of an event. Namespaced, so no producer `event_id` can collide with the
-/// claim of a poison record (`dl:…`, [`poison_claim_key`]).
-pub fn event_claim_key(event_id: &str) -> String {
-    format!("ev:{event_id}")
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
