@@ -523,3 +523,73 @@ fn the_example_event_file_is_a_kinesis_event_of_the_orders_stream() {
         .all(|m| m.as_ref().is_ok_and(|m| m.route == 1)));
     assert!(mapped[3].is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_orders_table_refuses_leaves_the_other_routes_rows_loading() {
+    // Given a real CHECK on the orders table, and one batch holding records of two routes
+    // (as one function behind several mappings, or one Kafka mapping over two topics, sees)
+    let stack = example_stack("rrefuse").await;
+    stack
+        .pg
+        .batch_execute(
+            "ALTER TABLE sales.orders ADD CONSTRAINT total_not_negative CHECK (total >= 0)",
+        )
+        .await
+        .unwrap();
+    let mut negative = order("o-neg", 1);
+    negative["amount"]["total"] = "-1.00".into();
+    let mut batch = stream_batch(
+        "orders",
+        &[(1, order("o-1", 1)), (2, negative), (3, order("o-2", 1))],
+    );
+    let clicks = streamload_core::kinesis::decode(
+        &kinesis_event(&[plain_event(1, "e1"), plain_event(2, "e2")])
+            .replace("stream/orders", "stream/clickstream")
+            .replace("shardId-000000000000", "shardId-000000000001"),
+    )
+    .unwrap();
+    batch.records.extend(clicks.records);
+    let p = stack.pipeline().await;
+    // When it is processed
+    let r = p
+        .process(&batch, &invocation("inv-1", Duration::from_secs(30)))
+        .await;
+    // Then nothing is redelivered; the refused order is a dead letter naming the constraint
+    assert!(r.failures.is_empty(), "{:?}", r.outcomes);
+    assert_eq!(
+        r.outcomes[1],
+        RecordOutcome::DeadLettered(streamload_core::PoisonKind::Refused)
+    );
+    let dl = stack.dead_letters().await;
+    assert_eq!(dl.len(), 1, "{dl:?}");
+    let reason = dl[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("23514") && reason.contains("total_not_negative"),
+        "{reason}"
+    );
+    // And both routes' other rows are in their tables and their objects, once
+    assert_eq!(
+        stack.table_column("sales.orders", "order_id").await,
+        ["o-1", "o-2"]
+    );
+    assert_eq!(
+        lake_revisions(&stack).await,
+        [("o-1".into(), 1), ("o-2".into(), 1)]
+    );
+    stack
+        .assert_each_once_in_both_sinks(&sorted_ids(&["e1", "e2"]))
+        .await;
+    // And a redelivery loads and queues nothing more
+    let again = p
+        .process(&batch, &invocation("inv-2", Duration::from_secs(30)))
+        .await;
+    assert!(again.failures.is_empty(), "{:?}", again.outcomes);
+    assert!(
+        stack.dead_letters().await.is_empty(),
+        "already taken, nothing new"
+    );
+    assert_eq!(
+        lake_revisions(&stack).await,
+        [("o-1".into(), 1), ("o-2".into(), 1)]
+    );
+}
