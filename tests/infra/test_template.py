@@ -28,6 +28,122 @@ def param(template, value):
     return template["Parameters"][value["Ref"]]
 
 
+NO_VALUE = {"Ref": "AWS::NoValue"}
+
+
+def parameter_values(template, params):
+    """Each parameter's value as CloudFormation passes it: a string, or a list of strings."""
+    values = {}
+    for name, p in template["Parameters"].items():
+        v = params.get(name, p.get("Default"))
+        assert v is not None, f"{name} has no default: give it"
+        if p["Type"] == "CommaDelimitedList":
+            values[name] = v if isinstance(v, list) else str(v).split(",")
+        else:
+            values[name] = str(v).lower() if isinstance(v, bool) else str(v)
+    unknown = set(params) - set(values)
+    assert not unknown, f"no such parameters: {unknown}"
+    return values
+
+
+def evaluate(expr, values, conditions=None):
+    """The value of a condition or rule expression, for the functions the template uses in them."""
+    def ev(e):
+        return evaluate(e, values, conditions)
+    if isinstance(expr, (str, int, float)) and not isinstance(expr, bool):
+        return str(expr)
+    if isinstance(expr, list):
+        return [ev(e) for e in expr]
+    (fn, arg), = expr.items()
+    if fn == "Ref":
+        return values[arg]
+    if fn == "Condition":
+        return conditions(arg)
+    if fn == "Fn::Equals":
+        a, b = ev(arg[0]), ev(arg[1])
+        return a == b
+    if fn == "Fn::Not":
+        return not ev(arg[0])
+    if fn == "Fn::And":
+        return all(ev(a) for a in arg)
+    if fn == "Fn::Or":
+        return any(ev(a) for a in arg)
+    if fn == "Fn::Join":
+        return arg[0].join(ev(arg[1]))
+    if fn == "Fn::Split":
+        return ev(arg[1]).split(arg[0])
+    if fn == "Fn::Select":
+        return ev(arg[1])[int(ev(arg[0]))]
+    if fn == "Fn::EachMemberEquals":
+        return all(m == ev(arg[1]) for m in ev(arg[0]))
+    if fn == "Fn::Contains":
+        return ev(arg[1]) in ev(arg[0])
+    raise AssertionError(f"the test resolver does not know {fn}")
+
+
+def resolve(template, **params):
+    """The template as CloudFormation would deploy it with these parameter values (the rest at
+    their defaults): conditions evaluated, each Fn::If replaced by its branch, AWS::NoValue
+    dropped, resources and outputs whose condition is false removed. Other intrinsics stay."""
+    values = parameter_values(template, params)
+    cache = {}
+
+    def condition(name):
+        if name not in cache:
+            cache[name] = evaluate(template["Conditions"][name], values, condition)
+        return cache[name]
+
+    def walk(node):
+        if isinstance(node, dict):
+            if set(node) == {"Fn::If"}:
+                name, yes, no = node["Fn::If"]
+                return walk(yes if condition(name) else no)
+            out = {}
+            for k, v in node.items():
+                v = walk(v)
+                if v != NO_VALUE:
+                    out[k] = v
+            return out
+        if isinstance(node, list):
+            return [w for w in (walk(v) for v in node) if w != NO_VALUE]
+        return node
+
+    out = {"Parameters": template["Parameters"], "Conditions": {n: condition(n) for n in template["Conditions"]}}
+    for section in ("Resources", "Outputs"):
+        out[section] = {
+            name: walk(r) for name, r in template.get(section, {}).items()
+            if "Condition" not in r or condition(r["Condition"])
+        }
+    out["Globals"] = walk(template["Globals"])
+    return out
+
+
+def rule_failures(template, **params):
+    """The AssertDescription of each Rules assertion these parameter values break."""
+    values = parameter_values(template, params)
+    failures = []
+    for rule in template["Rules"].values():
+        if "RuleCondition" in rule and not evaluate(rule["RuleCondition"], values):
+            continue
+        failures += [a["AssertDescription"] for a in rule["Assertions"] if not evaluate(a["Assert"], values)]
+    return failures
+
+
+def statements_by_sid(resolved, policy_resource):
+    """The statements of a resolved managed policy or role, by Sid."""
+    props = resolved["Resources"][policy_resource]["Properties"]
+    docs = [props["PolicyDocument"]] if "PolicyDocument" in props else [p["PolicyDocument"] for p in props.get("Policies", [])]
+    return {st["Sid"]: st for doc in docs for st in doc["Statement"]}
+
+
+# Enough for the stack to pass its own Rules with password authentication.
+PASSWORD_DB = {"DatabaseSecretArn": "arn:aws:secretsmanager:us-east-1:111122223333:secret:pg-AbCdEf"}
+IAM_DB = {
+    "DatabaseIamAuth": "true", "DatabaseHost": "pg.cluster-abc.us-east-1.rds.amazonaws.com",
+    "DatabaseName": "lake", "DatabaseUser": "loader", "DatabaseResourceId": "cluster-ABCDEFGHIJKL",
+}
+
+
 def test_every_event_source_reports_partial_failures_bisects_and_bounds_retries(template):
     mappings = resources(template, "AWS::Lambda::EventSourceMapping")
     assert set(mappings) == {"KinesisMapping", "MskMapping", "SelfManagedKafkaMapping"}
@@ -139,7 +255,7 @@ def test_alarms_cover_lag_errors_throttles_and_dead_letters(template):
 def test_the_route_file_is_the_one_object_the_functions_may_read_besides_their_own(template):
     # Given the shared sink policy
     statements = template["Resources"]["SinkPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    route_file = [s for s in statements if isinstance(s, dict) and "Fn::If" in s]
+    route_file = [s for s in statements if "Fn::If" in s and s["Fn::If"][1].get("Sid") == "RouteFile"]
     # Then the route file's statement exists only with a route file, and grants GetObject on
     # exactly the object its S3 URI names
     assert len(route_file) == 1
@@ -178,3 +294,69 @@ def test_a_redeployed_stack_can_reuse_its_dedup_memory(template):
     claims = next(s for s in statements if isinstance(s, dict) and s.get("Sid") == "DedupClaims")
     assert claims["Resource"]["Fn::If"][0] == "CreateDedupTable"
     assert "${ExistingDedupTableName}" in claims["Resource"]["Fn::If"][2]["Fn::Sub"]
+
+
+def test_the_functions_get_every_database_connection_setting_by_name(template):
+    # Given the database parameters
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    # Then each reaches both functions under the name the Rust side reads
+    expected = {
+        "DATABASE_SECRET_ARN": "DatabaseSecretArn", "DATABASE_HOST": "DatabaseHost",
+        "DATABASE_PORT": "DatabasePort", "DATABASE_NAME": "DatabaseName", "DATABASE_USER": "DatabaseUser",
+        "DATABASE_IAM_AUTH": "DatabaseIamAuth", "DATABASE_SSLMODE": "DatabaseSslMode",
+    }
+    for var, parameter in expected.items():
+        assert env[var] == {"Ref": parameter}, var
+    p = template["Parameters"]
+    assert p["DatabaseSslMode"]["AllowedValues"] == ["disable", "require", "verify-ca", "verify-full"]
+    assert p["DatabaseSslMode"]["Default"] == "verify-full"
+    assert p["DatabaseIamAuth"]["AllowedValues"] == ["false", "true"] and p["DatabaseIamAuth"]["Default"] == "false"
+    assert p["DatabasePort"]["Default"] == 5432
+    for optional in ("DatabaseSecretArn", "DatabaseHost", "DatabaseName", "DatabaseUser",
+                     "DatabaseResourceId", "DatabaseSecretKmsKeyArn"):
+        assert p[optional]["Default"] == "", optional
+    # and no function carries a variable of its own that would shadow them
+    for name, f in resources(template, "AWS::Serverless::Function").items():
+        own = f["Properties"].get("Environment", {}).get("Variables", {})
+        assert not set(own) & set(expected), name
+
+
+def test_password_auth_reads_only_the_secret_and_iam_auth_connects_only_as_its_user(template):
+    # Given password authentication
+    sink = statements_by_sid(resolve(template, **PASSWORD_DB), "SinkPolicy")
+    # Then the functions may read that secret, and may not connect with IAM
+    assert sink["DatabaseCredentials"]["Action"] == "secretsmanager:GetSecretValue"
+    assert sink["DatabaseCredentials"]["Resource"] == {"Ref": "DatabaseSecretArn"}
+    assert "DatabaseIamConnect" not in sink and "DatabaseSecretKey" not in sink
+
+    # Given IAM authentication and no secret
+    sink = statements_by_sid(resolve(template, **IAM_DB), "SinkPolicy")
+    # Then there is no secret grant, and rds-db:connect names that database user only
+    assert "DatabaseCredentials" not in sink
+    connect = sink["DatabaseIamConnect"]
+    assert connect["Action"] == "rds-db:connect"
+    assert connect["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:rds-db:${AWS::Region}:${AWS::AccountId}:dbuser:${DatabaseResourceId}/${DatabaseUser}"}
+
+
+def test_a_customer_key_on_the_secret_is_usable_through_secrets_manager_only(template):
+    # Given a secret encrypted with a customer managed key
+    key = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    sink = statements_by_sid(resolve(template, DatabaseSecretKmsKeyArn=key, **PASSWORD_DB), "SinkPolicy")
+    # Then the functions may decrypt with it, only by way of Secrets Manager in this region
+    decrypt = sink["DatabaseSecretKey"]
+    assert decrypt["Action"] == "kms:Decrypt" and decrypt["Resource"] == {"Ref": "DatabaseSecretKmsKeyArn"}
+    assert decrypt["Condition"] == {"StringEquals": {"kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}}}
+    # and without one there is no KMS grant at all
+    assert "DatabaseSecretKey" not in statements_by_sid(resolve(template, **PASSWORD_DB), "SinkPolicy")
+
+
+def test_the_rules_refuse_a_database_connection_that_cannot_sign_in(template):
+    # Given neither a secret nor IAM authentication, the stack is refused
+    assert rule_failures(template) == ["Password authentication (DatabaseIamAuth false) needs DatabaseSecretArn."]
+    # Given IAM authentication with nothing else, each missing piece is named
+    missing = rule_failures(template, DatabaseIamAuth="true")
+    for piece in ("DatabaseHost", "DatabaseUser", "DatabaseName", "DatabaseResourceId"):
+        assert any(piece in m for m in missing), piece
+    # Given a complete connection of either kind, nothing is refused
+    assert rule_failures(template, **PASSWORD_DB) == []
+    assert rule_failures(template, **IAM_DB) == []
