@@ -360,3 +360,25 @@ def test_the_rules_refuse_a_database_connection_that_cannot_sign_in(template):
     # Given a complete connection of either kind, nothing is refused
     assert rule_failures(template, **PASSWORD_DB) == []
     assert rule_failures(template, **IAM_DB) == []
+
+
+def test_each_function_logs_json_at_the_chosen_level_into_its_own_log_group(template):
+    # Given the LogLevel parameter
+    level = template["Parameters"]["LogLevel"]
+    assert level["AllowedValues"] == ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"]
+    assert level["Default"] == "INFO"
+    functions = resources(template, "AWS::Serverless::Function")
+    assert set(functions) == {"KinesisLoader", "KafkaLoader"}
+    for name, f in functions.items():
+        # Then Lambda sets AWS_LAMBDA_LOG_LEVEL / AWS_LAMBDA_LOG_FORMAT from LoggingConfig
+        logging = f["Properties"]["LoggingConfig"]
+        assert logging["LogFormat"] == "JSON", name
+        assert logging["ApplicationLogLevel"] == {"Ref": "LogLevel"}, name
+        assert logging["SystemLogLevel"] == "WARN", name
+        # into the stack's log group, with its retention, under the same condition as the function
+        group = template["Resources"][logging["LogGroup"]["Ref"]]
+        assert group["Type"] == "AWS::Logs::LogGroup" and group["Condition"] == f["Condition"], name
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+        # and no RUST_LOG competes with the level Lambda passes
+        assert "RUST_LOG" not in f["Properties"].get("Environment", {}).get("Variables", {})
+    assert "RUST_LOG" not in template["Globals"]["Function"]["Environment"]["Variables"]
