@@ -18,6 +18,29 @@ def template():
     return tpl
 
 
+def sam_translate(template, **params):
+    """The CloudFormation that the SAM transform makes of the template, offline (as cfn-lint
+    runs it): the functions' CodeUri stands in for the built artefact."""
+    import copy
+
+    import boto3
+    from samtranslator.parser.parser import Parser
+    from samtranslator.translator.translator import Translator
+
+    tpl = copy.deepcopy(template)
+    for r in tpl["Resources"].values():
+        if r["Type"] == "AWS::Serverless::Function":
+            r["Properties"]["CodeUri"] = "s3://artefacts/streamload.zip"
+    translator = Translator(managed_policy_map={}, sam_parser=Parser(),
+                            boto_session=boto3.session.Session(region_name="us-east-1"))
+    return translator.translate(tpl, parameter_values=params)
+
+
+@pytest.fixture(scope="module")
+def translated(template):
+    return sam_translate(template)
+
+
 def resources(template, kind):
     return {name: r for name, r in template["Resources"].items() if r["Type"] == kind}
 
@@ -382,3 +405,40 @@ def test_each_function_logs_json_at_the_chosen_level_into_its_own_log_group(temp
         # and no RUST_LOG competes with the level Lambda passes
         assert "RUST_LOG" not in f["Properties"].get("Environment", {}).get("Variables", {})
     assert "RUST_LOG" not in template["Globals"]["Function"]["Environment"]["Variables"]
+
+
+def test_every_mapping_invokes_the_live_alias_of_a_function_whose_role_reads_its_source(translated):
+    # Given the template as SAM turns it into CloudFormation
+    res = translated["Resources"]
+    expected_source_sid = {"KinesisMapping": "ReadStream", "MskMapping": "MskCluster", "SelfManagedKafkaMapping": "PollerNetworkInterfaces"}
+    for name, mapping in resources(translated, "AWS::Lambda::EventSourceMapping").items():
+        # Then the mapping's FunctionName is an alias named live, under the mapping's function
+        alias_id = mapping["Properties"]["FunctionName"]["Ref"]
+        alias = res[alias_id]
+        assert alias["Type"] == "AWS::Lambda::Alias" and alias["Properties"]["Name"] == "live", name
+        function_id = alias["Properties"]["FunctionName"]["Ref"]
+        assert res[function_id]["Type"] == "AWS::Lambda::Function", name
+        # which points at a version SAM published of that function
+        version = res[alias["Properties"]["FunctionVersion"]["Fn::GetAtt"][0]]
+        assert version["Type"] == "AWS::Lambda::Version" and version["Properties"]["FunctionName"] == {"Ref": function_id}
+        # and the mapping polls with the function's execution role, which still allows the source
+        role_id = res[function_id]["Properties"]["Role"]["Fn::GetAtt"][0]
+        sids = {st["Sid"] for pol in res[role_id]["Properties"]["Policies"] if "PolicyDocument" in pol
+                for st in pol["PolicyDocument"]["Statement"] if isinstance(st, dict) and "Sid" in st}
+        sids |= {st["Fn::If"][1]["Sid"] for pol in res[role_id]["Properties"]["Policies"] if "PolicyDocument" in pol
+                 for st in pol["PolicyDocument"]["Statement"] if isinstance(st, dict) and "Fn::If" in st}
+        assert expected_source_sid[name] in sids, (name, sids)
+        assert alias.get("Condition") == res[function_id].get("Condition")
+
+
+def test_function_alarms_watch_the_function_name_which_counts_every_version(translated):
+    # Lambda's FunctionName dimension aggregates all versions and aliases, so alarms keyed by it
+    # keep working when the alias moves; the alias-level metrics carry a Resource dimension.
+    for name, alarm in resources(translated, "AWS::CloudWatch::Alarm").items():
+        p = alarm["Properties"]
+        if p.get("Namespace") != "AWS/Lambda":
+            continue
+        dims = {d["Name"]: d["Value"] for d in p["Dimensions"]}
+        assert set(dims) == {"FunctionName"}, name
+        target = translated["Resources"][dims["FunctionName"]["Ref"]]
+        assert target["Type"] == "AWS::Lambda::Function", name
