@@ -141,6 +141,37 @@ def resolve(template, **params):
     return out
 
 
+PSEUDO = {"AWS::Partition": "aws", "AWS::Region": "us-east-1", "AWS::AccountId": "111122223333",
+          "AWS::StackName": "streamload", "AWS::URLSuffix": "amazonaws.com"}
+
+
+def render(template, expr, **params):
+    """The string an expression of parameters becomes (Ref, Fn::Sub, Fn::Select, Fn::Split,
+    Fn::Join), with these parameter values and the PSEUDO parameters."""
+    import re
+
+    values = {**parameter_values(template, params), **PSEUDO}
+
+    def ev(e):
+        if isinstance(e, str):
+            return e
+        (fn, arg), = e.items()
+        if fn == "Ref":
+            return values[arg]
+        if fn == "Fn::Select":
+            return ev(arg[1])[int(arg[0])]
+        if fn == "Fn::Split":
+            return ev(arg[1]).split(arg[0])
+        if fn == "Fn::Join":
+            return arg[0].join(ev(arg[1]) if isinstance(arg[1], dict) else [ev(a) for a in arg[1]])
+        if fn == "Fn::Sub":
+            text, local = (arg, {}) if isinstance(arg, str) else (arg[0], {k: ev(v) for k, v in arg[1].items()})
+            return re.sub(r"\$\{([^}]+)\}", lambda m: local[m[1]] if m[1] in local else values[m[1]], text)
+        raise AssertionError(f"render does not know {fn}")
+
+    return ev(expr)
+
+
 def rule_failures(template, **params):
     """The AssertDescription of each Rules assertion these parameter values break."""
     values = parameter_values(template, params)
@@ -442,3 +473,114 @@ def test_function_alarms_watch_the_function_name_which_counts_every_version(tran
         assert set(dims) == {"FunctionName"}, name
         target = translated["Resources"][dims["FunctionName"]["Ref"]]
         assert target["Type"] == "AWS::Lambda::Function", name
+
+
+MSK_CLUSTER = "arn:aws:kafka:us-east-1:111122223333:cluster/orders/5a5b2c1d-aaaa-bbbb-cccc-0123456789ab-7"
+SCRAM_SECRET = "arn:aws:secretsmanager:us-east-1:111122223333:secret:AmazonMSK_loader-AbCdEf"
+KAFKA_KEY = "arn:aws:kms:us-east-1:111122223333:key/0f0e0d0c-1111-2222-3333-444455556666"
+
+
+def kafka_role(resolved):
+    return statements_by_sid(resolved, "KafkaLoaderRole")
+
+
+def test_msk_iam_auth_grants_the_kafka_cluster_actions_on_this_cluster_topic_and_group_only(template):
+    # Given an MSK cluster with IAM access control (the default MskAuthMode)
+    params = dict(MskClusterArn=MSK_CLUSTER, MskTopic="orders", MskConsumerGroupId="streamload-orders", **PASSWORD_DB)
+    assert template["Parameters"]["MskAuthMode"]["Default"] == "IAM"
+    t = resolve(template, **params)
+    role = kafka_role(t)
+    # Then the role may connect to that cluster, read that topic, and commit as that group
+    assert set(role["MskIamCluster"]["Action"]) == {"kafka-cluster:Connect", "kafka-cluster:DescribeClusterDynamicConfiguration"}
+    assert render(template, role["MskIamCluster"]["Resource"], **params) == MSK_CLUSTER
+    assert set(role["MskIamTopic"]["Action"]) == {"kafka-cluster:DescribeTopic", "kafka-cluster:ReadData"}
+    assert render(template, role["MskIamTopic"]["Resource"], **params) == (
+        "arn:aws:kafka:us-east-1:111122223333:topic/orders/5a5b2c1d-aaaa-bbbb-cccc-0123456789ab-7/orders")
+    assert set(role["MskIamGroup"]["Action"]) == {"kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"}
+    assert render(template, role["MskIamGroup"]["Resource"], **params) == (
+        "arn:aws:kafka:us-east-1:111122223333:group/orders/5a5b2c1d-aaaa-bbbb-cccc-0123456789ab-7/streamload-orders")
+    # and what the MSK mapping itself needs: the cluster's brokers and its pollers' ENIs
+    assert {"kafka:DescribeClusterV2", "kafka:GetBootstrapBrokers"} <= set(role["MskCluster"]["Action"])
+    assert {"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DeleteNetworkInterface",
+            "ec2:DescribeVpcs", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups"} <= set(role["PollerNetworkInterfaces"]["Action"])
+    # and no secret: the mapping signs in as the role, with no access configuration
+    assert "MskAuthSecret" not in role and "KafkaSecretKey" not in role
+    assert "SourceAccessConfigurations" not in t["Resources"]["MskMapping"]["Properties"]
+    assert rule_failures(template, **params) == []
+
+
+@pytest.mark.parametrize("mode, access_type", [("SASL_SCRAM_512", "SASL_SCRAM_512_AUTH"), ("MTLS", "CLIENT_CERTIFICATE_TLS_AUTH")])
+def test_msk_secret_auth_reads_its_secret_and_grants_no_kafka_cluster_action(template, mode, access_type):
+    # Given MSK with SCRAM credentials or a client certificate in a secret under a customer key
+    params = dict(MskClusterArn=MSK_CLUSTER, MskAuthMode=mode, MskAuthSecretArn=SCRAM_SECRET,
+                  KafkaSecretKmsKeyArn=KAFKA_KEY, **PASSWORD_DB)
+    t = resolve(template, **params)
+    # Then the mapping presents that secret as the mode's access configuration
+    assert t["Resources"]["MskMapping"]["Properties"]["SourceAccessConfigurations"] == [
+        {"Type": access_type, "URI": {"Ref": "MskAuthSecretArn"}}]
+    # and the role may read it, decrypting through Secrets Manager only, and nothing of IAM access control
+    role = kafka_role(t)
+    assert role["MskAuthSecret"]["Action"] == "secretsmanager:GetSecretValue"
+    assert role["MskAuthSecret"]["Resource"] == {"Ref": "MskAuthSecretArn"}
+    assert role["KafkaSecretKey"]["Action"] == "kms:Decrypt"
+    assert role["KafkaSecretKey"]["Condition"]["StringEquals"]["kms:ViaService"] == {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}
+    assert not any(a.startswith("kafka-cluster:") for st in role.values() for a in as_list(st["Action"]))
+    assert rule_failures(template, **params) == []
+    # Given the mode without its secret, the stack is refused
+    del params["MskAuthSecretArn"]
+    assert rule_failures(template, **params) == ["MskAuthMode SASL_SCRAM_512 or MTLS needs MskAuthSecretArn."]
+
+
+def test_msk_unauthenticated_has_no_credentials_of_any_kind(template):
+    t = resolve(template, MskClusterArn=MSK_CLUSTER, MskAuthMode="NONE", **PASSWORD_DB)
+    role = kafka_role(t)
+    assert not {"MskIamCluster", "MskIamTopic", "MskIamGroup", "MskAuthSecret"} & set(role)
+    assert "SourceAccessConfigurations" not in t["Resources"]["MskMapping"]["Properties"]
+
+
+def test_self_managed_kafka_in_a_vpc_presents_auth_root_ca_subnets_and_security_group(template):
+    # Given a self-managed cluster behind SCRAM-256 with a private CA, reached over two subnets
+    params = dict(SelfManagedBootstrapServers="b-1.kafka.internal:9096,b-2.kafka.internal:9096",
+                  SelfManagedAuthType="SASL_SCRAM_256_AUTH", SelfManagedAuthSecretArn=SCRAM_SECRET,
+                  SelfManagedRootCaSecretArn=SCRAM_SECRET + "-ca", VpcSubnetIds="subnet-a,subnet-b",
+                  VpcSecurityGroupIds="sg-1", **PASSWORD_DB)
+    t = resolve(template, **params)
+    access = t["Resources"]["SelfManagedKafkaMapping"]["Properties"]["SourceAccessConfigurations"]
+    # Then the mapping presents each, in order, and one subnet entry per given subnet
+    rendered = [(render(template, a["Type"], **params), render(template, a["URI"], **params)) for a in access]
+    assert rendered == [
+        ("SASL_SCRAM_256_AUTH", SCRAM_SECRET),
+        ("SERVER_ROOT_CA_CERTIFICATE", SCRAM_SECRET + "-ca"),
+        ("VPC_SUBNET", "subnet:subnet-a"),
+        ("VPC_SUBNET", "subnet:subnet-b"),
+        ("VPC_SECURITY_GROUP", "security_group:sg-1"),
+    ]
+    # and the role may read both secrets
+    role = kafka_role(t)
+    assert role["KafkaAuthSecret"]["Resource"] == {"Ref": "SelfManagedAuthSecretArn"}
+    assert role["KafkaRootCaSecret"]["Resource"] == {"Ref": "SelfManagedRootCaSecretArn"}
+    assert rule_failures(template, **params) == []
+
+
+def test_self_managed_kafka_over_the_internet_or_unauthenticated_in_a_vpc(template):
+    auth_types = template["Parameters"]["SelfManagedAuthType"]["AllowedValues"]
+    assert set(auth_types) == {"BASIC_AUTH", "SASL_SCRAM_256_AUTH", "SASL_SCRAM_512_AUTH", "CLIENT_CERTIFICATE_TLS_AUTH", "NONE"}
+    # Given public brokers with mTLS and no VPC: only the certificate, no VPC entries
+    public = dict(SelfManagedBootstrapServers="kafka.example.com:9094", SelfManagedAuthType="CLIENT_CERTIFICATE_TLS_AUTH",
+                  SelfManagedAuthSecretArn=SCRAM_SECRET, **PASSWORD_DB)
+    access = resolve(template, **public)["Resources"]["SelfManagedKafkaMapping"]["Properties"]["SourceAccessConfigurations"]
+    assert [render(template, a["Type"], **public) for a in access] == ["CLIENT_CERTIFICATE_TLS_AUTH"]
+    assert rule_failures(template, **public) == []
+    # Given unauthenticated brokers in a VPC: only the VPC entries, and no secret grant
+    private = dict(SelfManagedBootstrapServers="b-1.kafka.internal:9092", SelfManagedAuthType="NONE",
+                   VpcSubnetIds="subnet-a", VpcSecurityGroupIds="sg-1", **PASSWORD_DB)
+    t = resolve(template, **private)
+    access = t["Resources"]["SelfManagedKafkaMapping"]["Properties"]["SourceAccessConfigurations"]
+    assert [a["Type"] for a in access] == ["VPC_SUBNET", "VPC_SECURITY_GROUP"]
+    assert "KafkaAuthSecret" not in kafka_role(t)
+    assert rule_failures(template, **private) == []
+    # Given unauthenticated brokers without a VPC, or an auth type without its secret: refused
+    assert rule_failures(template, **{**private, "VpcSubnetIds": "", "VpcSecurityGroupIds": ""}) == [
+        "Unauthenticated self-managed Kafka (SelfManagedAuthType NONE) only over VpcSubnetIds, not the internet."]
+    assert rule_failures(template, **{**public, "SelfManagedAuthSecretArn": ""}) == [
+        "SelfManagedAuthType other than NONE needs SelfManagedAuthSecretArn."]
