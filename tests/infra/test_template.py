@@ -584,3 +584,97 @@ def test_self_managed_kafka_over_the_internet_or_unauthenticated_in_a_vpc(templa
         "Unauthenticated self-managed Kafka (SelfManagedAuthType NONE) only over VpcSubnetIds, not the internet."]
     assert rule_failures(template, **{**public, "SelfManagedAuthSecretArn": ""}) == [
         "SelfManagedAuthType other than NONE needs SelfManagedAuthSecretArn."]
+
+
+def test_the_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use(template):
+    # Given the default AlarmTopicEncryption
+    assert template["Parameters"]["AlarmTopicEncryption"]["Default"] == "CUSTOMER_KEY"
+    t = resolve(template, **PASSWORD_DB)
+    key = t["Resources"]["AlarmTopicKey"]
+    # Then the topic is under the stack's own rotating key, not the AWS managed alias/aws/sns
+    assert t["Resources"]["AlarmTopic"]["Properties"]["KmsMasterKeyId"] == {"Fn::GetAtt": ["AlarmTopicKey", "Arn"]}
+    assert key["Type"] == "AWS::KMS::Key" and key["Properties"]["EnableKeyRotation"] is True
+    assert t["Resources"]["AlarmTopicKeyAlias"]["Properties"]["TargetKeyId"] == {"Ref": "AlarmTopicKey"}
+    # and its policy keeps the account in charge and lets CloudWatch alarms of this account encrypt
+    statements = {st["Sid"]: st for st in key["Properties"]["KeyPolicy"]["Statement"]}
+    admin = statements["AccountAdministersTheKey"]
+    assert admin["Principal"] == {"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
+    cw = statements["CloudWatchAlarmsPublish"]
+    assert cw["Effect"] == "Allow" and cw["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert set(cw["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
+    assert cw["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+    # and the topic policy lets CloudWatch of this account publish
+    topic_policy = t["Resources"]["AlarmTopicPolicy"]["Properties"]
+    assert topic_policy["Topics"] == [{"Ref": "AlarmTopic"}]
+    publish = topic_policy["PolicyDocument"]["Statement"][0]
+    assert publish["Principal"] == {"Service": "cloudwatch.amazonaws.com"} and publish["Action"] == "sns:Publish"
+    assert publish["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+    # Given AlarmTopicEncryption NONE: no key, an unencrypted topic
+    t = resolve(template, AlarmTopicEncryption="NONE", **PASSWORD_DB)
+    assert "AlarmTopicKey" not in t["Resources"] and "KmsMasterKeyId" not in t["Resources"]["AlarmTopic"]["Properties"]
+    # and no topic anywhere under the AWS managed key CloudWatch cannot use
+    for name, topic in resources(template, "AWS::SNS::Topic").items():
+        assert "alias/aws/sns" not in str(topic["Properties"].get("KmsMasterKeyId")), name
+
+
+def rust_metrics_namespace():
+    import re
+
+    source = (TEMPLATE.parents[1] / "shared" / "core" / "src" / "metrics.rs").read_text()
+    return re.search(r'pub const METRICS_NAMESPACE: &str = "([^"]+)";', source)[1], source
+
+
+@pytest.mark.parametrize("metric, alarm_suffix, threshold", [
+    ("RecordsFailed", "FailedRecordsAlarm", "FailedRecordsAlarmThreshold"),
+    ("RecordsPoison", "PoisonRecordsAlarm", "PoisonRecordsAlarmThreshold"),
+])
+def test_each_loader_alarms_on_its_own_failed_and_dead_lettered_records(template, metric, alarm_suffix, threshold):
+    # Given the EMF metrics the Rust side emits
+    namespace, source = rust_metrics_namespace()
+    assert f'metric("{metric}", "Count")' in source and '"Dimensions": [["FunctionName"]]' in source
+    for prefix, function in (("Kinesis", "KinesisLoader"), ("Kafka", "KafkaLoader")):
+        alarm = template["Resources"][prefix + alarm_suffix]
+        p = alarm["Properties"]
+        # Then an alarm reads that metric, under the function's own name, summed
+        assert (p["Namespace"], p["MetricName"]) == (namespace, metric)
+        assert p["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": function}}]
+        assert alarm["Condition"] == template["Resources"][function]["Condition"]
+        assert p["Statistic"] == "Sum" and p["ComparisonOperator"] == "GreaterThanThreshold"
+        assert p["Threshold"] == {"Ref": threshold}
+        # and a quiet stream is no failure
+        assert p["TreatMissingData"] == "notBreaching"
+
+
+def test_a_mapping_that_stops_invoking_alarms_when_enabled(template):
+    # Given the default: disabled, since a quiet stream would trip it
+    assert template["Parameters"]["StoppedMappingAlarmMinutes"]["Default"] == 0
+    off = resolve(template, KinesisStreamArn="arn:aws:kinesis:us-east-1:111122223333:stream/s", **PASSWORD_DB)
+    assert "KinesisMappingStoppedAlarm" not in off["Resources"]
+    # Given 30 minutes, and both kinds of source
+    t = resolve(template, StoppedMappingAlarmMinutes=30, MskClusterArn=MSK_CLUSTER,
+                KinesisStreamArn="arn:aws:kinesis:us-east-1:111122223333:stream/s", **PASSWORD_DB)
+    for name, function in (("KinesisMappingStoppedAlarm", "KinesisLoader"), ("KafkaMappingStoppedAlarm", "KafkaLoader")):
+        p = t["Resources"][name]["Properties"]
+        # Then fewer than one invocation a minute, for that many minutes, alarms
+        assert (p["Namespace"], p["MetricName"], p["Statistic"]) == ("AWS/Lambda", "Invocations", "Sum")
+        assert p["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": function}}]
+        assert p["Period"] == 60 and p["EvaluationPeriods"] == {"Ref": "StoppedMappingAlarmMinutes"}
+        assert p["ComparisonOperator"] == "LessThanThreshold" and p["Threshold"] == 1
+        # and no datapoint (no invocation) is breaching
+        assert p["TreatMissingData"] == "breaching"
+
+
+def test_kafka_offset_lag_threshold_is_a_parameter(template):
+    p = template["Resources"]["KafkaOffsetLagAlarm"]["Properties"]
+    assert (p["Namespace"], p["MetricName"], p["Statistic"]) == ("AWS/Lambda", "OffsetLag", "Maximum")
+    assert p["Threshold"] == {"Ref": "KafkaOffsetLagThreshold"}
+    assert template["Parameters"]["KafkaOffsetLagThreshold"]["Default"] == 100000
+
+
+def test_every_alarm_tells_the_topic_when_it_fires_and_when_it_clears(template):
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    assert len(alarms) >= 14
+    for name, alarm in alarms.items():
+        p = alarm["Properties"]
+        assert p["AlarmActions"] == [{"Ref": "AlarmTopic"}], name
+        assert p["OKActions"] == [{"Ref": "AlarmTopic"}], name
