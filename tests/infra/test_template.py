@@ -678,3 +678,26 @@ def test_every_alarm_tells_the_topic_when_it_fires_and_when_it_clears(template):
         p = alarm["Properties"]
         assert p["AlarmActions"] == [{"Ref": "AlarmTopic"}], name
         assert p["OKActions"] == [{"Ref": "AlarmTopic"}], name
+
+
+def test_outputs_name_what_an_operator_looks_up(translated):
+    # Given the deployed stack's outputs (as SAM turns them into CloudFormation)
+    outputs, res = translated["Outputs"], translated["Resources"]
+    expected = {
+        "KinesisMappingId": ("Ref", "KinesisMapping", "AWS::Lambda::EventSourceMapping"),
+        "MskMappingId": ("Ref", "MskMapping", "AWS::Lambda::EventSourceMapping"),
+        "SelfManagedKafkaMappingId": ("Ref", "SelfManagedKafkaMapping", "AWS::Lambda::EventSourceMapping"),
+        "KinesisLoaderAliasArn": ("Ref", "KinesisLoaderAliaslive", "AWS::Lambda::Alias"),
+        "KafkaLoaderAliasArn": ("Ref", "KafkaLoaderAliaslive", "AWS::Lambda::Alias"),
+        "KinesisLoaderRoleArn": ("Fn::GetAtt", ["KinesisLoaderRole", "Arn"], "AWS::IAM::Role"),
+        "KafkaLoaderRoleArn": ("Fn::GetAtt", ["KafkaLoaderRole", "Arn"], "AWS::IAM::Role"),
+        "KinesisLoaderLogGroupName": ("Ref", "KinesisLoaderLogGroup", "AWS::Logs::LogGroup"),
+        "KafkaLoaderLogGroupName": ("Ref", "KafkaLoaderLogGroup", "AWS::Logs::LogGroup"),
+        "AlarmTopicKeyArn": ("Fn::GetAtt", ["AlarmTopicKey", "Arn"], "AWS::KMS::Key"),
+    }
+    for name, (fn, target, kind) in expected.items():
+        # Then each names its resource, and exists exactly when that resource does
+        assert outputs[name]["Value"] == {fn: target}, name
+        resource = res[target if fn == "Ref" else target[0]]
+        assert resource["Type"] == kind, name
+        assert outputs[name].get("Condition") == resource.get("Condition"), name
