@@ -701,3 +701,40 @@ def test_outputs_name_what_an_operator_looks_up(translated):
         resource = res[target if fn == "Ref" else target[0]]
         assert resource["Type"] == kind, name
         assert outputs[name].get("Condition") == resource.get("Condition"), name
+
+
+ENDPOINTS = dict(CreateVpcEndpoints="true", VpcId="vpc-0a1b2c3d", VpcRouteTableIds="rtb-1,rtb-2",
+                 VpcSubnetIds="subnet-a,subnet-b", VpcSecurityGroupIds="sg-1,sg-2", **PASSWORD_DB)
+
+
+def test_private_subnets_get_gateway_and_interface_endpoints_when_asked(template):
+    # Given the default: no endpoints at all
+    assert template["Parameters"]["CreateVpcEndpoints"]["Default"] == "false"
+    kinds = {"AWS::EC2::VPCEndpoint", "AWS::EC2::SecurityGroup"}
+    assert not [n for n, r in resolve(template, **{**ENDPOINTS, "CreateVpcEndpoints": "false"})["Resources"].items() if r["Type"] in kinds]
+    # Given CreateVpcEndpoints with the VPC, its route tables, subnets and two function security groups
+    t = resolve(template, **ENDPOINTS)
+    endpoints = {render(template, r["Properties"]["ServiceName"], **ENDPOINTS).rsplit(".", 1)[1]: r["Properties"]
+                 for r in t["Resources"].values() if r["Type"] == "AWS::EC2::VPCEndpoint"}
+    # Then S3 and DynamoDB are gateway endpoints on those route tables
+    for service in ("s3", "dynamodb"):
+        e = endpoints[service]
+        assert e["VpcEndpointType"] == "Gateway" and e["RouteTableIds"] == {"Ref": "VpcRouteTableIds"}, service
+        assert e["VpcId"] == {"Ref": "VpcId"}
+    # and SQS and Secrets Manager interface endpoints with private DNS, in the functions' subnets
+    for service in ("sqs", "secretsmanager"):
+        e = endpoints[service]
+        assert e["VpcEndpointType"] == "Interface" and e["PrivateDnsEnabled"] is True, service
+        assert e["SubnetIds"] == {"Ref": "VpcSubnetIds"}
+        assert e["SecurityGroupIds"] == [{"Fn::GetAtt": ["VpcEndpointSecurityGroup", "GroupId"]}]
+    assert set(endpoints) == {"s3", "dynamodb", "sqs", "secretsmanager"}
+    # and their security group admits HTTPS from each of the functions' groups, and nothing else
+    ingress = t["Resources"]["VpcEndpointSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert [(i["IpProtocol"], i["FromPort"], i["ToPort"], render(template, i["SourceSecurityGroupId"], **ENDPOINTS))
+            for i in ingress] == [("tcp", 443, 443, "sg-1"), ("tcp", 443, 443, "sg-2")]
+    assert not any("CidrIp" in i for i in ingress)
+    assert rule_failures(template, **ENDPOINTS) == []
+    # Given endpoints asked for without the VPC's ids, the stack is refused
+    missing = rule_failures(template, **{**ENDPOINTS, "VpcId": "", "VpcRouteTableIds": ""})
+    assert missing == ["CreateVpcEndpoints needs VpcId.",
+                       "CreateVpcEndpoints needs VpcRouteTableIds (for the S3 and DynamoDB gateway endpoints)."]
