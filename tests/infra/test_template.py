@@ -287,7 +287,7 @@ def test_functions_are_arm64_rust_on_al2023_with_no_password_in_the_environment(
 
 
 def test_storage_is_encrypted_private_and_recoverable(template):
-    t = template["Resources"]["DedupTable"]["Properties"]
+    t = resolve(template, **PASSWORD_DB)["Resources"]["DedupTable"]["Properties"]
     assert t["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
     assert t["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
     assert t["SSESpecification"]["SSEEnabled"] is True
@@ -738,3 +738,35 @@ def test_private_subnets_get_gateway_and_interface_endpoints_when_asked(template
     missing = rule_failures(template, **{**ENDPOINTS, "VpcId": "", "VpcRouteTableIds": ""})
     assert missing == ["CreateVpcEndpoints needs VpcId.",
                        "CreateVpcEndpoints needs VpcRouteTableIds (for the S3 and DynamoDB gateway endpoints)."]
+
+
+def test_the_dedup_table_is_on_demand_unless_asked_and_then_scales_its_writes(template):
+    # Given the defaults: on demand, no capacity, no scaling, point-in-time recovery on
+    assert template["Parameters"]["DedupBillingMode"]["Default"] == "PAY_PER_REQUEST"
+    t = resolve(template, **PASSWORD_DB)
+    table = t["Resources"]["DedupTable"]["Properties"]
+    assert table["BillingMode"] == {"Ref": "DedupBillingMode"} and "ProvisionedThroughput" not in table
+    assert not resources(t, "AWS::ApplicationAutoScaling::ScalableTarget")
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    # Given PROVISIONED
+    t = resolve(template, DedupBillingMode="PROVISIONED", **PASSWORD_DB)
+    table = t["Resources"]["DedupTable"]["Properties"]
+    # Then the table starts at the minimum write capacity
+    assert table["ProvisionedThroughput"] == {"ReadCapacityUnits": {"Ref": "DedupReadCapacity"},
+                                              "WriteCapacityUnits": {"Ref": "DedupMinWriteCapacity"}}
+    # and auto scaling tracks 70% write utilisation between the minimum and the maximum
+    target = t["Resources"]["DedupWriteScalableTarget"]["Properties"]
+    assert (target["ServiceNamespace"], target["ScalableDimension"]) == ("dynamodb", "dynamodb:table:WriteCapacityUnits")
+    assert target["ResourceId"] == {"Fn::Sub": "table/${DedupTable}"}
+    assert (target["MinCapacity"], target["MaxCapacity"]) == ({"Ref": "DedupMinWriteCapacity"}, {"Ref": "DedupMaxWriteCapacity"})
+    policy = t["Resources"]["DedupWriteScalingPolicy"]["Properties"]
+    assert policy["PolicyType"] == "TargetTrackingScaling" and policy["ScalingTargetId"] == {"Ref": "DedupWriteScalableTarget"}
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["TargetValue"] == 70
+    assert tracking["PredefinedMetricSpecification"] == {"PredefinedMetricType": "DynamoDBWriteCapacityUtilization"}
+    # Given PROVISIONED but an existing table: the stack scales nothing it does not own
+    t = resolve(template, DedupBillingMode="PROVISIONED", ExistingDedupTableName="claims", **PASSWORD_DB)
+    assert "DedupTable" not in t["Resources"] and "DedupWriteScalableTarget" not in t["Resources"]
+    # Given point-in-time recovery off
+    t = resolve(template, DedupPointInTimeRecovery="false", **PASSWORD_DB)
+    assert t["Resources"]["DedupTable"]["Properties"]["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": False}
