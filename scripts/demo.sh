@@ -29,7 +29,7 @@ PY
 )
 
 cat > .stack/demo.env <<ENV
-DATABASE_URL=$DB_URL
+DATABASE_URL=$DB_URL?sslmode=disable
 DEDUP_TABLE=$RUN
 OUTPUT_BUCKET=$RUN
 DLQ_URL=$QUEUE_URL

@@ -114,7 +114,7 @@ async fn main() {
     );
 
     // 2. Postgres upsert.
-    let config: tokio_postgres::Config = stack.database_url.parse().unwrap();
+    let config = streamload_postgres::ConnectOptions::parse(&stack.database_url).unwrap();
     let routes = Routes::builtin("events", "events/").unwrap();
     let sink = PgRows::new(config, &routes);
     let event_values = |id: &str, user: &str, p: &str| {
@@ -262,7 +262,7 @@ async fn main() {
     // conflict that replaces), then the same again (every row a conflict the merge keeps).
     pg.batch_execute(wide_route::WIDE_TABLE_DDL).await.unwrap();
     let wide = Routes::compile(&serde_json::from_str(wide_route::WIDE_ROUTE).unwrap()).unwrap();
-    let config: tokio_postgres::Config = stack.database_url.parse().unwrap();
+    let config = streamload_postgres::ConnectOptions::parse(&stack.database_url).unwrap();
     let wide_sink = PgRows::new(config, &wide);
     wide_sink.check_routes(&wide).await.unwrap();
     let [mut new_rows, mut replaced, mut kept] = [(); 3].map(|_| Vec::new());

@@ -87,7 +87,8 @@ impl TestStack {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create database");
-        let database_url = with_database(&admin_url, &name);
+        // The local server speaks plaintext: say so (the loader's default is verify-full).
+        let database_url = format!("{}?sslmode=disable", with_database(&admin_url, &name));
         let pg = connect(&database_url).await;
         pg.batch_execute(include_str!("../../infra/sql/001_events.sql"))
             .await

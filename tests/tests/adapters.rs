@@ -118,7 +118,10 @@ async fn database_errors_name_the_constraint_but_never_the_row() {
         .unwrap();
     use streamload_core::route::{Routes, Value};
     let routes = Routes::builtin("events", "events/").unwrap();
-    let sink = streamload_postgres::PgRows::new(stack.database_url.parse().unwrap(), &routes);
+    let sink = streamload_postgres::PgRows::new(
+        streamload_postgres::ConnectOptions::parse(&stack.database_url).unwrap(),
+        &routes,
+    );
     let values = [
         Value::Text("e1".into()),
         Value::Text("secret-user-42".into()),

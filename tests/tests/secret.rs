@@ -15,7 +15,8 @@ async fn credentials_from_a_secret_reach_the_database() {
     };
     let secret = serde_json::json!({
         "host": host, "port": cfg.get_ports()[0], "username": cfg.get_user().unwrap(),
-        "password": "", "dbname": cfg.get_dbname().unwrap(), "engine": "postgres"
+        "password": "", "dbname": cfg.get_dbname().unwrap(), "engine": "postgres",
+        "sslmode": "disable"
     });
     let sm = aws_sdk_secretsmanager::Client::new(&stack.sdk);
     let arn = sm

@@ -1,26 +1,29 @@
-//! The database credentials secret (`DATABASE_SECRET_ARN`): the JSON shape RDS and Secrets
-//! Manager rotation use — host, port, username, password, dbname.
+//! The database credentials secret (`DATABASE_SECRET_ARN`). Two shapes are in use and both
+//! are read:
+//!
+//! - an **RDS-managed** secret (`ManageMasterUserPassword`): only `username` and `password`
+//!   — the host, port and database come from `DATABASE_HOST` / `DATABASE_PORT` /
+//!   `DATABASE_NAME`;
+//! - the shape of Secrets Manager's rotation templates: `host`, `port`, `username`,
+//!   `password`, `dbname` (and `engine`, ignored), optionally `sslmode` / `sslrootcert`.
+//!
+//! A problem names the field, never a value: the secret's text is not logged, quoted or kept
+//! past parsing.
 
 use crate::error::AwsError;
-use serde::Deserialize;
+use serde_json::{Map, Value};
 
-#[derive(Deserialize)]
+/// What a secret holds; absent coordinates are `None` (the caller falls back to the
+/// environment).
+#[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseSecret {
-    pub host: String,
-    #[serde(default = "default_port")]
-    pub port: u16,
+    pub host: Option<String>,
+    pub port: Option<u16>,
     pub username: String,
     pub password: String,
-    #[serde(default = "default_db")]
-    pub dbname: String,
-}
-
-fn default_port() -> u16 {
-    5432
-}
-
-fn default_db() -> String {
-    "postgres".into()
+    pub dbname: Option<String>,
+    pub sslmode: Option<String>,
+    pub sslrootcert: Option<String>,
 }
 
 impl std::fmt::Debug for DatabaseSecret {
@@ -31,16 +34,87 @@ impl std::fmt::Debug for DatabaseSecret {
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .field("dbname", &self.dbname)
-            .finish()
+            .field("sslmode", &self.sslmode)
+            .finish_non_exhaustive()
     }
 }
 
-/// Fetches and parses the secret. Errors never include the secret's text.
+impl DatabaseSecret {
+    /// Parses a secret's JSON text; the error names the field at fault, never a value.
+    ///
+    /// ```
+    /// use streamload_aws::DatabaseSecret;
+    /// // An RDS-managed secret holds only the login.
+    /// let s = DatabaseSecret::parse(r#"{"username":"loader","password":"p"}"#).unwrap();
+    /// assert_eq!((s.username.as_str(), s.host, s.port), ("loader", None, None));
+    /// let e = DatabaseSecret::parse(r#"{"username":"loader"}"#).unwrap_err();
+    /// assert_eq!(e, "field \"password\" is missing");
+    /// ```
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|_| "not JSON (expected an object with username and password)".to_owned())?;
+        let Value::Object(fields) = value else {
+            return Err("not a JSON object (expected username and password)".into());
+        };
+        let text_field = |name: &str| -> Result<Option<String>, String> {
+            match fields.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(format!("field {name:?} is not a string")),
+            }
+        };
+        let required = |name: &str| -> Result<String, String> {
+            match fields.get(name) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                None | Some(Value::Null) => Err(format!("field {name:?} is missing")),
+                Some(_) => Err(format!("field {name:?} is not a string")),
+            }
+        };
+        let username = required("username")?;
+        if username.trim().is_empty() {
+            return Err("field \"username\" is empty".into());
+        }
+        Ok(DatabaseSecret {
+            host: text_field("host")?,
+            port: port(&fields)?,
+            username,
+            password: required("password")?,
+            dbname: text_field("dbname")?,
+            sslmode: text_field("sslmode")?,
+            sslrootcert: text_field("sslrootcert")?,
+        })
+    }
+}
+
+/// `port` as a number or as digits in a string (both occur in the wild).
+fn port(fields: &Map<String, Value>) -> Result<Option<u16>, String> {
+    let bad = || "field \"port\" is not a port number".to_owned();
+    match fields.get("port") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0)
+            .map(Some)
+            .ok_or_else(bad),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .map(Some)
+            .ok_or_else(bad),
+        Some(_) => Err(bad()),
+    }
+}
+
+/// Fetches and parses the secret. Errors name the ARN and the field, never the secret's text.
 pub async fn database_secret(
-    config: &aws_config::SdkConfig,
+    client: &aws_sdk_secretsmanager::Client,
     arn: &str,
 ) -> Result<DatabaseSecret, AwsError> {
-    let client = aws_sdk_secretsmanager::Client::new(config);
     let err = |message: String| AwsError::Secret {
         arn: arn.to_owned(),
         message,
@@ -54,25 +128,48 @@ pub async fn database_secret(
     let text = out
         .secret_string()
         .ok_or_else(|| err("secret has no string value".into()))?;
-    serde_json::from_str(text).map_err(|e| {
-        err(format!(
-            "not the expected JSON (host, port, username, password, dbname): {}",
-            e.classify_name()
-        ))
-    })
+    DatabaseSecret::parse(text).map_err(err)
 }
 
-trait ClassifyName {
-    fn classify_name(&self) -> &'static str;
+/// A Secrets Manager client over the shared configuration.
+pub fn secrets_client(config: &aws_config::SdkConfig) -> aws_sdk_secretsmanager::Client {
+    aws_sdk_secretsmanager::Client::new(config)
 }
 
-impl ClassifyName for serde_json::Error {
-    fn classify_name(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "io error",
-            serde_json::error::Category::Syntax => "syntax error",
-            serde_json::error::Category::Data => "missing or mistyped field",
-            serde_json::error::Category::Eof => "truncated",
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rotation_template_shape_is_read_whole() {
+        let s = DatabaseSecret::parse(
+            r#"{"engine":"postgres","host":"db.example.com","port":"5433","username":"u","password":"p","dbname":"app","sslmode":"verify-ca"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.host.as_deref(), Some("db.example.com"));
+        assert_eq!(s.port, Some(5433));
+        assert_eq!(s.dbname.as_deref(), Some("app"));
+        assert_eq!(s.sslmode.as_deref(), Some("verify-ca"));
+    }
+
+    #[test]
+    fn problems_name_the_field_and_never_the_value() {
+        for (text, expected) in [
+            (r#"{"password":"hunter2"}"#, "field \"username\" is missing"),
+            (r#"{"username":"u","password":7}"#, "field \"password\" is not a string"),
+            (
+                r#"{"username":"u","password":"hunter2","port":"hunter2"}"#,
+                "field \"port\" is not a port number",
+            ),
+            (r#"{"username":"u","password":"hunter2","port":70000}"#, "field \"port\" is not a port number"),
+            ("hunter2", "not JSON (expected an object with username and password)"),
+            (r#"["hunter2"]"#, "not a JSON object (expected username and password)"),
+        ] {
+            let e = DatabaseSecret::parse(text).unwrap_err();
+            assert_eq!(e, expected);
+            assert!(!e.contains("hunter2"));
         }
+        let s = DatabaseSecret::parse(r#"{"username":"u","password":"hunter2"}"#).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
     }
 }

@@ -52,12 +52,16 @@ impl PgRows {
     ///
     /// A database that cannot be reached is not a configuration mistake: the error is
     /// retryable ([`PgError::Connect`]) and the sink runs the same checks on its first
-    /// connection instead (see [`PgRows::check_on_first_connect`]).
+    /// connection instead (see [`PgRows::check_on_first_connect`]). A database that answers
+    /// and refuses us — its certificate, its name, TLS, the login — is ([`PgError::Refused`]).
     pub async fn check_routes(&self, routes: &Routes) -> Result<Vec<String>, PgError> {
         let client = tokio::time::timeout(crate::CONNECT_TIMEOUT * 2, self.connect_plain())
             .await
             .map_err(|_| PgError::Connect("connect did not finish in time".into()))?
-            .map_err(|e| PgError::Connect(crate::describe(&e)))?;
+            .map_err(|f| match self.explain(&f) {
+                (why, true) => PgError::Connect(why),
+                (why, false) => PgError::Refused(why),
+            })?;
         check_all(&client, routes).await
     }
 }

@@ -11,6 +11,9 @@
 //!
 //! The connection is opened lazily and kept across invocations; a broken one is dropped and
 //! reopened on the next attempt. Retries follow [`streamload_core::retry::SINK_RETRY`].
+//! Connections use TLS with full verification unless told otherwise ([`tls`]); credentials
+//! that change (a rotated secret, an IAM token) come from a [`LoginSource`] at each connect,
+//! and a refused login reads the secret again and retries once.
 
 use std::error::Error as _;
 use std::time::Duration;
@@ -23,20 +26,29 @@ use tokio::sync::Mutex;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::Client;
 
 mod check;
+pub mod options;
 mod sql;
+pub mod tls;
 
+pub use options::{ConnectOptions, Login, LoginFuture, LoginSource, OptionsError};
 use sql::Cell;
 pub use sql::RouteSql;
+pub use tls::{RootCerts, SslMode, TlsSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
     #[error("{0}")]
     Routes(#[from] RouteErrors),
+    /// The database could not be reached (yet): worth trying again later.
     #[error("postgres: {0}")]
     Connect(String),
+    /// The database answered and refused us for a reason waiting will not fix: its
+    /// certificate, its host name, TLS itself, the login or the database name.
+    #[error("postgres: {0}")]
+    Refused(String),
 }
 
 impl streamload_core::Classify for PgError {
@@ -44,6 +56,7 @@ impl streamload_core::Classify for PgError {
         match self {
             PgError::Routes(_) => streamload_core::ErrorClass::Permanent,
             PgError::Connect(_) => streamload_core::ErrorClass::Retryable,
+            PgError::Refused(_) => streamload_core::ErrorClass::Permanent,
         }
     }
 }
@@ -77,7 +90,7 @@ fn refuses_a_row(e: &tokio_postgres::Error) -> bool {
 
 /// Rows into PostgreSQL.
 pub struct PgRows {
-    config: Config,
+    options: ConnectOptions,
     routes: Routes,
     /// The start-up checks still have to run (the database was unreachable at start-up):
     /// the first connection runs them before any row is written.
@@ -87,10 +100,36 @@ pub struct PgRows {
     session: Mutex<Option<Session>>,
 }
 
+/// Why a connection could not be opened.
+#[derive(Debug)]
+pub(crate) enum ConnectFailure {
+    Db(tokio_postgres::Error),
+    /// The login source (Secrets Manager, IAM signing) failed.
+    Login(String),
+}
+
+/// SQLSTATEs of a refused login: 28P01 (wrong password) and 28000 (no pg_hba.conf entry,
+/// or a refused IAM token, which RDS reports as a PAM failure).
+fn refuses_the_login(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    })
+}
+
 impl PgRows {
-    /// The sink over `config`, with a connect timeout, TCP keepalives and an
-    /// `application_name` unless the connection string sets them.
-    pub fn new(mut config: Config, routes: &Routes) -> Self {
+    /// The sink over `options`, with a connect timeout, TCP keepalives and an
+    /// `application_name` (the function's name) unless the connection string sets them.
+    ///
+    /// ```
+    /// use streamload_core::route::Routes;
+    /// use streamload_postgres::{ConnectOptions, PgRows};
+    /// let options = ConnectOptions::parse("postgres://loader@db.example.com/app").unwrap();
+    /// let rows = PgRows::new(options, &Routes::builtin("events", "events/").unwrap());
+    /// // Nothing is opened until the first batch (or `check_routes`).
+    /// # drop(rows);
+    /// ```
+    pub fn new(mut options: ConnectOptions, routes: &Routes) -> Self {
+        let config = options.config_mut();
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -105,7 +144,7 @@ impl PgRows {
             config.application_name(&name);
         }
         Self {
-            config,
+            options,
             routes: routes.clone(),
             unchecked: std::sync::atomic::AtomicBool::new(false),
             statements: routes.iter().map(RouteSql::new).collect(),
@@ -113,15 +152,119 @@ impl PgRows {
         }
     }
 
-    /// A connection with no session set-up (the start-up checks use it, then drop it).
-    async fn connect_plain(&self) -> Result<Client, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+    /// A connection with no session set-up (the start-up checks use it, then drop it). A
+    /// refused login is tried once more with credentials read again (a rotated secret).
+    async fn connect_plain(&self) -> Result<Client, ConnectFailure> {
+        match self.open(false).await {
+            Err(ConnectFailure::Db(e))
+                if refuses_the_login(&e)
+                    && self
+                        .options
+                        .login
+                        .as_ref()
+                        .is_some_and(|l| l.refreshes_after_refusal()) =>
+            {
+                tracing::warn!(
+                    sqlstate = e.code().map(|c| c.code()).unwrap_or("-"),
+                    "the database refused the login; reading the credentials again (rotated?)"
+                );
+                self.open(true).await
+            }
+            other => other,
+        }
+    }
+
+    async fn open(&self, after_refusal: bool) -> Result<Client, ConnectFailure> {
+        let connected = match &self.options.login {
+            None => self.options.pg.connect(self.options.tls.clone()).await,
+            Some(source) => {
+                let login = source
+                    .login(after_refusal)
+                    .await
+                    .map_err(ConnectFailure::Login)?;
+                let mut config = self.options.pg.clone();
+                config.user(&login.user).password(login.password.as_bytes());
+                config.connect(self.options.tls.clone()).await
+            }
+        };
+        let (client, connection) = connected.map_err(ConnectFailure::Db)?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "postgres connection closed");
             }
         });
         Ok(client)
+    }
+
+    /// What a connect failure means, in words an operator can act on, and whether waiting
+    /// can fix it (`false`: a certificate, TLS or login problem).
+    pub(crate) fn explain(&self, failure: &ConnectFailure) -> (String, bool) {
+        let e = match failure {
+            ConnectFailure::Login(why) => return (format!("credentials: {why}"), true),
+            ConnectFailure::Db(e) => e,
+        };
+        let host = self.options.host();
+        let tls = self.options.tls_settings();
+        if let Some(refusal) = tls::handshake_refusal(e) {
+            let why = match refusal {
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. },
+                ) => format!(
+                    "TLS: the server's certificate does not name {host:?} (sslmode={}); connect by a name the certificate holds (the RDS endpoint, not an IP or alias), or use sslmode=verify-ca",
+                    tls.mode
+                ),
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer
+                    | rustls::CertificateError::BadSignature,
+                ) => format!(
+                    "TLS: the server's certificate is not signed by {} (sslmode={}); set sslrootcert to the CA that signed it",
+                    tls.root_certs, tls.mode
+                ),
+                rustls::Error::InvalidCertificate(c) => format!(
+                    "TLS: the server's certificate was refused ({c:?}, sslmode={})",
+                    tls.mode
+                ),
+                other => format!("TLS handshake with {host:?} failed: {other}"),
+            };
+            return (why, false);
+        }
+        let text = e.to_string();
+        if text.contains("server does not support TLS") {
+            return (
+                format!("{host:?} does not accept TLS (sslmode={}); enable ssl on the server, or set sslmode=disable for a local database", tls.mode),
+                false,
+            );
+        }
+        if let Some(db) = e.as_db_error() {
+            let code = db.code();
+            if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION && tls.mode == SslMode::Disable {
+                return (
+                    "SQLSTATE 28000: the server has no pg_hba.conf entry for this connection; it may accept only TLS (RDS: rds.force_ssl=1): use sslmode=verify-full".into(),
+                    false,
+                );
+            }
+            if refuses_the_login(e) {
+                return (
+                    format!(
+                        "SQLSTATE {}: the server refused the login of user {:?}",
+                        code.code(),
+                        self.options.pg.get_user().unwrap_or("-")
+                    ),
+                    false,
+                );
+            }
+            if *code == SqlState::INVALID_CATALOG_NAME {
+                return (
+                    format!(
+                        "SQLSTATE 3D000: database {:?} does not exist",
+                        self.options.pg.get_dbname().unwrap_or("-")
+                    ),
+                    false,
+                );
+            }
+        }
+        (describe(e), true)
     }
 
     /// Defers the start-up checks to the first connection (see [`PgRows::check_routes`]).
@@ -131,7 +274,10 @@ impl PgRows {
     }
 
     async fn connect(&self) -> Result<Session, PortError> {
-        let client = self.connect_plain().await.map_err(|e| classify(&e))?;
+        let client = self.connect_plain().await.map_err(|f| match &f {
+            ConnectFailure::Db(e) => classify(e),
+            ConnectFailure::Login(why) => PortError::retryable(format!("postgres: credentials: {why}")),
+        })?;
         if self.unchecked.load(std::sync::atomic::Ordering::SeqCst) {
             match check::check_all(&client, &self.routes).await {
                 Ok(done) => {

@@ -11,10 +11,16 @@ pub const MIN_DEDUP_TTL_SECONDS: i64 = 3600;
 /// Where the database credentials come from.
 #[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseSource {
-    /// `DATABASE_URL` (local use).
+    /// `DATABASE_URL`: a connection string with its own password (local use), honouring
+    /// `sslmode` and `sslrootcert` in it.
     Url(String),
-    /// `DATABASE_SECRET_ARN`: Secrets Manager JSON with host, port, username, password, dbname.
+    /// `DATABASE_SECRET_ARN`: a Secrets Manager secret with at least username and password
+    /// (see `streamload_aws::DatabaseSecret`); read again when the database refuses it.
     SecretArn(String),
+    /// `DATABASE_IAM_AUTH=true`: an IAM token per connection, signed with the function's
+    /// role; the coordinates from `DATABASE_URL` (without a password) or from
+    /// `DATABASE_HOST` / `DATABASE_PORT` / `DATABASE_NAME` / `DATABASE_USER`.
+    Iam { url: Option<String> },
 }
 
 impl std::fmt::Debug for DatabaseSource {
@@ -22,8 +28,29 @@ impl std::fmt::Debug for DatabaseSource {
         match self {
             DatabaseSource::Url(_) => f.write_str("Url(<redacted>)"),
             DatabaseSource::SecretArn(a) => write!(f, "SecretArn({a})"),
+            DatabaseSource::Iam { url } => {
+                write!(f, "Iam {{ url: {} }}", if url.is_some() { "<redacted>" } else { "None" })
+            }
         }
     }
+}
+
+/// The database coordinates and TLS settings given by variables, for a secret that lacks them
+/// (an RDS-managed secret holds only the login) and for IAM authentication.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatabaseEnv {
+    /// `DATABASE_HOST`
+    pub host: Option<String>,
+    /// `DATABASE_PORT` (default 5432)
+    pub port: Option<u16>,
+    /// `DATABASE_NAME`
+    pub name: Option<String>,
+    /// `DATABASE_USER` (IAM authentication)
+    pub user: Option<String>,
+    /// `DATABASE_SSLMODE` (default verify-full; a secret's own `sslmode` wins)
+    pub sslmode: Option<streamload_postgres::SslMode>,
+    /// `DATABASE_SSLROOTCERT` (default: the embedded Amazon RDS roots)
+    pub sslrootcert: Option<String>,
 }
 
 /// Where the routes come from (`STREAMLOAD_CONFIG`).
@@ -40,6 +67,7 @@ pub enum RoutesSource {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database: DatabaseSource,
+    pub database_env: DatabaseEnv,
     pub routes: RoutesSource,
     pub target_table: String,
     pub dedup_table: String,
@@ -113,24 +141,87 @@ impl Config {
             }
         };
 
-        let database = match (get("DATABASE_URL"), get("DATABASE_SECRET_ARN")) {
-            (Some(url), _) => {
-                url.parse::<tokio_postgres::Config>()
-                    .map_err(|_| ConfigError::Invalid {
+        let url = match get("DATABASE_URL") {
+            Some(url) => {
+                streamload_postgres::ConnectOptions::parse(&url).map_err(|e| {
+                    ConfigError::Invalid {
                         name: "DATABASE_URL",
-                        why: "not a PostgreSQL connection string".into(),
-                    })?;
-                DatabaseSource::Url(url)
+                        why: e.to_string(),
+                    }
+                })?;
+                Some(url)
             }
-            (None, Some(arn)) if arn.starts_with("arn:") => DatabaseSource::SecretArn(arn),
-            (None, Some(_)) => {
+            None => None,
+        };
+        let database_env = DatabaseEnv {
+            host: get("DATABASE_HOST").map(|h| h.trim().to_owned()),
+            port: match get("DATABASE_PORT") {
+                None => None,
+                Some(p) => Some(p.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or(
+                    ConfigError::Invalid {
+                        name: "DATABASE_PORT",
+                        why: "not a port number".into(),
+                    },
+                )?),
+            },
+            name: get("DATABASE_NAME").map(|n| n.trim().to_owned()),
+            user: get("DATABASE_USER").map(|u| u.trim().to_owned()),
+            sslmode: match get("DATABASE_SSLMODE") {
+                None => None,
+                Some(m) => Some(m.parse().map_err(|why| ConfigError::Invalid {
+                    name: "DATABASE_SSLMODE",
+                    why,
+                })?),
+            },
+            sslrootcert: get("DATABASE_SSLROOTCERT"),
+        };
+        let iam_auth = match get("DATABASE_IAM_AUTH").as_deref().map(str::trim) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => {
                 return Err(ConfigError::Invalid {
-                    name: "DATABASE_SECRET_ARN",
-                    why: "not an ARN".into(),
+                    name: "DATABASE_IAM_AUTH",
+                    why: "must be true or false".into(),
                 })
             }
-            (None, None) => {
-                return Err(ConfigError::Missing("DATABASE_URL or DATABASE_SECRET_ARN"))
+        };
+        let database = if iam_auth {
+            if url.is_none() {
+                for (name, value) in [
+                    ("DATABASE_HOST", &database_env.host),
+                    ("DATABASE_USER", &database_env.user),
+                    ("DATABASE_NAME", &database_env.name),
+                ] {
+                    if value.is_none() {
+                        return Err(ConfigError::Invalid {
+                            name,
+                            why: "is required with DATABASE_IAM_AUTH=true (or give DATABASE_URL without a password)".into(),
+                        });
+                    }
+                }
+            }
+            if database_env.sslmode == Some(streamload_postgres::SslMode::Disable) {
+                return Err(ConfigError::Invalid {
+                    name: "DATABASE_SSLMODE",
+                    why: "IAM database authentication requires TLS".into(),
+                });
+            }
+            DatabaseSource::Iam { url }
+        } else {
+            match (url, get("DATABASE_SECRET_ARN")) {
+                (Some(url), _) => DatabaseSource::Url(url),
+                (None, Some(arn)) if arn.starts_with("arn:") => DatabaseSource::SecretArn(arn),
+                (None, Some(_)) => {
+                    return Err(ConfigError::Invalid {
+                        name: "DATABASE_SECRET_ARN",
+                        why: "not an ARN".into(),
+                    })
+                }
+                (None, None) => {
+                    return Err(ConfigError::Missing(
+                        "DATABASE_URL, DATABASE_SECRET_ARN or DATABASE_IAM_AUTH",
+                    ))
+                }
             }
         };
         let target_table = get("TARGET_TABLE").unwrap_or_else(|| "events".into());
@@ -175,6 +266,7 @@ impl Config {
         }
         Ok(Config {
             database,
+            database_env,
             routes: routes_source(get("STREAMLOAD_CONFIG"))?,
             target_table,
             dedup_table: required("DEDUP_TABLE")?,
@@ -237,7 +329,7 @@ mod tests {
             .collect();
         assert_eq!(
             with(&no_db).unwrap_err(),
-            ConfigError::Missing("DATABASE_URL or DATABASE_SECRET_ARN")
+            ConfigError::Missing("DATABASE_URL, DATABASE_SECRET_ARN or DATABASE_IAM_AUTH")
         );
     }
 
@@ -282,6 +374,50 @@ mod tests {
         let mut p = BASE.to_vec();
         p.push(("OUTPUT_PREFIX", "lake/events"));
         assert_eq!(with(&p).unwrap().output_prefix, "lake/events/");
+    }
+
+    #[test]
+    fn iam_authentication_needs_coordinates_and_tls() {
+        // Given IAM authentication without a URL
+        let iam: Vec<_> = BASE
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "DATABASE_URL")
+            .chain([("DATABASE_IAM_AUTH", "true")])
+            .collect();
+        // Then each missing coordinate is named
+        let e = with(&iam).unwrap_err().to_string();
+        assert!(e.contains("DATABASE_HOST") && e.contains("DATABASE_IAM_AUTH"), "{e}");
+        let mut full = iam.clone();
+        full.extend([
+            ("DATABASE_HOST", "db.example.com"),
+            ("DATABASE_USER", "loader"),
+            ("DATABASE_NAME", "app"),
+            ("DATABASE_PORT", "5433"),
+        ]);
+        let c = with(&full).unwrap();
+        assert_eq!(c.database, DatabaseSource::Iam { url: None });
+        assert_eq!(c.database_env.port, Some(5433));
+        // And plaintext is refused with it
+        full.push(("DATABASE_SSLMODE", "disable"));
+        assert!(with(&full).unwrap_err().to_string().contains("requires TLS"));
+    }
+
+    #[test]
+    fn database_variables_are_checked_by_name() {
+        let bad = |k: &str, v: &str| {
+            let mut p: Vec<_> = BASE.to_vec();
+            p.push((k, v));
+            with(&p).unwrap_err().to_string()
+        };
+        assert!(bad("DATABASE_PORT", "x").contains("DATABASE_PORT"));
+        assert!(bad("DATABASE_SSLMODE", "prefer").contains("DATABASE_SSLMODE"));
+        assert!(bad("DATABASE_IAM_AUTH", "yes").contains("DATABASE_IAM_AUTH"));
+        let mut p: Vec<_> = BASE.to_vec();
+        p.retain(|(k, _)| *k != "DATABASE_URL");
+        p.push(("DATABASE_URL", "postgres://u@h/db?sslmode=allow"));
+        let e = with(&p).unwrap_err().to_string();
+        assert!(e.contains("DATABASE_URL") && e.contains("plaintext"), "{e}");
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! the partial-batch response.
 
 pub mod config;
+pub mod database;
 pub mod raw_body;
 
-pub use config::{Config, ConfigError, DatabaseSource, RoutesSource};
+pub use config::{Config, ConfigError, DatabaseEnv, DatabaseSource, RoutesSource};
 pub use raw_body::RawBodies;
 
 use lambda_runtime::{Context, LambdaEvent};
@@ -141,24 +142,9 @@ pub async fn build_pipeline_with(
     sdk: &aws_config::SdkConfig,
 ) -> Result<AwsPipeline, StartError> {
     let sdk = sdk.clone();
-    let pg_config: tokio_postgres::Config = match &config.database {
-        DatabaseSource::Url(url) => url.parse().map_err(|_| ConfigError::Invalid {
-            name: "DATABASE_URL",
-            why: "not a PostgreSQL connection string".into(),
-        })?,
-        DatabaseSource::SecretArn(arn) => {
-            let s = streamload_aws::database_secret(&sdk, arn).await?;
-            let mut c = tokio_postgres::Config::new();
-            c.host(&s.host)
-                .port(s.port)
-                .user(&s.username)
-                .password(&s.password)
-                .dbname(&s.dbname);
-            c
-        }
-    };
+    let pg_options = database::connect_options(config, &sdk).await?;
     let routes = load_routes(config, &sdk).await?;
-    let rows = PgRows::new(pg_config, &routes);
+    let rows = PgRows::new(pg_options, &routes);
     match rows.check_routes(&routes).await {
         Ok(done) => {
             for ddl in done {
