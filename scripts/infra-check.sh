@@ -18,4 +18,7 @@ export SAM_CLI_TELEMETRY=0
 "$VENV/bin/cfn-lint" infra/template.yaml
 echo "cfn-lint: infra/template.yaml ok"
 "$VENV/bin/sam" validate --lint --region us-east-1 -t infra/template.yaml
+# The cost command promises the standard library only: run it with the plain interpreter.
+python3 scripts/cost.py --samconfig samconfig.toml --env default --events-per-second 1000 >/dev/null
+echo "cost.py: runs on $(python3 --version) without the venv"
 "$VENV/bin/python" -m pytest -q tests/infra
