@@ -25,8 +25,8 @@ pub use dedup::DynamoDedup;
 pub use error::{classify_sdk_error, AwsError};
 pub use objects::{read_object, S3Objects, MAX_CONFIG_OBJECT_BYTES};
 pub use queue::{SqsDeadLetters, SQS_MAX_MESSAGE_BYTES};
-pub use secrets::{database_secret, secrets_client, DatabaseSecret};
 pub use rds_iam::{rds_auth_token, RdsIamToken};
+pub use secrets::{database_secret, secrets_client, DatabaseSecret};
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;

@@ -65,10 +65,7 @@ pub fn rds_auth_token(
         .settings(settings)
         .build()
         .map_err(|e| format!("IAM token: {e}"))?;
-    let base = format!(
-        "{host}:{port}/?Action=connect&DBUser={}",
-        uri_encode(user)
-    );
+    let base = format!("{host}:{port}/?Action=connect&DBUser={}", uri_encode(user));
     let url = format!("https://{base}");
     let request = SignableRequest::new(
         "GET",
@@ -173,7 +170,7 @@ mod tests {
             "test",
         );
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_633_600); // 2025-12-02T00:00:00Z
-        // When the token is made
+                                                                              // When the token is made
         let token = rds_auth_token(
             &creds,
             "eu-west-1",
@@ -185,11 +182,19 @@ mod tests {
         .unwrap();
         // Then it carries the same parameters and the same signature
         let mut ours: Vec<&str> = token.split_once('?').unwrap().1.split('&').collect();
-        let mut theirs: Vec<&str> = BOTOCORE_VECTOR.split_once('?').unwrap().1.split('&').collect();
+        let mut theirs: Vec<&str> = BOTOCORE_VECTOR
+            .split_once('?')
+            .unwrap()
+            .1
+            .split('&')
+            .collect();
         ours.sort_unstable();
         theirs.sort_unstable();
         assert_eq!(ours, theirs);
-        assert_eq!(token.split_once('?').unwrap().0, BOTOCORE_VECTOR.split_once('?').unwrap().0);
+        assert_eq!(
+            token.split_once('?').unwrap().0,
+            BOTOCORE_VECTOR.split_once('?').unwrap().0
+        );
     }
 
     /// `generate_db_auth_token` of botocore 1.x with the same credentials, region, host, port,

@@ -156,14 +156,26 @@ mod tests {
     fn problems_name_the_field_and_never_the_value() {
         for (text, expected) in [
             (r#"{"password":"hunter2"}"#, "field \"username\" is missing"),
-            (r#"{"username":"u","password":7}"#, "field \"password\" is not a string"),
+            (
+                r#"{"username":"u","password":7}"#,
+                "field \"password\" is not a string",
+            ),
             (
                 r#"{"username":"u","password":"hunter2","port":"hunter2"}"#,
                 "field \"port\" is not a port number",
             ),
-            (r#"{"username":"u","password":"hunter2","port":70000}"#, "field \"port\" is not a port number"),
-            ("hunter2", "not JSON (expected an object with username and password)"),
-            (r#"["hunter2"]"#, "not a JSON object (expected username and password)"),
+            (
+                r#"{"username":"u","password":"hunter2","port":70000}"#,
+                "field \"port\" is not a port number",
+            ),
+            (
+                "hunter2",
+                "not JSON (expected an object with username and password)",
+            ),
+            (
+                r#"["hunter2"]"#,
+                "not a JSON object (expected username and password)",
+            ),
         ] {
             let e = DatabaseSecret::parse(text).unwrap_err();
             assert_eq!(e, expected);

@@ -238,7 +238,9 @@ impl PgRows {
         }
         if let Some(db) = e.as_db_error() {
             let code = db.code();
-            if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION && tls.mode == SslMode::Disable {
+            if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                && tls.mode == SslMode::Disable
+            {
                 return (
                     "SQLSTATE 28000: the server has no pg_hba.conf entry for this connection; it may accept only TLS (RDS: rds.force_ssl=1): use sslmode=verify-full".into(),
                     false,
@@ -276,7 +278,9 @@ impl PgRows {
     async fn connect(&self) -> Result<Session, PortError> {
         let client = self.connect_plain().await.map_err(|f| match &f {
             ConnectFailure::Db(e) => classify(e),
-            ConnectFailure::Login(why) => PortError::retryable(format!("postgres: credentials: {why}")),
+            ConnectFailure::Login(why) => {
+                PortError::retryable(format!("postgres: credentials: {why}"))
+            }
         })?;
         if self.unchecked.load(std::sync::atomic::Ordering::SeqCst) {
             match check::check_all(&client, &self.routes).await {

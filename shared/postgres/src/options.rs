@@ -252,7 +252,10 @@ mod tests {
         )
         .unwrap();
         // Then tokio-postgres gets the rest and the TLS values are decoded
-        assert_eq!(rest, "postgres://u@h:5432/db?application_name=x&connect_timeout=3");
+        assert_eq!(
+            rest,
+            "postgres://u@h:5432/db?application_name=x&connect_timeout=3"
+        );
         assert_eq!(mode.as_deref(), Some("verify-ca"));
         assert_eq!(root.as_deref(), Some("/etc/ca.pem"));
         let o = ConnectOptions::parse(

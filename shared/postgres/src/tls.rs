@@ -30,7 +30,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
@@ -185,10 +187,7 @@ struct ChainOnly {
 }
 
 impl ChainOnly {
-    fn new(
-        roots: RootCertStore,
-        provider: &Arc<CryptoProvider>,
-    ) -> Result<Arc<Self>, TlsError> {
+    fn new(roots: RootCertStore, provider: &Arc<CryptoProvider>) -> Result<Arc<Self>, TlsError> {
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| TlsError::RootFile {
@@ -355,7 +354,10 @@ where
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
             let config = self.config.ok_or_else(|| {
-                io::Error::new(io::ErrorKind::Unsupported, "TLS is disabled (sslmode=disable)")
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "TLS is disabled (sslmode=disable)",
+                )
             })?;
             let name = self.name?;
             let tls = tokio_rustls::TlsConnector::from(config)
@@ -456,7 +458,10 @@ mod tests {
             root_certs: RootCerts::File("/nonexistent/ca.pem".into()),
         };
         let e = missing.connector().unwrap_err().to_string();
-        assert!(e.contains("/nonexistent/ca.pem") && e.contains("cannot be read"), "{e}");
+        assert!(
+            e.contains("/nonexistent/ca.pem") && e.contains("cannot be read"),
+            "{e}"
+        );
 
         let dir = std::env::temp_dir().join(format!("streamload-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

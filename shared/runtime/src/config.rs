@@ -29,7 +29,11 @@ impl std::fmt::Debug for DatabaseSource {
             DatabaseSource::Url(_) => f.write_str("Url(<redacted>)"),
             DatabaseSource::SecretArn(a) => write!(f, "SecretArn({a})"),
             DatabaseSource::Iam { url } => {
-                write!(f, "Iam {{ url: {} }}", if url.is_some() { "<redacted>" } else { "None" })
+                write!(
+                    f,
+                    "Iam {{ url: {} }}",
+                    if url.is_some() { "<redacted>" } else { "None" }
+                )
             }
         }
     }
@@ -387,7 +391,10 @@ mod tests {
             .collect();
         // Then each missing coordinate is named
         let e = with(&iam).unwrap_err().to_string();
-        assert!(e.contains("DATABASE_HOST") && e.contains("DATABASE_IAM_AUTH"), "{e}");
+        assert!(
+            e.contains("DATABASE_HOST") && e.contains("DATABASE_IAM_AUTH"),
+            "{e}"
+        );
         let mut full = iam.clone();
         full.extend([
             ("DATABASE_HOST", "db.example.com"),
@@ -400,7 +407,10 @@ mod tests {
         assert_eq!(c.database_env.port, Some(5433));
         // And plaintext is refused with it
         full.push(("DATABASE_SSLMODE", "disable"));
-        assert!(with(&full).unwrap_err().to_string().contains("requires TLS"));
+        assert!(with(&full)
+            .unwrap_err()
+            .to_string()
+            .contains("requires TLS"));
     }
 
     #[test]

@@ -114,20 +114,26 @@ pub async fn connect_options(
     let env = &config.database_env;
     match &config.database {
         DatabaseSource::Url(url) => {
-            Ok(ConnectOptions::parse(url).map_err(|e| ConfigError::Invalid {
-                name: "DATABASE_URL",
-                why: e.to_string(),
-            })?)
+            Ok(
+                ConnectOptions::parse(url).map_err(|e| ConfigError::Invalid {
+                    name: "DATABASE_URL",
+                    why: e.to_string(),
+                })?,
+            )
         }
         DatabaseSource::SecretArn(arn) => {
             let client = streamload_aws::secrets_client(sdk);
             let secret = streamload_aws::database_secret(&client, arn).await?;
-            let host = secret.host.clone().or_else(|| env.host.clone()).ok_or_else(|| {
-                StartError::Secret(streamload_aws::AwsError::Secret {
-                    arn: arn.clone(),
-                    message: "field \"host\" is missing and DATABASE_HOST is not set".into(),
-                })
-            })?;
+            let host = secret
+                .host
+                .clone()
+                .or_else(|| env.host.clone())
+                .ok_or_else(|| {
+                    StartError::Secret(streamload_aws::AwsError::Secret {
+                        arn: arn.clone(),
+                        message: "field \"host\" is missing and DATABASE_HOST is not set".into(),
+                    })
+                })?;
             let mut pg = tokio_postgres::Config::new();
             pg.host(&host)
                 .port(secret.port.or(env.port).unwrap_or(DEFAULT_PORT))
@@ -155,18 +161,20 @@ pub async fn connect_options(
         }
         DatabaseSource::Iam { url } => {
             let options = match url {
-                Some(url) => {
-                    ConnectOptions::parse(url).map_err(|e| ConfigError::Invalid {
-                        name: "DATABASE_URL",
-                        why: e.to_string(),
-                    })?
-                }
+                Some(url) => ConnectOptions::parse(url).map_err(|e| ConfigError::Invalid {
+                    name: "DATABASE_URL",
+                    why: e.to_string(),
+                })?,
                 None => {
                     let mut pg = tokio_postgres::Config::new();
                     pg.host(env.host.as_deref().unwrap_or_default())
                         .port(env.port.unwrap_or(DEFAULT_PORT))
                         .dbname(env.name.as_deref().unwrap_or_default());
-                    options(pg, tls_settings(None, None, env, "DATABASE_SSLMODE")?, "DATABASE_SSLROOTCERT")?
+                    options(
+                        pg,
+                        tls_settings(None, None, env, "DATABASE_SSLMODE")?,
+                        "DATABASE_SSLROOTCERT",
+                    )?
                 }
             };
             if options.tls_settings().mode == SslMode::Disable {
@@ -196,12 +204,11 @@ pub async fn connect_options(
                     name: "DATABASE_USER",
                     why: "is required with DATABASE_IAM_AUTH=true".into(),
                 })?;
-            let token = RdsIamToken::new(sdk, &host, port, &user).map_err(|why| {
-                ConfigError::Invalid {
+            let token =
+                RdsIamToken::new(sdk, &host, port, &user).map_err(|why| ConfigError::Invalid {
                     name: "DATABASE_IAM_AUTH",
                     why,
-                }
-            })?;
+                })?;
             Ok(options.with_login(Arc::new(IamLogin(token))))
         }
     }
