@@ -86,8 +86,8 @@ for path in logs:
             doc = json.loads(line)
         except ValueError:
             continue
-        if doc.get("fields", {}).get("message") == "batch done":
-            batches.append((path.split("/")[-1][:-4], doc["fields"]))
+        if doc.get("message") == "batch done":  # fields are top-level (see logging.rs)
+            batches.append((path.split("/")[-1][:-4], doc))
 print("batches (function: received / loaded / duplicates / poison / failed):")
 for fn, f in batches:
     print(f"    {fn:15} {f['received']:>3} / {f['loaded']:>3} / {f['duplicates']:>3} / {f['poison']:>3} / {f['failed']:>3}")

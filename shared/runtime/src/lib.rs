@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod database;
+pub mod logging;
 pub mod raw_body;
 
 pub use config::{Config, ConfigError, DatabaseEnv, DatabaseSource, RoutesSource};
@@ -101,18 +102,30 @@ pub async fn load_routes(
     parse_routes(&text, &name)
 }
 
-/// JSON logs on stdout, level from `RUST_LOG` (default info), no ANSI colours.
+/// Logs on stdout as the function's Lambda log controls say (see [`logging`]): JSON with
+/// the invocation's fields at the top level unless `AWS_LAMBDA_LOG_FORMAT=Text`; the level
+/// from `RUST_LOG`, else `AWS_LAMBDA_LOG_LEVEL`, else info. No ANSI colours.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let var = |k: &str| std::env::var(k).ok();
+    let directive = logging::filter_directive(
+        var("RUST_LOG").as_deref(),
+        var("AWS_LAMBDA_LOG_LEVEL").as_deref(),
+    );
+    let filter = tracing_subscriber::EnvFilter::try_new(&directive)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_current_span(false)
         .with_ansi(false)
-        .without_time()
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if logging::json_format(var("AWS_LAMBDA_LOG_FORMAT").as_deref()) {
+        let function_name = var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "streamload".into());
+        builder
+            .event_format(logging::LambdaJson::new(&function_name))
+            .try_init()
+    } else {
+        // CloudWatch stamps each line itself.
+        builder.without_time().try_init()
+    };
 }
 
 /// Start-up: reads the configuration and builds every client once. A failure is reported to
@@ -296,6 +309,7 @@ where
     Q: DeadLetters,
 {
     let context = event.context;
+    let _invocation = logging::Invocation::begin(&context.request_id);
     let body = bodies
         .take(&context.request_id)
         .ok_or_else(|| InvocationError::MissingBody(context.request_id.clone()))?;
