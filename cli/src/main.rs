@@ -1,0 +1,443 @@
+//! `streamload`: see `streamload --help`. All logic lives in the library (`streamload_cli`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use streamload_cli::esm::MappingSettings;
+use streamload_cli::produce::{self, ProduceOptions};
+use streamload_cli::run::{self, RunOptions, UnitStats};
+use streamload_cli::sandbox::FunctionSpec;
+use streamload_cli::verify::{self, Sinks};
+use streamload_cli::{CliError, Target};
+
+#[derive(Parser)]
+#[command(
+    name = "streamload",
+    version,
+    about = "Produce test streams, run the loaders locally with AWS's event-source-mapping semantics, and verify exactly-once."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Produce seed events (with producer retries and poison) to a stream or topic.
+    ///
+    /// Example: streamload produce kinesis://clicks --events 20000 --duplicates 0.1 --poison 0.02 --create --manifest clicks.json
+    Produce {
+        /// kinesis://<stream> or kafka://<topic>
+        target: Target,
+        #[arg(long, default_value_t = 1000)]
+        events: u64,
+        /// Records per second (default: as fast as possible)
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Probability that an event is sent twice (a producer retry)
+        #[arg(long, default_value_t = 0.0)]
+        duplicates: f64,
+        /// Probability that a record is poison (not JSON, or no event_id)
+        #[arg(long, default_value_t = 0.0)]
+        poison: f64,
+        /// Distinct user_id values (the partition key)
+        #[arg(long, default_value_t = 100)]
+        users: u64,
+        /// Create the stream or topic first
+        #[arg(long)]
+        create: bool,
+        /// Shards or partitions when creating
+        #[arg(long, default_value_t = 2)]
+        partitions: u32,
+        /// Write what was produced here (for `verify`)
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Kafka bootstrap address (default: STREAMLOAD_KAFKA_BROKER)
+        #[arg(long)]
+        broker: Option<String>,
+    },
+    /// Run a local event-source mapping: poll each shard/partition and invoke the real function binary through the Lambda Runtime API.
+    ///
+    /// Example: streamload run kinesis://clicks --function target/release/kinesis-loader --until-caught-up --on-failure "$ON_FAILURE_URL"
+    Run {
+        target: Target,
+        /// The function binary (default: target/release/<kinesis|kafka>-loader)
+        #[arg(long)]
+        function: Option<PathBuf>,
+        #[arg(long, default_value_t = 100)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 500)]
+        batching_window_ms: u64,
+        /// -1 = forever
+        #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+        max_retry_attempts: i64,
+        /// -1 = forever
+        #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+        max_record_age_seconds: i64,
+        #[arg(long)]
+        bisect: bool,
+        #[arg(long, default_value_t = 60)]
+        timeout_seconds: u64,
+        /// SQS queue URL: the on-failure destination
+        #[arg(long)]
+        on_failure: Option<String>,
+        /// Stop when every shard/partition has no lag
+        #[arg(long)]
+        until_caught_up: bool,
+        #[arg(long, default_value_t = 3600)]
+        max_duration_seconds: u64,
+        /// Kill each unit's sandbox mid-batch during its Nth invocation (chaos)
+        #[arg(long)]
+        kill_mid_batch: Option<u64>,
+        /// Checkpoint file (kept between runs)
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Directory for the function's logs
+        #[arg(long, default_value = ".")]
+        log_dir: PathBuf,
+        #[arg(long)]
+        broker: Option<String>,
+        /// Print the stats as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Audit a manifest: each event exactly once in PostgreSQL and in the lake, each poison record dead-lettered.
+    ///
+    /// Example: streamload verify --manifest clicks.json   (DATABASE_URL, OUTPUT_BUCKET from the environment)
+    Verify {
+        #[arg(long)]
+        manifest: PathBuf,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        #[arg(long, env = "TARGET_TABLE", default_value = "events")]
+        table: String,
+        #[arg(long, env = "OUTPUT_BUCKET")]
+        bucket: String,
+        #[arg(long, env = "OUTPUT_PREFIX", default_value = "events/")]
+        lake_prefix: String,
+        #[arg(long, env = "DEAD_LETTER_PREFIX", default_value = "dead-letter/")]
+        dead_letter_prefix: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn bar(total: Option<u64>) -> indicatif::ProgressBar {
+    let pb = match total {
+        Some(t) => indicatif::ProgressBar::new(t),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {prefix:>24} {bar:30} {pos}/{len} {per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb
+}
+
+async fn produce_cmd(
+    target: Target,
+    options: ProduceOptions,
+    manifest_path: Option<PathBuf>,
+    broker: Option<String>,
+) -> Result<(), CliError> {
+    let (records, manifest) = produce::plan(&options, &target);
+    let pb = bar(Some(records.len() as u64));
+    pb.set_prefix(target.to_string());
+    let pace = produce::Pace::new(options.rate);
+    let started = std::time::Instant::now();
+    match &target {
+        Target::Kinesis(stream) => {
+            let (client, _) = streamload_cli::kinesis_client().await;
+            if options.create {
+                produce::create_kinesis(&client, stream, options.partitions).await?;
+            }
+            let chunk = if options.rate.is_some() {
+                25
+            } else {
+                produce::KINESIS_PUT_RECORDS_MAX
+            };
+            let mut sent = 0u64;
+            for part in records.chunks(chunk) {
+                pace.wait_for(sent).await;
+                produce::send_kinesis(&client, stream, part).await?;
+                sent += part.len() as u64;
+                pb.set_position(sent);
+            }
+        }
+        Target::Kafka(topic) => {
+            let broker = streamload_cli::broker(broker.as_deref());
+            let client = streamload_cli::kafka_client(&broker).await?;
+            if options.create {
+                produce::create_kafka(&client, &broker, topic, options.partitions).await?;
+            }
+            let partitions = streamload_cli::kafka_partitions(&client, topic).await?;
+            let mut clients = Vec::new();
+            for p in &partitions {
+                clients.push(
+                    client
+                        .partition_client(
+                            topic.as_str(),
+                            *p,
+                            rskafka::client::partition::UnknownTopicHandling::Retry,
+                        )
+                        .await
+                        .map_err(|e| CliError::Kafka(format!("partition {topic}-{p}: {e}")))?,
+                );
+            }
+            let chunk = if options.rate.is_some() { 25 } else { 1000 };
+            let mut sent = 0u64;
+            for part in records.chunks(chunk) {
+                pace.wait_for(sent).await;
+                let mut by_partition: Vec<Vec<rskafka::record::Record>> =
+                    vec![Vec::new(); clients.len()];
+                for r in part {
+                    by_partition[produce::partition_of(&r.key, clients.len())].push(
+                        rskafka::record::Record {
+                            key: Some(r.key.clone().into_bytes()),
+                            value: Some(r.bytes.clone()),
+                            headers: Default::default(),
+                            timestamp: chrono::Utc::now(),
+                        },
+                    );
+                }
+                for (pc, recs) in clients.iter().zip(by_partition) {
+                    if !recs.is_empty() {
+                        pc.produce(recs, rskafka::client::partition::Compression::NoCompression)
+                            .await
+                            .map_err(|e| CliError::Kafka(format!("produce: {e}")))?;
+                    }
+                }
+                sent += part.len() as u64;
+                pb.set_position(sent);
+            }
+        }
+    }
+    pb.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{target}: {} records ({} events, {} producer retries, {} poison) in {secs:.1} s ({:.0} records/s)",
+        manifest.records_sent,
+        manifest.event_ids.len(),
+        manifest.duplicates_sent,
+        manifest.poison_tokens.len(),
+        manifest.records_sent as f64 / secs.max(1e-9)
+    );
+    if let Some(path) = manifest_path {
+        let text = serde_json::to_string(&manifest).map_err(|e| CliError::Usage(e.to_string()))?;
+        std::fs::write(&path, text)?;
+        println!("manifest: {}", path.display());
+    }
+    Ok(())
+}
+
+fn stats_table(stats: &[UnitStats]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.set_header(vec![
+        "unit",
+        "invocations",
+        "records done",
+        "partial",
+        "failed",
+        "skipped",
+        "sandboxes",
+        "lag",
+        "last result",
+    ]);
+    for s in stats {
+        t.add_row(vec![
+            s.unit.clone(),
+            s.invocations.to_string(),
+            s.records_done.to_string(),
+            s.partial_answers.to_string(),
+            s.failed_invocations.to_string(),
+            s.skipped_records.to_string(),
+            s.sandboxes_started.to_string(),
+            s.lag.to_string(),
+            s.last_result.clone(),
+        ]);
+    }
+    t
+}
+
+async fn main_inner() -> Result<i32, CliError> {
+    match Cli::parse().command {
+        Command::Produce {
+            target,
+            events,
+            rate,
+            duplicates,
+            poison,
+            users,
+            create,
+            partitions,
+            manifest,
+            broker,
+        } => {
+            let options = ProduceOptions {
+                events,
+                rate,
+                duplicates,
+                poison,
+                users,
+                create,
+                partitions,
+            };
+            produce_cmd(target, options, manifest, broker).await?;
+            Ok(0)
+        }
+        Command::Run {
+            target,
+            function,
+            batch_size,
+            batching_window_ms,
+            max_retry_attempts,
+            max_record_age_seconds,
+            bisect,
+            timeout_seconds,
+            on_failure,
+            until_caught_up,
+            max_duration_seconds,
+            kill_mid_batch,
+            state,
+            log_dir,
+            broker,
+            json,
+        } => {
+            if !(1..=streamload_cli::esm::MAX_BATCH_SIZE).contains(&batch_size) {
+                return Err(CliError::Usage("--batch-size must be 1..=10000".into()));
+            }
+            let name = match &target {
+                Target::Kinesis(_) => "kinesis-loader",
+                Target::Kafka(_) => "kafka-loader",
+            };
+            let binary =
+                function.unwrap_or_else(|| PathBuf::from(format!("target/release/{name}")));
+            if !binary.exists() {
+                return Err(CliError::Usage(format!(
+                    "no function binary at {} (build it: cargo build --release -p {name}, or pass --function)",
+                    binary.display()
+                )));
+            }
+            std::fs::create_dir_all(&log_dir)?;
+            let options = RunOptions {
+                settings: MappingSettings {
+                    batch_size,
+                    batching_window: Duration::from_millis(batching_window_ms),
+                    max_retry_attempts: u32::try_from(max_retry_attempts).ok(),
+                    max_record_age: u64::try_from(max_record_age_seconds)
+                        .ok()
+                        .map(Duration::from_secs),
+                    bisect_on_error: bisect,
+                    function_timeout: Duration::from_secs(timeout_seconds),
+                },
+                function: FunctionSpec {
+                    binary,
+                    name: name.into(),
+                    env: Vec::new(),
+                    log: log_dir.join(format!("{name}.log")),
+                },
+                until_caught_up,
+                max_duration: Duration::from_secs(max_duration_seconds),
+                on_failure_queue: on_failure,
+                kill_mid_batch: kill_mid_batch.map(|n| (n, Duration::from_millis(30))),
+                state_file: state,
+            };
+            let broker = streamload_cli::broker(broker.as_deref());
+            let multi = indicatif::MultiProgress::new();
+            let bars: Arc<
+                std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
+            > = Arc::default();
+            let progress = {
+                let (multi, bars) = (multi.clone(), bars.clone());
+                Arc::new(move |s: &UnitStats| {
+                    if let Ok(mut bars) = bars.lock() {
+                        let pb = bars.entry(s.unit.clone()).or_insert_with(|| {
+                            let pb = multi.add(bar(None));
+                            pb.set_prefix(s.unit.clone());
+                            pb
+                        });
+                        pb.set_position(s.records_done);
+                        pb.set_length(s.records_done + s.lag);
+                        pb.set_message(format!("lag {} · {}", s.lag, s.last_result));
+                    }
+                }) as Arc<dyn Fn(&UnitStats) + Send + Sync>
+            };
+            let started = std::time::Instant::now();
+            let stats = run::run_target(&target, &options, &broker, progress).await?;
+            let _ = multi.clear();
+            let done: u64 = stats.iter().map(|s| s.records_done).sum();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&stats).map_err(|e| CliError::Usage(e.to_string()))?
+                );
+            } else {
+                println!("{}", stats_table(&stats));
+                let secs = started.elapsed().as_secs_f64();
+                println!(
+                    "{target}: {done} records in {secs:.1} s ({:.0} records/s)",
+                    done as f64 / secs.max(1e-9)
+                );
+            }
+            Ok(0)
+        }
+        Command::Verify {
+            manifest,
+            database_url,
+            table,
+            bucket,
+            lake_prefix,
+            dead_letter_prefix,
+            json,
+        } => {
+            let text = std::fs::read_to_string(&manifest)
+                .map_err(|e| CliError::Usage(format!("manifest {}: {e}", manifest.display())))?;
+            let manifest: produce::Manifest = serde_json::from_str(&text)
+                .map_err(|e| CliError::Usage(format!("manifest: {e}")))?;
+            let sdk = streamload_aws::sdk_config().await;
+            let s3 = streamload_aws::s3_client(&sdk);
+            let sinks = Sinks {
+                database_url,
+                table,
+                bucket,
+                lake_prefix,
+                dead_letter_prefix,
+            };
+            let audit = verify::audit(&manifest, &sinks, &s3).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&audit).map_err(|e| CliError::Usage(e.to_string()))?
+                );
+            } else {
+                println!("{}", audit.table());
+                println!(
+                    "verdict: {}",
+                    if audit.exactly_once() {
+                        "exactly once"
+                    } else {
+                        "LOSS OR DUPLICATES"
+                    }
+                );
+            }
+            Ok(if audit.exactly_once() { 0 } else { 1 })
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let code = match main_inner().await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("streamload: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}

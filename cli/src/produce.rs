@@ -1,0 +1,404 @@
+//! `streamload produce`: the seed's producer events — page_view, click, purchase, signup,
+//! logout; `user_id` from a pool and used as the partition key; a fresh UUID `event_id`;
+//! `created_at` now (UTC); a payload with page, session_id and user_agent — with producer
+//! retries (the same bytes again) and poison mixed in, and a manifest of what was produced for
+//! `verify`.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{CliError, Target};
+
+const EVENT_TYPES: [&str; 5] = ["page_view", "click", "purchase", "signup", "logout"];
+const PAGES: [&str; 6] = [
+    "/",
+    "/search",
+    "/product/42",
+    "/cart",
+    "/checkout",
+    "/account",
+];
+const AGENTS: [&str; 3] = [
+    "Mozilla/5.0 (X11; Linux x86_64)",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5)",
+    "streamload-produce/1",
+];
+
+/// What a run produced: every valid event once (its retries are extra copies of the same
+/// bytes) and each poison record's token (the text `verify` finds in its dead letter).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub target: String,
+    pub records_sent: u64,
+    pub duplicates_sent: u64,
+    pub event_ids: Vec<String>,
+    pub poison_tokens: Vec<String>,
+    /// Production time of each valid event (ms), by position in `event_ids`.
+    pub produced_at_ms: Vec<i64>,
+}
+
+/// A small, fast generator (xorshift64*): test data needs variety, not secrecy.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded() -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Self(t ^ (u64::from(std::process::id()) << 32) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    /// A version-4 UUID.
+    pub fn uuid(&mut self) -> String {
+        let (a, b) = (self.next_u64(), self.next_u64());
+        let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+        let a = (a & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xffff,
+            b >> 48,
+            b & 0xffff_ffff_ffff
+        )
+    }
+}
+
+/// One record to send: partition key and bytes.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub key: String,
+    pub bytes: Vec<u8>,
+}
+
+/// A seed producer event.
+pub fn event(rng: &mut Rng, users: u64) -> (String, Outgoing) {
+    let event_id = rng.uuid();
+    let user = format!("user-{}", rng.below(users));
+    let doc = serde_json::json!({
+        "event_id": event_id,
+        "user_id": user,
+        "event_type": EVENT_TYPES[rng.below(5) as usize],
+        "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "payload": {
+            "page": PAGES[rng.below(PAGES.len() as u64) as usize],
+            "session_id": rng.uuid(),
+            "user_agent": AGENTS[rng.below(AGENTS.len() as u64) as usize],
+        },
+    });
+    (
+        event_id,
+        Outgoing {
+            key: user,
+            bytes: doc.to_string().into_bytes(),
+        },
+    )
+}
+
+/// A poison record carrying `token`: alternately not JSON and JSON without `event_id`.
+pub fn poison(rng: &mut Rng, n: u64) -> (String, Outgoing) {
+    let token = format!("poison-{}", rng.uuid());
+    let bytes = if n % 2 == 0 {
+        format!("{{not json {token}").into_bytes()
+    } else {
+        serde_json::json!({"user_id": "user-0", "event_type": "click", "note": token})
+            .to_string()
+            .into_bytes()
+    };
+    (
+        token,
+        Outgoing {
+            key: "poison".into(),
+            bytes,
+        },
+    )
+}
+
+/// What to produce.
+#[derive(Debug, Clone)]
+pub struct ProduceOptions {
+    pub events: u64,
+    /// Records per second, or as fast as possible.
+    pub rate: Option<f64>,
+    /// Probability that an event is sent again (a producer retry).
+    pub duplicates: f64,
+    /// Probability that a record is poison instead of an event.
+    pub poison: f64,
+    pub users: u64,
+    pub create: bool,
+    pub partitions: u32,
+}
+
+/// The records of a run, in sending order, and the manifest.
+pub fn plan(options: &ProduceOptions, target: &Target) -> (Vec<Outgoing>, Manifest) {
+    let mut rng = Rng::seeded();
+    let mut out = Vec::with_capacity(options.events as usize);
+    let mut manifest = Manifest {
+        target: target.to_string(),
+        ..Manifest::default()
+    };
+    let mut poisons = 0;
+    for _ in 0..options.events {
+        if rng.chance(options.poison) {
+            let (token, rec) = poison(&mut rng, poisons);
+            poisons += 1;
+            manifest.poison_tokens.push(token);
+            out.push(rec);
+            continue;
+        }
+        let (id, rec) = event(&mut rng, options.users);
+        manifest.event_ids.push(id);
+        if rng.chance(options.duplicates) {
+            out.push(rec.clone());
+            manifest.duplicates_sent += 1;
+        }
+        out.push(rec);
+    }
+    manifest.records_sent = out.len() as u64;
+    (out, manifest)
+}
+
+/// Paces sending to `rate` records a second.
+pub struct Pace {
+    start: Instant,
+    rate: Option<f64>,
+}
+
+impl Pace {
+    pub fn new(rate: Option<f64>) -> Self {
+        Self {
+            start: Instant::now(),
+            rate,
+        }
+    }
+
+    pub async fn wait_for(&self, sent: u64) {
+        if let Some(rate) = self.rate.filter(|r| *r > 0.0) {
+            let due = Duration::from_secs_f64(sent as f64 / rate);
+            let elapsed = self.start.elapsed();
+            if due > elapsed {
+                tokio::time::sleep(due - elapsed).await;
+            }
+        }
+    }
+}
+
+/// Kinesis PutRecords: at most 500 records per call.
+pub const KINESIS_PUT_RECORDS_MAX: usize = 500;
+
+/// Sends up to [`KINESIS_PUT_RECORDS_MAX`] records to Kinesis, retrying the records a
+/// PutRecords answer reports as failed.
+pub async fn send_kinesis(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    records: &[Outgoing],
+) -> Result<(), CliError> {
+    let mut todo: Vec<&Outgoing> = records.iter().collect();
+    for _ in 0..10 {
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<_> = todo
+            .iter()
+            .filter_map(|r| {
+                aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                    .partition_key(&r.key)
+                    .data(aws_sdk_kinesis::primitives::Blob::new(r.bytes.clone()))
+                    .build()
+                    .ok()
+            })
+            .collect();
+        let out = client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(entries))
+            .send()
+            .await
+            .map_err(|e| CliError::aws("kinesis PutRecords", &e))?;
+        if out.failed_record_count.unwrap_or(0) == 0 {
+            return Ok(());
+        }
+        todo = todo
+            .into_iter()
+            .zip(out.records)
+            .filter(|(_, r)| r.error_code.is_some())
+            .map(|(o, _)| o)
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(CliError::Usage(format!(
+        "kinesis PutRecords: {} records still refused after 10 attempts",
+        todo.len()
+    )))
+}
+
+/// Creates the stream (one shard per `partitions`) and waits until it is active.
+pub async fn create_kinesis(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    shards: u32,
+) -> Result<(), CliError> {
+    let exists = client
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+        .is_ok();
+    if !exists {
+        client
+            .create_stream()
+            .stream_name(stream)
+            .shard_count(shards as i32)
+            .send()
+            .await
+            .map_err(|e| CliError::aws("kinesis CreateStream", &e))?;
+    }
+    for _ in 0..100 {
+        let s = client
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+            .map_err(|e| CliError::aws("kinesis DescribeStreamSummary", &e))?;
+        if s.stream_description_summary.map(|d| d.stream_status)
+            == Some(aws_sdk_kinesis::types::StreamStatus::Active)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(CliError::Usage(format!(
+        "stream {stream} did not become ACTIVE"
+    )))
+}
+
+/// Creates the topic through the broker's CreateTopics API, or its own tool (tansu) when
+/// STREAMLOAD_TANSU names it and the API is refused.
+pub async fn create_kafka(
+    client: &rskafka::client::Client,
+    broker: &str,
+    topic: &str,
+    partitions: u32,
+) -> Result<(), CliError> {
+    if crate::kafka_partitions(client, topic).await.is_ok() {
+        return Ok(());
+    }
+    let controller = client
+        .controller_client()
+        .map_err(|e| CliError::Kafka(format!("controller: {e}")));
+    let created = match controller {
+        Ok(c) => c
+            .create_topic(topic, partitions as i32, 1, 5_000)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(why) = created {
+        let Ok(tansu) = std::env::var("STREAMLOAD_TANSU") else {
+            return Err(CliError::Kafka(format!("create topic {topic}: {why}")));
+        };
+        let out = tokio::process::Command::new(tansu)
+            .args([
+                "topic",
+                "create",
+                topic,
+                "--broker",
+                &format!("tcp://{broker}"),
+                "--partitions",
+                &partitions.to_string(),
+            ])
+            .output()
+            .await?;
+        if !out.status.success() {
+            return Err(CliError::Kafka(format!(
+                "create topic {topic}: {why}; tansu: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The partition of `key` among `n` (a stable hash, so one user stays in order).
+pub fn partition_of(key: &str, n: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % n.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_holds_each_event_once_plus_its_retries_and_the_poison() {
+        // Given 2,000 records with 10% duplicates and 5% poison
+        let options = ProduceOptions {
+            events: 2_000,
+            rate: None,
+            duplicates: 0.10,
+            poison: 0.05,
+            users: 50,
+            create: false,
+            partitions: 1,
+        };
+        let (records, manifest) = plan(&options, &Target::Kinesis("s".into()));
+        // Then the counts add up and the shares are near the asked ones
+        let ids: std::collections::HashSet<_> = manifest.event_ids.iter().collect();
+        assert_eq!(ids.len(), manifest.event_ids.len(), "event ids are unique");
+        assert_eq!(
+            manifest.event_ids.len() + manifest.poison_tokens.len(),
+            2_000
+        );
+        assert_eq!(records.len() as u64, 2_000 + manifest.duplicates_sent);
+        assert!(
+            (100..300).contains(&manifest.duplicates_sent),
+            "{}",
+            manifest.duplicates_sent
+        );
+        assert!((40..170).contains(&manifest.poison_tokens.len()));
+        // and each poison record carries its token
+        let poison_count = records
+            .iter()
+            .filter(|r| {
+                manifest
+                    .poison_tokens
+                    .iter()
+                    .any(|t| String::from_utf8_lossy(&r.bytes).contains(t.as_str()))
+            })
+            .count();
+        assert_eq!(poison_count, manifest.poison_tokens.len());
+    }
+
+    #[test]
+    fn uuids_are_version_4() {
+        let mut rng = Rng::seeded();
+        let u = rng.uuid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"), "{u}");
+    }
+}

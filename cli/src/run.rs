@@ -1,0 +1,372 @@
+//! `streamload run`: a local event-source mapping. Each shard or partition has its own poller
+//! and its own sandbox (one invocation at a time per unit, units in parallel), applies
+//! [`crate::esm`]'s decisions to the real function's answers, keeps its checkpoint in a state
+//! file, and sends skipped batches' metadata to the on-failure queue.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::esm::{Answer, MappingSettings, UnitState, Verdict};
+use crate::sandbox::{FunctionSpec, Outcome, Sandbox};
+use crate::source::{Unit, EVENT_OVERHEAD};
+use crate::CliError;
+
+/// Counts of one unit's run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct UnitStats {
+    pub unit: String,
+    pub invocations: u64,
+    pub records_done: u64,
+    pub partial_answers: u64,
+    pub failed_invocations: u64,
+    pub skipped_records: u64,
+    pub sandboxes_started: u32,
+    pub lag: u64,
+    pub last_result: String,
+}
+
+/// How a run stops, and what it injects.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub settings: MappingSettings,
+    pub function: FunctionSpec,
+    /// Stop when every unit has nothing pending and no lag.
+    pub until_caught_up: bool,
+    /// Stop after this long in any case.
+    pub max_duration: Duration,
+    /// SQS queue URL for skipped batches.
+    pub on_failure_queue: Option<String>,
+    /// Kill the sandbox this long into the Nth invocation of each unit (chaos).
+    pub kill_mid_batch: Option<(u64, Duration)>,
+    /// The checkpoint file.
+    pub state_file: Option<PathBuf>,
+}
+
+/// Reads the function's answer the way the mapping does.
+pub fn answer_of<U: Unit>(unit: &U, n: usize, outcome: &Outcome) -> Answer {
+    match outcome {
+        Outcome::Response(body) => {
+            let Ok(doc) = serde_json::from_str::<Value>(body) else {
+                return Answer::Success; // a non-JSON response counts as success on AWS
+            };
+            let failures = match doc.get("batchItemFailures") {
+                Some(Value::Array(items)) => items,
+                _ => return Answer::Success,
+            };
+            if failures.is_empty() {
+                return Answer::Success;
+            }
+            let mut lowest = usize::MAX;
+            for item in failures {
+                match item
+                    .get("itemIdentifier")
+                    .and_then(|id| unit.failure_index(n, id))
+                {
+                    Some(i) => lowest = lowest.min(i),
+                    None => {
+                        return Answer::Failed(
+                            "a failure identifier names no record of the batch".into(),
+                        )
+                    }
+                }
+            }
+            Answer::FailedFrom(lowest)
+        }
+        Outcome::FunctionError(e) => Answer::Failed(format!("function error: {e}")),
+        Outcome::Timeout => Answer::Failed("timed out".into()),
+        Outcome::Crashed(why) => Answer::Failed(why.clone()),
+    }
+}
+
+/// Checkpoints by unit name, shared by the units of one run and saved after each change.
+#[derive(Clone, Default)]
+pub struct Checkpoints {
+    path: Option<PathBuf>,
+    map: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl Checkpoints {
+    pub fn load(path: Option<PathBuf>) -> Self {
+        let map = path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        Self {
+            path,
+            map: Arc::new(Mutex::new(map)),
+        }
+    }
+
+    pub async fn get(&self, unit: &str) -> Option<String> {
+        self.map.lock().await.get(unit).cloned()
+    }
+
+    async fn set(&self, unit: &str, value: Option<String>) {
+        let mut map = self.map.lock().await;
+        match value {
+            Some(v) => map.insert(unit.to_owned(), v),
+            None => map.remove(unit),
+        };
+        if let Some(path) = &self.path {
+            if let Ok(text) = serde_json::to_string_pretty(&*map) {
+                let tmp = path.with_extension("tmp");
+                if std::fs::write(&tmp, text).is_ok() {
+                    let _ = std::fs::rename(&tmp, path);
+                }
+            }
+        }
+    }
+}
+
+/// Polls `unit` and invokes the function until the run stops. `progress` is told the
+/// stats after each invocation.
+pub async fn run_unit<U: Unit>(
+    mut unit: U,
+    options: &RunOptions,
+    checkpoints: &Checkpoints,
+    sqs: Option<&aws_sdk_sqs::Client>,
+    progress: &(dyn Fn(&UnitStats) + Sync),
+) -> Result<UnitStats, CliError> {
+    let settings = &options.settings;
+    let mut spec = options.function.clone();
+    spec.log = spec
+        .log
+        .with_file_name(format!("{}-{}.log", spec.name, unit.name()));
+    let mut sandbox = Sandbox::new(spec).await?;
+    let mut state = UnitState::default();
+    let mut stats = UnitStats {
+        unit: unit.name(),
+        ..UnitStats::default()
+    };
+    let started = Instant::now();
+    let mut first_seen: Option<Instant> = None;
+    loop {
+        if started.elapsed() > options.max_duration {
+            stats.last_result = "stopped: --max-duration".into();
+            break;
+        }
+        unit.fill(settings.batch_size).await?;
+        stats.lag = unit.lag().unwrap_or(0);
+        if unit.pending().is_empty() {
+            first_seen = None;
+            if options.until_caught_up && stats.lag == 0 {
+                break;
+            }
+            progress(&stats);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        // The batching window: wait for a full batch, at most the window from the first record.
+        let first = *first_seen.get_or_insert_with(Instant::now);
+        if unit.pending().len() < settings.batch_size && first.elapsed() < settings.batching_window
+        {
+            tokio::time::sleep(Duration::from_millis(50).min(settings.batching_window)).await;
+            continue;
+        }
+        first_seen = None;
+
+        let now = chrono::Utc::now().timestamp_millis();
+        let ages: Vec<Duration> = unit
+            .pending()
+            .iter()
+            .map(|r| Duration::from_millis((now - r.arrival_ms).max(0) as u64))
+            .collect();
+        let expired = UnitState::expired(settings, &ages);
+        if expired > 0 {
+            let n = expired.min(settings.batch_size);
+            send_on_failure(
+                &unit,
+                n,
+                "RecordAgeExceeded",
+                state.invocations,
+                options,
+                sqs,
+            )
+            .await?;
+            unit.commit(n);
+            stats.skipped_records += n as u64;
+            checkpoints.set(&unit.name(), unit.checkpoint()).await;
+            continue;
+        }
+
+        let sizes: Vec<usize> = unit.pending().iter().map(|r| r.size).collect();
+        let n = state.next_batch_len(settings, &sizes, EVENT_OVERHEAD);
+        let event = unit.event(n);
+        let kill = options
+            .kill_mid_batch
+            .filter(|(nth, _)| stats.invocations + 1 == *nth)
+            .map(|(_, after)| after);
+        let outcome = sandbox.invoke(event, settings.function_timeout, kill).await;
+        stats.invocations += 1;
+        stats.sandboxes_started = sandbox.starts;
+        let answer = answer_of(&unit, n, &outcome);
+        match &answer {
+            Answer::Success => stats.last_result = format!("ok ({n})"),
+            Answer::FailedFrom(i) => {
+                stats.partial_answers += 1;
+                stats.last_result = format!("partial: {i} of {n} done");
+            }
+            Answer::Failed(why) => {
+                stats.failed_invocations += 1;
+                stats.last_result =
+                    format!("failed: {}", why.chars().take(120).collect::<String>());
+            }
+        }
+        match state.after(settings, n, &answer) {
+            Verdict::Advance(k) => {
+                unit.commit(k);
+                stats.records_done += k as u64;
+            }
+            Verdict::Retry => {}
+            Verdict::Skip(k, condition) => {
+                send_on_failure(
+                    &unit,
+                    k,
+                    condition.as_str(),
+                    state.invocations,
+                    options,
+                    sqs,
+                )
+                .await?;
+                unit.commit(k);
+                stats.skipped_records += k as u64;
+            }
+        }
+        checkpoints.set(&unit.name(), unit.checkpoint()).await;
+        stats.lag = unit.lag().unwrap_or(0);
+        progress(&stats);
+    }
+    sandbox.kill().await;
+    Ok(stats)
+}
+
+async fn send_on_failure<U: Unit>(
+    unit: &U,
+    n: usize,
+    condition: &str,
+    invocations: u64,
+    options: &RunOptions,
+    sqs: Option<&aws_sdk_sqs::Client>,
+) -> Result<(), CliError> {
+    let message = unit.on_failure(n, condition, invocations);
+    match (sqs, &options.on_failure_queue) {
+        (Some(client), Some(url)) => {
+            client
+                .send_message()
+                .queue_url(url)
+                .message_body(message.to_string())
+                .send()
+                .await
+                .map_err(|e| CliError::aws("sqs SendMessage (on-failure destination)", &e))?;
+        }
+        _ => eprintln!("on-failure (no destination configured): {message}"),
+    }
+    Ok(())
+}
+
+/// Runs a mapping over every shard or partition of `target` until it stops; the stats of
+/// each unit in the order of their names. `progress` is told each unit's stats as they change.
+pub async fn run_target(
+    target: &crate::Target,
+    options: &RunOptions,
+    broker: &str,
+    progress: std::sync::Arc<dyn Fn(&UnitStats) + Send + Sync>,
+) -> Result<Vec<UnitStats>, CliError> {
+    let sdk = streamload_aws::sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let checkpoints = Checkpoints::load(options.state_file.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    match target {
+        crate::Target::Kinesis(stream) => {
+            let (client, region) = crate::kinesis_client().await;
+            let summary = client
+                .describe_stream_summary()
+                .stream_name(stream)
+                .send()
+                .await
+                .map_err(|e| {
+                    CliError::aws(&format!("kinesis DescribeStreamSummary {stream}"), &e)
+                })?;
+            let arn = summary
+                .stream_description_summary
+                .map(|d| d.stream_arn)
+                .unwrap_or_default();
+            let shards = client
+                .list_shards()
+                .stream_name(stream)
+                .send()
+                .await
+                .map_err(|e| CliError::aws("kinesis ListShards", &e))?;
+            for shard in shards.shards.unwrap_or_default() {
+                let committed = checkpoints.get(&shard.shard_id).await;
+                let unit = crate::source::KinesisShard::new(
+                    client.clone(),
+                    stream,
+                    &arn,
+                    &region,
+                    &shard.shard_id,
+                    committed,
+                );
+                let (options, checkpoints, sqs, progress) = (
+                    options.clone(),
+                    checkpoints.clone(),
+                    sqs.clone(),
+                    progress.clone(),
+                );
+                tasks.spawn(async move {
+                    run_unit(unit, &options, &checkpoints, Some(&sqs), &*progress).await
+                });
+            }
+        }
+        crate::Target::Kafka(topic) => {
+            let client = crate::kafka_client(broker).await?;
+            for partition in crate::kafka_partitions(&client, topic).await? {
+                let pc = client
+                    .partition_client(
+                        topic.as_str(),
+                        partition,
+                        rskafka::client::partition::UnknownTopicHandling::Retry,
+                    )
+                    .await
+                    .map_err(|e| CliError::Kafka(format!("partition {topic}-{partition}: {e}")))?;
+                let name = format!("{topic}-{partition}");
+                let committed = checkpoints
+                    .get(&name)
+                    .await
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                let unit = crate::source::KafkaPartition::new(
+                    std::sync::Arc::new(pc),
+                    broker,
+                    topic,
+                    partition,
+                    committed,
+                );
+                let (options, checkpoints, sqs, progress) = (
+                    options.clone(),
+                    checkpoints.clone(),
+                    sqs.clone(),
+                    progress.clone(),
+                );
+                tasks.spawn(async move {
+                    run_unit(unit, &options, &checkpoints, Some(&sqs), &*progress).await
+                });
+            }
+        }
+    }
+    let mut all = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(stats) => all.push(stats?),
+            Err(e) => return Err(CliError::Usage(format!("a poller stopped: {e}"))),
+        }
+    }
+    all.sort_by(|a, b| a.unit.cmp(&b.unit));
+    Ok(all)
+}

@@ -1,0 +1,252 @@
+//! `streamload verify`: the exactly-once audit of a produced manifest across both sinks and
+//! the dead letters. Each valid event must be in the table exactly once (the key makes that
+//! a given: what is audited is "present") and in exactly one row of exactly one Parquet
+//! object; each poison record must have a dead letter (its archive under the dead-letter
+//! prefix, which holds the same body as the SQS message) with a reason.
+
+use std::collections::{HashMap, HashSet};
+
+use arrow_array::cast::AsArray;
+use arrow_array::Array;
+use base64::Engine;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::produce::Manifest;
+use crate::CliError;
+
+/// Where to look.
+#[derive(Debug, Clone)]
+pub struct Sinks {
+    pub database_url: String,
+    pub table: String,
+    pub bucket: String,
+    pub lake_prefix: String,
+    pub dead_letter_prefix: String,
+}
+
+/// The verdict's counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Audit {
+    pub expected_events: usize,
+    pub in_table: usize,
+    pub missing_in_table: usize,
+    pub in_lake_once: usize,
+    pub missing_in_lake: usize,
+    pub duplicated_in_lake: usize,
+    pub expected_poison: usize,
+    pub dead_lettered: usize,
+    pub missing_dead_letters: usize,
+    pub dead_letters_without_reason: usize,
+    pub parquet_objects: usize,
+    pub parquet_rows: usize,
+}
+
+impl Audit {
+    /// True when nothing is lost or duplicated.
+    pub fn exactly_once(&self) -> bool {
+        self.missing_in_table == 0
+            && self.missing_in_lake == 0
+            && self.duplicated_in_lake == 0
+            && self.missing_dead_letters == 0
+            && self.dead_letters_without_reason == 0
+    }
+
+    pub fn table(&self) -> comfy_table::Table {
+        let mut t = comfy_table::Table::new();
+        t.set_header(vec!["check", "expected", "found", "problems"]);
+        t.add_row(vec![
+            "events in PostgreSQL".to_string(),
+            self.expected_events.to_string(),
+            self.in_table.to_string(),
+            format!("{} missing", self.missing_in_table),
+        ]);
+        t.add_row(vec![
+            format!(
+                "events in Parquet ({} objects, {} rows)",
+                self.parquet_objects, self.parquet_rows
+            ),
+            self.expected_events.to_string(),
+            self.in_lake_once.to_string(),
+            format!(
+                "{} missing, {} duplicated",
+                self.missing_in_lake, self.duplicated_in_lake
+            ),
+        ]);
+        t.add_row(vec![
+            "poison records dead-lettered".to_string(),
+            self.expected_poison.to_string(),
+            self.dead_lettered.to_string(),
+            format!(
+                "{} missing, {} without reason",
+                self.missing_dead_letters, self.dead_letters_without_reason
+            ),
+        ]);
+        t
+    }
+}
+
+async fn keys_under(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<String>, CliError> {
+    let mut keys = Vec::new();
+    let mut token = None;
+    loop {
+        let out = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(|e| CliError::aws("s3 ListObjectsV2", &e))?;
+        keys.extend(
+            out.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned)),
+        );
+        match out.next_continuation_token() {
+            Some(t) => token = Some(t.to_owned()),
+            None => return Ok(keys),
+        }
+    }
+}
+
+async fn object(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<bytes::Bytes, CliError> {
+    let out = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| CliError::aws("s3 GetObject", &e))?;
+    out.body
+        .collect()
+        .await
+        .map(|b| b.into_bytes())
+        .map_err(|e| CliError::Usage(format!("s3 GetObject {key}: {e}")))
+}
+
+/// `event_id` values of one Parquet object.
+fn parquet_ids(bytes: bytes::Bytes) -> Result<Vec<String>, CliError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| CliError::Usage(format!("not a Parquet object: {e}")))?;
+    let mut ids = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| CliError::Usage(format!("Parquet read: {e}")))?;
+        if let Some(col) = batch.column_by_name("event_id") {
+            let col = col.as_string::<i32>();
+            for i in 0..col.len() {
+                if col.is_valid(i) {
+                    ids.push(col.value(i).to_owned());
+                }
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Audits `manifest` against the sinks.
+pub async fn audit(
+    manifest: &Manifest,
+    sinks: &Sinks,
+    s3: &aws_sdk_s3::Client,
+) -> Result<Audit, CliError> {
+    let mut audit = Audit {
+        expected_events: manifest.event_ids.len(),
+        expected_poison: manifest.poison_tokens.len(),
+        ..Audit::default()
+    };
+    let expected: HashSet<&str> = manifest.event_ids.iter().map(String::as_str).collect();
+
+    // PostgreSQL: which of the expected ids are present.
+    let options = streamload_postgres::ConnectOptions::parse(&sinks.database_url)
+        .map_err(|e| CliError::Postgres(format!("DATABASE_URL: {e}")))?;
+    let tls = options
+        .tls_settings()
+        .connector()
+        .map_err(|e| CliError::Postgres(e.to_string()))?;
+    let (client, conn) = options
+        .config()
+        .connect(tls)
+        .await
+        .map_err(|e| CliError::Postgres(format!("connect: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let ids: Vec<String> = manifest.event_ids.clone();
+    let sql = format!(
+        "SELECT count(*) FROM {} WHERE event_id = ANY($1)",
+        sinks
+            .table
+            .split('.')
+            .map(streamload_core::route::quote)
+            .collect::<Vec<_>>()
+            .join(".")
+    );
+    let present: i64 = client
+        .query_one(&sql, &[&ids])
+        .await
+        .map_err(|e| CliError::Postgres(format!("count rows of {}: {e}", sinks.table)))?
+        .get(0);
+    audit.in_table = present as usize;
+    audit.missing_in_table = audit.expected_events - audit.in_table;
+
+    // Parquet: every object under the prefix, each expected id's number of rows.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for key in keys_under(s3, &sinks.bucket, &sinks.lake_prefix).await? {
+        if !key.ends_with(".parquet") {
+            continue;
+        }
+        audit.parquet_objects += 1;
+        for id in parquet_ids(object(s3, &sinks.bucket, &key).await?)? {
+            audit.parquet_rows += 1;
+            if expected.contains(id.as_str()) {
+                *seen.entry(id).or_default() += 1;
+            }
+        }
+    }
+    audit.in_lake_once = seen.values().filter(|n| **n == 1).count();
+    audit.duplicated_in_lake = seen.values().filter(|n| **n > 1).count();
+    audit.missing_in_lake = audit.expected_events - seen.len();
+
+    // Dead letters: the archives, each with a reason and the raw bytes holding a token.
+    let tokens: HashSet<&str> = manifest.poison_tokens.iter().map(String::as_str).collect();
+    let mut found: HashSet<String> = HashSet::new();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for key in keys_under(s3, &sinks.bucket, &sinks.dead_letter_prefix).await? {
+        if !key.ends_with(".json") {
+            continue;
+        }
+        let body = object(s3, &sinks.bucket, &key).await?;
+        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            continue;
+        };
+        let raw = doc
+            .get("data_base64")
+            .and_then(|d| d.as_str())
+            .and_then(|d| b64.decode(d).ok())
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&raw);
+        let Some(token) = tokens.iter().find(|t| text.contains(**t)) else {
+            continue;
+        };
+        if doc
+            .get("reason")
+            .and_then(|r| r.as_str())
+            .is_none_or(str::is_empty)
+        {
+            audit.dead_letters_without_reason += 1;
+        }
+        found.insert((*token).to_owned());
+    }
+    audit.dead_lettered = found.len();
+    audit.missing_dead_letters = audit.expected_poison - found.len();
+    Ok(audit)
+}
