@@ -7,10 +7,12 @@
 //! - a partial-batch response checkpoints before the lowest reported record and redelivers
 //!   everything from it (successes after it included);
 //! - a function error, a timeout or a crashed sandbox fails the whole batch; with
-//!   `bisect_on_error` the next attempt takes the first half, then the rest;
-//! - after `max_retry_attempts` failed attempts without progress, or when the first record is
-//!   older than `max_record_age`, the records are skipped and described to the on-failure
-//!   destination (metadata only, as AWS sends it).
+//!   `bisect_on_error` it is split in two and each half is retried on its own, recursively,
+//!   until a failing batch is a single record;
+//! - after `max_retry_attempts` failed attempts without progress (with bisect: of a batch that
+//!   cannot be split further — our reading, AWS does not spell it out), or when the first
+//!   record is older than `max_record_age`, the records are skipped and described to the
+//!   on-failure destination (metadata only, as AWS sends it).
 //!
 //! The unit tests here are the mapping's own contract; `tests/` runs the same decisions
 //! against the real function binaries.
@@ -97,15 +99,16 @@ pub enum Verdict {
 pub struct UnitState {
     /// Failed attempts in a row without progress.
     pub attempts: u32,
-    /// After a bisect: the largest batch the next attempt may take.
-    pub cap: Option<usize>,
+    /// After a bisect: the lengths of the halves still to try, from the checkpoint on (the
+    /// last is the next batch).
+    pub halves: Vec<usize>,
     /// Invocations in all (for the on-failure message's `approximateInvokeCount`).
     pub invocations: u64,
 }
 
 impl UnitState {
     /// How many of the `available` records (with their encoded sizes) the next batch takes:
-    /// the batch size, the bisect cap and the payload limit, at least one record.
+    /// the batch size, the half being retried and the payload limit, at least one record.
     pub fn next_batch_len(
         &self,
         settings: &MappingSettings,
@@ -114,7 +117,7 @@ impl UnitState {
     ) -> usize {
         let limit = settings
             .batch_size
-            .min(self.cap.unwrap_or(usize::MAX))
+            .min(self.halves.last().copied().unwrap_or(usize::MAX))
             .min(sizes.len());
         let mut bytes = overhead;
         let mut n = 0;
@@ -136,20 +139,41 @@ impl UnitState {
         }
     }
 
+    /// `n` records from the checkpoint are settled: they leave the half being retried.
+    fn settle(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(top) = self.halves.last_mut() else {
+                return;
+            };
+            if *top > n {
+                *top -= n;
+                return;
+            }
+            n -= *top;
+            self.halves.pop();
+        }
+    }
+
     /// Applies the answer to a batch of `len` records.
     pub fn after(&mut self, settings: &MappingSettings, len: usize, answer: &Answer) -> Verdict {
         self.invocations += 1;
-        let (done, failed) = match answer {
-            Answer::Success => (len, false),
-            Answer::FailedFrom(i) if *i < len => (*i, true),
-            Answer::FailedFrom(_) | Answer::Failed(_) => (0, true),
+        let done = match answer {
+            Answer::Success => len,
+            Answer::FailedFrom(i) if *i < len => *i,
+            Answer::FailedFrom(_) | Answer::Failed(_) => 0,
         };
         if done > 0 {
             self.attempts = 0;
-            if !failed {
-                self.cap = None;
-            }
+            self.settle(done);
             return Verdict::Advance(done);
+        }
+        if settings.bisect_on_error && matches!(answer, Answer::Failed(_)) && len > 1 {
+            // The failed batch is replaced by its two halves, the first tried next.
+            self.settle(len);
+            let first = len.div_ceil(2);
+            self.halves.push(len - first);
+            self.halves.push(first);
+            return Verdict::Retry;
         }
         self.attempts += 1;
         if settings
@@ -157,11 +181,8 @@ impl UnitState {
             .is_some_and(|max| self.attempts > max)
         {
             self.attempts = 0;
-            self.cap = None;
+            self.settle(len);
             return Verdict::Skip(len, SkipCondition::RetryAttemptsExhausted);
-        }
-        if settings.bisect_on_error && matches!(answer, Answer::Failed(_)) && len > 1 {
-            self.cap = Some(len.div_ceil(2));
         }
         Verdict::Retry
     }
@@ -201,29 +222,50 @@ mod tests {
     }
 
     #[test]
-    fn an_error_bisects_and_retries_run_out_into_a_skip() {
-        // Given a batch of 10 that fails as a whole
-        let mut s = UnitState::default();
+    fn an_error_bisects_until_the_failing_record_stands_alone_then_its_retries_run_out() {
+        // Given 8 records of which the 3rd fails any batch holding it
         let st = settings();
-        // When it fails: the next attempt takes the first half
+        let mut s = UnitState::default();
+        let mut checkpoint = 0usize;
+        let mut skipped = Vec::new();
+        let mut tried = Vec::new();
+        // When the mapping works through them
+        while checkpoint < 8 {
+            let n = s.next_batch_len(&st, &vec![1; 8 - checkpoint], 0);
+            tried.push((checkpoint, n));
+            let answer = if (checkpoint..checkpoint + n).contains(&2) {
+                Answer::Failed("boom".into())
+            } else {
+                Answer::Success
+            };
+            match s.after(&st, n, &answer) {
+                Verdict::Advance(k) => checkpoint += k,
+                Verdict::Retry => {}
+                Verdict::Skip(k, c) => {
+                    assert_eq!(c, SkipCondition::RetryAttemptsExhausted);
+                    skipped.push((checkpoint, k));
+                    checkpoint += k;
+                }
+            }
+        }
+        // Then halves are tried on their own: 8, 4, 2, then the 3rd alone 3 times (2 retries),
+        // and only it is skipped
         assert_eq!(
-            s.after(&st, 10, &Answer::Failed("boom".into())),
-            Verdict::Retry
+            tried,
+            vec![
+                (0, 8),
+                (0, 4),
+                (0, 2),
+                (2, 2),
+                (2, 1),
+                (2, 1),
+                (2, 1),
+                (3, 1),
+                (4, 4)
+            ]
         );
-        assert_eq!(s.cap, Some(5));
-        assert_eq!(s.next_batch_len(&st, &[1; 10], 0), 5);
-        // and again: a quarter
-        assert_eq!(
-            s.after(&st, 5, &Answer::Failed("boom".into())),
-            Verdict::Retry
-        );
-        assert_eq!(s.cap, Some(3));
-        // Then the third failure exceeds MaximumRetryAttempts = 2: the batch is skipped
-        assert_eq!(
-            s.after(&st, 3, &Answer::Failed("boom".into())),
-            Verdict::Skip(3, SkipCondition::RetryAttemptsExhausted)
-        );
-        assert_eq!((s.attempts, s.cap, s.invocations), (0, None, 3));
+        assert_eq!(skipped, vec![(2, 1)]);
+        assert!(s.halves.is_empty());
     }
 
     #[test]
@@ -233,7 +275,7 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(s.after(&st, 4, &Answer::Failed("x".into())), Verdict::Retry);
         }
-        assert_eq!(s.cap, None, "no bisect unless asked");
+        assert!(s.halves.is_empty(), "no bisect unless asked");
     }
 
     #[test]

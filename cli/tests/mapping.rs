@@ -1,0 +1,405 @@
+//! The local event-source mapping against the real stack (moto's Kinesis, the tansu broker):
+//! the real loaders end to end with a sandbox killed mid-batch, then the mapping's own
+//! semantics with a scripted function that speaks the Runtime API — bisect and retry
+//! exhaustion into the on-failure queue, resume from the lowest reported failure, record age.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use streamload_cli::esm::MappingSettings;
+use streamload_cli::produce::{self, Outgoing, ProduceOptions};
+use streamload_cli::run::{run_target, RunOptions, UnitStats};
+use streamload_cli::sandbox::FunctionSpec;
+use streamload_cli::verify::{audit, Sinks};
+use streamload_cli::Target;
+use streamload_tests::TestStack;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The loader binary, built if needed (a no-op after `cargo test --workspace` built it).
+fn loader(name: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "-q", "-p", name])
+        .current_dir(workspace())
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p {name}");
+    workspace().join("target/debug").join(name)
+}
+
+fn quiet() -> Arc<dyn Fn(&UnitStats) + Send + Sync> {
+    Arc::new(|_: &UnitStats| {})
+}
+
+fn options(
+    function: FunctionSpec,
+    settings: MappingSettings,
+    on_failure: Option<String>,
+) -> RunOptions {
+    RunOptions {
+        settings,
+        function,
+        until_caught_up: true,
+        max_duration: Duration::from_secs(240),
+        on_failure_queue: on_failure,
+        kill_mid_batch: None,
+        state_file: None,
+    }
+}
+
+fn loader_env(stack: &TestStack) -> Vec<(String, String)> {
+    let c = &stack.config;
+    vec![
+        ("DATABASE_URL".into(), stack.database_url.clone()),
+        ("DEDUP_TABLE".into(), c.dedup_table.clone()),
+        ("OUTPUT_BUCKET".into(), c.output_bucket.clone()),
+        ("DLQ_URL".into(), c.dlq_url.clone()),
+    ]
+}
+
+async fn queue(stack: &TestStack, suffix: &str) -> String {
+    aws_sdk_sqs::Client::new(&stack.sdk)
+        .create_queue()
+        .queue_name(format!("{}-{suffix}", stack.name))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap()
+}
+
+async fn messages(stack: &TestStack, url: &str) -> Vec<serde_json::Value> {
+    let sqs = aws_sdk_sqs::Client::new(&stack.sdk);
+    let mut all = Vec::new();
+    loop {
+        let out = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .visibility_timeout(600)
+            .send()
+            .await
+            .unwrap();
+        let batch = out.messages.unwrap_or_default();
+        if batch.is_empty() {
+            return all;
+        }
+        all.extend(
+            batch
+                .iter()
+                .map(|m| serde_json::from_str(m.body().unwrap()).unwrap()),
+        );
+    }
+}
+
+async fn kinesis_stream(name: &str, shards: u32, records: &[Outgoing]) {
+    let (client, _) = streamload_cli::kinesis_client().await;
+    produce::create_kinesis(&client, name, shards)
+        .await
+        .unwrap();
+    for part in records.chunks(produce::KINESIS_PUT_RECORDS_MAX) {
+        produce::send_kinesis(&client, name, part).await.unwrap();
+    }
+}
+
+fn plan(
+    events: u64,
+    duplicates: f64,
+    poison: f64,
+    target: &Target,
+) -> (Vec<Outgoing>, produce::Manifest) {
+    produce::plan(
+        &ProduceOptions {
+            events,
+            rate: None,
+            duplicates,
+            poison,
+            users: 40,
+            create: true,
+            partitions: 2,
+        },
+        target,
+    )
+}
+
+async fn assert_exactly_once(stack: &TestStack, manifest: &produce::Manifest) {
+    let sinks = Sinks {
+        database_url: stack.database_url.clone(),
+        table: "events".into(),
+        bucket: stack.config.output_bucket.clone(),
+        lake_prefix: "events/".into(),
+        dead_letter_prefix: "dead-letter/".into(),
+    };
+    let a = audit(manifest, &sinks, &streamload_aws::s3_client(&stack.sdk))
+        .await
+        .unwrap();
+    assert!(a.exactly_once(), "{a:?}");
+    assert_eq!(a.in_table, manifest.event_ids.len());
+    assert_eq!(a.dead_lettered, manifest.poison_tokens.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kinesis_loader_loads_a_stream_once_with_a_sandbox_killed_mid_batch() {
+    // Given a two-shard stream with 400 events, 10% producer retries and 3% poison
+    let stack = TestStack::new("esmkin", false).await;
+    let target = Target::Kinesis(stack.name.clone());
+    let (records, manifest) = plan(400, 0.10, 0.03, &target);
+    kinesis_stream(&stack.name, 2, &records).await;
+    // When the mapping runs the real loader until caught up, killing each shard's sandbox
+    // during its second invocation
+    let mut o = options(
+        FunctionSpec {
+            binary: loader("kinesis-loader"),
+            name: "kinesis-loader".into(),
+            env: loader_env(&stack),
+            log: std::env::temp_dir().join(format!("{}.log", stack.name)),
+        },
+        MappingSettings {
+            batch_size: 100,
+            batching_window: Duration::from_millis(100),
+            function_timeout: Duration::from_secs(5),
+            ..MappingSettings::default()
+        },
+        None,
+    );
+    o.kill_mid_batch = Some((2, Duration::from_millis(30)));
+    let stats = run_target(&target, &o, "", quiet()).await.unwrap();
+    // Then every record was checkpointed, each sandbox was restarted once,
+    assert_eq!(stats.len(), 2);
+    assert_eq!(
+        stats.iter().map(|s| s.records_done).sum::<u64>(),
+        manifest.records_sent
+    );
+    for s in &stats {
+        assert!(s.sandboxes_started >= 2, "{s:?}");
+        assert!(s.failed_invocations >= 1, "{s:?}");
+    }
+    // and each event is once in the table and once in the lake, each poison record dead-lettered
+    assert_exactly_once(&stack, &manifest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_loader_loads_a_topic_once_across_partitions() {
+    let stack = TestStack::new("esmkaf", false).await;
+    let broker = streamload_cli::broker(None);
+    let client = streamload_cli::kafka_client(&broker).await.unwrap();
+    let target = Target::Kafka(stack.name.clone());
+    produce::create_kafka(&client, &broker, &stack.name, 3)
+        .await
+        .unwrap();
+    let (records, manifest) = plan(300, 0.10, 0.03, &target);
+    for p in streamload_cli::kafka_partitions(&client, &stack.name)
+        .await
+        .unwrap()
+    {
+        let pc = client
+            .partition_client(
+                stack.name.as_str(),
+                p,
+                rskafka::client::partition::UnknownTopicHandling::Retry,
+            )
+            .await
+            .unwrap();
+        let mine: Vec<rskafka::record::Record> = records
+            .iter()
+            .filter(|r| produce::partition_of(&r.key, 3) == p as usize)
+            .map(|r| rskafka::record::Record {
+                key: Some(r.key.clone().into_bytes()),
+                value: Some(r.bytes.clone()),
+                headers: Default::default(),
+                timestamp: chrono::Utc::now(),
+            })
+            .collect();
+        if !mine.is_empty() {
+            pc.produce(mine, rskafka::client::partition::Compression::NoCompression)
+                .await
+                .unwrap();
+        }
+    }
+    let o = options(
+        FunctionSpec {
+            binary: loader("kafka-loader"),
+            name: "kafka-loader".into(),
+            env: loader_env(&stack),
+            log: std::env::temp_dir().join(format!("{}.log", stack.name)),
+        },
+        MappingSettings {
+            batch_size: 64,
+            batching_window: Duration::from_millis(100),
+            function_timeout: Duration::from_secs(10),
+            ..MappingSettings::default()
+        },
+        None,
+    );
+    let stats = run_target(&target, &o, &broker, quiet()).await.unwrap();
+    assert_eq!(stats.len(), 3);
+    assert_eq!(
+        stats.iter().map(|s| s.records_done).sum::<u64>(),
+        manifest.records_sent
+    );
+    assert_exactly_once(&stack, &manifest).await;
+}
+
+fn scripted(stack: &TestStack, mode: &str) -> (FunctionSpec, PathBuf) {
+    let log = std::env::temp_dir().join(format!("{}-{mode}.batches", stack.name));
+    let _ = std::fs::remove_file(&log);
+    let spec = FunctionSpec {
+        binary: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/scripted_function.py"),
+        name: "scripted".into(),
+        env: vec![
+            ("SCRIPT_MODE".into(), mode.into()),
+            ("SCRIPT_LOG".into(), log.display().to_string()),
+        ],
+        log: std::env::temp_dir().join(format!("{}-{mode}.log", stack.name)),
+    };
+    (spec, log)
+}
+
+fn batches(log: &PathBuf) -> Vec<Vec<String>> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn numbered(n: usize, poison_at: &[usize]) -> Vec<Outgoing> {
+    (0..n)
+        .map(|i| Outgoing {
+            key: "one-shard".into(),
+            bytes: if poison_at.contains(&i) {
+                format!("poison {i}").into_bytes()
+            } else {
+                format!("record {i}").into_bytes()
+            },
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_batch_is_bisected_until_the_poison_stands_alone_then_sent_to_the_on_failure_queue(
+) {
+    // Given one shard of 16 records, the 6th and 13th poison for a function that fails any
+    // batch holding one, with bisect on and two retries
+    let stack = TestStack::new("esmbisect", false).await;
+    let target = Target::Kinesis(stack.name.clone());
+    kinesis_stream(&stack.name, 1, &numbered(16, &[5, 12])).await;
+    let on_failure = queue(&stack, "onfailure").await;
+    let (spec, log) = scripted(&stack, "fail-on-poison");
+    let settings = MappingSettings {
+        batch_size: 16,
+        batching_window: Duration::ZERO,
+        max_retry_attempts: Some(2),
+        bisect_on_error: true,
+        function_timeout: Duration::from_secs(10),
+        ..MappingSettings::default()
+    };
+    // When the mapping runs
+    let stats = run_target(
+        &target,
+        &options(spec, settings, Some(on_failure.clone())),
+        "",
+        quiet(),
+    )
+    .await
+    .unwrap();
+    // Then exactly the two poison records were skipped, one batch of one each
+    assert_eq!(stats[0].skipped_records, 2, "{:?}", stats[0]);
+    assert_eq!(stats[0].records_done, 14);
+    let sent = batches(&log);
+    let failures = messages(&stack, &on_failure).await;
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    for f in &failures {
+        let info = &f["KinesisBatchInfo"];
+        assert_eq!(f["requestContext"]["condition"], "RetryAttemptsExhausted");
+        assert_eq!(info["batchSize"], 1);
+        assert_eq!(info["startSequenceNumber"], info["endSequenceNumber"]);
+        assert_eq!(info["shardId"], stats[0].unit);
+    }
+    // and the first attempt held all 16, the next one half of them (the bisect)
+    assert_eq!(sent[0].len(), 16);
+    assert_eq!(sent[1].len(), 8);
+    // and every good record was delivered in a batch that succeeded
+    let all: std::collections::HashSet<&String> = sent.iter().flatten().collect();
+    assert_eq!(all.len(), 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_answer_resumes_from_the_lowest_reported_record() {
+    // Given 10 records, the 4th poison, and a function that reports it as a batch item failure
+    let stack = TestStack::new("esmpartial", false).await;
+    let target = Target::Kinesis(stack.name.clone());
+    kinesis_stream(&stack.name, 1, &numbered(10, &[3])).await;
+    let on_failure = queue(&stack, "onfailure").await;
+    let (spec, log) = scripted(&stack, "partial-on-poison");
+    let settings = MappingSettings {
+        batch_size: 10,
+        batching_window: Duration::ZERO,
+        max_retry_attempts: Some(1),
+        function_timeout: Duration::from_secs(10),
+        ..MappingSettings::default()
+    };
+    let stats = run_target(
+        &target,
+        &options(spec, settings, Some(on_failure.clone())),
+        "",
+        quiet(),
+    )
+    .await
+    .unwrap();
+    let sent = batches(&log);
+    // Then the second delivery starts at the reported record, the ones before it checkpointed
+    assert_eq!(sent[0].len(), 10);
+    assert_eq!(sent[1][0], sent[0][3]);
+    assert_eq!(sent[1].len(), 7);
+    // and after its one retry the rest of that batch is skipped, as AWS skips a batch
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(stats[0].records_done, 3);
+    assert_eq!(stats[0].skipped_records, 7);
+    let failures = messages(&stack, &on_failure).await;
+    assert_eq!(failures.len(), 1);
+    assert_eq!(
+        failures[0]["KinesisBatchInfo"]["startSequenceNumber"],
+        sent[0][3].as_str()
+    );
+    assert_eq!(failures[0]["KinesisBatchInfo"]["batchSize"], 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_older_than_the_maximum_age_are_skipped_without_an_invocation() {
+    let stack = TestStack::new("esmage", false).await;
+    let target = Target::Kinesis(stack.name.clone());
+    kinesis_stream(&stack.name, 1, &numbered(5, &[])).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let on_failure = queue(&stack, "onfailure").await;
+    let (spec, log) = scripted(&stack, "fail-on-poison");
+    let settings = MappingSettings {
+        batch_size: 10,
+        batching_window: Duration::ZERO,
+        max_record_age: Some(Duration::from_secs(1)),
+        ..MappingSettings::default()
+    };
+    let stats = run_target(
+        &target,
+        &options(spec, settings, Some(on_failure.clone())),
+        "",
+        quiet(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stats[0].invocations, 0);
+    assert_eq!(stats[0].skipped_records, 5);
+    assert!(batches(&log).is_empty());
+    let failures = messages(&stack, &on_failure).await;
+    assert_eq!(failures.len(), 1);
+    assert_eq!(
+        failures[0]["requestContext"]["condition"],
+        "RecordAgeExceeded"
+    );
+    assert_eq!(failures[0]["KinesisBatchInfo"]["batchSize"], 5);
+}
