@@ -1,11 +1,13 @@
 //! The `streamload` command's library: a producer of test streams ([`produce`]), a local
 //! event-source mapping with AWS's semantics that runs the real function binaries
-//! ([`esm`], [`source`], [`sandbox`], [`run`]), and an exactly-once audit ([`verify`]).
+//! ([`esm`], [`source`], [`sandbox`], [`run`]), an exactly-once audit ([`verify`]), and the
+//! on-call tools ([`ops`]: redrive dead letters, replay on-failure messages; `status`).
 //!
 //! Nothing here is linked into the Lambda functions: the functions depend on
 //! `streamload-runtime`, never on this crate.
 
 pub mod esm;
+pub mod ops;
 pub mod produce;
 pub mod run;
 pub mod sandbox;
@@ -125,4 +127,23 @@ pub async fn kinesis_client() -> (aws_sdk_kinesis::Client, String) {
         .map(|r| r.to_string())
         .unwrap_or_else(|| "us-east-1".into());
     (aws_sdk_kinesis::Client::new(&sdk), region)
+}
+
+/// Messages in a queue (approximate, as SQS counts them: visible + in flight).
+pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<(u64, u64), CliError> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .map_err(|e| CliError::aws("sqs GetQueueAttributes", &e))?;
+    let attrs = out.attributes.unwrap_or_default();
+    let get = |a: A| attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok((
+        get(A::ApproximateNumberOfMessages),
+        get(A::ApproximateNumberOfMessagesNotVisible),
+    ))
 }

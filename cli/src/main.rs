@@ -103,6 +103,60 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take dead letters off the DLQ and send their raw bytes back to a stream or topic (after a fix).
+    ///
+    /// Example: streamload redrive --dlq "$DLQ_URL" --to kinesis://clicks --dry-run
+    Redrive {
+        #[arg(long, env = "DLQ_URL")]
+        dlq: String,
+        /// kinesis://<stream> or kafka://<topic>
+        #[arg(long)]
+        to: Target,
+        /// The loop guard: a record redriven this many times stays in the DLQ
+        #[arg(long, default_value_t = streamload_cli::ops::DEFAULT_MAX_REDRIVES)]
+        max_redrives: u32,
+        /// Print what would happen; change nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+        /// The bucket of dead letters too large for SQS, and of the redrive ledger
+        #[arg(long, env = "OUTPUT_BUCKET")]
+        bucket: String,
+        #[arg(long, env = "DEAD_LETTER_PREFIX", default_value = "dead-letter/")]
+        dead_letter_prefix: String,
+        #[arg(long)]
+        broker: Option<String>,
+    },
+    /// Re-deliver the records on-failure messages describe, from the stream while it still holds them.
+    ///
+    /// Example: streamload replay --on-failure "$ON_FAILURE_URL"
+    Replay {
+        #[arg(long)]
+        on_failure: String,
+        /// Keep the messages even when every record was found
+        #[arg(long)]
+        keep: bool,
+        #[arg(long)]
+        broker: Option<String>,
+    },
+    /// A local mapping's state: checkpoint and lag per shard/partition, DLQ and on-failure depth, the last batches.
+    ///
+    /// Example: streamload status kinesis://clicks --state .stack/demo/kinesis-state.json --dlq "$DLQ_URL" --log-dir .stack/demo
+    Status {
+        target: Target,
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[arg(long, env = "DLQ_URL")]
+        dlq: Option<String>,
+        #[arg(long)]
+        on_failure: Option<String>,
+        /// Where `run` wrote the function logs (for the last batches' outcomes)
+        #[arg(long)]
+        log_dir: Option<PathBuf>,
+        #[arg(long)]
+        broker: Option<String>,
+    },
     /// Audit a manifest: each event exactly once in PostgreSQL and in the lake, each poison record dead-lettered.
     ///
     /// Example: streamload verify --manifest clicks.json   (DATABASE_URL, OUTPUT_BUCKET from the environment)
@@ -386,6 +440,122 @@ async fn main_inner() -> Result<i32, CliError> {
             }
             Ok(0)
         }
+        Command::Redrive {
+            dlq,
+            to,
+            max_redrives,
+            dry_run,
+            limit,
+            bucket,
+            dead_letter_prefix,
+            broker,
+        } => {
+            let sdk = streamload_aws::sdk_config().await;
+            let sqs = aws_sdk_sqs::Client::new(&sdk);
+            let s3 = streamload_aws::s3_client(&sdk);
+            let ledger = streamload_cli::ops::Ledger {
+                s3: &s3,
+                bucket,
+                prefix: dead_letter_prefix,
+            };
+            let broker = streamload_cli::broker(broker.as_deref());
+            let pb = bar(None);
+            pb.set_prefix(if dry_run {
+                "redrive (dry run)"
+            } else {
+                "redrive"
+            });
+            let options = streamload_cli::ops::RedriveOptions {
+                dlq_url: &dlq,
+                to: &to,
+                broker: &broker,
+                max_redrives,
+                dry_run,
+                limit,
+            };
+            let report = streamload_cli::ops::redrive(&options, &sqs, &ledger, &|n| {
+                pb.set_position(n as u64)
+            })
+            .await?;
+            pb.finish_and_clear();
+            let mut t = comfy_table::Table::new();
+            t.set_header(vec!["dead letter", "reason", "bytes", "action"]);
+            for r in &report {
+                t.add_row(vec![
+                    r.dedup_id.clone(),
+                    r.reason.clone(),
+                    r.bytes.to_string(),
+                    format!("{:?}", r.action),
+                ]);
+            }
+            println!("{t}");
+            let sent = report
+                .iter()
+                .filter(|r| {
+                    matches!(
+                        r.action,
+                        streamload_cli::ops::RedriveAction::Redriven { .. }
+                    )
+                })
+                .count();
+            println!(
+                "{} {sent} of {} dead letters to {to}{}",
+                if dry_run { "would redrive" } else { "redrove" },
+                report.len(),
+                if dry_run {
+                    " (dry run: nothing changed)"
+                } else {
+                    ""
+                }
+            );
+            Ok(0)
+        }
+        Command::Replay {
+            on_failure,
+            keep,
+            broker,
+        } => {
+            let sdk = streamload_aws::sdk_config().await;
+            let sqs = aws_sdk_sqs::Client::new(&sdk);
+            let broker = streamload_cli::broker(broker.as_deref());
+            let report = streamload_cli::ops::replay(&on_failure, &broker, keep, &sqs).await?;
+            let mut t = comfy_table::Table::new();
+            t.set_header(vec![
+                "unit",
+                "first",
+                "last",
+                "expected",
+                "re-delivered",
+                "not found",
+            ]);
+            for r in &report {
+                t.add_row(vec![
+                    r.unit.clone(),
+                    r.first.clone(),
+                    r.last.clone(),
+                    r.expected.to_string(),
+                    r.found.to_string(),
+                    r.missing.clone().unwrap_or_default(),
+                ]);
+            }
+            println!("{t}");
+            Ok(if report.iter().any(|r| r.missing.is_some()) {
+                1
+            } else {
+                0
+            })
+        }
+        Command::Status {
+            target,
+            state,
+            dlq,
+            on_failure,
+            log_dir,
+            broker,
+        } => {
+            status(target, state, dlq, on_failure, log_dir, broker).await?;
+            Ok(0)
+        }
         Command::Verify {
             manifest,
             database_url,
@@ -428,6 +598,148 @@ async fn main_inner() -> Result<i32, CliError> {
             Ok(if audit.exactly_once() { 0 } else { 1 })
         }
     }
+}
+
+async fn status(
+    target: Target,
+    state: Option<PathBuf>,
+    dlq: Option<String>,
+    on_failure: Option<String>,
+    log_dir: Option<PathBuf>,
+    broker: Option<String>,
+) -> Result<(), CliError> {
+    let checkpoints: std::collections::BTreeMap<String, String> = state
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let mut t = comfy_table::Table::new();
+    t.set_header(vec!["unit", "checkpoint", "lag (records)"]);
+    match &target {
+        Target::Kinesis(stream) => {
+            let (client, _) = streamload_cli::kinesis_client().await;
+            let shards = client
+                .list_shards()
+                .stream_name(stream)
+                .send()
+                .await
+                .map_err(|e| CliError::aws("kinesis ListShards", &e))?;
+            for shard in shards.shards.unwrap_or_default() {
+                let cp = checkpoints.get(&shard.shard_id).cloned();
+                let mut req = client
+                    .get_shard_iterator()
+                    .stream_name(stream)
+                    .shard_id(&shard.shard_id);
+                req = match &cp {
+                    Some(seq) => req
+                        .shard_iterator_type(
+                            aws_sdk_kinesis::types::ShardIteratorType::AfterSequenceNumber,
+                        )
+                        .starting_sequence_number(seq),
+                    None => req.shard_iterator_type(
+                        aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon,
+                    ),
+                };
+                let mut iterator = req
+                    .send()
+                    .await
+                    .map_err(|e| CliError::aws("kinesis GetShardIterator", &e))?
+                    .shard_iterator;
+                let mut lag = 0usize;
+                while let Some(i) = iterator {
+                    let out = client
+                        .get_records()
+                        .shard_iterator(i)
+                        .limit(10_000)
+                        .send()
+                        .await
+                        .map_err(|e| CliError::aws("kinesis GetRecords", &e))?;
+                    if out.records.is_empty() {
+                        break;
+                    }
+                    lag += out.records.len();
+                    iterator = out.next_shard_iterator;
+                }
+                t.add_row(vec![
+                    shard.shard_id.clone(),
+                    cp.unwrap_or_else(|| "(none: TRIM_HORIZON)".into()),
+                    lag.to_string(),
+                ]);
+            }
+        }
+        Target::Kafka(topic) => {
+            let broker = streamload_cli::broker(broker.as_deref());
+            let client = streamload_cli::kafka_client(&broker).await?;
+            for p in streamload_cli::kafka_partitions(&client, topic).await? {
+                let pc = client
+                    .partition_client(
+                        topic.as_str(),
+                        p,
+                        rskafka::client::partition::UnknownTopicHandling::Retry,
+                    )
+                    .await
+                    .map_err(|e| CliError::Kafka(e.to_string()))?;
+                let high = pc
+                    .get_offset(rskafka::client::partition::OffsetAt::Latest)
+                    .await
+                    .map_err(|e| CliError::Kafka(e.to_string()))?;
+                let name = format!("{topic}-{p}");
+                let cp: i64 = checkpoints
+                    .get(&name)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                t.add_row(vec![name, cp.to_string(), (high - cp).max(0).to_string()]);
+            }
+        }
+    }
+    println!("{target}\n{t}");
+    let sdk = streamload_aws::sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    for (label, url) in [("dead-letter queue", dlq), ("on-failure queue", on_failure)] {
+        if let Some(url) = url {
+            let (visible, in_flight) = streamload_cli::queue_depth(&sqs, &url).await?;
+            println!("{label}: {visible} messages ({in_flight} in flight)");
+        }
+    }
+    if let Some(dir) = log_dir {
+        let mut last: Vec<(String, serde_json::Value)> = Vec::new();
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            for line in text.lines() {
+                if let Ok(doc) = serde_json::from_str::<serde_json::Value>(line) {
+                    if doc["message"] == "batch done" {
+                        last.push((doc["timestamp"].as_str().unwrap_or("").to_owned(), doc));
+                    }
+                }
+            }
+        }
+        last.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut t = comfy_table::Table::new();
+        t.set_header(vec![
+            "time",
+            "request",
+            "received",
+            "loaded",
+            "duplicates",
+            "poison",
+            "failed",
+        ]);
+        for (_, d) in last.iter().rev().take(10).rev() {
+            t.add_row(vec![
+                d["timestamp"].to_string(),
+                d["requestId"].to_string(),
+                d["received"].to_string(),
+                d["loaded"].to_string(),
+                d["duplicates"].to_string(),
+                d["poison"].to_string(),
+                d["failed"].to_string(),
+            ]);
+        }
+        println!("last batches:\n{t}");
+    }
+    Ok(())
 }
 
 #[tokio::main]

@@ -39,6 +39,10 @@ pub struct Audit {
     pub dead_letters_without_reason: usize,
     pub parquet_objects: usize,
     pub parquet_rows: usize,
+    /// End-to-end latency, `created_at` → committed in both sinks (the later of the row's
+    /// `updated_at` and its object's LastModified), p50 and p99 in ms.
+    pub latency_p50_ms: Option<i64>,
+    pub latency_p99_ms: Option<i64>,
 }
 
 impl Audit {
@@ -71,6 +75,16 @@ impl Audit {
                 "{} missing, {} duplicated",
                 self.missing_in_lake, self.duplicated_in_lake
             ),
+        ]);
+        t.add_row(vec![
+            "latency created_at → both sinks".to_string(),
+            "-".into(),
+            format!(
+                "p50 {} ms, p99 {} ms",
+                self.latency_p50_ms.map_or("-".into(), |v| v.to_string()),
+                self.latency_p99_ms.map_or("-".into(), |v| v.to_string())
+            ),
+            "".into(),
         ]);
         t.add_row(vec![
             "poison records dead-lettered".to_string(),
@@ -113,11 +127,12 @@ async fn keys_under(
     }
 }
 
+/// An object's bytes and its LastModified (ms).
 async fn object(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,
-) -> Result<bytes::Bytes, CliError> {
+) -> Result<(bytes::Bytes, i64), CliError> {
     let out = s3
         .get_object()
         .bucket(bucket)
@@ -125,10 +140,14 @@ async fn object(
         .send()
         .await
         .map_err(|e| CliError::aws("s3 GetObject", &e))?;
+    let written = out
+        .last_modified
+        .and_then(|t| t.to_millis().ok())
+        .unwrap_or(0);
     out.body
         .collect()
         .await
-        .map(|b| b.into_bytes())
+        .map(|b| (b.into_bytes(), written))
         .map_err(|e| CliError::Usage(format!("s3 GetObject {key}: {e}")))
 }
 
@@ -181,37 +200,57 @@ pub async fn audit(
         let _ = conn.await;
     });
     let ids: Vec<String> = manifest.event_ids.clone();
-    let sql = format!(
-        "SELECT count(*) FROM {} WHERE event_id = ANY($1)",
-        sinks
-            .table
-            .split('.')
-            .map(streamload_core::route::quote)
-            .collect::<Vec<_>>()
-            .join(".")
-    );
-    let present: i64 = client
-        .query_one(&sql, &[&ids])
+    let table_sql = sinks
+        .table
+        .split('.')
+        .map(streamload_core::route::quote)
+        .collect::<Vec<_>>()
+        .join(".");
+    let rows = client
+        .query(
+            &format!(
+                "SELECT event_id, (extract(epoch FROM created_at) * 1000)::int8, \
+                 (extract(epoch FROM updated_at) * 1000)::int8 FROM {table_sql} WHERE event_id = ANY($1)"
+            ),
+            &[&ids],
+        )
         .await
-        .map_err(|e| CliError::Postgres(format!("count rows of {}: {e}", sinks.table)))?
-        .get(0);
-    audit.in_table = present as usize;
+        .map_err(|e| CliError::Postgres(format!("read rows of {}: {e}", sinks.table)))?;
+    let mut times: HashMap<String, (i64, i64)> = HashMap::new();
+    for r in &rows {
+        let created: Option<i64> = r.get(1);
+        let updated: Option<i64> = r.get(2);
+        times.insert(r.get(0), (created.unwrap_or(0), updated.unwrap_or(0)));
+    }
+    audit.in_table = rows.len();
     audit.missing_in_table = audit.expected_events - audit.in_table;
 
     // Parquet: every object under the prefix, each expected id's number of rows.
     let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut latencies = Vec::new();
     for key in keys_under(s3, &sinks.bucket, &sinks.lake_prefix).await? {
         if !key.ends_with(".parquet") {
             continue;
         }
         audit.parquet_objects += 1;
-        for id in parquet_ids(object(s3, &sinks.bucket, &key).await?)? {
+        let (bytes, written_ms) = object(s3, &sinks.bucket, &key).await?;
+        for id in parquet_ids(bytes)? {
             audit.parquet_rows += 1;
             if expected.contains(id.as_str()) {
+                if let Some((created, updated)) = times.get(&id) {
+                    latencies.push(updated.max(&written_ms) - created);
+                }
                 *seen.entry(id).or_default() += 1;
             }
         }
     }
+    latencies.sort_unstable();
+    let pct = |p: f64| -> Option<i64> {
+        (!latencies.is_empty())
+            .then(|| latencies[((latencies.len() - 1) as f64 * p).round() as usize])
+    };
+    audit.latency_p50_ms = pct(0.50);
+    audit.latency_p99_ms = pct(0.99);
     audit.in_lake_once = seen.values().filter(|n| **n == 1).count();
     audit.duplicated_in_lake = seen.values().filter(|n| **n > 1).count();
     audit.missing_in_lake = audit.expected_events - seen.len();
@@ -224,7 +263,7 @@ pub async fn audit(
         if !key.ends_with(".json") {
             continue;
         }
-        let body = object(s3, &sinks.bucket, &key).await?;
+        let (body, _) = object(s3, &sinks.bucket, &key).await?;
         let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&body) else {
             continue;
         };
