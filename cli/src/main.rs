@@ -97,6 +97,12 @@ enum Command {
         /// Directory for the function's logs
         #[arg(long, default_value = ".")]
         log_dir: PathBuf,
+        /// Invoke through a Lambda Invoke API endpoint instead (`cargo lambda watch`, e.g. http://127.0.0.1:9000)
+        #[arg(long)]
+        invoke_endpoint: Option<String>,
+        /// The function name at that endpoint
+        #[arg(long, default_value = "_")]
+        invoke_function_name: String,
         #[arg(long)]
         broker: Option<String>,
         /// Print the stats as JSON
@@ -359,6 +365,8 @@ async fn main_inner() -> Result<i32, CliError> {
             kill_mid_batch,
             state,
             log_dir,
+            invoke_endpoint,
+            invoke_function_name,
             broker,
             json,
         } => {
@@ -371,7 +379,7 @@ async fn main_inner() -> Result<i32, CliError> {
             };
             let binary =
                 function.unwrap_or_else(|| PathBuf::from(format!("target/release/{name}")));
-            if !binary.exists() {
+            if invoke_endpoint.is_none() && !binary.exists() {
                 return Err(CliError::Usage(format!(
                     "no function binary at {} (build it: cargo build --release -p {name}, or pass --function)",
                     binary.display()
@@ -391,7 +399,11 @@ async fn main_inner() -> Result<i32, CliError> {
                 },
                 function: FunctionSpec {
                     binary,
-                    name: name.into(),
+                    name: if invoke_endpoint.is_some() {
+                        invoke_function_name
+                    } else {
+                        name.into()
+                    },
                     env: Vec::new(),
                     log: log_dir.join(format!("{name}.log")),
                 },
@@ -400,6 +412,7 @@ async fn main_inner() -> Result<i32, CliError> {
                 on_failure_queue: on_failure,
                 kill_mid_batch: kill_mid_batch.map(|n| (n, Duration::from_millis(30))),
                 state_file: state,
+                invoke_endpoint,
             };
             let broker = streamload_cli::broker(broker.as_deref());
             let multi = indicatif::MultiProgress::new();

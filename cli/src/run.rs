@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::esm::{Answer, MappingSettings, UnitState, Verdict};
-use crate::sandbox::{FunctionSpec, Outcome, Sandbox};
+use crate::sandbox::{FunctionSpec, Outcome, RemoteFunction, Sandbox};
 use crate::source::{Unit, EVENT_OVERHEAD};
 use crate::CliError;
 
@@ -45,6 +45,9 @@ pub struct RunOptions {
     pub kill_mid_batch: Option<(u64, Duration)>,
     /// The checkpoint file.
     pub state_file: Option<PathBuf>,
+    /// Invoke through this Lambda Invoke API endpoint (`cargo lambda watch`) instead of
+    /// running the binary in a sandbox of our own.
+    pub invoke_endpoint: Option<String>,
 }
 
 /// Reads the function's answer the way the mapping does.
@@ -138,6 +141,13 @@ pub async fn run_unit<U: Unit>(
     spec.log = spec
         .log
         .with_file_name(format!("{}-{}.log", spec.name, unit.name()));
+    let remote = options
+        .invoke_endpoint
+        .as_ref()
+        .map(|endpoint| RemoteFunction {
+            endpoint: endpoint.clone(),
+            function_name: spec.name.clone(),
+        });
     let mut sandbox = Sandbox::new(spec).await?;
     let mut state = UnitState::default();
     let mut stats = UnitStats {
@@ -202,7 +212,10 @@ pub async fn run_unit<U: Unit>(
             .kill_mid_batch
             .filter(|(nth, _)| stats.invocations + 1 == *nth)
             .map(|(_, after)| after);
-        let outcome = sandbox.invoke(event, settings.function_timeout, kill).await;
+        let outcome = match &remote {
+            Some(f) => f.invoke(event, settings.function_timeout).await,
+            None => sandbox.invoke(event, settings.function_timeout, kill).await,
+        };
         stats.invocations += 1;
         stats.sandboxes_started = sandbox.starts;
         let answer = answer_of(&unit, n, &outcome);

@@ -268,3 +268,84 @@ async fn serve(conn: TcpStream, api: Arc<Api>, generation: u64) {
         }
     }
 }
+
+/// A function served by someone else's Runtime API emulator, invoked through the Lambda
+/// Invoke API (`POST /2015-03-31/functions/<name>/invocations`): `cargo lambda watch`
+/// listens there (port 9000 by default). The process is not ours, so it cannot be killed
+/// mid-batch; a function error arrives as `X-Amz-Function-Error`.
+pub struct RemoteFunction {
+    pub endpoint: String,
+    pub function_name: String,
+}
+
+impl RemoteFunction {
+    pub async fn invoke(&self, event: String, timeout: Duration) -> Outcome {
+        match tokio::time::timeout(timeout, self.post(event)).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => Outcome::Crashed(format!("invoke {}: {e}", self.endpoint)),
+            Err(_) => Outcome::Timeout,
+        }
+    }
+
+    async fn post(&self, event: String) -> std::io::Result<Outcome> {
+        let hostport = self
+            .endpoint
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let mut conn = TcpStream::connect(&hostport).await?;
+        let request = format!(
+            "POST /2015-03-31/functions/{}/invocations HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{event}",
+            self.function_name,
+            event.len()
+        );
+        conn.write_all(request.as_bytes()).await?;
+        let mut reader = BufReader::new(conn);
+        let mut status = String::new();
+        reader.read_line(&mut status).await?;
+        let (mut length, mut function_error, mut chunked) = (None, false, false);
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).await? == 0 || header == "\r\n" {
+                break;
+            }
+            let lower = header.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse::<usize>().ok();
+            }
+            function_error |= lower.starts_with("x-amz-function-error:");
+            chunked |= lower.starts_with("transfer-encoding:") && lower.contains("chunked");
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                let mut size = String::new();
+                reader.read_line(&mut size).await?;
+                let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                let mut chunk = vec![0; n + 2];
+                reader.read_exact(&mut chunk).await?;
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else if let Some(n) = length {
+            body.resize(n, 0);
+            reader.read_exact(&mut body).await?;
+        } else {
+            reader.read_to_end(&mut body).await?;
+        }
+        let text = String::from_utf8_lossy(&body).into_owned();
+        Ok(if !status.contains(" 200") {
+            Outcome::Crashed(format!(
+                "{}: {}",
+                status.trim(),
+                text.chars().take(200).collect::<String>()
+            ))
+        } else if function_error {
+            Outcome::FunctionError(text)
+        } else {
+            Outcome::Response(text)
+        })
+    }
+}

@@ -239,3 +239,85 @@ async fn records_older_than_the_maximum_age_are_skipped_without_an_invocation() 
     );
     assert_eq!(failures[0]["KinesisBatchInfo"]["batchSize"], 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mapping_can_invoke_a_function_that_cargo_lambda_watch_serves() {
+    // Given `cargo lambda watch` serving the Runtime API, the real loader started against it,
+    // and a stream of 60 events
+    let stack = TestStack::new("esmwatch", false).await;
+    let cargo_lambda = workspace().join(".venv/bin/cargo-lambda");
+    assert!(
+        cargo_lambda.exists(),
+        "cargo-lambda is installed by scripts/install.sh"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut watch = tokio::process::Command::new(&cargo_lambda)
+        .args([
+            "lambda",
+            "watch",
+            "--only-lambda-apis",
+            "--invoke-address",
+            "127.0.0.1",
+            "--invoke-port",
+            &port.to_string(),
+        ])
+        .current_dir(workspace())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut function = tokio::process::Command::new(loader("kinesis-loader"))
+        .envs(loader_env(&stack))
+        .env(
+            "AWS_LAMBDA_RUNTIME_API",
+            format!("http://127.0.0.1:{port}/.rt"),
+        )
+        .env("AWS_LAMBDA_FUNCTION_NAME", "kinesis-loader")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let target = Target::Kinesis(stack.name.clone());
+    let (records, manifest) = plan(60, 0.1, 0.0, &target);
+    kinesis_stream(&stack.name, 1, &records).await;
+    // When the mapping invokes through the Invoke API instead of a sandbox of its own
+    let mut o = options(
+        FunctionSpec {
+            binary: "unused".into(),
+            name: "_".into(),
+            env: Vec::new(),
+            log: std::env::temp_dir().join(format!("{}.log", stack.name)),
+        },
+        MappingSettings {
+            batch_size: 25,
+            batching_window: Duration::ZERO,
+            function_timeout: Duration::from_secs(20),
+            ..MappingSettings::default()
+        },
+        None,
+    );
+    o.invoke_endpoint = Some(format!("http://127.0.0.1:{port}"));
+    let stats = run_target(&target, &o, "", quiet()).await.unwrap();
+    // Then every record was checkpointed and each event loaded once
+    assert_eq!(stats[0].records_done, manifest.records_sent, "{stats:?}");
+    assert_eq!(stats[0].failed_invocations, 0, "{stats:?}");
+    assert_exactly_once(&stack, &manifest).await;
+    let _ = function.kill().await;
+    let _ = watch.kill().await;
+}

@@ -46,6 +46,7 @@ pub fn options(
         on_failure_queue: on_failure,
         kill_mid_batch: None,
         state_file: None,
+        invoke_endpoint: None,
     }
 }
 
