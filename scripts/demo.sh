@@ -3,11 +3,11 @@
 #
 #   1. the local stack (PostgreSQL, moto, tansu) and this run's resources;
 #   2. the release build of both loaders and of the `streamload` command;
-#   3. DEMO_EVENTS (20,000) seed events each to a Kinesis stream and a Kafka topic, with
+#   3. `streamload run` for a Kinesis stream and a Kafka topic: local event-source mappings
+#      invoking the release loaders through the Lambda Runtime API, one sandbox per
+#      shard/partition, each sandbox killed mid-batch once, until caught up;
+#   4. meanwhile DEMO_EVENTS (20,000) seed events to each at DEMO_RATE (100) records/s, with
 #      producer retries (duplicates) and poison;
-#   4. `streamload run` for each: a local event-source mapping invoking the release loader
-#      through the Lambda Runtime API, one sandbox per shard/partition, each sandbox killed
-#      mid-batch once, until caught up;
 #   5. `streamload verify` of each manifest (exit status non-zero on any loss or duplicate),
 #      and where to look at the data.
 set -euo pipefail
@@ -46,18 +46,37 @@ cargo build --release -p kinesis-loader -p kafka-loader
 cargo build -p streamload-cli
 SL=target/debug/streamload
 
-echo "== 3/5 producing $EVENTS events each, 5% producer retries, 1% poison"
-$SL produce "kinesis://$RUN" --events "$EVENTS" --duplicates 0.05 --poison 0.01 --create --partitions 2 \
-  --manifest "$LOGS/kinesis-manifest.json"
-$SL produce "kafka://$RUN" --events "$EVENTS" --duplicates 0.05 --poison 0.01 --create --partitions 3 \
-  --manifest "$LOGS/kafka-manifest.json"
-
 # What the loaders read: the function environment of a deployment, pointed at the local stack.
 export DATABASE_URL="$DB_URL?sslmode=disable" DEDUP_TABLE="$RUN" OUTPUT_BUCKET="$RUN" DLQ_URL="$QUEUE_URL"
-echo "== 4/5 running both mappings until caught up (each sandbox killed mid-batch during its 3rd invocation)"
+RATE=${DEMO_RATE:-100}
+echo "== 3/5 creating a 2-shard stream and a 3-partition topic; starting both mappings"
+$SL produce "kinesis://$RUN" --events 0 --create --partitions 2 >/dev/null
+$SL produce "kafka://$RUN" --events 0 --create --partitions 3 >/dev/null
+# Both mappings poll while the producers write, as on AWS; each sandbox is killed mid-batch
+# during its 3rd invocation; each stops once caught up and idle for 15 s.
+RUNS=()
 for target in "kinesis://$RUN" "kafka://$RUN"; do
-  $SL run "$target" --function "target/release/$([ "${target%%:*}" = kinesis ] && echo kinesis || echo kafka)-loader" --until-caught-up --batch-size 1000 --batching-window-ms 200 --timeout-seconds 10 \
-    --kill-mid-batch 3 --on-failure "$ON_FAILURE_URL" --log-dir "$LOGS" --state "$LOGS/${target%%:*}-state.json"
+  source_name=${target%%:*}
+  $SL run "$target" --function "target/release/$source_name-loader" --until-caught-up --idle-seconds 15 \
+    --batch-size 100 --batching-window-ms 500 --timeout-seconds 10 --kill-mid-batch 3 \
+    --on-failure "$ON_FAILURE_URL" --log-dir "$LOGS" --state "$LOGS/$source_name-state.json" \
+    >"$LOGS/$source_name-run.txt" 2>&1 &
+  RUNS+=($!)
+done
+
+echo "== 4/5 producing $EVENTS events to each at $RATE records/s, 5% producer retries, 1% poison"
+$SL produce "kafka://$RUN" --events "$EVENTS" --rate "$RATE" --duplicates 0.05 --poison 0.01 \
+  --manifest "$LOGS/kafka-manifest.json" >"$LOGS/kafka-produce.txt" 2>&1 &
+KAFKA_PRODUCER=$!
+$SL produce "kinesis://$RUN" --events "$EVENTS" --rate "$RATE" --duplicates 0.05 --poison 0.01 \
+  --manifest "$LOGS/kinesis-manifest.json"
+wait "$KAFKA_PRODUCER"
+cat "$LOGS/kafka-produce.txt"
+echo "   waiting for both mappings to catch up (progress: $LOGS/*-state.json)"
+for pid in "${RUNS[@]}"; do wait "$pid"; done
+for source_name in kinesis kafka; do
+  echo "-- $source_name mapping"
+  cat "$LOGS/$source_name-run.txt"
 done
 
 echo "== 5/5 verify: each event once in PostgreSQL and once across the lake, each poison record dead-lettered"

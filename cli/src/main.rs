@@ -86,6 +86,9 @@ enum Command {
         /// Stop when every shard/partition has no lag
         #[arg(long)]
         until_caught_up: bool,
+        /// With --until-caught-up: only after no record arrived for this long
+        #[arg(long, default_value_t = 0)]
+        idle_seconds: u64,
         #[arg(long, default_value_t = 3600)]
         max_duration_seconds: u64,
         /// Kill each unit's sandbox mid-batch during its Nth invocation (chaos)
@@ -205,28 +208,30 @@ async fn produce_cmd(
     manifest_path: Option<PathBuf>,
     broker: Option<String>,
 ) -> Result<(), CliError> {
-    let (records, manifest) = produce::plan(&options, &target);
-    let pb = bar(Some(records.len() as u64));
+    let mut generator = produce::Generator::new(&options, &target);
+    let pb = bar(Some(options.events));
     pb.set_prefix(target.to_string());
     let pace = produce::Pace::new(options.rate);
     let started = std::time::Instant::now();
+    // Small chunks when paced, so `created_at` stays close to the moment of sending.
+    let chunk = if options.rate.is_some() {
+        20
+    } else {
+        produce::KINESIS_PUT_RECORDS_MAX as u64
+    };
     match &target {
         Target::Kinesis(stream) => {
             let (client, _) = streamload_cli::kinesis_client().await;
             if options.create {
                 produce::create_kinesis(&client, stream, options.partitions).await?;
             }
-            let chunk = if options.rate.is_some() {
-                25
-            } else {
-                produce::KINESIS_PUT_RECORDS_MAX
-            };
-            let mut sent = 0u64;
-            for part in records.chunks(chunk) {
-                pace.wait_for(sent).await;
-                produce::send_kinesis(&client, stream, part).await?;
-                sent += part.len() as u64;
-                pb.set_position(sent);
+            while generator.left() > 0 {
+                pace.wait_for(options.events - generator.left()).await;
+                let part = generator.chunk(chunk);
+                for piece in part.chunks(produce::KINESIS_PUT_RECORDS_MAX) {
+                    produce::send_kinesis(&client, stream, piece).await?;
+                }
+                pb.set_position(options.events - generator.left());
             }
         }
         Target::Kafka(topic) => {
@@ -249,13 +254,12 @@ async fn produce_cmd(
                         .map_err(|e| CliError::Kafka(format!("partition {topic}-{p}: {e}")))?,
                 );
             }
-            let chunk = if options.rate.is_some() { 25 } else { 1000 };
-            let mut sent = 0u64;
-            for part in records.chunks(chunk) {
-                pace.wait_for(sent).await;
+            while generator.left() > 0 {
+                pace.wait_for(options.events - generator.left()).await;
+                let part = generator.chunk(chunk);
                 let mut by_partition: Vec<Vec<rskafka::record::Record>> =
                     vec![Vec::new(); clients.len()];
-                for r in part {
+                for r in &part {
                     by_partition[produce::partition_of(&r.key, clients.len())].push(
                         rskafka::record::Record {
                             key: Some(r.key.clone().into_bytes()),
@@ -272,11 +276,11 @@ async fn produce_cmd(
                             .map_err(|e| CliError::Kafka(format!("produce: {e}")))?;
                     }
                 }
-                sent += part.len() as u64;
-                pb.set_position(sent);
+                pb.set_position(options.events - generator.left());
             }
         }
     }
+    let manifest = generator.manifest;
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -361,6 +365,7 @@ async fn main_inner() -> Result<i32, CliError> {
             timeout_seconds,
             on_failure,
             until_caught_up,
+            idle_seconds,
             max_duration_seconds,
             kill_mid_batch,
             state,
@@ -408,6 +413,7 @@ async fn main_inner() -> Result<i32, CliError> {
                     log: log_dir.join(format!("{name}.log")),
                 },
                 until_caught_up,
+                idle_before_stop: Duration::from_secs(idle_seconds),
                 max_duration: Duration::from_secs(max_duration_seconds),
                 on_failure_queue: on_failure,
                 kill_mid_batch: kill_mid_batch.map(|n| (n, Duration::from_millis(30))),

@@ -149,33 +149,69 @@ pub struct ProduceOptions {
     pub partitions: u32,
 }
 
-/// The records of a run, in sending order, and the manifest.
-pub fn plan(options: &ProduceOptions, target: &Target) -> (Vec<Outgoing>, Manifest) {
-    let mut rng = Rng::seeded();
-    let mut out = Vec::with_capacity(options.events as usize);
-    let mut manifest = Manifest {
-        target: target.to_string(),
-        ..Manifest::default()
-    };
-    let mut poisons = 0;
-    for _ in 0..options.events {
-        if rng.chance(options.poison) {
-            let (token, rec) = poison(&mut rng, poisons);
-            poisons += 1;
-            manifest.poison_tokens.push(token);
-            out.push(rec);
-            continue;
+/// Makes a run's records chunk by chunk, so each event's `created_at` is the moment it is
+/// sent (the demo's end-to-end latency starts there); a producer retry follows its original.
+pub struct Generator {
+    rng: Rng,
+    options: ProduceOptions,
+    poisons: u64,
+    left: u64,
+    pub manifest: Manifest,
+}
+
+impl Generator {
+    pub fn new(options: &ProduceOptions, target: &Target) -> Self {
+        Self {
+            rng: Rng::seeded(),
+            options: options.clone(),
+            poisons: 0,
+            left: options.events,
+            manifest: Manifest {
+                target: target.to_string(),
+                ..Manifest::default()
+            },
         }
-        let (id, rec) = event(&mut rng, options.users);
-        manifest.event_ids.push(id);
-        if rng.chance(options.duplicates) {
-            out.push(rec.clone());
-            manifest.duplicates_sent += 1;
-        }
-        out.push(rec);
     }
-    manifest.records_sent = out.len() as u64;
-    (out, manifest)
+
+    /// Records left to make (not counting retries).
+    pub fn left(&self) -> u64 {
+        self.left
+    }
+
+    /// The next `n` records (plus their retries).
+    pub fn chunk(&mut self, n: u64) -> Vec<Outgoing> {
+        let n = n.min(self.left);
+        self.left -= n;
+        let mut out = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            if self.rng.chance(self.options.poison) {
+                let (token, rec) = poison(&mut self.rng, self.poisons);
+                self.poisons += 1;
+                self.manifest.poison_tokens.push(token);
+                out.push(rec);
+                continue;
+            }
+            let (id, rec) = event(&mut self.rng, self.options.users);
+            self.manifest.event_ids.push(id);
+            self.manifest
+                .produced_at_ms
+                .push(chrono::Utc::now().timestamp_millis());
+            if self.rng.chance(self.options.duplicates) {
+                out.push(rec.clone());
+                self.manifest.duplicates_sent += 1;
+            }
+            out.push(rec);
+        }
+        self.manifest.records_sent += out.len() as u64;
+        out
+    }
+}
+
+/// The records of a whole run at once, in sending order, and the manifest.
+pub fn plan(options: &ProduceOptions, target: &Target) -> (Vec<Outgoing>, Manifest) {
+    let mut g = Generator::new(options, target);
+    let records = g.chunk(options.events);
+    (records, g.manifest)
 }
 
 /// Paces sending to `rate` records a second.

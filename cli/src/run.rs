@@ -35,8 +35,10 @@ pub struct UnitStats {
 pub struct RunOptions {
     pub settings: MappingSettings,
     pub function: FunctionSpec,
-    /// Stop when every unit has nothing pending and no lag.
+    /// Stop when every unit has nothing pending and no lag...
     pub until_caught_up: bool,
+    /// ...and no new record arrived for this long (a producer may still be starting).
+    pub idle_before_stop: Duration,
     /// Stop after this long in any case.
     pub max_duration: Duration,
     /// SQS queue URL for skipped batches.
@@ -156,6 +158,7 @@ pub async fn run_unit<U: Unit>(
     };
     let started = Instant::now();
     let mut first_seen: Option<Instant> = None;
+    let mut last_record = Instant::now();
     loop {
         if started.elapsed() > options.max_duration {
             stats.last_result = "stopped: --max-duration".into();
@@ -165,13 +168,17 @@ pub async fn run_unit<U: Unit>(
         stats.lag = unit.lag().unwrap_or(0);
         if unit.pending().is_empty() {
             first_seen = None;
-            if options.until_caught_up && stats.lag == 0 {
+            if options.until_caught_up
+                && stats.lag == 0
+                && last_record.elapsed() >= options.idle_before_stop
+            {
                 break;
             }
             progress(&stats);
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
+        last_record = Instant::now();
         // The batching window: wait for a full batch, at most the window from the first record.
         let first = *first_seen.get_or_insert_with(Instant::now);
         if unit.pending().len() < settings.batch_size && first.elapsed() < settings.batching_window

@@ -42,6 +42,7 @@ pub fn options(
         settings,
         function,
         until_caught_up: true,
+        idle_before_stop: Duration::ZERO,
         max_duration: Duration::from_secs(240),
         on_failure_queue: on_failure,
         kill_mid_batch: None,
