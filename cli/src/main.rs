@@ -57,6 +57,12 @@ enum Command {
         /// Kafka bootstrap address (default: STREAMLOAD_KAFKA_BROKER)
         #[arg(long)]
         broker: Option<String>,
+        /// Records of a route's own shape instead of the seed events: the route file...
+        #[arg(long, requires = "route")]
+        routes: Option<PathBuf>,
+        /// ...and the route's name
+        #[arg(long, requires = "routes")]
+        route: Option<String>,
     },
     /// Run a local event-source mapping: poll each shard/partition and invoke the real function binary through the Lambda Runtime API.
     ///
@@ -182,6 +188,9 @@ enum Command {
         lake_prefix: String,
         #[arg(long, env = "DEAD_LETTER_PREFIX", default_value = "dead-letter/")]
         dead_letter_prefix: String,
+        /// The column holding the manifest's ids, in the table and in the Parquet objects (a text column)
+        #[arg(long, default_value = "event_id")]
+        id_column: String,
         #[arg(long)]
         json: bool,
     },
@@ -207,8 +216,12 @@ async fn produce_cmd(
     options: ProduceOptions,
     manifest_path: Option<PathBuf>,
     broker: Option<String>,
+    shape: Option<produce::RouteShape>,
 ) -> Result<(), CliError> {
     let mut generator = produce::Generator::new(&options, &target);
+    if let Some(shape) = shape {
+        generator = generator.with_shape(shape);
+    }
     let pb = bar(Some(options.events));
     pb.set_prefix(target.to_string());
     let pace = produce::Pace::new(options.rate);
@@ -341,7 +354,18 @@ async fn main_inner() -> Result<i32, CliError> {
             partitions,
             manifest,
             broker,
+            routes,
+            route,
         } => {
+            let shape = match (routes, route) {
+                (Some(file), Some(name)) => {
+                    let text = std::fs::read_to_string(&file).map_err(|e| {
+                        CliError::Usage(format!("route file {}: {e}", file.display()))
+                    })?;
+                    Some(produce::RouteShape::from_toml(&text, &name)?)
+                }
+                _ => None,
+            };
             let options = ProduceOptions {
                 events,
                 rate,
@@ -351,7 +375,7 @@ async fn main_inner() -> Result<i32, CliError> {
                 create,
                 partitions,
             };
-            produce_cmd(target, options, manifest, broker).await?;
+            produce_cmd(target, options, manifest, broker, shape).await?;
             Ok(0)
         }
         Command::Run {
@@ -582,6 +606,7 @@ async fn main_inner() -> Result<i32, CliError> {
             bucket,
             lake_prefix,
             dead_letter_prefix,
+            id_column,
             json,
         } => {
             let text = std::fs::read_to_string(&manifest)
@@ -596,6 +621,7 @@ async fn main_inner() -> Result<i32, CliError> {
                 bucket,
                 lake_prefix,
                 dead_letter_prefix,
+                id_column,
             };
             let audit = verify::audit(&manifest, &sinks, &s3).await?;
             if json {

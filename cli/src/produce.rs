@@ -156,6 +156,7 @@ pub struct Generator {
     options: ProduceOptions,
     poisons: u64,
     left: u64,
+    shape: Option<RouteShape>,
     pub manifest: Manifest,
 }
 
@@ -166,11 +167,18 @@ impl Generator {
             options: options.clone(),
             poisons: 0,
             left: options.events,
+            shape: None,
             manifest: Manifest {
                 target: target.to_string(),
                 ..Manifest::default()
             },
         }
+    }
+
+    /// Makes records of `shape` instead of the seed events.
+    pub fn with_shape(mut self, shape: RouteShape) -> Self {
+        self.shape = Some(shape);
+        self
     }
 
     /// Records left to make (not counting retries).
@@ -191,7 +199,10 @@ impl Generator {
                 out.push(rec);
                 continue;
             }
-            let (id, rec) = event(&mut self.rng, self.options.users);
+            let (id, rec) = match self.shape.as_mut() {
+                Some(shape) => shape.record(&mut self.rng),
+                None => event(&mut self.rng, self.options.users),
+            };
             self.manifest.event_ids.push(id);
             self.manifest
                 .produced_at_ms
@@ -385,6 +396,125 @@ pub fn partition_of(key: &str, n: usize) -> usize {
     (h % n.max(1) as u64) as usize
 }
 
+/// Records of a route's own shape, from its column list: each column read from a JSON
+/// Pointer gets a value of its type there (`text` a counter or, for the identity, a UUID;
+/// `integer`/`bigint` a counter; `numeric` with the column's scale; `timestamptz` now, as
+/// RFC 3339 or epoch in the column's unit; `date` today; `uuid`; `boolean`; `double`;
+/// `jsonb` a small object). The manifest's ids are the first identity part's values.
+pub struct RouteShape {
+    columns: Vec<streamload_core::route::ColumnSpec>,
+    identity: String,
+    counter: u64,
+}
+
+impl RouteShape {
+    /// The route `name` of a route file's TOML text (checked as the loader checks it).
+    pub fn from_toml(text: &str, name: &str) -> Result<Self, CliError> {
+        let file: streamload_core::route::ConfigFile = toml::from_str(text)
+            .map_err(|e| CliError::Usage(format!("route file: {}", e.to_string().trim())))?;
+        streamload_core::route::Routes::compile(&file)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let spec = file
+            .route
+            .into_iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| CliError::Usage(format!("the route file has no route {name:?}")))?;
+        let identity = spec
+            .identity
+            .as_ref()
+            .and_then(|i| i.first().cloned())
+            .or_else(|| {
+                let key = spec.key.first()?;
+                spec.columns
+                    .iter()
+                    .find(|c| &c.name == key)
+                    .map(|c| c.from.clone())
+            })
+            .ok_or_else(|| CliError::Usage(format!("route {name:?} has no identity to produce")))?;
+        Ok(Self {
+            columns: spec.columns,
+            identity,
+            counter: 0,
+        })
+    }
+
+    fn set(doc: &mut serde_json::Value, pointer: &str, value: serde_json::Value) {
+        let parts: Vec<String> = pointer
+            .split('/')
+            .skip(1)
+            .map(|p| p.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        let mut cur = doc;
+        for (i, part) in parts.iter().enumerate() {
+            if !cur.is_object() {
+                *cur = serde_json::json!({});
+            }
+            let Some(map) = cur.as_object_mut() else {
+                return;
+            };
+            if i + 1 == parts.len() {
+                map.insert(part.clone(), value);
+                return;
+            }
+            cur = map
+                .entry(part.clone())
+                .or_insert_with(|| serde_json::json!({}));
+        }
+    }
+
+    /// One record and its id.
+    pub fn record(&mut self, rng: &mut Rng) -> (String, Outgoing) {
+        self.counter += 1;
+        let n = self.counter;
+        let mut doc = serde_json::json!({});
+        let mut id = String::new();
+        for c in &self.columns {
+            if !c.from.starts_with('/') {
+                continue; // metadata (@key, @offset…) comes from the stream, not the record
+            }
+            let is_identity = c.from == self.identity;
+            let value = match c.ty.to_ascii_lowercase().as_str() {
+                "text" if is_identity => serde_json::Value::from(rng.uuid()),
+                "text" => format!("v-{}", rng.below(1000)).into(),
+                "integer" | "bigint" if is_identity => n.into(),
+                "integer" | "bigint" => (1 + rng.below(100)).into(),
+                "double" => (rng.below(100_000) as f64 / 100.0).into(),
+                "numeric" => {
+                    let scale = c.scale.unwrap_or(2) as i32;
+                    let v = rng.below(1_000_000) as f64 / 10f64.powi(scale);
+                    serde_json::Number::from_f64(v).map_or(0.into(), serde_json::Value::Number)
+                }
+                "boolean" => (rng.below(2) == 1).into(),
+                "timestamptz" => match c.unit.as_deref() {
+                    Some("s") => chrono::Utc::now().timestamp().into(),
+                    Some("ms") => chrono::Utc::now().timestamp_millis().into(),
+                    Some("us") => chrono::Utc::now().timestamp_micros().into(),
+                    _ => chrono::Utc::now()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                        .into(),
+                },
+                "date" => chrono::Utc::now().format("%Y-%m-%d").to_string().into(),
+                "uuid" => rng.uuid().into(),
+                _ => serde_json::json!({ "n": n, "tag": format!("t{}", rng.below(10)) }),
+            };
+            if is_identity {
+                id = match &value {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+            }
+            Self::set(&mut doc, &c.from, value);
+        }
+        (
+            id.clone(),
+            Outgoing {
+                key: id,
+                bytes: doc.to_string().into_bytes(),
+            },
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +557,24 @@ mod tests {
             })
             .count();
         assert_eq!(poison_count, manifest.poison_tokens.len());
+    }
+
+    #[test]
+    fn a_route_shape_puts_a_typed_value_at_each_pointer() {
+        // Given the orders route of the example
+        let text = include_str!("../../examples/orders/streamload.toml");
+        let mut shape = RouteShape::from_toml(text, "orders").unwrap();
+        let mut rng = Rng::seeded();
+        // When a record is made
+        let (id, rec) = shape.record(&mut rng);
+        let doc: serde_json::Value = serde_json::from_slice(&rec.bytes).unwrap();
+        // Then the identity is its id, and nested pointers hold values of their types
+        assert_eq!(doc["order_id"], id.as_str());
+        assert!(doc["revision"].is_u64());
+        assert!(doc["amount"]["total"].is_number());
+        assert!(doc["placed_at"].is_i64(), "unit = ms: epoch milliseconds");
+        assert_eq!(doc["customer"]["id"].as_str().map(str::len), Some(36));
+        assert!(RouteShape::from_toml(text, "absent").is_err());
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Sinks {
     pub bucket: String,
     pub lake_prefix: String,
     pub dead_letter_prefix: String,
+    /// The column holding the manifest's ids (`event_id` for the built-in route).
+    pub id_column: String,
 }
 
 /// The verdict's counts.
@@ -151,16 +153,20 @@ async fn object(
         .map_err(|e| CliError::Usage(format!("s3 GetObject {key}: {e}")))
 }
 
-/// `event_id` values of one Parquet object.
-fn parquet_ids(bytes: bytes::Bytes) -> Result<Vec<String>, CliError> {
+/// The id column's values of one Parquet object (a text column).
+fn parquet_ids(bytes: bytes::Bytes, id_column: &str) -> Result<Vec<String>, CliError> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.build())
         .map_err(|e| CliError::Usage(format!("not a Parquet object: {e}")))?;
     let mut ids = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| CliError::Usage(format!("Parquet read: {e}")))?;
-        if let Some(col) = batch.column_by_name("event_id") {
-            let col = col.as_string::<i32>();
+        if let Some(col) = batch.column_by_name(id_column) {
+            let Some(col) = col.as_string_opt::<i32>() else {
+                return Err(CliError::Usage(format!(
+                    "the lake's {id_column} column is not text; verify needs a text id column"
+                )));
+            };
             for i in 0..col.len() {
                 if col.is_valid(i) {
                     ids.push(col.value(i).to_owned());
@@ -209,8 +215,11 @@ pub async fn audit(
     let rows = client
         .query(
             &format!(
-                "SELECT event_id, (extract(epoch FROM created_at) * 1000)::int8, \
-                 (extract(epoch FROM updated_at) * 1000)::int8 FROM {table_sql} WHERE event_id = ANY($1)"
+                "SELECT {id}::text, (extract(epoch FROM {created}) * 1000)::int8, \
+                 (extract(epoch FROM updated_at) * 1000)::int8 FROM {table_sql} WHERE {id}::text = ANY($1)",
+                id = streamload_core::route::quote(&sinks.id_column),
+                // The seed's created_at; another table's rows have no event time we know of.
+                created = if sinks.id_column == "event_id" { "created_at" } else { "updated_at" },
             ),
             &[&ids],
         )
@@ -234,7 +243,7 @@ pub async fn audit(
         }
         audit.parquet_objects += 1;
         let (bytes, written_ms) = object(s3, &sinks.bucket, &key).await?;
-        for id in parquet_ids(bytes)? {
+        for id in parquet_ids(bytes, &sinks.id_column)? {
             audit.parquet_rows += 1;
             if expected.contains(id.as_str()) {
                 if let Some((created, updated)) = times.get(&id) {
@@ -249,8 +258,11 @@ pub async fn audit(
         (!latencies.is_empty())
             .then(|| latencies[((latencies.len() - 1) as f64 * p).round() as usize])
     };
-    audit.latency_p50_ms = pct(0.50);
-    audit.latency_p99_ms = pct(0.99);
+    // Latency needs the event's own time: known for the seed events (created_at) only.
+    if sinks.id_column == "event_id" {
+        audit.latency_p50_ms = pct(0.50);
+        audit.latency_p99_ms = pct(0.99);
+    }
     audit.in_lake_once = seen.values().filter(|n| **n == 1).count();
     audit.duplicated_in_lake = seen.values().filter(|n| **n > 1).count();
     audit.missing_in_lake = audit.expected_events - seen.len();

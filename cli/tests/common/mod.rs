@@ -17,16 +17,21 @@ pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The loader binary, built if needed (a no-op after `cargo test --workspace` built it).
+/// The loader binary. `cargo test --workspace` (what `make test` runs) builds it beside this
+/// crate's tests; run alone, the tests build it if it is missing. (Building it again here
+/// would rebuild its dependencies with `-p`'s feature set: minutes, for nothing.)
 pub fn loader(name: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "-q", "-p", name])
-        .current_dir(workspace())
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build -p {name}");
-    workspace().join("target/debug").join(name)
+    let path = workspace().join("target/debug").join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-q", "-p", name])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p {name}");
+    }
+    path
 }
 
 pub fn quiet() -> Arc<dyn Fn(&UnitStats) + Send + Sync> {
@@ -133,6 +138,7 @@ pub async fn assert_exactly_once(stack: &TestStack, manifest: &produce::Manifest
         bucket: stack.config.output_bucket.clone(),
         lake_prefix: "events/".into(),
         dead_letter_prefix: "dead-letter/".into(),
+        id_column: "event_id".into(),
     };
     let a = audit(manifest, &sinks, &streamload_aws::s3_client(&stack.sdk))
         .await

@@ -1,0 +1,214 @@
+//! The commands as a user runs them (the `streamload` binary), end to end on the stack:
+//! produce → run → status → verify, and verify's exit status when something is missing.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use streamload_tests::TestStack;
+
+fn streamload(stack: &TestStack, args: &[&str]) -> (i32, String, String) {
+    let c = &stack.config;
+    let out = Command::new(env!("CARGO_BIN_EXE_streamload"))
+        .args(args)
+        .env("DATABASE_URL", &stack.database_url)
+        .env("DEDUP_TABLE", &c.dedup_table)
+        .env("OUTPUT_BUCKET", &c.output_bucket)
+        .env("DLQ_URL", &c.dlq_url)
+        .output()
+        .expect("run streamload");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_run_status_and_verify_work_as_commands() {
+    // Given a fresh stack and a directory for the run's files
+    let stack = TestStack::new("commands", false).await;
+    let dir = std::env::temp_dir().join(&stack.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (manifest, state) = (dir.join("manifest.json"), dir.join("state.json"));
+    let target = format!("kinesis://{}", stack.name);
+
+    // When events are produced, with retries and poison, to a stream the command creates
+    let (code, out, err) = streamload(
+        &stack,
+        &[
+            "produce",
+            &target,
+            "--events",
+            "150",
+            "--duplicates",
+            "0.1",
+            "--poison",
+            "0.05",
+            "--create",
+            "--partitions",
+            "1",
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("events") && manifest.exists(), "{out}");
+
+    // and the mapping runs the real loader until caught up
+    let binary = loader("kinesis-loader");
+    let (code, out, err) = streamload(
+        &stack,
+        &[
+            "run",
+            &target,
+            "--function",
+            binary.to_str().unwrap(),
+            "--until-caught-up",
+            "--batching-window-ms",
+            "0",
+            "--state",
+            state.to_str().unwrap(),
+            "--log-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("shardId-000000000000"), "{out}");
+
+    // Then status shows the checkpoint, no lag, the queue depth and the last batches
+    let (code, out, err) = streamload(
+        &stack,
+        &[
+            "status",
+            &target,
+            "--state",
+            state.to_str().unwrap(),
+            "--log-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let checkpoint: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let seq = checkpoint["shardId-000000000000"].as_str().unwrap();
+    let shard_line = out
+        .lines()
+        .find(|l| l.contains("shardId-000000000000"))
+        .unwrap_or_default();
+    assert!(
+        shard_line.contains(seq) && shard_line.contains("| 0 "),
+        "{out}"
+    );
+    assert!(
+        out.contains("dead-letter queue:") && out.contains("last batches"),
+        "{out}"
+    );
+
+    // and verify finds each event once in both sinks and each poison record dead-lettered
+    let (code, out, err) = streamload(
+        &stack,
+        &["verify", "--manifest", manifest.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verdict: exactly once"), "{out}");
+
+    // But when a row goes missing, verify says so and exits non-zero
+    stack
+        .pg
+        .batch_execute("DELETE FROM events WHERE event_id IN (SELECT event_id FROM events LIMIT 1)")
+        .await
+        .unwrap();
+    let (code, out, _) = streamload(
+        &stack,
+        &["verify", "--manifest", manifest.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("1 missing") && out.contains("LOSS OR DUPLICATES"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_a_routes_own_shape_load_once_into_its_table() {
+    // Given the example's orders route reading this test's stream, and its table
+    let stack = TestStack::new("shape", false).await;
+    let toml = include_str!("../../examples/orders/streamload.toml")
+        .replace("kinesis:orders", &format!("kinesis:{}", stack.name));
+    stack
+        .pg
+        .batch_execute(include_str!("../../examples/orders/ddl.sql"))
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(&stack.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (routes, manifest) = (dir.join("streamload.toml"), dir.join("manifest.json"));
+    std::fs::write(&routes, &toml).unwrap();
+    let target = format!("kinesis://{}", stack.name);
+    // When 80 orders of the route's shape are produced and the mapping loads them
+    let (code, out, err) = streamload(
+        &stack,
+        &[
+            "produce",
+            &target,
+            "--events",
+            "80",
+            "--duplicates",
+            "0.1",
+            "--create",
+            "--partitions",
+            "1",
+            "--routes",
+            routes.to_str().unwrap(),
+            "--route",
+            "orders",
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let binary = loader("kinesis-loader");
+    let out = Command::new(env!("CARGO_BIN_EXE_streamload"))
+        .args([
+            "run",
+            &target,
+            "--function",
+            binary.to_str().unwrap(),
+            "--until-caught-up",
+            "--batching-window-ms",
+            "0",
+            "--log-dir",
+            dir.to_str().unwrap(),
+        ])
+        .env("DATABASE_URL", &stack.database_url)
+        .env("DEDUP_TABLE", &stack.config.dedup_table)
+        .env("OUTPUT_BUCKET", &stack.config.output_bucket)
+        .env("DLQ_URL", &stack.config.dlq_url)
+        .env("STREAMLOAD_CONFIG", &routes)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Then verify finds each order once in sales.orders and once under orders/ in the lake
+    let (code, out, err) = streamload(
+        &stack,
+        &[
+            "verify",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--table",
+            "sales.orders",
+            "--id-column",
+            "order_id",
+            "--lake-prefix",
+            "orders/",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("| 80 ") || out.contains("80 "), "{out}");
+    assert!(out.contains("verdict: exactly once"), "{out}");
+}
