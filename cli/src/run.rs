@@ -57,7 +57,9 @@ pub fn answer_of<U: Unit>(unit: &U, n: usize, outcome: &Outcome) -> Answer {
     match outcome {
         Outcome::Response(body) => {
             let Ok(doc) = serde_json::from_str::<Value>(body) else {
-                return Answer::Success; // a non-JSON response counts as success on AWS
+                // Not JSON: AWS documents a null or empty response as success and
+                // says nothing of this case; it is read the same way.
+                return Answer::Success;
             };
             let failures = match doc.get("batchItemFailures") {
                 Some(Value::Array(items)) => items,
