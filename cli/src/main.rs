@@ -155,11 +155,17 @@ enum Command {
         #[arg(long)]
         broker: Option<String>,
     },
-    /// A local mapping's state: checkpoint and lag per shard/partition, DLQ and on-failure depth, the last batches.
+    /// A mapping's state. Local: checkpoint and lag per shard/partition and the last batches; deployed (--function): each mapping's state and last result, IteratorAge/OffsetLag. Both: DLQ and on-failure depth.
     ///
     /// Example: streamload status kinesis://clicks --state .stack/demo/kinesis-state.json --dlq "$DLQ_URL" --log-dir .stack/demo
+    /// Example: streamload status --function my-stack-kinesis-loader --dlq "$DLQ_URL" --on-failure "$ON_FAILURE_URL"
     Status {
-        target: Target,
+        /// A local mapping's stream or topic
+        #[arg(required_unless_present = "function")]
+        target: Option<Target>,
+        /// A deployed function (name, ARN or alias ARN): its event-source mappings
+        #[arg(long, conflicts_with = "target")]
+        function: Option<String>,
         #[arg(long)]
         state: Option<PathBuf>,
         #[arg(long, env = "DLQ_URL")]
@@ -590,13 +596,20 @@ async fn main_inner() -> Result<i32, CliError> {
         }
         Command::Status {
             target,
+            function,
             state,
             dlq,
             on_failure,
             log_dir,
             broker,
         } => {
-            status(target, state, dlq, on_failure, log_dir, broker).await?;
+            match (target, function) {
+                (_, Some(function)) => deployed(&function, dlq, on_failure).await?,
+                (Some(target), None) => {
+                    status(target, state, dlq, on_failure, log_dir, broker).await?
+                }
+                (None, None) => return Err(CliError::Usage("give a target or --function".into())),
+            }
             Ok(0)
         }
         Command::Verify {
@@ -643,6 +656,65 @@ async fn main_inner() -> Result<i32, CliError> {
             Ok(if audit.exactly_once() { 0 } else { 1 })
         }
     }
+}
+
+async fn queue_lines(dlq: Option<String>, on_failure: Option<String>) -> Result<(), CliError> {
+    let sdk = streamload_aws::sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    for (label, url) in [("dead-letter queue", dlq), ("on-failure queue", on_failure)] {
+        if let Some(url) = url {
+            let (visible, in_flight) = streamload_cli::queue_depth(&sqs, &url).await?;
+            println!("{label}: {visible} messages ({in_flight} in flight)");
+        }
+    }
+    Ok(())
+}
+
+async fn deployed(
+    function: &str,
+    dlq: Option<String>,
+    on_failure: Option<String>,
+) -> Result<(), CliError> {
+    let sdk = streamload_aws::sdk_config().await;
+    let (mappings, lags) = streamload_cli::ops::deployed_status(
+        &aws_sdk_lambda::Client::new(&sdk),
+        &aws_sdk_cloudwatch::Client::new(&sdk),
+        function,
+    )
+    .await?;
+    let mut t = comfy_table::Table::new();
+    t.set_header(vec![
+        "mapping (UUID)",
+        "state",
+        "last result",
+        "source",
+        "batch",
+        "max retries",
+        "on failure",
+    ]);
+    for m in &mappings {
+        t.add_row(vec![
+            m.uuid.clone(),
+            m.state.clone(),
+            m.last_result.clone(),
+            m.source.clone(),
+            m.batch_size.to_string(),
+            m.max_retry_attempts.map_or("-1".into(), |r| r.to_string()),
+            m.on_failure.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    println!(
+        "{function}: {} event-source mapping(s)\n{t}",
+        mappings.len()
+    );
+    for (metric, worst) in lags {
+        match worst {
+            Ok(Some(v)) => println!("{metric} (worst of the last 15 min): {v:.0}"),
+            Ok(None) => println!("{metric}: no datapoints in the last 15 min"),
+            Err(why) => println!("{metric}: unavailable ({why})"),
+        }
+    }
+    queue_lines(dlq, on_failure).await
 }
 
 async fn status(
@@ -738,14 +810,7 @@ async fn status(
         }
     }
     println!("{target}\n{t}");
-    let sdk = streamload_aws::sdk_config().await;
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    for (label, url) in [("dead-letter queue", dlq), ("on-failure queue", on_failure)] {
-        if let Some(url) = url {
-            let (visible, in_flight) = streamload_cli::queue_depth(&sqs, &url).await?;
-            println!("{label}: {visible} messages ({in_flight} in flight)");
-        }
-    }
+    queue_lines(dlq, on_failure).await?;
     if let Some(dir) = log_dir {
         let mut last: Vec<(String, serde_json::Value)> = Vec::new();
         for entry in std::fs::read_dir(&dir)?.flatten() {

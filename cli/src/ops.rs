@@ -469,6 +469,101 @@ pub async fn replay(
     }
 }
 
+/// One deployed mapping, as Lambda reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeployedMapping {
+    pub uuid: String,
+    pub state: String,
+    pub last_result: String,
+    pub source: String,
+    pub batch_size: i32,
+    pub max_retry_attempts: Option<i32>,
+    pub on_failure: Option<String>,
+}
+
+/// The mappings of a deployed function (or alias ARN), and its lag metrics.
+pub async fn deployed_status(
+    lambda: &aws_sdk_lambda::Client,
+    cloudwatch: &aws_sdk_cloudwatch::Client,
+    function: &str,
+) -> Result<
+    (
+        Vec<DeployedMapping>,
+        Vec<(String, Result<Option<f64>, String>)>,
+    ),
+    CliError,
+> {
+    let out = lambda
+        .list_event_source_mappings()
+        .function_name(function)
+        .send()
+        .await
+        .map_err(|e| CliError::aws("lambda ListEventSourceMappings", &e))?;
+    let mappings = out
+        .event_source_mappings
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| DeployedMapping {
+            uuid: m.uuid.unwrap_or_default(),
+            state: m.state.unwrap_or_default(),
+            last_result: m.last_processing_result.unwrap_or_else(|| "-".into()),
+            source: m
+                .event_source_arn
+                .or_else(|| {
+                    m.self_managed_event_source
+                        .map(|s| format!("{:?}", s.endpoints))
+                })
+                .unwrap_or_default(),
+            batch_size: m.batch_size.unwrap_or(0),
+            max_retry_attempts: m.maximum_retry_attempts,
+            on_failure: m
+                .destination_config
+                .and_then(|d| d.on_failure)
+                .and_then(|f| f.destination),
+        })
+        .collect();
+    // Lag is per function in CloudWatch: the worst value of the last 15 minutes.
+    let name = function.rsplit(':').next().unwrap_or(function);
+    let now = std::time::SystemTime::now();
+    let mut lags = Vec::new();
+    for metric in ["IteratorAge", "OffsetLag"] {
+        let out = cloudwatch
+            .get_metric_statistics()
+            .namespace("AWS/Lambda")
+            .metric_name(metric)
+            .dimensions(
+                aws_sdk_cloudwatch::types::Dimension::builder()
+                    .name("FunctionName")
+                    .value(name)
+                    .build(),
+            )
+            .start_time((now - std::time::Duration::from_secs(900)).into())
+            .end_time(now.into())
+            .period(60)
+            .statistics(aws_sdk_cloudwatch::types::Statistic::Maximum)
+            .send()
+            .await;
+        // Metrics are a view, not the state: an endpoint without CloudWatch (moto speaks
+        // only its query protocol) still gets the mappings.
+        let worst = out
+            .map(|out| {
+                out.datapoints
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|d| d.maximum)
+                    .fold(None, |acc: Option<f64>, v| {
+                        Some(acc.map_or(v, |a| a.max(v)))
+                    })
+            })
+            .map_err(|e| match e.raw_response().map(|r| r.status().as_u16()) {
+                Some(code) => format!("CloudWatch answered HTTP {code}"),
+                None => "CloudWatch did not answer".to_owned(),
+            });
+        lags.push((metric.to_owned(), worst));
+    }
+    Ok((mappings, lags))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -212,3 +212,60 @@ async fn records_of_a_routes_own_shape_load_once_into_its_table() {
     assert!(out.contains("| 80 ") || out.contains("80 "), "{out}");
     assert!(out.contains("verdict: exactly once"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_a_deployed_function_lists_its_mappings() {
+    // Given a function and its Kinesis mapping on the AWS endpoint (made with boto3, as a
+    // deployment would have made them)
+    let stack = TestStack::new("deployed", false).await;
+    let script = format!(
+        r#"
+import boto3, io, zipfile, time
+iam, lam, kin = boto3.client("iam"), boto3.client("lambda"), boto3.client("kinesis")
+role = iam.create_role(RoleName="{n}", AssumeRolePolicyDocument="{{}}")["Role"]["Arn"]
+buf = io.BytesIO(); z = zipfile.ZipFile(buf, "w"); z.writestr("bootstrap", "x"); z.close()
+lam.create_function(FunctionName="{n}", Runtime="provided.al2023", Role=role, Handler="bootstrap", Code={{"ZipFile": buf.getvalue()}})
+kin.create_stream(StreamName="{n}", ShardCount=1); time.sleep(0.3)
+arn = kin.describe_stream_summary(StreamName="{n}")["StreamDescriptionSummary"]["StreamARN"]
+print(lam.create_event_source_mapping(FunctionName="{n}", EventSourceArn=arn, StartingPosition="TRIM_HORIZON", BatchSize=250)["UUID"])
+"#,
+        n = stack.name
+    );
+    let made = Command::new(workspace().join(".venv/bin/python"))
+        .args(["-c", &script])
+        .output()
+        .expect("run boto3");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let uuid = String::from_utf8_lossy(&made.stdout).trim().to_owned();
+    // When status asks about the function
+    let (code, out, err) = streamload(
+        &stack,
+        &[
+            "status",
+            "--function",
+            &stack.name,
+            "--dlq",
+            &stack.config.dlq_url,
+        ],
+    );
+    // Then each mapping is listed with its state, source and batch size, beside the DLQ depth
+    assert_eq!(code, 0, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains(&uuid))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("Enabled")
+            && line.contains(&format!("stream/{}", stack.name))
+            && line.contains("250"),
+        "{line}"
+    );
+    assert!(
+        out.contains("1 event-source mapping(s)") && out.contains("dead-letter queue: 0 messages"),
+        "{out}"
+    );
+}
