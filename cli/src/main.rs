@@ -112,6 +112,9 @@ enum Command {
         /// The function name at that endpoint
         #[arg(long, default_value = "_")]
         invoke_function_name: String,
+        /// Kafka: the consumer group whose committed offsets are the checkpoints (default streamload-<topic>)
+        #[arg(long)]
+        group: Option<String>,
         #[arg(long)]
         broker: Option<String>,
         /// Print the stats as JSON
@@ -175,6 +178,9 @@ enum Command {
         /// Where `run` wrote the function logs (for the last batches' outcomes)
         #[arg(long)]
         log_dir: Option<PathBuf>,
+        /// Kafka: the consumer group (default streamload-<topic>)
+        #[arg(long)]
+        group: Option<String>,
         #[arg(long)]
         broker: Option<String>,
     },
@@ -402,6 +408,7 @@ async fn main_inner() -> Result<i32, CliError> {
             log_dir,
             invoke_endpoint,
             invoke_function_name,
+            group,
             broker,
             json,
         } => {
@@ -449,6 +456,7 @@ async fn main_inner() -> Result<i32, CliError> {
                 kill_mid_batch: kill_mid_batch.map(|n| (n, Duration::from_millis(30))),
                 state_file: state,
                 invoke_endpoint,
+                kafka_group: group,
             };
             let broker = streamload_cli::broker(broker.as_deref());
             let multi = indicatif::MultiProgress::new();
@@ -597,6 +605,7 @@ async fn main_inner() -> Result<i32, CliError> {
         Command::Status {
             target,
             function,
+            group,
             state,
             dlq,
             on_failure,
@@ -606,7 +615,7 @@ async fn main_inner() -> Result<i32, CliError> {
             match (target, function) {
                 (_, Some(function)) => deployed(&function, dlq, on_failure).await?,
                 (Some(target), None) => {
-                    status(target, state, dlq, on_failure, log_dir, broker).await?
+                    status(target, state, dlq, on_failure, log_dir, broker, group).await?
                 }
                 (None, None) => return Err(CliError::Usage("give a target or --function".into())),
             }
@@ -724,6 +733,7 @@ async fn status(
     on_failure: Option<String>,
     log_dir: Option<PathBuf>,
     broker: Option<String>,
+    group: Option<String>,
 ) -> Result<(), CliError> {
     let checkpoints: std::collections::BTreeMap<String, String> = state
         .as_ref()
@@ -787,7 +797,13 @@ async fn status(
         Target::Kafka(topic) => {
             let broker = streamload_cli::broker(broker.as_deref());
             let client = streamload_cli::kafka_client(&broker).await?;
-            for p in streamload_cli::kafka_partitions(&client, topic).await? {
+            let partitions = streamload_cli::kafka_partitions(&client, topic).await?;
+            let group_id = group.unwrap_or_else(|| format!("streamload-{topic}"));
+            let committed = streamload_cli::kafka_group::GroupOffsets::find(&broker, &group_id)
+                .await?
+                .fetch(topic, &partitions)
+                .await?;
+            for p in partitions {
                 let pc = client
                     .partition_client(
                         topic.as_str(),
@@ -801,10 +817,12 @@ async fn status(
                     .await
                     .map_err(|e| CliError::Kafka(e.to_string()))?;
                 let name = format!("{topic}-{p}");
-                let cp: i64 = checkpoints
-                    .get(&name)
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0);
+                let cp: i64 = committed.get(&p).copied().unwrap_or_else(|| {
+                    checkpoints
+                        .get(&name)
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(0)
+                });
                 t.add_row(vec![name, cp.to_string(), (high - cp).max(0).to_string()]);
             }
         }

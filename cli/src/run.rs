@@ -47,6 +47,8 @@ pub struct RunOptions {
     pub kill_mid_batch: Option<(u64, Duration)>,
     /// The checkpoint file.
     pub state_file: Option<PathBuf>,
+    /// The Kafka consumer group (`ConsumerGroupId`); default `streamload-<topic>`.
+    pub kafka_group: Option<String>,
     /// Invoke through this Lambda Invoke API endpoint (`cargo lambda watch`) instead of
     /// running the binary in a sandbox of our own.
     pub invoke_endpoint: Option<String>,
@@ -211,6 +213,7 @@ pub async fn run_unit<U: Unit>(
             unit.commit(n);
             stats.skipped_records += n as u64;
             checkpoints.set(&unit.name(), unit.checkpoint()).await;
+            unit.flush().await?;
             continue;
         }
 
@@ -261,6 +264,7 @@ pub async fn run_unit<U: Unit>(
             }
         }
         checkpoints.set(&unit.name(), unit.checkpoint()).await;
+        unit.flush().await?;
         stats.lag = unit.lag().unwrap_or(0);
         progress(&stats);
     }
@@ -348,7 +352,16 @@ pub async fn run_target(
         }
         crate::Target::Kafka(topic) => {
             let client = crate::kafka_client(broker).await?;
-            for partition in crate::kafka_partitions(&client, topic).await? {
+            let partitions = crate::kafka_partitions(&client, topic).await?;
+            let group_id = options
+                .kafka_group
+                .clone()
+                .unwrap_or_else(|| format!("streamload-{topic}"));
+            let group = std::sync::Arc::new(
+                crate::kafka_group::GroupOffsets::find(broker, &group_id).await?,
+            );
+            let committed_in_group = group.fetch(topic, &partitions).await?;
+            for partition in partitions {
                 let pc = client
                     .partition_client(
                         topic.as_str(),
@@ -358,18 +371,24 @@ pub async fn run_target(
                     .await
                     .map_err(|e| CliError::Kafka(format!("partition {topic}-{partition}: {e}")))?;
                 let name = format!("{topic}-{partition}");
-                let committed = checkpoints
-                    .get(&name)
-                    .await
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0);
+                // The group's commit is the checkpoint; a state file only fills in for a
+                // group that has none yet.
+                let committed = match committed_in_group.get(&partition) {
+                    Some(o) => *o,
+                    None => checkpoints
+                        .get(&name)
+                        .await
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(0),
+                };
                 let unit = crate::source::KafkaPartition::new(
                     std::sync::Arc::new(pc),
                     broker,
                     topic,
                     partition,
                     committed,
-                );
+                )
+                .with_group(group.clone());
                 let (options, checkpoints, sqs, progress) = (
                     options.clone(),
                     checkpoints.clone(),

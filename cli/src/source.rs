@@ -41,6 +41,10 @@ pub trait Unit: Send {
     fn failure_index(&self, n: usize, identifier: &Value) -> Option<usize>;
     /// Checkpoints past the first `n` pending records.
     fn commit(&mut self, n: usize);
+    /// Makes the checkpoint durable where the source keeps it (a Kafka consumer group).
+    fn flush(&mut self) -> impl std::future::Future<Output = Result<(), CliError>> + Send {
+        async { Ok(()) }
+    }
     /// The checkpoint to keep between runs.
     fn checkpoint(&self) -> Option<String>;
     /// What AWS sends the on-failure destination for the first `n` pending records.
@@ -251,9 +255,17 @@ pub struct KafkaPartition {
     next_fetch: i64,
     high_watermark: Option<i64>,
     pending: VecDeque<SourceRecord>,
+    /// The consumer group the checkpoint is committed to, and the offset last committed.
+    group: Option<(std::sync::Arc<crate::kafka_group::GroupOffsets>, i64)>,
 }
 
 impl KafkaPartition {
+    /// Commits checkpoints to `group` (starting from `committed`).
+    pub fn with_group(mut self, group: std::sync::Arc<crate::kafka_group::GroupOffsets>) -> Self {
+        self.group = Some((group, self.committed));
+        self
+    }
+
     pub fn new(
         client: std::sync::Arc<rskafka::client::partition::PartitionClient>,
         bootstrap: &str,
@@ -270,6 +282,7 @@ impl KafkaPartition {
             next_fetch: committed,
             high_watermark: None,
             pending: VecDeque::new(),
+            group: None,
         }
     }
 
@@ -367,6 +380,18 @@ impl Unit for KafkaPartition {
 
     fn checkpoint(&self) -> Option<String> {
         Some(self.committed.to_string())
+    }
+
+    async fn flush(&mut self) -> Result<(), CliError> {
+        if let Some((group, last)) = &mut self.group {
+            if *last != self.committed {
+                group
+                    .commit(&self.topic, self.partition, self.committed)
+                    .await?;
+                *last = self.committed;
+            }
+        }
+        Ok(())
     }
 
     fn on_failure(&self, n: usize, condition: &str, invocations: u64) -> Value {

@@ -115,6 +115,34 @@ async fn the_kafka_loader_loads_a_topic_once_across_partitions() {
         manifest.records_sent
     );
     assert_exactly_once(&stack, &manifest).await;
+    // And the checkpoints are the consumer group's committed offsets: each partition's end
+    let group = streamload_cli::kafka_group::GroupOffsets::find(
+        &broker,
+        &format!("streamload-{}", stack.name),
+    )
+    .await
+    .unwrap();
+    let committed = group.fetch(&stack.name, &[0, 1, 2]).await.unwrap();
+    let done: std::collections::HashMap<i32, i64> = stats
+        .iter()
+        .map(|s| {
+            (
+                s.unit.rsplit('-').next().unwrap().parse().unwrap(),
+                s.records_done as i64,
+            )
+        })
+        .collect();
+    assert_eq!(
+        committed, done,
+        "offsets start at 0, so the next offset is the count"
+    );
+    // so a new mapping with the same group resumes there: nothing is delivered again
+    let again = run_target(&target, &o, &broker, quiet()).await.unwrap();
+    assert_eq!(
+        again.iter().map(|s| s.invocations).sum::<u64>(),
+        0,
+        "{again:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

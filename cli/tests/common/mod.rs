@@ -53,6 +53,7 @@ pub fn options(
         kill_mid_batch: None,
         state_file: None,
         invoke_endpoint: None,
+        kafka_group: None,
     }
 }
 
