@@ -244,11 +244,17 @@ pub async fn redrive(
                 continue;
             }
             if !options.dry_run {
+                // The record's own key: Kinesis's partition key, Kafka's key; else the digest.
                 let key = doc
                     .pointer("/source/partition_key")
                     .and_then(Value::as_str)
-                    .unwrap_or(&dedup_id)
-                    .to_owned();
+                    .map(str::to_owned)
+                    .or_else(|| {
+                        let b64 = doc.pointer("/source/key_base64")?.as_str()?;
+                        let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+                        Some(String::from_utf8_lossy(&raw).into_owned())
+                    })
+                    .unwrap_or_else(|| dedup_id.clone());
                 put_back(options.to, options.broker, &[Outgoing { key, bytes }]).await?;
                 ledger.record(&d, times + 1).await?;
                 if let Some(handle) = m.receipt_handle() {
