@@ -148,3 +148,19 @@ pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<(u64, u
         get(A::ApproximateNumberOfMessagesNotVisible),
     ))
 }
+
+/// The client of one partition of `topic`.
+pub async fn kafka_partition_client(
+    client: &rskafka::client::Client,
+    topic: &str,
+    partition: i32,
+) -> Result<rskafka::client::partition::PartitionClient, CliError> {
+    client
+        .partition_client(
+            topic,
+            partition,
+            rskafka::client::partition::UnknownTopicHandling::Retry,
+        )
+        .await
+        .map_err(|e| CliError::Kafka(format!("partition {topic}-{partition}: {e}")))
+}

@@ -244,66 +244,24 @@ async fn produce_cmd(
     } else {
         produce::KINESIS_PUT_RECORDS_MAX as u64
     };
-    match &target {
-        Target::Kinesis(stream) => {
-            let (client, _) = streamload_cli::kinesis_client().await;
-            if options.create {
+    let broker = streamload_cli::broker(broker.as_deref());
+    if options.create {
+        match &target {
+            Target::Kinesis(stream) => {
+                let (client, _) = streamload_cli::kinesis_client().await;
                 produce::create_kinesis(&client, stream, options.partitions).await?;
             }
-            while generator.left() > 0 {
-                pace.wait_for(options.events - generator.left()).await;
-                let part = generator.chunk(chunk);
-                for piece in part.chunks(produce::KINESIS_PUT_RECORDS_MAX) {
-                    produce::send_kinesis(&client, stream, piece).await?;
-                }
-                pb.set_position(options.events - generator.left());
-            }
-        }
-        Target::Kafka(topic) => {
-            let broker = streamload_cli::broker(broker.as_deref());
-            let client = streamload_cli::kafka_client(&broker).await?;
-            if options.create {
+            Target::Kafka(topic) => {
+                let client = streamload_cli::kafka_client(&broker).await?;
                 produce::create_kafka(&client, &broker, topic, options.partitions).await?;
             }
-            let partitions = streamload_cli::kafka_partitions(&client, topic).await?;
-            let mut clients = Vec::new();
-            for p in &partitions {
-                clients.push(
-                    client
-                        .partition_client(
-                            topic.as_str(),
-                            *p,
-                            rskafka::client::partition::UnknownTopicHandling::Retry,
-                        )
-                        .await
-                        .map_err(|e| CliError::Kafka(format!("partition {topic}-{p}: {e}")))?,
-                );
-            }
-            while generator.left() > 0 {
-                pace.wait_for(options.events - generator.left()).await;
-                let part = generator.chunk(chunk);
-                let mut by_partition: Vec<Vec<rskafka::record::Record>> =
-                    vec![Vec::new(); clients.len()];
-                for r in &part {
-                    by_partition[produce::partition_of(&r.key, clients.len())].push(
-                        rskafka::record::Record {
-                            key: Some(r.key.clone().into_bytes()),
-                            value: Some(r.bytes.clone()),
-                            headers: Default::default(),
-                            timestamp: chrono::Utc::now(),
-                        },
-                    );
-                }
-                for (pc, recs) in clients.iter().zip(by_partition) {
-                    if !recs.is_empty() {
-                        pc.produce(recs, rskafka::client::partition::Compression::NoCompression)
-                            .await
-                            .map_err(|e| CliError::Kafka(format!("produce: {e}")))?;
-                    }
-                }
-                pb.set_position(options.events - generator.left());
-            }
         }
+    }
+    let writer = produce::StreamWriter::connect(&target, &broker).await?;
+    while generator.left() > 0 {
+        pace.wait_for(options.events - generator.left()).await;
+        writer.send(&generator.chunk(chunk)).await?;
+        pb.set_position(options.events - generator.left());
     }
     let manifest = generator.manifest;
     pb.finish_and_clear();
@@ -804,14 +762,7 @@ async fn status(
                 .fetch(topic, &partitions)
                 .await?;
             for p in partitions {
-                let pc = client
-                    .partition_client(
-                        topic.as_str(),
-                        p,
-                        rskafka::client::partition::UnknownTopicHandling::Retry,
-                    )
-                    .await
-                    .map_err(|e| CliError::Kafka(e.to_string()))?;
+                let pc = streamload_cli::kafka_partition_client(&client, topic, p).await?;
                 let high = pc
                     .get_offset(rskafka::client::partition::OffsetAt::Latest)
                     .await

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use base64::Engine;
 use serde_json::Value;
 
-use crate::produce::Outgoing;
+use crate::produce::{Outgoing, StreamWriter};
 use crate::{CliError, Target};
 
 /// How many times a record may be redriven before the guard stops it (default).
@@ -60,18 +60,12 @@ impl Ledger<'_> {
     }
 
     async fn count(&self, digest: &str) -> u32 {
-        let got = self
-            .s3
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.key(digest))
-            .send()
-            .await;
-        let Ok(out) = got else { return 0 };
-        let Ok(body) = out.body.collect().await else {
+        // No ledger object yet: never redriven.
+        let Ok(body) = streamload_aws::read_object(self.s3, &self.bucket, &self.key(digest)).await
+        else {
             return 0;
         };
-        serde_json::from_slice::<Value>(&body.into_bytes())
+        serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|v| v.get("redrives").and_then(Value::as_u64))
             .unwrap_or(0) as u32
@@ -120,50 +114,31 @@ async fn raw_bytes(doc: &Value, s3: &aws_sdk_s3::Client, bucket: &str) -> Result
     Err("the dead letter holds no bytes (a tombstone)".into())
 }
 
-/// Sends records to a stream or topic; Kafka keys pick the partition as `produce` does.
-pub async fn put_back(target: &Target, broker: &str, records: &[Outgoing]) -> Result<(), CliError> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    match target {
-        Target::Kinesis(stream) => {
-            let (client, _) = crate::kinesis_client().await;
-            for part in records.chunks(crate::produce::KINESIS_PUT_RECORDS_MAX) {
-                crate::produce::send_kinesis(&client, stream, part).await?;
-            }
+/// Writers by target, connected on first use and kept for the rest of a run.
+#[derive(Default)]
+pub struct Writers(HashMap<String, StreamWriter>);
+
+impl Writers {
+    /// Sends `records` to `target` (nothing to send: no connection either).
+    pub async fn send(
+        &mut self,
+        target: &Target,
+        broker: &str,
+        records: &[Outgoing],
+    ) -> Result<(), CliError> {
+        if records.is_empty() {
+            return Ok(());
         }
-        Target::Kafka(topic) => {
-            let client = crate::kafka_client(broker).await?;
-            let partitions = crate::kafka_partitions(&client, topic).await?;
-            let mut by_partition: HashMap<i32, Vec<rskafka::record::Record>> = HashMap::new();
-            for r in records {
-                let p = partitions[crate::produce::partition_of(&r.key, partitions.len())];
-                by_partition
-                    .entry(p)
-                    .or_default()
-                    .push(rskafka::record::Record {
-                        key: Some(r.key.clone().into_bytes()),
-                        value: Some(r.bytes.clone()),
-                        headers: Default::default(),
-                        timestamp: chrono::Utc::now(),
-                    });
-            }
-            for (p, recs) in by_partition {
-                client
-                    .partition_client(
-                        topic.as_str(),
-                        p,
-                        rskafka::client::partition::UnknownTopicHandling::Retry,
-                    )
-                    .await
-                    .map_err(|e| CliError::Kafka(format!("partition {topic}-{p}: {e}")))?
-                    .produce(recs, rskafka::client::partition::Compression::NoCompression)
-                    .await
-                    .map_err(|e| CliError::Kafka(format!("produce: {e}")))?;
-            }
+        let key = target.to_string();
+        if !self.0.contains_key(&key) {
+            let writer = StreamWriter::connect(target, broker).await?;
+            self.0.insert(key.clone(), writer);
+        }
+        match self.0.get(&key) {
+            Some(writer) => writer.send(records).await,
+            None => Ok(()),
         }
     }
-    Ok(())
 }
 
 /// Options of a redrive.
@@ -188,6 +163,7 @@ pub async fn redrive(
     // A dry run leaves every message visible (timeout 0), so the queue looks untouched; a
     // message seen twice ends the pass. A real run hides what it leaves for the run's length.
     let mut seen = std::collections::HashSet::new();
+    let mut writers = Writers::default();
     'pass: while report.len() < options.limit {
         let out = sqs
             .receive_message()
@@ -255,7 +231,9 @@ pub async fn redrive(
                         Some(String::from_utf8_lossy(&raw).into_owned())
                     })
                     .unwrap_or_else(|| dedup_id.clone());
-                put_back(options.to, options.broker, &[Outgoing { key, bytes }]).await?;
+                writers
+                    .send(options.to, options.broker, &[Outgoing { key, bytes }])
+                    .await?;
                 ledger.record(&d, times + 1).await?;
                 if let Some(handle) = m.receipt_handle() {
                     sqs.delete_message()
@@ -291,7 +269,11 @@ pub struct Replayed {
 }
 
 /// Reads the records of an on-failure message from the stream and puts them back.
-pub async fn replay_one(message: &Value, broker: &str) -> Result<Replayed, CliError> {
+pub async fn replay_one(
+    message: &Value,
+    broker: &str,
+    writers: &mut Writers,
+) -> Result<Replayed, CliError> {
     if let Some(info) = message.get("KinesisBatchInfo") {
         let text = |k: &str| info.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
         let (shard, first, last, arn) = (
@@ -353,7 +335,9 @@ pub async fn replay_one(message: &Value, broker: &str) -> Result<Replayed, CliEr
                 }
             }
         }
-        put_back(&Target::Kinesis(stream), broker, &found).await?;
+        writers
+            .send(&Target::Kinesis(stream), broker, &found)
+            .await?;
         return Ok(Replayed {
             unit: shard,
             first,
@@ -377,14 +361,7 @@ pub async fn replay_one(message: &Value, broker: &str) -> Result<Replayed, CliEr
             .unwrap_or(first);
         let expected = (last - first + 1).max(0) as u64;
         let client = crate::kafka_client(broker).await?;
-        let pc = client
-            .partition_client(
-                topic.as_str(),
-                partition,
-                rskafka::client::partition::UnknownTopicHandling::Retry,
-            )
-            .await
-            .map_err(|e| CliError::Kafka(format!("partition {topic}-{partition}: {e}")))?;
+        let pc = crate::kafka_partition_client(&client, &topic, partition).await?;
         let mut found = Vec::new();
         let mut next = first;
         while next <= last {
@@ -417,7 +394,9 @@ pub async fn replay_one(message: &Value, broker: &str) -> Result<Replayed, CliEr
                 expected - found.len() as u64
             )
         });
-        put_back(&Target::Kafka(topic.clone()), broker, &found).await?;
+        writers
+            .send(&Target::Kafka(topic.clone()), broker, &found)
+            .await?;
         return Ok(Replayed {
             unit: format!("{topic}-{partition}"),
             first: first.to_string(),
@@ -441,6 +420,7 @@ pub async fn replay(
     sqs: &aws_sdk_sqs::Client,
 ) -> Result<Vec<Replayed>, CliError> {
     let mut report = Vec::new();
+    let mut writers = Writers::default();
     loop {
         let out = sqs
             .receive_message()
@@ -459,7 +439,7 @@ pub async fn replay(
                 .body()
                 .and_then(|b| serde_json::from_str(b).ok())
                 .unwrap_or(Value::Null);
-            let r = replay_one(&doc, broker).await?;
+            let r = replay_one(&doc, broker, &mut writers).await?;
             if r.missing.is_none() && !keep {
                 if let Some(h) = m.receipt_handle() {
                     sqs.delete_message()

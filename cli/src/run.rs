@@ -362,14 +362,7 @@ pub async fn run_target(
             );
             let committed_in_group = group.fetch(topic, &partitions).await?;
             for partition in partitions {
-                let pc = client
-                    .partition_client(
-                        topic.as_str(),
-                        partition,
-                        rskafka::client::partition::UnknownTopicHandling::Retry,
-                    )
-                    .await
-                    .map_err(|e| CliError::Kafka(format!("partition {topic}-{partition}: {e}")))?;
+                let pc = crate::kafka_partition_client(&client, topic, partition).await?;
                 let name = format!("{topic}-{partition}");
                 // The group's commit is the checkpoint; a state file only fills in for a
                 // group that has none yet.

@@ -61,6 +61,24 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// AWS's on-failure message around a batch description (`KinesisBatchInfo` /
+/// `KafkaBatchInfo`).
+fn on_failure_message(condition: &str, invocations: u64, info_key: &str, info: Value) -> Value {
+    let mut message = json!({
+        "requestContext": {
+            "requestId": format!("local-{}", chrono::Utc::now().timestamp_micros()),
+            "functionArn": "arn:aws:lambda:us-east-1:000000000000:function:local",
+            "condition": condition,
+            "approximateInvokeCount": invocations,
+        },
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "version": "1.0",
+        "timestamp": rfc3339(chrono::Utc::now().timestamp_millis()),
+    });
+    message[info_key] = info;
+    message
+}
+
 /// The JSON size overhead of an event around its records.
 pub const EVENT_OVERHEAD: usize = 512;
 
@@ -222,26 +240,20 @@ impl Unit for KinesisShard {
 
     fn on_failure(&self, n: usize, condition: &str, invocations: u64) -> Value {
         let batch: Vec<&SourceRecord> = self.pending.iter().take(n).collect();
-        json!({
-            "requestContext": {
-                "requestId": format!("local-{}", chrono::Utc::now().timestamp_micros()),
-                "functionArn": "arn:aws:lambda:us-east-1:000000000000:function:local",
-                "condition": condition,
-                "approximateInvokeCount": invocations,
-            },
-            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
-            "version": "1.0",
-            "timestamp": rfc3339(chrono::Utc::now().timestamp_millis()),
-            "KinesisBatchInfo": {
-                "shardId": self.shard_id,
-                "startSequenceNumber": batch.first().map(|r| r.position.clone()),
-                "endSequenceNumber": batch.last().map(|r| r.position.clone()),
-                "approximateArrivalOfFirstRecord": batch.first().map(|r| rfc3339(r.arrival_ms)),
-                "approximateArrivalOfLastRecord": batch.last().map(|r| rfc3339(r.arrival_ms)),
-                "batchSize": batch.len(),
-                "streamArn": self.stream_arn,
-            }
-        })
+        on_failure_message(
+            condition,
+            invocations,
+            "KinesisBatchInfo",
+            json!({
+                    "shardId": self.shard_id,
+                    "startSequenceNumber": batch.first().map(|r| r.position.clone()),
+                    "endSequenceNumber": batch.last().map(|r| r.position.clone()),
+                    "approximateArrivalOfFirstRecord": batch.first().map(|r| rfc3339(r.arrival_ms)),
+                    "approximateArrivalOfLastRecord": batch.last().map(|r| rfc3339(r.arrival_ms)),
+                    "batchSize": batch.len(),
+                    "streamArn": self.stream_arn,
+            }),
+        )
     }
 }
 
@@ -396,26 +408,20 @@ impl Unit for KafkaPartition {
 
     fn on_failure(&self, n: usize, condition: &str, invocations: u64) -> Value {
         let batch: Vec<&SourceRecord> = self.pending.iter().take(n).collect();
-        json!({
-            "requestContext": {
-                "requestId": format!("local-{}", chrono::Utc::now().timestamp_micros()),
-                "functionArn": "arn:aws:lambda:us-east-1:000000000000:function:local",
-                "condition": condition,
-                "approximateInvokeCount": invocations,
-            },
-            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
-            "version": "1.0",
-            "timestamp": rfc3339(chrono::Utc::now().timestamp_millis()),
-            "KafkaBatchInfo": {
-                "batchSize": batch.len(),
-                "bootstrapServers": self.bootstrap,
-                "topic": self.topic,
-                "partition": self.partition,
-                "startOffset": batch.first().and_then(|r| r.position.parse::<i64>().ok()),
-                "endOffset": batch.last().and_then(|r| r.position.parse::<i64>().ok()),
-                "approximateArrivalOfFirstRecord": batch.first().map(|r| rfc3339(r.arrival_ms)),
-                "approximateArrivalOfLastRecord": batch.last().map(|r| rfc3339(r.arrival_ms)),
-            }
-        })
+        on_failure_message(
+            condition,
+            invocations,
+            "KafkaBatchInfo",
+            json!({
+                    "batchSize": batch.len(),
+                    "bootstrapServers": self.bootstrap,
+                    "topic": self.topic,
+                    "partition": self.partition,
+                    "startOffset": batch.first().and_then(|r| r.position.parse::<i64>().ok()),
+                    "endOffset": batch.last().and_then(|r| r.position.parse::<i64>().ok()),
+                    "approximateArrivalOfFirstRecord": batch.first().map(|r| rfc3339(r.arrival_ms)),
+                    "approximateArrivalOfLastRecord": batch.last().map(|r| rfc3339(r.arrival_ms)),
+            }),
+        )
     }
 }

@@ -65,34 +65,12 @@ async fn the_kafka_loader_loads_a_topic_once_across_partitions() {
         .await
         .unwrap();
     let (records, manifest) = plan(300, 0.10, 0.03, &target);
-    for p in streamload_cli::kafka_partitions(&client, &stack.name)
+    produce::StreamWriter::connect(&target, &broker)
         .await
         .unwrap()
-    {
-        let pc = client
-            .partition_client(
-                stack.name.as_str(),
-                p,
-                rskafka::client::partition::UnknownTopicHandling::Retry,
-            )
-            .await
-            .unwrap();
-        let mine: Vec<rskafka::record::Record> = records
-            .iter()
-            .filter(|r| produce::partition_of(&r.key, 3) == p as usize)
-            .map(|r| rskafka::record::Record {
-                key: Some(r.key.clone().into_bytes()),
-                value: Some(r.bytes.clone()),
-                headers: Default::default(),
-                timestamp: chrono::Utc::now(),
-            })
-            .collect();
-        if !mine.is_empty() {
-            pc.produce(mine, rskafka::client::partition::Compression::NoCompression)
-                .await
-                .unwrap();
-        }
-    }
+        .send(&records)
+        .await
+        .unwrap();
     let o = options(
         FunctionSpec {
             binary: loader("kafka-loader"),
