@@ -84,6 +84,17 @@ impl ConnectOptions {
     /// assert!(ConnectOptions::parse("postgres://h/db?sslmode=prefer").is_err());
     /// ```
     pub fn parse(text: &str) -> Result<Self, OptionsError> {
+        let (pg, tls) = Self::read(text)?;
+        Self::new(pg, tls)
+    }
+
+    /// Checks a connection string's syntax and `sslmode` without building its TLS set-up
+    /// (the configuration check at start-up; [`ConnectOptions::parse`] builds it once).
+    pub fn validate(text: &str) -> Result<(), OptionsError> {
+        Self::read(text).map(|_| ())
+    }
+
+    fn read(text: &str) -> Result<(Config, TlsSettings), OptionsError> {
         let (rest, mode, root) = split_tls_options(text)?;
         let pg: Config = rest.parse().map_err(|_| OptionsError::Syntax)?;
         let mode = match mode {
@@ -94,7 +105,7 @@ impl ConnectOptions {
             Some(path) if !path.is_empty() => RootCerts::File(path.into()),
             _ => RootCerts::AmazonRds,
         };
-        Self::new(pg, TlsSettings { mode, root_certs })
+        Ok((pg, TlsSettings { mode, root_certs }))
     }
 
     /// Options over a prepared [`Config`] (its own `ssl_mode` is replaced by `tls`).

@@ -147,7 +147,7 @@ impl Config {
 
         let url = match get("DATABASE_URL") {
             Some(url) => {
-                streamload_postgres::ConnectOptions::parse(&url).map_err(|e| {
+                streamload_postgres::ConnectOptions::validate(&url).map_err(|e| {
                     ConfigError::Invalid {
                         name: "DATABASE_URL",
                         why: e.to_string(),
