@@ -2,6 +2,8 @@
 //! (EMF) metrics. Counts and durations only: never payload text.
 
 use serde_json::{json, Map, Value};
+use std::fmt;
+use std::time::Instant;
 
 /// EMF accepts at most 100 values per metric in one document.
 pub const EMF_MAX_VALUES: usize = 100;
@@ -21,6 +23,141 @@ pub struct BatchSummary {
     pub latency_from_created_ms: Vec<i64>,
     /// Milliseconds from the source's arrival timestamp to load.
     pub latency_from_arrival_ms: Vec<i64>,
+    /// Where the batch's time went, phase by phase.
+    pub phases: PhaseTimes,
+}
+
+/// The steps of a batch, in the order the pipeline runs them (see [`crate::pipeline`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Decode, validate, map, collapse in-batch duplicates, plan objects.
+    Decode,
+    /// Dedup claims (conditional writes) and the existence checks of refused ones.
+    Claims,
+    /// Poison records: queue sends and their archives, refused rows included.
+    DeadLetters,
+    /// Parquet encoding of the claimed rows.
+    Encode,
+    /// The upsert transaction (and the release of claims of rows it refused).
+    Database,
+    /// Parquet object writes.
+    Objects,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Decode,
+        Phase::Claims,
+        Phase::DeadLetters,
+        Phase::Encode,
+        Phase::Database,
+        Phase::Objects,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Decode => "decode",
+            Phase::Claims => "claims",
+            Phase::DeadLetters => "dead_letters",
+            Phase::Encode => "encode",
+            Phase::Database => "database",
+            Phase::Objects => "objects",
+        }
+    }
+}
+
+/// CPU time of the whole process (every thread) so far, in µs, where the platform tells it
+/// cheaply; `None` elsewhere.
+pub fn process_cpu_us() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `t` is a valid, writable timespec; the clock id is a constant Linux knows.
+        let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } == 0;
+        ok.then(|| t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
+/// A moment to measure a phase from: wall clock and process CPU.
+#[derive(Debug, Clone, Copy)]
+pub struct PhaseMark {
+    wall: Instant,
+    cpu_us: Option<u64>,
+}
+
+impl PhaseMark {
+    pub fn now() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu_us: process_cpu_us(),
+        }
+    }
+}
+
+/// Wall time and process CPU time spent in each [`Phase`] of one batch. The process CPU
+/// counts every thread (runtime workers, connection tasks): what the batch cost, not only
+/// the pipeline's own code.
+///
+/// ```
+/// use streamload_core::metrics::{Phase, PhaseMark, PhaseTimes};
+/// let mut phases = PhaseTimes::default();
+/// let mark = PhaseMark::now();
+/// let mark = phases.add(Phase::Decode, mark);
+/// phases.add(Phase::Claims, mark);
+/// assert!(phases.to_string().starts_with("decode="));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PhaseTimes {
+    wall_us: [u64; 6],
+    cpu_us: [u64; 6],
+}
+
+impl PhaseTimes {
+    /// Adds the time since `since` to `phase`; returns the mark the next phase starts from.
+    pub fn add(&mut self, phase: Phase, since: PhaseMark) -> PhaseMark {
+        let now = PhaseMark::now();
+        let i = phase as usize;
+        self.wall_us[i] += now.wall.duration_since(since.wall).as_micros() as u64;
+        if let (Some(a), Some(b)) = (since.cpu_us, now.cpu_us) {
+            self.cpu_us[i] += b.saturating_sub(a);
+        }
+        now
+    }
+
+    pub fn wall_us(&self, phase: Phase) -> u64 {
+        self.wall_us[phase as usize]
+    }
+
+    pub fn cpu_us(&self, phase: Phase) -> u64 {
+        self.cpu_us[phase as usize]
+    }
+}
+
+/// `decode=<wall ms>/<cpu ms> claims=… objects=…`, one `name=wall/cpu` pair per phase.
+impl fmt::Display for PhaseTimes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, phase) in Phase::ALL.iter().enumerate() {
+            let i = *phase as usize;
+            if n > 0 {
+                f.write_str(" ")?;
+            }
+            write!(
+                f,
+                "{}={:.1}/{:.1}",
+                phase.name(),
+                self.wall_us[i] as f64 / 1000.0,
+                self.cpu_us[i] as f64 / 1000.0
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Up to `EMF_MAX_VALUES` evenly spaced order statistics, so CloudWatch percentiles of the
@@ -95,6 +232,7 @@ mod tests {
             duration_ms: 12,
             latency_from_created_ms: (0..1000).collect(),
             latency_from_arrival_ms: vec![5],
+            phases: PhaseTimes::default(),
         };
         let doc = s.emf("kinesis-loader", 1);
         let declared = doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]
@@ -109,5 +247,31 @@ mod tests {
         assert_eq!(sample.len(), EMF_MAX_VALUES);
         assert_eq!(sample[0], 0);
         assert_eq!(sample[EMF_MAX_VALUES - 1], 999);
+    }
+
+    #[test]
+    fn phase_times_accumulate_per_phase_and_print_one_pair_each() {
+        // Given two spells of work in the claims phase and one in decode
+        let mut phases = PhaseTimes::default();
+        let mark = PhaseMark::now();
+        let spin = |n: u64| (0..n).fold(0u64, |a, b| a.wrapping_add(b * b));
+        std::hint::black_box(spin(2_000_000));
+        let mark = phases.add(Phase::Decode, mark);
+        std::hint::black_box(spin(2_000_000));
+        let mark = phases.add(Phase::Claims, mark);
+        std::hint::black_box(spin(2_000_000));
+        phases.add(Phase::Claims, mark);
+
+        // Then each phase holds its own time, and the text names every phase once
+        assert!(phases.wall_us(Phase::Decode) > 0);
+        assert!(phases.wall_us(Phase::Claims) > 0);
+        assert_eq!(phases.wall_us(Phase::Objects), 0);
+        if process_cpu_us().is_some() {
+            assert!(phases.cpu_us(Phase::Claims) > 0);
+        }
+        let text = phases.to_string();
+        for phase in Phase::ALL {
+            assert_eq!(text.matches(&format!("{}=", phase.name())).count(), 1, "{text}");
+        }
     }
 }

@@ -17,7 +17,7 @@ use crate::dead_letter::{self, poison_digest, DeadLetterData};
 use crate::encode::{encode_parquet, EncodeError, ParquetRow};
 use crate::error::{Classify, PortError};
 use crate::event::{Poison, PoisonKind, DEFAULT_MAX_RECORD_BYTES};
-use crate::metrics::BatchSummary;
+use crate::metrics::{BatchSummary, Phase, PhaseMark, PhaseTimes};
 use crate::object_key::{
     data_object_key, dead_letter_key, dead_letter_message_key, hour_partition,
 };
@@ -178,6 +178,8 @@ struct Work<'b> {
     /// Indices whose claim write has an unknown outcome: it may have landed, so it is
     /// released too.
     unknown: Vec<usize>,
+    /// Where the time went.
+    phases: PhaseTimes,
 }
 
 impl Work<'_> {
@@ -292,6 +294,7 @@ where
     /// time left before `finish_margin`, so the answer always reaches Lambda in time.
     pub async fn process(&self, batch: &Batch, inv: &Invocation) -> BatchReport {
         let started = Instant::now();
+        let mark = PhaseMark::now();
         let n = batch.records.len();
         let mut work = Work {
             batch,
@@ -300,6 +303,7 @@ where
             claimed: Vec::new(),
             tainted: HashSet::new(),
             unknown: Vec::new(),
+            phases: PhaseTimes::default(),
         };
 
         // 1. Route, decode and map.
@@ -342,11 +346,13 @@ where
         self.plan_objects(&mut work, &winners);
         let poisoned: Vec<usize> = (0..n).filter(|&i| work.slots[i].poison.is_some()).collect();
         self.plan_dead_letters(&mut work, &poisoned);
+        let mark = work.phases.add(Phase::Decode, mark);
 
         // 3. Claims, for new events and poison records alike.
         let mut to_claim = winners;
         to_claim.extend(poisoned);
         self.claim_all(&mut work, &to_claim).await;
+        let mark = work.phases.add(Phase::Claims, mark);
 
         // 4 and 5: database then Parquet objects for events; the queue for poison records.
         let claimed = std::mem::take(&mut work.claimed);
@@ -355,7 +361,9 @@ where
             .partition(|&i| work.slots[i].event.is_some());
         work.claimed = events;
         self.dead_letter_all(&mut work, &poison).await;
+        work.phases.add(Phase::DeadLetters, mark);
         let refused = self.load_claimed(&mut work).await;
+        let mark = PhaseMark::now();
 
         // 6. Rows a sink refused are poison too: dead-lettered under a poison claim of
         // their own, like a record that failed validation.
@@ -366,6 +374,7 @@ where
             self.dead_letter_all(&mut work, &claimed).await;
             let unknown = std::mem::take(&mut work.unknown);
             self.give_up(&mut work, &unknown, FailureCause::Dedup).await;
+            work.phases.add(Phase::DeadLetters, mark);
         }
 
         // A copy follows its first copy's failure, so it is redelivered with it.
@@ -382,7 +391,8 @@ where
                     .unwrap_or(RecordOutcome::Failed(FailureCause::Deadline))
             })
             .collect();
-        let summary = summarise(batch, &work.slots, &outcomes, started.elapsed());
+        let mut summary = summarise(batch, &work.slots, &outcomes, started.elapsed());
+        summary.phases = work.phases;
         BatchReport {
             failures: lowest_failures(batch, &outcomes),
             outcomes,
@@ -746,6 +756,7 @@ where
 
         // Encode first: a value the Parquet encoder cannot write is found before its row
         // reaches the database, so no event is ever in PostgreSQL and missing from the lake.
+        let mark = PhaseMark::now();
         let ingested_at_us = now_ms() * 1000;
         let mut refused: Vec<(usize, String)> = Vec::new();
         let mut bodies: BTreeMap<String, Result<Vec<u8>, EncodeError>> = BTreeMap::new();
@@ -772,6 +783,7 @@ where
             .filter(|i| !encoder_refused.contains(i))
             .collect();
 
+        let mark = work.phases.add(Phase::Encode, mark);
         let rows: Vec<Row<'_>> = to_load
             .iter()
             .filter_map(|&i| work.slots[i].event.as_ref())
@@ -844,6 +856,7 @@ where
             slot.event = None;
         }
 
+        let mark = work.phases.add(Phase::Database, mark);
         if now_ms() > cutoff {
             let all: Vec<usize> = by_object.into_values().flatten().collect();
             self.give_up(work, &all, FailureCause::Deadline).await;
@@ -894,6 +907,7 @@ where
                 }
             }
         }
+        work.phases.add(Phase::Objects, mark);
         refused.into_iter().map(|(i, _)| i).collect()
     }
 
