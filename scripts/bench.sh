@@ -45,3 +45,6 @@ done
 
 cargo bench -p streamload-tests --bench load
 cargo bench -p streamload-tests --bench faults
+
+
+scripts/bench-invocation.sh

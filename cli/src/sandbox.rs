@@ -119,6 +119,12 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The id of the running process, if one runs: `/proc/<pid>` and cgroups measure and
+    /// limit its CPU from outside (the invocation bench).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     /// Kills the process (as Lambda reclaims a sandbox); the next invocation starts another.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
