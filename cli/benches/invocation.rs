@@ -12,6 +12,7 @@
 //! - peak memory (VmHWM) after the measured batches;
 //! - the duration of one 10,000-record batch with the process held to 0.25 and 1 vCPU by a
 //!   cgroup CPU quota (skipped, and said so, where cgroups cannot be written).
+//!
 //! Afterwards every variant's sinks are checked: each event once in PostgreSQL and in
 //! Parquet, nothing else — the speed must not cost exactly-once.
 //!
@@ -21,7 +22,8 @@
 //! opens one upstream connection per request itself). `@direct` after a variant's path
 //! points it at the endpoint itself, to show the difference.
 //!
-//! Environment: `INVOCATION_VARIANTS` (`label=path[@direct],…`, required), and optionally
+//! Environment: `INVOCATION_VARIANTS` (`label=path[@direct][|VAR=value…],…`, required; the
+//! `|VAR=value` pairs are extra function environment), and optionally
 //! `INVOCATION_RECORDS` (per batch, 1000), `INVOCATION_BATCHES` (per round, 3),
 //! `INVOCATION_ROUNDS` (2), `INVOCATION_BIG` (records of the CPU-limited batch, 10000; 0
 //! skips it), `INVOCATION_CPUS` (`0.25,1`). Run by `make bench` (scripts/bench.sh), which
@@ -56,6 +58,8 @@ struct Variant {
     label: String,
     binary: PathBuf,
     direct: bool,
+    /// Extra environment of the function (`|VAR=value` after the path).
+    env: Vec<(String, String)>,
 }
 
 fn variants() -> Vec<Variant> {
@@ -64,9 +68,15 @@ fn variants() -> Vec<Variant> {
     spec.split(',')
         .filter(|s| !s.is_empty())
         .map(|item| {
-            let (label, path) = item
+            let (label, rest) = item
                 .split_once('=')
                 .unwrap_or_else(|| panic!("INVOCATION_VARIANTS item {item:?}: label=path"));
+            let mut parts = rest.split('|');
+            let path = parts.next().unwrap_or("");
+            let env = parts
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
             let (path, direct) = match path.strip_suffix("@direct") {
                 Some(p) => (p, true),
                 None => (path, false),
@@ -76,6 +86,7 @@ fn variants() -> Vec<Variant> {
                 label: label.to_owned(),
                 binary: path.into(),
                 direct,
+                env,
             }
         })
         .collect()
@@ -251,11 +262,17 @@ fn last_done(log: &Path, offset: &mut u64) -> Option<Done> {
     f.read_to_string(&mut text).ok()?;
     *offset += text.len() as u64;
     text.lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"] == "batch done")
-        .last()
+        .find(|v| v["message"] == "batch done")
         .map(|v| {
-            let fields = &v["fields"];
+            // The loader's JSON lines carry their fields at the top level; other
+            // formatters nest them under "fields".
+            let fields = if v.get("phases").is_some() {
+                &v
+            } else {
+                &v["fields"]
+            };
             let mut done = Done::default();
             for pair in fields["phases"].as_str().unwrap_or("").split_whitespace() {
                 if let Some((name, times)) = pair.split_once('=') {
@@ -283,6 +300,8 @@ struct Tally {
     requests: BTreeMap<String, u64>,
     phases: BTreeMap<String, (f64, f64)>,
     peak_kb: u64,
+    /// Context switches of the process's threads (voluntary: it slept waiting for I/O).
+    switches: u64,
     big: Vec<(f64, Option<f64>)>,
 }
 
@@ -321,6 +340,7 @@ impl Function {
             ("OUTPUT_BUCKET".into(), stack.config.output_bucket.clone()),
             ("DLQ_URL".into(), stack.config.dlq_url.clone()),
         ]);
+        env.extend(v.env.iter().cloned());
         let sandbox = Sandbox::new(FunctionSpec {
             binary: v.binary.clone(),
             name: format!("bench-{}", v.label),
@@ -369,6 +389,28 @@ impl Function {
         self.meter.as_ref().map_or((0, 0), CpuMeter::read)
     }
 
+    /// Context switches so far, summed over the process's live threads.
+    fn switches(&self) -> u64 {
+        let pid = self.sandbox.pid().unwrap_or(0);
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return 0;
+        };
+        tasks
+            .filter_map(Result::ok)
+            .map(|t| {
+                std::fs::read_to_string(t.path().join("status"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| {
+                        l.strip_prefix("voluntary_ctxt_switches:")
+                            .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                    })
+                    .filter_map(|v| v.trim().parse::<u64>().ok())
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
     fn peak_kb(&self) -> u64 {
         let pid = self.sandbox.pid().unwrap_or(0);
         std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -383,7 +425,10 @@ impl Function {
     async fn warm_up(&mut self, tag: &str) {
         let event = self.feed.batch(200);
         self.deliver(event).await;
-        let pid = self.sandbox.pid().expect("the loader runs after its first batch");
+        let pid = self
+            .sandbox
+            .pid()
+            .expect("the loader runs after its first batch");
         self.meter = Some(CpuMeter::attach(pid, &format!("streamload-bench-{tag}")));
     }
 
@@ -392,8 +437,10 @@ impl Function {
         let event = self.feed.batch(records);
         let before_requests = self.proxy.counts();
         let (u0, s0) = self.cpu();
+        let switches = self.switches();
         let started = Instant::now();
         let (redeliveries, done) = self.deliver(event).await;
+        tally.switches += self.switches().saturating_sub(switches);
         let wall = started.elapsed().as_secs_f64() * 1000.0;
         let (u1, s1) = self.cpu();
         tally.records += records as u64;
@@ -479,7 +526,10 @@ async fn main() {
         for &c in &cpus {
             for (n, f) in functions.iter_mut().enumerate() {
                 let r = f.limited_batch(big, c).await;
-                eprintln!("{}: {big} records at {c} vCPU: {:.1} s", variants[n].label, r.0);
+                eprintln!(
+                    "{}: {big} records at {c} vCPU: {:.1} s",
+                    variants[n].label, r.0
+                );
                 tallies[n].big.push(r);
             }
         }
@@ -503,18 +553,19 @@ async fn main() {
         POISON_SHARE * 100.0
     );
     println!(
-        "{:<28} {:>9} {:>9} {:>9} {:>10} {:>9} {:>7}",
-        "variant", "CPU µs/rec", "user", "sys", "wall/batch", "peak MB", "redeliv"
+        "{:<28} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
+        "variant", "CPU µs/rec", "user", "sys", "wall/batch", "switch/rec", "peak MB", "redeliv"
     );
     for (v, t) in variants.iter().zip(&tallies) {
         let per = |us: u64| us as f64 / t.records.max(1) as f64;
         println!(
-            "{:<28} {:>9.1} {:>9.1} {:>9.1} {:>8.0}ms {:>9.1} {:>7}",
-            format!("{}{}", v.label, if v.direct { " (direct)" } else { "" }),
+            "{:<28} {:>9.1} {:>9.1} {:>9.1} {:>8.0}ms {:>10.2} {:>9.1} {:>7}",
+            format!("{}{}", v.label, if v.direct { " (to moto)" } else { "" }),
             per(t.user_us + t.sys_us),
             per(t.user_us),
             per(t.sys_us),
             t.wall_ms / t.batches.max(1) as f64,
+            t.switches as f64 / t.records.max(1) as f64,
             t.peak_kb as f64 / 1024.0,
             t.redeliveries
         );

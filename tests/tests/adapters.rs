@@ -14,13 +14,67 @@ fn claim(owner: &str, expires_at_s: i64) -> Claim {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dedup_claims_are_conditional_and_return_the_holder() {
-    let stack = TestStack::new("ddb", false).await;
-    let dedup = DynamoDedup::new(
+/// The dedup store both ways it reaches DynamoDB: every call through the SDK, and the
+/// conditional writes through streamload's own PutItem client (the default).
+fn both_dedup_clients(stack: &TestStack) -> [(&'static str, DynamoDedup); 2] {
+    let sdk = DynamoDedup::new(
         aws_sdk_dynamodb::Client::new(&stack.sdk),
         &stack.config.dedup_table,
     );
+    let direct = sdk.clone().with_direct_writes(
+        streamload_aws::PutItemClient::from_sdk(&stack.sdk).expect("moto is a plain endpoint"),
+    );
+    assert!(direct.writes_directly() && !sdk.writes_directly());
+    [("sdk", sdk), ("direct", direct)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_claims_are_conditional_and_return_the_holder() {
+    for (client, dedup) in both_dedup_clients(&TestStack::new("ddb", false).await) {
+        eprintln!("dedup client: {client}");
+        dedup_contract(&dedup).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_key_and_owner_of_any_text_round_trip_through_both_clients() {
+    // Given keys and owners with quotes, backslashes, control and non-ASCII characters (an
+    // event id is the producer's text)
+    let stack = TestStack::new("ddbtext", false).await;
+    for (n, (client, dedup)) in both_dedup_clients(&stack).into_iter().enumerate() {
+        let tricky = Claim {
+            key: format!("ev:{n}\"q\"\\ \u{1}\n ünïcødé 🦀 }}{{"),
+            owner: "own\"er\\".into(),
+            lease_until_ms: 1_700_000_000_123,
+            object_key: "events/dt=2026-12-02/h=05/x.parquet".into(),
+            expires_at_s: 1_900_000_000,
+        };
+        // When it is claimed, then claimed again by someone else
+        assert_eq!(
+            dedup.try_claim(&tricky, 1_000).await.unwrap(),
+            ClaimAttempt::Claimed,
+            "{client}"
+        );
+        let other = Claim {
+            owner: "someone else".into(),
+            ..tricky.clone()
+        };
+        // Then the refusal returns it byte for byte, and a read agrees
+        assert_eq!(
+            dedup.try_claim(&other, 1_000).await.unwrap(),
+            ClaimAttempt::Held(tricky.clone()),
+            "{client}"
+        );
+        assert_eq!(
+            dedup.read(&tricky.key).await.unwrap(),
+            Some(tricky.clone()),
+            "{client}"
+        );
+    }
+}
+
+/// Each run leaves the key as it found it (absent), so the next client starts clean.
+async fn dedup_contract(dedup: &DynamoDedup) {
     let now = 1_000_000;
     // Given a first claim
     assert_eq!(

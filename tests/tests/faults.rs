@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 use streamload_core::ports::{Claim, DedupStore};
 use streamload_core::{FailureCause, PoisonKind, RecordOutcome};
+use streamload_runtime::DedupClient;
 use streamload_tests::fault_proxy::{Fault, Rule};
 use streamload_tests::*;
 
@@ -375,4 +376,48 @@ async fn sustained_throttling_keeps_exactly_once_and_most_of_the_batch_in_one_in
         first_completed * 10 >= records.len() * 8,
         "{first_completed}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_applied_then_lost_then_throttled_to_the_end_is_never_taken_for_unwritten() {
+    for client in [DedupClient::Direct, DedupClient::Sdk] {
+        // Given an endpoint that applies the first claim write of "a" and closes the
+        // connection without an answer, then throttles every later write of "a"
+        let mut stack = TestStack::new("lostthrottled", false).await;
+        stack.config.dedup_client = client;
+        let proxy = stack.fault_proxy().await;
+        proxy.add(Rule::once("DynamoDB.PutItem", Fault::LoseAnswerClose).with_body("\"ev:a\""));
+        proxy.add(Rule::always("DynamoDB.PutItem", Fault::Throttle).with_body("\"ev:a\""));
+        let p = stack.pipeline_via(&proxy).await;
+        // When "a", "b" and "c" (one object) are processed
+        let b = batch(&[plain(1, "a"), plain(2, "b"), plain(3, "c")]);
+        let report = p
+            .process(&b, &invocation("inv-1", Duration::from_secs(20)))
+            .await;
+        // Then the write stays "maybe applied" through the throttled attempts, the
+        // consistent read after the rounds finds the claim ours, and all three load now
+        // (were it taken for never written, "a" would be reported while its claim, naming
+        // the object written with "b" and "c", made every redelivery see it done: lost)
+        assert!(proxy.faulted("DynamoDB.PutItem") > 1, "{client:?}");
+        assert!(
+            report.failures.is_empty(),
+            "{client:?}: {:?}",
+            report.outcomes
+        );
+        // And a redelivery finds every event done, each exactly once in both sinks
+        proxy.clear();
+        let again = stack
+            .pipeline()
+            .await
+            .process(&b, &invocation("inv-2", Duration::from_secs(60)))
+            .await;
+        assert!(
+            again.failures.is_empty(),
+            "{client:?}: {:?}",
+            again.outcomes
+        );
+        stack
+            .assert_each_once_in_both_sinks(&ids(&["a", "b", "c"]))
+            .await;
+    }
 }

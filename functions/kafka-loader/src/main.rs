@@ -3,9 +3,11 @@
 
 use lambda_runtime::Error;
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+fn main() -> Result<(), Error> {
     streamload_runtime::init_tracing();
-    let pipeline = streamload_runtime::start().await?;
-    streamload_runtime::run::<streamload_runtime::Kafka>(pipeline).await
+    // Current-thread unless STREAMLOAD_WORKER_THREADS says otherwise (see async_runtime).
+    streamload_runtime::async_runtime()?.block_on(async {
+        let pipeline = streamload_runtime::start().await?;
+        streamload_runtime::run::<streamload_runtime::Kafka>(pipeline).await
+    })
 }

@@ -6,15 +6,24 @@
 //! (`ReturnValuesOnConditionCheckFailure = ALL_OLD`): a duplicate costs no second round trip,
 //! and a write whose answer was lost, retried by the SDK, recognises its own earlier attempt
 //! in the item that refuses the retry.
+//!
+//! The two conditional writes go through [`PutItemClient`] (the hot call without the SDK's
+//! orchestrator) when the endpoint allows it; the rare read and release use the SDK client.
 
 use crate::error::classify_sdk_error;
+use crate::put_item::{conditional_write_attempts, AttributeText, PutAnswer, PutItemClient};
+use crate::SMALL_CALL_ATTEMPT_TIMEOUT;
+use aws_config::retry::RetryConfig;
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
+use std::sync::Arc;
 use streamload_core::error::PortError;
 use streamload_core::ports::{Claim, ClaimAttempt, DedupStore};
+use streamload_core::retry::SINK_RETRY;
 
 const PK: &str = "pk";
 const OWNER: &str = "claim_owner";
@@ -22,18 +31,145 @@ const LEASE: &str = "lease_until";
 const OBJECT: &str = "object_key";
 const EXPIRES: &str = "expires_at";
 
+const CLAIM_CONDITION: &str = "attribute_not_exists(#pk) OR #exp < :now";
+const TAKEOVER_CONDITION: &str = "#owner = :owner AND #lease = :lease";
+
 #[derive(Clone)]
 pub struct DynamoDedup {
     client: Client,
     table: String,
+    /// The conditional writes' own sender; `None`: through the SDK client.
+    direct: Option<Arc<PutItemClient>>,
 }
 
 impl DynamoDedup {
+    /// Claims through the SDK `client` alone.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,
             table: table.into(),
+            direct: None,
         }
+    }
+
+    /// Sends the conditional writes through `direct` (see [`PutItemClient`]).
+    pub fn with_direct_writes(mut self, direct: PutItemClient) -> Self {
+        self.direct = Some(Arc::new(direct));
+        self
+    }
+
+    /// Whether the conditional writes bypass the SDK.
+    pub fn writes_directly(&self) -> bool {
+        self.direct.is_some()
+    }
+}
+
+/// One attribute value of a request body.
+enum Attr<'a> {
+    S(&'a str),
+    N(i64),
+}
+
+/// Appends `text` as a JSON string (quoted and escaped).
+fn push_json_str(out: &mut Vec<u8>, text: &str) -> Result<(), PortError> {
+    serde_json::to_writer(&mut *out, text)
+        .map_err(|_| PortError::permanent("dynamodb PutItem: request body"))
+}
+
+/// Appends `{"S":"…"}` or `{"N":"…"}`.
+fn push_attr(out: &mut Vec<u8>, value: &Attr<'_>) -> Result<(), PortError> {
+    match value {
+        Attr::S(s) => {
+            out.extend_from_slice(br#"{"S":"#);
+            push_json_str(out, s)?;
+        }
+        Attr::N(n) => {
+            out.extend_from_slice(br#"{"N":""#);
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.push(b'"');
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// A conditional `PutItem` request body (DynamoDB JSON 1.0), written straight from the claim:
+/// no attribute maps are built for a request sent once per record. Names and conditions are
+/// constants of this module; every text value is escaped by serde_json.
+fn body_of(
+    table: &str,
+    claim: &Claim,
+    condition: &'static str,
+    names: [(&'static str, &'static str); 2],
+    values: &[(&'static str, Attr<'_>)],
+) -> Result<bytes::Bytes, PortError> {
+    let mut out = Vec::with_capacity(
+        320 + table.len() + claim.key.len() + claim.owner.len() + claim.object_key.len(),
+    );
+    out.extend_from_slice(br#"{"TableName":"#);
+    push_json_str(&mut out, table)?;
+    out.extend_from_slice(br#","Item":{"#);
+    let item = [
+        (PK, Attr::S(&claim.key)),
+        (OWNER, Attr::S(&claim.owner)),
+        (LEASE, Attr::N(claim.lease_until_ms)),
+        (OBJECT, Attr::S(&claim.object_key)),
+        (EXPIRES, Attr::N(claim.expires_at_s)),
+    ];
+    for (n, (name, value)) in item.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        push_json_str(&mut out, name)?;
+        out.push(b':');
+        push_attr(&mut out, value)?;
+    }
+    out.extend_from_slice(br#"},"ConditionExpression":"#);
+    push_json_str(&mut out, condition)?;
+    out.extend_from_slice(br#","ExpressionAttributeNames":{"#);
+    for (n, (placeholder, name)) in names.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        push_json_str(&mut out, placeholder)?;
+        out.push(b':');
+        push_json_str(&mut out, name)?;
+    }
+    out.extend_from_slice(br#"},"ExpressionAttributeValues":{"#);
+    for (n, (placeholder, value)) in values.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        push_json_str(&mut out, placeholder)?;
+        out.push(b':');
+        push_attr(&mut out, value)?;
+    }
+    out.extend_from_slice(br#"},"ReturnValuesOnConditionCheckFailure":"ALL_OLD"}"#);
+    Ok(bytes::Bytes::from(out))
+}
+
+fn claim_of_text(item: &HashMap<String, AttributeText>) -> Result<Claim, PortError> {
+    let s = |k: &str| match item.get(k) {
+        Some(AttributeText::S(v)) => Some(v.clone()),
+        _ => None,
+    };
+    let n = |k: &str| match item.get(k) {
+        Some(AttributeText::N(v)) => v.parse::<i64>().ok(),
+        _ => None,
+    };
+    match (s(PK), s(OWNER), n(LEASE), s(OBJECT), n(EXPIRES)) {
+        (Some(key), Some(owner), Some(lease_until_ms), Some(object_key), Some(expires_at_s)) => {
+            Ok(Claim {
+                key,
+                owner,
+                lease_until_ms,
+                object_key,
+                expires_at_s,
+            })
+        }
+        _ => Err(PortError::permanent(
+            "dedup item is missing claim attributes",
+        )),
     }
 }
 
@@ -54,6 +190,64 @@ fn item_of(claim: &Claim) -> HashMap<String, AttributeValue> {
             AttributeValue::N(claim.expires_at_s.to_string()),
         ),
     ])
+}
+
+/// A conditional PutItem through the SDK, with the SDK's own retries off and
+/// [`conditional_write_attempts`] in their place: the SDK would report only its last
+/// attempt's error, forgetting that an earlier one may have been applied.
+async fn sdk_conditional_put(
+    request: aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder,
+) -> Result<PutAnswer, PortError> {
+    conditional_write_attempts(SINK_RETRY, SMALL_CALL_ATTEMPT_TIMEOUT, || {
+        let request = request.clone();
+        async move {
+            let sent = request
+                .customize()
+                .config_override(
+                    aws_sdk_dynamodb::config::Builder::default()
+                        .retry_config(RetryConfig::disabled()),
+                )
+                .send()
+                .await;
+            match sent {
+                Ok(_) => Ok(PutAnswer::Written),
+                Err(e) => match e.as_service_error() {
+                    Some(PutItemError::ConditionalCheckFailedException(c)) => {
+                        Ok(PutAnswer::Refused(c.item().map(text_of)))
+                    }
+                    _ => Err(classify_put_error(&e)),
+                },
+            }
+        }
+    })
+    .await
+}
+
+/// The SDK's classification, except that a 5xx answer to a write may follow its being
+/// applied: ambiguous.
+fn classify_put_error(
+    e: &SdkError<PutItemError, aws_smithy_runtime_api::http::Response>,
+) -> PortError {
+    let server_error = matches!(e, SdkError::ServiceError(_))
+        && e.raw_response()
+            .is_some_and(|r| r.status().is_server_error());
+    let classified = classify_sdk_error("dynamodb PutItem", e);
+    if server_error {
+        PortError::ambiguous(classified.message)
+    } else {
+        classified
+    }
+}
+
+/// An SDK item as the direct client's text attributes (the claim's S and N values).
+fn text_of(item: &HashMap<String, AttributeValue>) -> HashMap<String, AttributeText> {
+    item.iter()
+        .filter_map(|(k, v)| match v {
+            AttributeValue::S(s) => Some((k.clone(), AttributeText::S(s.clone()))),
+            AttributeValue::N(n) => Some((k.clone(), AttributeText::N(n.clone()))),
+            _ => None,
+        })
+        .collect()
 }
 
 fn claim_of(item: &HashMap<String, AttributeValue>) -> Result<Claim, PortError> {
@@ -81,39 +275,65 @@ fn claim_of(item: &HashMap<String, AttributeValue>) -> Result<Claim, PortError> 
 
 impl DedupStore for DynamoDedup {
     async fn try_claim(&self, claim: &Claim, now_s: i64) -> Result<ClaimAttempt, PortError> {
-        let r = self
+        if let Some(direct) = &self.direct {
+            let body = body_of(
+                &self.table,
+                claim,
+                CLAIM_CONDITION,
+                [("#pk", PK), ("#exp", EXPIRES)],
+                &[(":now", Attr::N(now_s))],
+            )?;
+            return match direct.put(body).await? {
+                PutAnswer::Written => Ok(ClaimAttempt::Claimed),
+                PutAnswer::Refused(Some(item)) => Ok(ClaimAttempt::Held(claim_of_text(&item)?)),
+                PutAnswer::Refused(None) => Err(PortError::retryable(
+                    "claim refused without the holder's item",
+                )),
+            };
+        }
+        let request = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item_of(claim)))
-            .condition_expression("attribute_not_exists(#pk) OR #exp < :now")
+            .condition_expression(CLAIM_CONDITION)
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#exp", EXPIRES)
             .expression_attribute_values(":now", AttributeValue::N(now_s.to_string()))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match r {
-            Ok(_) => Ok(ClaimAttempt::Claimed),
-            Err(e) => match e.as_service_error() {
-                Some(PutItemError::ConditionalCheckFailedException(c)) => match c.item() {
-                    Some(item) => Ok(ClaimAttempt::Held(claim_of(item)?)),
-                    None => Err(PortError::retryable(
-                        "claim refused without the holder's item",
-                    )),
-                },
-                _ => Err(classify_sdk_error("dynamodb PutItem", &e)),
-            },
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        match sdk_conditional_put(request).await? {
+            PutAnswer::Written => Ok(ClaimAttempt::Claimed),
+            PutAnswer::Refused(Some(item)) => Ok(ClaimAttempt::Held(claim_of_text(&item)?)),
+            PutAnswer::Refused(None) => Err(PortError::retryable(
+                "claim refused without the holder's item",
+            )),
         }
     }
 
     async fn take_over(&self, claim: &Claim, previous: &Claim) -> Result<ClaimAttempt, PortError> {
-        let r = self
+        if let Some(direct) = &self.direct {
+            let body = body_of(
+                &self.table,
+                claim,
+                TAKEOVER_CONDITION,
+                [("#owner", OWNER), ("#lease", LEASE)],
+                &[
+                    (":owner", Attr::S(&previous.owner)),
+                    (":lease", Attr::N(previous.lease_until_ms)),
+                ],
+            )?;
+            return match direct.put(body).await? {
+                PutAnswer::Written => Ok(ClaimAttempt::Claimed),
+                PutAnswer::Refused(Some(item)) => Ok(ClaimAttempt::Held(claim_of_text(&item)?)),
+                PutAnswer::Refused(None) => Ok(ClaimAttempt::Absent),
+            };
+        }
+        let request = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item_of(claim)))
-            .condition_expression("#owner = :owner AND #lease = :lease")
+            .condition_expression(TAKEOVER_CONDITION)
             .expression_attribute_names("#owner", OWNER)
             .expression_attribute_names("#lease", LEASE)
             .expression_attribute_values(":owner", AttributeValue::S(previous.owner.clone()))
@@ -121,18 +341,11 @@ impl DedupStore for DynamoDedup {
                 ":lease",
                 AttributeValue::N(previous.lease_until_ms.to_string()),
             )
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match r {
-            Ok(_) => Ok(ClaimAttempt::Claimed),
-            Err(e) => match e.as_service_error() {
-                Some(PutItemError::ConditionalCheckFailedException(c)) => match c.item() {
-                    Some(item) => Ok(ClaimAttempt::Held(claim_of(item)?)),
-                    None => Ok(ClaimAttempt::Absent),
-                },
-                _ => Err(classify_sdk_error("dynamodb PutItem", &e)),
-            },
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        match sdk_conditional_put(request).await? {
+            PutAnswer::Written => Ok(ClaimAttempt::Claimed),
+            PutAnswer::Refused(Some(item)) => Ok(ClaimAttempt::Held(claim_of_text(&item)?)),
+            PutAnswer::Refused(None) => Ok(ClaimAttempt::Absent),
         }
     }
 
@@ -167,5 +380,42 @@ impl DedupStore for DynamoDedup {
                 _ => Err(classify_sdk_error("dynamodb DeleteItem", &e)),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_body_is_valid_json_holding_the_claim_exactly() {
+        // Given a claim whose texts need escaping
+        let claim = Claim {
+            key: "ev:\"q\"\\\u{1}🦀".into(),
+            owner: "req-1".into(),
+            lease_until_ms: -5,
+            object_key: "events/a.parquet".into(),
+            expires_at_s: 1_900_000_000,
+        };
+        // When its takeover body is written
+        let body = body_of(
+            "dedup",
+            &claim,
+            TAKEOVER_CONDITION,
+            [("#owner", OWNER), ("#lease", LEASE)],
+            &[(":owner", Attr::S("old")), (":lease", Attr::N(42))],
+        )
+        .unwrap();
+        // Then it parses as the request DynamoDB expects
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["TableName"], "dedup");
+        assert_eq!(v["Item"]["pk"]["S"], claim.key.as_str());
+        assert_eq!(v["Item"]["lease_until"]["N"], "-5");
+        assert_eq!(v["Item"]["expires_at"]["N"], "1900000000");
+        assert_eq!(v["ConditionExpression"], TAKEOVER_CONDITION);
+        assert_eq!(v["ExpressionAttributeNames"]["#lease"], LEASE);
+        assert_eq!(v["ExpressionAttributeValues"][":owner"]["S"], "old");
+        assert_eq!(v["ExpressionAttributeValues"][":lease"]["N"], "42");
+        assert_eq!(v["ReturnValuesOnConditionCheckFailure"], "ALL_OLD");
     }
 }

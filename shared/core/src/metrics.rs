@@ -271,7 +271,11 @@ mod tests {
         }
         let text = phases.to_string();
         for phase in Phase::ALL {
-            assert_eq!(text.matches(&format!("{}=", phase.name())).count(), 1, "{text}");
+            assert_eq!(
+                text.matches(&format!("{}=", phase.name())).count(),
+                1,
+                "{text}"
+            );
         }
     }
 }

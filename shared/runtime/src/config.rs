@@ -82,6 +82,18 @@ pub struct Config {
     pub dlq_url: String,
     pub max_record_bytes: usize,
     pub finish_margin: Duration,
+    /// How the claims' conditional writes reach DynamoDB (`STREAMLOAD_DEDUP_CLIENT`).
+    pub dedup_client: DedupClient,
+}
+
+/// How the claims' conditional writes reach DynamoDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DedupClient {
+    /// `direct` (default): streamload's own signed PutItem over kept-alive connections
+    /// (`streamload_aws::PutItemClient`); the SDK where the endpoint needs its rules.
+    Direct,
+    /// `sdk`: every call through the AWS SDK client.
+    Sdk,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -268,7 +280,18 @@ impl Config {
                 why: "must not be negative".into(),
             });
         }
+        let dedup_client = match get("STREAMLOAD_DEDUP_CLIENT").as_deref().map(str::trim) {
+            None | Some("direct") => DedupClient::Direct,
+            Some("sdk") => DedupClient::Sdk,
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    name: "STREAMLOAD_DEDUP_CLIENT",
+                    why: "must be direct or sdk".into(),
+                })
+            }
+        };
         Ok(Config {
+            dedup_client,
             database,
             database_env,
             routes: routes_source(get("STREAMLOAD_CONFIG"))?,

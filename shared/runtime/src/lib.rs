@@ -7,7 +7,7 @@ pub mod database;
 pub mod logging;
 pub mod raw_body;
 
-pub use config::{Config, ConfigError, DatabaseEnv, DatabaseSource, RoutesSource};
+pub use config::{Config, ConfigError, DatabaseEnv, DatabaseSource, DedupClient, RoutesSource};
 pub use raw_body::RawBodies;
 
 use lambda_runtime::{Context, LambdaEvent};
@@ -173,7 +173,7 @@ pub async fn build_pipeline_with(
         Err(e) => return Err(e.into()),
     }
     Ok(Pipeline {
-        dedup: DynamoDedup::new(streamload_aws::dynamodb_client(&sdk), &config.dedup_table),
+        dedup: dedup_store(config, &sdk),
         rows,
         objects: S3Objects::new(streamload_aws::s3_client(&sdk), &config.output_bucket),
         dead_letters: SqsDeadLetters::new(streamload_aws::sqs_client(&sdk), &config.dlq_url),
@@ -186,6 +186,60 @@ pub async fn build_pipeline_with(
             ..PipelineSettings::default()
         },
     })
+}
+
+/// The claims' store: conditional writes sent directly unless configured otherwise or the
+/// endpoint needs the SDK's rules.
+fn dedup_store(config: &Config, sdk: &aws_config::SdkConfig) -> DynamoDedup {
+    let store = DynamoDedup::new(streamload_aws::dynamodb_client(sdk), &config.dedup_table);
+    if config.dedup_client == DedupClient::Sdk {
+        return store;
+    }
+    match streamload_aws::PutItemClient::from_sdk(sdk) {
+        Some(direct) => store.with_direct_writes(direct),
+        None => {
+            tracing::info!("claims go through the SDK client: its endpoint rules apply here");
+            store
+        }
+    }
+}
+
+/// Worker threads of the function's runtime (`STREAMLOAD_WORKER_THREADS`); 0, the default,
+/// is a current-thread runtime.
+pub const WORKER_THREADS_VAR: &str = "STREAMLOAD_WORKER_THREADS";
+
+/// The function's async runtime. Lambda gives one invocation at a time to a sandbox with at
+/// most a few vCPUs (a fraction of one below 1,769 MB), and the pipeline's work is one batch
+/// waiting on many requests: a current-thread runtime runs it without the thread hand-offs
+/// and futex wake-ups of a work-stealing pool (BENCHMARKS.md §5). `STREAMLOAD_WORKER_THREADS=N`
+/// (N ≥ 1) asks for a multi-thread runtime with N workers instead. Start-up code: a bad value
+/// is an error naming the variable.
+pub fn async_runtime() -> Result<tokio::runtime::Runtime, ConfigError> {
+    let threads = match std::env::var(WORKER_THREADS_VAR) {
+        Err(_) => 0,
+        Ok(v) if v.trim().is_empty() => 0,
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| ConfigError::Invalid {
+                name: WORKER_THREADS_VAR,
+                why: "not a number of threads".into(),
+            })?,
+    };
+    let mut builder = if threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| ConfigError::Invalid {
+            name: WORKER_THREADS_VAR,
+            why: format!("the runtime could not start: {e}"),
+        })
 }
 
 /// Posts `/runtime/init/error` when running under the Lambda Runtime API.
@@ -262,6 +316,7 @@ where
         poison = s.poison,
         failed = s.failed,
         duration_ms = s.duration_ms,
+        phases = %s.phases,
         "batch done"
     );
     println!("{}", s.emf(function_name, epoch_ms()));

@@ -1,0 +1,459 @@
+//! The claim's one hot call — a conditional DynamoDB `PutItem` — sent without the SDK's
+//! orchestrator.
+//!
+//! Every new event costs one conditional write, so the CPU of that one request is most of the
+//! loader's CPU per record. Through the SDK each request builds a type-erased config bag,
+//! runs a dozen interceptors, resolves the endpoint through the rules engine, serialises the
+//! item map and walks its retry bookkeeping; measured from outside (BENCHMARKS.md §5) that
+//! was most of the function's CPU. Here the request is a JSON body written straight from the
+//! claim, signed by a SigV4 signer for this one request shape (`sigv4`, checked against
+//! `aws-sigv4`), sent over a pool of kept-alive TLS
+//! connections (rustls with the platform roots, as the SDK's client) sized for the claim
+//! concurrency; the answer is read for the two things the pipeline needs: written, or refused
+//! with the holder's item.
+//!
+//! Retries follow [`SINK_RETRY`] (the one policy) with the SDK's standard rules: throttling and
+//! 5xx answers, connect failures, timeouts and lost answers are retried; other 4xx are final.
+//! One thing is stricter than the SDK: once any attempt may have been applied (its answer was
+//! lost, timed out or was a 5xx), the call's final error stays *ambiguous* even if a later
+//! attempt was refused by throttling, so the pipeline never mistakes a landed claim for one
+//! that was never written.
+//!
+//! Used for `AWS_ENDPOINT_URL[_DYNAMODB]` endpoints and standard regional endpoints; with FIPS
+//! or dual-stack endpoints configured, [`PutItemClient::from_sdk`] declines and the SDK client
+//! is used (as it is with `STREAMLOAD_DEDUP_CLIENT=sdk`).
+
+use crate::sigv4::{FixedShapeSigner, Keys};
+use crate::{CONNECT_TIMEOUT, SMALL_CALL_ATTEMPT_TIMEOUT};
+use aws_config::SdkConfig;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::Credentials;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use streamload_core::error::PortError;
+use streamload_core::retry::{RetryPolicy, SINK_RETRY};
+use streamload_core::Classify;
+
+/// The JSON protocol's target header of the call.
+const TARGET: &str = "DynamoDB_20120810.PutItem";
+/// Content type of DynamoDB's JSON 1.0 protocol.
+const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
+/// SigV4 signing name of DynamoDB.
+const SIGNING_NAME: &str = "dynamodb";
+/// Credentials this close to their expiry are fetched again before signing.
+const CREDENTIALS_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+/// Kept-alive connections per endpoint: the pipeline's claim concurrency (64) plus room for
+/// the existence checks and releases running beside it.
+pub const POOL_IDLE_PER_HOST: usize = 72;
+
+/// Error codes of a 400 answer that mean "try again later" (the SDK's standard list for
+/// DynamoDB).
+const RETRYABLE_400: &[&str] = &[
+    "ThrottlingException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "TransactionConflictException",
+    "LimitExceededException",
+];
+
+/// One attribute value as DynamoDB's JSON carries it; only the kinds a claim holds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub enum AttributeText {
+    S(String),
+    N(String),
+}
+
+/// What a conditional `PutItem` answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutAnswer {
+    /// The item is written.
+    Written,
+    /// The condition failed; the item that refused it (`ReturnValuesOnConditionCheckFailure =
+    /// ALL_OLD`), if the key held one.
+    Refused(Option<HashMap<String, AttributeText>>),
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "__type", default)]
+    kind: String,
+    #[serde(rename = "Item", default)]
+    item: Option<HashMap<String, AttributeText>>,
+}
+
+type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The parts of a credential the signer needs, and when to fetch a new one.
+struct CachedKeys {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: Option<String>,
+    expiry: Option<SystemTime>,
+}
+
+impl From<&Credentials> for CachedKeys {
+    fn from(c: &Credentials) -> Self {
+        Self {
+            access_key_id: c.access_key_id().to_owned(),
+            secret_access_key: c.secret_access_key().to_owned(),
+            session_token: c.session_token().map(str::to_owned),
+            expiry: c.expiry(),
+        }
+    }
+}
+
+impl CachedKeys {
+    fn fresh(&self, now: SystemTime) -> bool {
+        self.expiry.is_none_or(|at| {
+            at.duration_since(now)
+                .is_ok_and(|left| left > CREDENTIALS_REFRESH_MARGIN)
+        })
+    }
+}
+
+/// A conditional-`PutItem` sender for one table's endpoint.
+pub struct PutItemClient {
+    http: Client<Https, Full<Bytes>>,
+    /// `scheme://authority/`
+    url: String,
+    /// The url's authority, as the `host` header carries and SigV4 signs it.
+    host: String,
+    region: String,
+    signer: FixedShapeSigner,
+    credentials: SharedCredentialsProvider,
+    cached: Mutex<Option<Arc<CachedKeys>>>,
+    retry: RetryPolicy,
+    attempt_timeout: Duration,
+}
+
+impl std::fmt::Debug for PutItemClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PutItemClient({} in {})", self.url, self.region)
+    }
+}
+
+/// Where DynamoDB is for this configuration, or `None` where the SDK's rules must decide.
+fn endpoint(sdk: &SdkConfig, region: &str) -> Option<String> {
+    if sdk.use_fips() == Some(true) || sdk.use_dual_stack() == Some(true) {
+        return None;
+    }
+    let url = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| sdk.endpoint_url().map(str::to_owned));
+    if let Some(url) = url {
+        return Some(format!("{}/", url.trim_end_matches('/')));
+    }
+    let suffix = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else if region.starts_with("us-gov-") || region.starts_with("us-iso") {
+        // GovCloud and the isolated partitions have rules of their own: the SDK knows them.
+        return None;
+    } else {
+        "amazonaws.com"
+    };
+    Some(format!("https://dynamodb.{region}.{suffix}/"))
+}
+
+impl PutItemClient {
+    /// The client for `sdk`'s region, endpoint and credentials; `None` when the endpoint is
+    /// one only the SDK's rules resolve (FIPS, dual-stack, GovCloud), or no region is set.
+    pub fn from_sdk(sdk: &SdkConfig) -> Option<Self> {
+        let region = sdk.region()?.to_string();
+        let url = endpoint(sdk, &region)?;
+        let credentials = sdk.credentials_provider()?;
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let tls = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .ok()?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
+            .build(tls);
+        let host = url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, rest)| rest)
+            .trim_end_matches('/')
+            .to_owned();
+        if host.is_empty() || host.contains('/') {
+            // A path in the endpoint is something only the SDK's rules handle.
+            return None;
+        }
+        Some(Self {
+            http,
+            signer: FixedShapeSigner::new(&region, SIGNING_NAME),
+            host,
+            url,
+            region,
+            credentials,
+            cached: Mutex::new(None),
+            retry: SINK_RETRY,
+            attempt_timeout: SMALL_CALL_ATTEMPT_TIMEOUT,
+        })
+    }
+
+    /// The signing keys, fetched from the provider only when none are cached or the cached
+    /// ones near their expiry (an `Arc` clone per request otherwise).
+    async fn credentials(&self) -> Result<Arc<CachedKeys>, PortError> {
+        if let Ok(cached) = self.cached.lock() {
+            if let Some(keys) = cached.as_ref().filter(|k| k.fresh(SystemTime::now())) {
+                return Ok(keys.clone());
+            }
+        }
+        let c = self
+            .credentials
+            .provide_credentials()
+            .await
+            .map_err(|e| PortError::retryable(format!("dynamodb PutItem: credentials: {e}")))?;
+        let keys = Arc::new(CachedKeys::from(&c));
+        if let Ok(mut cached) = self.cached.lock() {
+            *cached = Some(keys.clone());
+        }
+        Ok(keys)
+    }
+
+    /// One signed attempt. `Err` carries whether the request may have been applied.
+    async fn attempt(&self, body: &Bytes) -> Result<PutAnswer, PortError> {
+        let credentials = self.credentials().await?;
+        let keys = Keys {
+            access_key_id: &credentials.access_key_id,
+            secret_access_key: &credentials.secret_access_key,
+            session_token: credentials.session_token.as_deref(),
+        };
+        let signed = self.signer.sign(
+            &keys,
+            &self.host,
+            CONTENT_TYPE,
+            TARGET,
+            body,
+            SystemTime::now(),
+        );
+        let mut request = http::Request::builder()
+            .method("POST")
+            .uri(&self.url)
+            .header("host", &self.host)
+            .header("content-type", CONTENT_TYPE)
+            .header("x-amz-target", TARGET)
+            .header("x-amz-date", signed.amz_date)
+            .header("authorization", signed.authorization);
+        if let Some(token) = keys.session_token {
+            request = request.header("x-amz-security-token", token);
+        }
+        let request = request
+            .body(Full::new(body.clone()))
+            .map_err(|e| PortError::permanent(format!("dynamodb PutItem: request: {e}")))?;
+
+        let response = self.http.request(request).await.map_err(|e| {
+            if e.is_connect() {
+                PortError::retryable("dynamodb PutItem: connect failed")
+            } else {
+                PortError::ambiguous("dynamodb PutItem: connection failed")
+            }
+        })?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|_| PortError::ambiguous("dynamodb PutItem: answer cut off"))?
+            .to_bytes();
+        if status.is_success() {
+            return Ok(PutAnswer::Written);
+        }
+        if status.is_server_error() {
+            // A 5xx may come after the write was applied.
+            return Err(PortError::ambiguous(format!(
+                "dynamodb PutItem: HTTP {}",
+                status.as_u16()
+            )));
+        }
+        let error: ErrorBody = serde_json::from_slice(&bytes).map_err(|_| {
+            PortError::retryable(format!(
+                "dynamodb PutItem: HTTP {} without a readable error",
+                status.as_u16()
+            ))
+        })?;
+        let code = error.kind.rsplit('#').next().unwrap_or("");
+        if code == "ConditionalCheckFailedException" {
+            return Ok(PutAnswer::Refused(error.item));
+        }
+        let message = format!("dynamodb PutItem: {code}");
+        if RETRYABLE_400.contains(&code) {
+            Err(PortError::retryable(message))
+        } else {
+            Err(PortError::permanent(message))
+        }
+    }
+
+    /// Sends one `PutItem` request body (DynamoDB JSON), retrying per [`SINK_RETRY`].
+    ///
+    /// ```no_run
+    /// # async fn demo(sdk: aws_config::SdkConfig) {
+    /// let client = streamload_aws::PutItemClient::from_sdk(&sdk).expect("a plain endpoint");
+    /// let body = br#"{"TableName":"dedup","Item":{"pk":{"S":"ev:1"}},
+    ///     "ConditionExpression":"attribute_not_exists(pk)"}"#;
+    /// let answer = client.put(bytes::Bytes::from_static(body)).await;
+    /// # }
+    /// ```
+    pub async fn put(&self, body: Bytes) -> Result<PutAnswer, PortError> {
+        conditional_write_attempts(self.retry, self.attempt_timeout, || self.attempt(&body)).await
+    }
+}
+
+/// Runs a conditional write's attempts: retryable errors are retried after the policy's
+/// backoff, each attempt bounded by `attempt_timeout` (a timeout may have been applied). If
+/// any attempt may have been applied, the final error is ambiguous whatever the last attempt
+/// said (see the module docs). Used for the direct client and, with the SDK's own retries
+/// turned off, for the SDK client's conditional writes.
+pub(crate) async fn conditional_write_attempts<T, F, Fut>(
+    retry: RetryPolicy,
+    attempt_timeout: Duration,
+    mut attempt: F,
+) -> Result<T, PortError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, PortError>>,
+{
+    let mut maybe_applied = false;
+    let mut n = 1;
+    loop {
+        let error = match tokio::time::timeout(attempt_timeout, attempt()).await {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) => e,
+            Err(_) => PortError::ambiguous("dynamodb PutItem: attempt timed out"),
+        };
+        maybe_applied |= error.ambiguous;
+        if !error.is_retryable() || n >= retry.max_attempts {
+            return Err(if maybe_applied && !error.ambiguous {
+                PortError::ambiguous(format!(
+                    "{} (an earlier attempt may have been applied)",
+                    error.message
+                ))
+            } else {
+                error
+            });
+        }
+        tokio::time::sleep(retry.backoff(n)).await;
+        n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_config::Region;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    const QUICK: RetryPolicy = RetryPolicy {
+        max_attempts: 4,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(1),
+    };
+
+    /// Runs the attempts over a script of answers; returns the result and attempts made.
+    async fn run(script: Vec<Result<u8, PortError>>) -> (Result<u8, PortError>, u32) {
+        let made = AtomicU32::new(0);
+        let script = Mutex::new(script.into_iter());
+        let r = conditional_write_attempts(QUICK, Duration::from_secs(5), || {
+            made.fetch_add(1, Ordering::SeqCst);
+            let next = script
+                .lock()
+                .unwrap()
+                .next()
+                .expect("no more answers scripted");
+            async move { next }
+        })
+        .await;
+        (r, made.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_may_have_been_applied_keeps_the_final_error_ambiguous() {
+        // Given a lost answer, then throttling to the last attempt
+        let throttled = || {
+            Err(PortError::retryable(
+                "dynamodb PutItem: ThrottlingException",
+            ))
+        };
+        let (r, made) = run(vec![
+            Err(PortError::ambiguous("lost")),
+            throttled(),
+            throttled(),
+            throttled(),
+        ])
+        .await;
+        // Then every attempt ran and the error says the write may have landed
+        let e = r.unwrap_err();
+        assert_eq!(made, 4);
+        assert!(e.ambiguous && e.is_retryable(), "{e:?}");
+        assert!(e.message.contains("earlier attempt may have been applied"));
+    }
+
+    #[tokio::test]
+    async fn throttling_alone_stays_a_plain_retryable_error_and_success_ends_the_attempts() {
+        let throttled = || Err(PortError::retryable("throttled"));
+        let (r, made) = run(vec![throttled(), throttled(), throttled(), throttled()]).await;
+        let e = r.unwrap_err();
+        assert_eq!(made, 4);
+        assert!(!e.ambiguous && e.is_retryable());
+
+        let (r, made) = run(vec![throttled(), Ok(7)]).await;
+        assert_eq!((r.unwrap(), made), (7, 2));
+    }
+
+    #[tokio::test]
+    async fn a_permanent_error_is_not_retried() {
+        let (r, made) = run(vec![Err(PortError::permanent("ValidationException"))]).await;
+        assert_eq!(made, 1);
+        assert!(!r.unwrap_err().is_retryable());
+    }
+
+    fn sdk(region: &str, endpoint: Option<&str>) -> SdkConfig {
+        let mut b = SdkConfig::builder().region(Region::new(region.to_owned()));
+        if let Some(url) = endpoint {
+            b = b.endpoint_url(url);
+        }
+        b.build()
+    }
+
+    #[test]
+    fn the_endpoint_is_the_configured_url_or_the_regional_one_and_the_sdk_keeps_special_ones() {
+        // AWS_ENDPOINT_URL_DYNAMODB is not set in unit tests.
+        assert_eq!(
+            endpoint(
+                &sdk("eu-west-1", Some("http://127.0.0.1:5050/")),
+                "eu-west-1"
+            )
+            .as_deref(),
+            Some("http://127.0.0.1:5050/")
+        );
+        assert_eq!(
+            endpoint(&sdk("eu-west-1", None), "eu-west-1").as_deref(),
+            Some("https://dynamodb.eu-west-1.amazonaws.com/")
+        );
+        assert_eq!(
+            endpoint(&sdk("cn-north-1", None), "cn-north-1").as_deref(),
+            Some("https://dynamodb.cn-north-1.amazonaws.com.cn/")
+        );
+        assert_eq!(endpoint(&sdk("us-gov-west-1", None), "us-gov-west-1"), None);
+        let fips = SdkConfig::builder()
+            .region(Region::new("us-east-1"))
+            .use_fips(true)
+            .build();
+        assert_eq!(endpoint(&fips, "us-east-1"), None);
+    }
+}
