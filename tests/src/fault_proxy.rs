@@ -42,6 +42,12 @@ pub enum Fault {
     /// `ThrottlingException` (JSON), S3 503 `SlowDown` (XML), SQS 400 `ThrottlingException`
     /// (JSON with `x-amzn-query-error`), anything else a bare 503.
     Throttle,
+    /// Do not forward; answer `200 {}` after [`ACCEPT_DELAY`], as DynamoDB answers a write
+    /// that succeeded — without applying it. Not a fault but a stand-in for AWS's answer
+    /// rate: the invocation bench's diagnostic of what the loader costs when conditional
+    /// writes are answered concurrently within milliseconds instead of one at a time by
+    /// moto. It breaks exactly-once by construction; no test relies on it.
+    AcceptUnapplied,
     /// Do not forward; answer 500 in the service's error format: DynamoDB
     /// `InternalServerError`, S3 `InternalError`, SQS `InternalError`, anything else a bare 500.
     ServerError,
@@ -388,8 +394,21 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<ProxyRespon
         Some(fault @ (Fault::Throttle | Fault::ServerError)) => {
             Ok(error_answer(service, fault, head))
         }
+        Some(Fault::AcceptUnapplied) => {
+            tokio::time::sleep(ACCEPT_DELAY).await;
+            let mut answer = Response::new(Full::new(Bytes::from_static(b"{}")));
+            answer.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-amz-json-1.0"),
+            );
+            Ok(answer)
+        }
     }
 }
+
+/// How long [`Fault::AcceptUnapplied`] waits before answering: a conditional PutItem's
+/// typical latency inside a region.
+pub const ACCEPT_DELAY: Duration = Duration::from_millis(5);
 
 /// Hop-by-hop headers: they describe one connection, not the message, so they are not
 /// forwarded (`expect` too: the proxy has already read the whole body).
