@@ -93,6 +93,25 @@ fn push_attr(out: &mut Vec<u8>, value: &Attr<'_>) -> Result<(), PortError> {
     Ok(())
 }
 
+/// Appends `{"k":v,…}`, each value written by `value`.
+fn push_object<V>(
+    out: &mut Vec<u8>,
+    entries: &[(&str, V)],
+    value: impl Fn(&mut Vec<u8>, &V) -> Result<(), PortError>,
+) -> Result<(), PortError> {
+    out.push(b'{');
+    for (n, (key, v)) in entries.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        push_json_str(out, key)?;
+        out.push(b':');
+        value(out, v)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
 /// A conditional `PutItem` request body (DynamoDB JSON 1.0), written straight from the claim:
 /// no attribute maps are built for a request sent once per record. Names and conditions are
 /// constants of this module; every text value is escaped by serde_json.
@@ -108,7 +127,7 @@ fn body_of(
     );
     out.extend_from_slice(br#"{"TableName":"#);
     push_json_str(&mut out, table)?;
-    out.extend_from_slice(br#","Item":{"#);
+    out.extend_from_slice(br#","Item":"#);
     let item = [
         (PK, Attr::S(&claim.key)),
         (OWNER, Attr::S(&claim.owner)),
@@ -116,35 +135,14 @@ fn body_of(
         (OBJECT, Attr::S(&claim.object_key)),
         (EXPIRES, Attr::N(claim.expires_at_s)),
     ];
-    for (n, (name, value)) in item.iter().enumerate() {
-        if n > 0 {
-            out.push(b',');
-        }
-        push_json_str(&mut out, name)?;
-        out.push(b':');
-        push_attr(&mut out, value)?;
-    }
-    out.extend_from_slice(br#"},"ConditionExpression":"#);
+    push_object(&mut out, &item, push_attr)?;
+    out.extend_from_slice(br#","ConditionExpression":"#);
     push_json_str(&mut out, condition)?;
-    out.extend_from_slice(br#","ExpressionAttributeNames":{"#);
-    for (n, (placeholder, name)) in names.iter().enumerate() {
-        if n > 0 {
-            out.push(b',');
-        }
-        push_json_str(&mut out, placeholder)?;
-        out.push(b':');
-        push_json_str(&mut out, name)?;
-    }
-    out.extend_from_slice(br#"},"ExpressionAttributeValues":{"#);
-    for (n, (placeholder, value)) in values.iter().enumerate() {
-        if n > 0 {
-            out.push(b',');
-        }
-        push_json_str(&mut out, placeholder)?;
-        out.push(b':');
-        push_attr(&mut out, value)?;
-    }
-    out.extend_from_slice(br#"},"ReturnValuesOnConditionCheckFailure":"ALL_OLD"}"#);
+    out.extend_from_slice(br#","ExpressionAttributeNames":"#);
+    push_object(&mut out, &names, |o, name| push_json_str(o, name))?;
+    out.extend_from_slice(br#","ExpressionAttributeValues":"#);
+    push_object(&mut out, values, push_attr)?;
+    out.extend_from_slice(br#","ReturnValuesOnConditionCheckFailure":"ALL_OLD"}"#);
     Ok(bytes::Bytes::from(out))
 }
 
@@ -250,32 +248,9 @@ fn text_of(item: &HashMap<String, AttributeValue>) -> HashMap<String, AttributeT
         .collect()
 }
 
-fn claim_of(item: &HashMap<String, AttributeValue>) -> Result<Claim, PortError> {
-    let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
-    let n = |k: &str| {
-        item.get(k)
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse::<i64>().ok())
-    };
-    match (s(PK), s(OWNER), n(LEASE), s(OBJECT), n(EXPIRES)) {
-        (Some(key), Some(owner), Some(lease_until_ms), Some(object_key), Some(expires_at_s)) => {
-            Ok(Claim {
-                key,
-                owner,
-                lease_until_ms,
-                object_key,
-                expires_at_s,
-            })
-        }
-        _ => Err(PortError::permanent(
-            "dedup item is missing claim attributes",
-        )),
-    }
-}
-
 impl DedupStore for DynamoDedup {
     async fn try_claim(&self, claim: &Claim, now_s: i64) -> Result<ClaimAttempt, PortError> {
-        if let Some(direct) = &self.direct {
+        let answer = if let Some(direct) = &self.direct {
             let body = body_of(
                 &self.table,
                 claim,
@@ -283,25 +258,23 @@ impl DedupStore for DynamoDedup {
                 [("#pk", PK), ("#exp", EXPIRES)],
                 &[(":now", Attr::N(now_s))],
             )?;
-            return match direct.put(body).await? {
-                PutAnswer::Written => Ok(ClaimAttempt::Claimed),
-                PutAnswer::Refused(Some(item)) => Ok(ClaimAttempt::Held(claim_of_text(&item)?)),
-                PutAnswer::Refused(None) => Err(PortError::retryable(
-                    "claim refused without the holder's item",
-                )),
-            };
-        }
-        let request = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item_of(claim)))
-            .condition_expression(CLAIM_CONDITION)
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_names("#exp", EXPIRES)
-            .expression_attribute_values(":now", AttributeValue::N(now_s.to_string()))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        match sdk_conditional_put(request).await? {
+            direct.put(body).await?
+        } else {
+            let request = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item_of(claim)))
+                .condition_expression(CLAIM_CONDITION)
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#exp", EXPIRES)
+                .expression_attribute_values(":now", AttributeValue::N(now_s.to_string()))
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            sdk_conditional_put(request).await?
+        };
+        match answer {
             PutAnswer::Written => Ok(ClaimAttempt::Claimed),
             PutAnswer::Refused(Some(item)) => Ok(ClaimAttempt::Held(claim_of_text(&item)?)),
             PutAnswer::Refused(None) => Err(PortError::retryable(
@@ -311,7 +284,7 @@ impl DedupStore for DynamoDedup {
     }
 
     async fn take_over(&self, claim: &Claim, previous: &Claim) -> Result<ClaimAttempt, PortError> {
-        if let Some(direct) = &self.direct {
+        let answer = if let Some(direct) = &self.direct {
             let body = body_of(
                 &self.table,
                 claim,
@@ -322,27 +295,27 @@ impl DedupStore for DynamoDedup {
                     (":lease", Attr::N(previous.lease_until_ms)),
                 ],
             )?;
-            return match direct.put(body).await? {
-                PutAnswer::Written => Ok(ClaimAttempt::Claimed),
-                PutAnswer::Refused(Some(item)) => Ok(ClaimAttempt::Held(claim_of_text(&item)?)),
-                PutAnswer::Refused(None) => Ok(ClaimAttempt::Absent),
-            };
-        }
-        let request = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item_of(claim)))
-            .condition_expression(TAKEOVER_CONDITION)
-            .expression_attribute_names("#owner", OWNER)
-            .expression_attribute_names("#lease", LEASE)
-            .expression_attribute_values(":owner", AttributeValue::S(previous.owner.clone()))
-            .expression_attribute_values(
-                ":lease",
-                AttributeValue::N(previous.lease_until_ms.to_string()),
-            )
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        match sdk_conditional_put(request).await? {
+            direct.put(body).await?
+        } else {
+            let request = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item_of(claim)))
+                .condition_expression(TAKEOVER_CONDITION)
+                .expression_attribute_names("#owner", OWNER)
+                .expression_attribute_names("#lease", LEASE)
+                .expression_attribute_values(":owner", AttributeValue::S(previous.owner.clone()))
+                .expression_attribute_values(
+                    ":lease",
+                    AttributeValue::N(previous.lease_until_ms.to_string()),
+                )
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            sdk_conditional_put(request).await?
+        };
+        match answer {
             PutAnswer::Written => Ok(ClaimAttempt::Claimed),
             PutAnswer::Refused(Some(item)) => Ok(ClaimAttempt::Held(claim_of_text(&item)?)),
             PutAnswer::Refused(None) => Ok(ClaimAttempt::Absent),
@@ -359,7 +332,9 @@ impl DedupStore for DynamoDedup {
             .send()
             .await
             .map_err(|e| classify_sdk_error("dynamodb GetItem", &e))?;
-        r.item().map(claim_of).transpose()
+        r.item()
+            .map(|item| claim_of_text(&text_of(item)))
+            .transpose()
     }
 
     async fn release(&self, key: &str, owner: &str) -> Result<(), PortError> {

@@ -18,8 +18,8 @@ impl Classify for AwsError {
     }
 }
 
-/// Error codes that mean "try again later".
-const RETRYABLE_CODES: &[&str] = &[
+/// Error codes that mean "try again later" (the SDK path and the direct PutItem client).
+pub(crate) const RETRYABLE_CODES: &[&str] = &[
     "ThrottlingException",
     "ProvisionedThroughputExceededException",
     "RequestLimitExceeded",

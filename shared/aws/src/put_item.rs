@@ -23,6 +23,7 @@
 //! or dual-stack endpoints configured, [`PutItemClient::from_sdk`] declines and the SDK client
 //! is used (as it is with `STREAMLOAD_DEDUP_CLIENT=sdk`).
 
+use crate::error::RETRYABLE_CODES;
 use crate::sigv4::{FixedShapeSigner, Keys};
 use crate::{CONNECT_TIMEOUT, SMALL_CALL_ATTEMPT_TIMEOUT};
 use aws_config::SdkConfig;
@@ -52,16 +53,6 @@ const CREDENTIALS_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// Kept-alive connections per endpoint: the pipeline's claim concurrency (64) plus room for
 /// the existence checks and releases running beside it.
 pub const POOL_IDLE_PER_HOST: usize = 72;
-
-/// Error codes of a 400 answer that mean "try again later" (the SDK's standard list for
-/// DynamoDB).
-const RETRYABLE_400: &[&str] = &[
-    "ThrottlingException",
-    "ProvisionedThroughputExceededException",
-    "RequestLimitExceeded",
-    "TransactionConflictException",
-    "LimitExceededException",
-];
 
 /// One attribute value as DynamoDB's JSON carries it; only the kinds a claim holds.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -292,7 +283,7 @@ impl PutItemClient {
             return Ok(PutAnswer::Refused(error.item));
         }
         let message = format!("dynamodb PutItem: {code}");
-        if RETRYABLE_400.contains(&code) {
+        if RETRYABLE_CODES.contains(&code) {
             Err(PortError::retryable(message))
         } else {
             Err(PortError::permanent(message))

@@ -44,10 +44,6 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn hmac_sign(key: &hmac::Key, data: &[u8]) -> hmac::Tag {
-    hmac::sign(key, data)
-}
-
 impl FixedShapeSigner {
     pub fn new(region: &str, service: &'static str) -> Self {
         Self {
@@ -66,12 +62,12 @@ impl FixedShapeSigner {
             }
         }
         let secret = format!("AWS4{}", keys.secret_access_key);
-        let mut k = hmac_sign(
+        let mut k = hmac::sign(
             &hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
             date.as_bytes(),
         );
         for part in [self.region.as_str(), self.service, "aws4_request"] {
-            k = hmac_sign(
+            k = hmac::sign(
                 &hmac::Key::new(hmac::HMAC_SHA256, k.as_ref()),
                 part.as_bytes(),
             );
@@ -129,7 +125,7 @@ impl FixedShapeSigner {
             hex(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref())
         );
         let signature =
-            hex(hmac_sign(&self.signing_key(date, keys), string_to_sign.as_bytes()).as_ref());
+            hex(hmac::sign(&self.signing_key(date, keys), string_to_sign.as_bytes()).as_ref());
         Signed {
             authorization: format!(
                 "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
