@@ -277,15 +277,23 @@ async fn the_mapping_can_invoke_a_function_that_cargo_lambda_watch_serves() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    for _ in 0..100 {
+    // On a loaded host cargo lambda watch can take well over 10 s to listen; a loader started
+    // before it exits at once (its Runtime API refuses) and every invocation fails.
+    let mut listening = false;
+    for _ in 0..600 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
+            listening = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        listening,
+        "cargo lambda watch did not listen on {port} within 60 s"
+    );
     let mut function = tokio::process::Command::new(loader("kinesis-loader"))
         .envs(loader_env(&stack))
         .env(
