@@ -1,7 +1,11 @@
 //! The adapters' contracts against the real AWS endpoint: the conditions the protocol relies on.
 
-use streamload_aws::{DynamoDedup, S3Objects};
-use streamload_core::ports::{Claim, ClaimAttempt, DedupStore, ObjectSink, PutOutcome};
+use streamload_aws::{DynamoDedup, S3Objects, SqsDeadLetters};
+use streamload_core::error::Classify;
+use streamload_core::memory::MemoryDeadLetters;
+use streamload_core::ports::{
+    Claim, ClaimAttempt, DeadLetters, DedupStore, Letter, ObjectSink, PutOutcome,
+};
 use streamload_tests::*;
 
 fn claim(owner: &str, expires_at_s: i64) -> Claim {
@@ -205,4 +209,65 @@ async fn database_errors_name_the_constraint_but_never_the_row() {
         !reason.contains("secret-user-42") && !reason.contains("4111"),
         "{reason}"
     );
+}
+
+/// The dead-letter queue's contract, held by SQS (moto) and the in-memory queue alike: a
+/// batch within the limits is sent whole, one result per letter; a batch over the entry
+/// limit is refused as a whole, permanently, and sends nothing.
+async fn dead_letter_contract<Q: DeadLetters>(queue: &Q, sent: impl AsyncFn() -> Vec<String>) {
+    // Given three letters, one of them holding quotes and non-ASCII text
+    let letters: Vec<Letter> = ["{\"n\":1}", "{\"n\":2,\"t\":\"ü \\\" 🦀\"}", "{\"n\":3}"]
+        .iter()
+        .enumerate()
+        .map(|(n, body)| Letter {
+            body: (*body).to_owned(),
+            dedup_id: format!("digest-{n}"),
+        })
+        .collect();
+    // When they are sent in one batch
+    let answers = queue.send_batch(&letters).await.unwrap();
+    // Then each is answered as sent, and exactly those bodies arrive
+    assert_eq!(answers.len(), 3);
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let mut bodies = sent().await;
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        letters.iter().map(|l| l.body.clone()).collect::<Vec<_>>()
+    );
+
+    // Given one letter more than a batch may carry
+    let too_many: Vec<Letter> = (0..=queue.max_batch_len())
+        .map(|n| Letter {
+            body: format!("{{\"over\":{n}}}"),
+            dedup_id: format!("over-{n}"),
+        })
+        .collect();
+    // When they are sent, then the request is refused for good and nothing more arrives
+    let refused = queue.send_batch(&too_many).await.unwrap_err();
+    assert!(!refused.is_retryable(), "{refused}");
+    assert!(sent().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_go_in_batches_answered_per_letter_in_sqs_and_in_memory() {
+    let stack = TestStack::new("sqsbatch", false).await;
+    let sqs = SqsDeadLetters::new(aws_sdk_sqs::Client::new(&stack.sdk), &stack.config.dlq_url);
+    assert_eq!(sqs.max_batch_len(), 10);
+    dead_letter_contract(&sqs, async || {
+        stack
+            .dead_letters()
+            .await
+            .iter()
+            .map(|v| v.to_string())
+            .collect()
+    })
+    .await;
+
+    let memory = MemoryDeadLetters::default();
+    let taken = memory.sent.clone();
+    dead_letter_contract(&memory, async || {
+        std::mem::take(&mut *taken.lock().unwrap())
+    })
+    .await;
 }

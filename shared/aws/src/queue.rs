@@ -1,4 +1,4 @@
-//! Dead letters in SQS: one message per poison record.
+//! Dead letters in SQS: one message per poison record, sent up to ten per request.
 //!
 //! A standard queue delivers at least once, and a send whose answer was lost (retried by the
 //! SDK, or by a redelivered batch) can queue the same dead letter twice; each message carries
@@ -7,14 +7,19 @@
 //! deduplication interval (without them a FIFO queue refuses every message).
 
 use crate::error::classify_sdk_error;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
 use streamload_core::error::PortError;
-use streamload_core::ports::DeadLetters;
+use streamload_core::ports::{DeadLetters, Letter, LetterResult};
 
 /// Largest SQS message body streamload sends inline: 256 KiB, the limit every SQS endpoint
 /// and emulator accepts (AWS raised its own to 1 MiB in 2025). Larger records keep their
 /// bytes in S3 and the message carries the key.
 pub const SQS_MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Most entries one `SendMessageBatch` request may carry (an SQS limit; the entries' bodies
+/// together must also fit [`SQS_MAX_MESSAGE_BYTES`]).
+pub const SQS_MAX_BATCH_ENTRIES: usize = 10;
 
 /// The message group of every dead letter on a FIFO queue: dead letters need no order among
 /// themselves, and one group keeps the queue's throughput rules simple.
@@ -39,25 +44,70 @@ impl SqsDeadLetters {
 }
 
 impl DeadLetters for SqsDeadLetters {
-    async fn send(&self, body: String, dedup_id: &str) -> Result<(), PortError> {
-        let mut request = self
-            .client
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(body);
-        if self.fifo {
-            request = request
-                .message_group_id(FIFO_GROUP)
-                .message_deduplication_id(dedup_id);
+    async fn send_batch(&self, letters: &[Letter]) -> Result<Vec<LetterResult>, PortError> {
+        let mut request = self.client.send_message_batch().queue_url(&self.queue_url);
+        for (n, letter) in letters.iter().enumerate() {
+            let mut entry = SendMessageBatchRequestEntry::builder()
+                .id(n.to_string())
+                .message_body(&letter.body);
+            if self.fifo {
+                entry = entry
+                    .message_group_id(FIFO_GROUP)
+                    .message_deduplication_id(&letter.dedup_id);
+            }
+            let entry = entry
+                .build()
+                .map_err(|e| PortError::permanent(format!("sqs SendMessageBatch entry: {e}")))?;
+            request = request.entries(entry);
         }
-        request
+        let answer = request
             .send()
             .await
-            .map(|_| ())
-            .map_err(|e| classify_sdk_error("sqs SendMessage", &e))
+            .map_err(|e| classify_sdk_error("sqs SendMessageBatch", &e))?;
+        // Each letter's entry id is its index; an id the answer names neither sent nor failed
+        // is of unknown outcome.
+        let mut results: Vec<LetterResult> = letters
+            .iter()
+            .map(|_| {
+                Err(PortError::ambiguous(
+                    "sqs SendMessageBatch: no answer for the letter",
+                ))
+            })
+            .collect();
+        for sent in answer.successful() {
+            if let Some(slot) = sent
+                .id()
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| results.get_mut(n))
+            {
+                *slot = Ok(());
+            }
+        }
+        for failed in answer.failed() {
+            if let Some(slot) = failed
+                .id()
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| results.get_mut(n))
+            {
+                let message = format!("sqs SendMessageBatch: {}", failed.code());
+                // SQS marks the errors the request itself caused; the others are its own.
+                *slot = Err(if failed.sender_fault() {
+                    PortError::permanent(message)
+                } else {
+                    PortError::retryable(message)
+                });
+            }
+        }
+        Ok(results)
     }
 
     fn max_body_bytes(&self) -> usize {
         SQS_MAX_MESSAGE_BYTES
+    }
+
+    fn max_batch_len(&self) -> usize {
+        SQS_MAX_BATCH_ENTRIES
     }
 }

@@ -6,7 +6,8 @@
 
 use crate::error::PortError;
 use crate::ports::{
-    Claim, ClaimAttempt, DeadLetters, DedupStore, ObjectSink, PutOutcome, Refusal, Row, RowSink,
+    Claim, ClaimAttempt, DeadLetters, DedupStore, Letter, LetterResult, ObjectSink, PutOutcome,
+    Refusal, Row, RowSink,
 };
 use crate::route::{Merge, Route, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -234,6 +235,14 @@ impl ObjectSink for MemoryObjects {
 pub struct MemoryDeadLetters {
     pub sent: Arc<Mutex<Vec<String>>>,
     pub max_body_bytes: usize,
+    pub max_batch_len: usize,
+    /// Requests answered, as SQS would count them.
+    pub requests: Arc<AtomicUsize>,
+    /// The next this many letters are refused retryably (as SQS's own fault), one per
+    /// request, each the first of its batch; the batch's others are sent.
+    pub refuse_retryably: Arc<AtomicUsize>,
+    /// As `refuse_retryably`, but refused for good (as a sender fault).
+    pub refuse_for_good: Arc<AtomicUsize>,
 }
 
 impl Default for MemoryDeadLetters {
@@ -241,22 +250,60 @@ impl Default for MemoryDeadLetters {
         Self {
             sent: Arc::default(),
             max_body_bytes: 256 * 1024,
+            max_batch_len: 10,
+            requests: Arc::default(),
+            refuse_retryably: Arc::default(),
+            refuse_for_good: Arc::default(),
         }
     }
 }
 
+fn take_one(counter: &AtomicUsize) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
 impl DeadLetters for MemoryDeadLetters {
-    fn send(
+    fn send_batch(
         &self,
-        body: String,
-        _dedup_id: &str,
-    ) -> impl Future<Output = Result<(), PortError>> + Send {
-        lock(&self.sent).push(body);
-        std::future::ready(Ok(()))
+        letters: &[Letter],
+    ) -> impl Future<Output = Result<Vec<LetterResult>, PortError>> + Send {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        let answer = if letters.len() > self.max_batch_len
+            || letters.iter().map(|l| l.body.len()).sum::<usize>() > self.max_body_bytes
+        {
+            // As SQS refuses a batch over its limits: the pipeline must never send one.
+            Err(PortError::permanent(
+                "dead-letter batch over the queue's limits",
+            ))
+        } else {
+            let mut sent = lock(&self.sent);
+            let answers = letters
+                .iter()
+                .enumerate()
+                .map(|(n, letter)| {
+                    if n == 0 && take_one(&self.refuse_retryably) {
+                        return Err(PortError::retryable("injected letter refusal"));
+                    }
+                    if n == 0 && take_one(&self.refuse_for_good) {
+                        return Err(PortError::permanent("injected letter rejection"));
+                    }
+                    sent.push(letter.body.clone());
+                    Ok(())
+                })
+                .collect();
+            Ok(answers)
+        };
+        std::future::ready(answer)
     }
 
     fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
+    }
+
+    fn max_batch_len(&self) -> usize {
+        self.max_batch_len
     }
 }
 
@@ -395,13 +442,17 @@ impl<T: ObjectSink> ObjectSink for Faulty<T> {
 }
 
 impl<T: DeadLetters> DeadLetters for Faulty<T> {
-    async fn send(&self, body: String, dedup_id: &str) -> Result<(), PortError> {
+    async fn send_batch(&self, letters: &[Letter]) -> Result<Vec<LetterResult>, PortError> {
         self.switch.before().await?;
-        let r = self.inner.send(body, dedup_id).await;
+        let r = self.inner.send_batch(letters).await;
         self.switch.after(r).await
     }
 
     fn max_body_bytes(&self) -> usize {
         self.inner.max_body_bytes()
+    }
+
+    fn max_batch_len(&self) -> usize {
+        self.inner.max_batch_len()
     }
 }

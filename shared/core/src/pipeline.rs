@@ -21,7 +21,9 @@ use crate::metrics::{BatchSummary, Phase, PhaseMark, PhaseTimes};
 use crate::object_key::{
     data_object_key, dead_letter_key, dead_letter_message_key, hour_partition,
 };
-use crate::ports::{Claim, ClaimAttempt, DeadLetters, DedupStore, ObjectSink, Row, RowSink};
+use crate::ports::{
+    Claim, ClaimAttempt, DeadLetters, DedupStore, Letter, LetterResult, ObjectSink, Row, RowSink,
+};
 use crate::record::{Batch, Position, SourceRecord, SourceUnit};
 use crate::retry::RetryPolicy;
 use crate::route::{Mapped, Routes};
@@ -259,6 +261,32 @@ where
     }
 }
 
+/// Packs letters, in order, into batches of at most `max_len` letters whose bodies sum to at
+/// most `max_bytes`. A letter over `max_bytes` on its own travels alone (the queue refuses it,
+/// and only it).
+fn pack_letters(
+    letters: Vec<(usize, Letter)>,
+    max_len: usize,
+    max_bytes: usize,
+) -> Vec<Vec<(usize, Letter)>> {
+    let mut batches: Vec<Vec<(usize, Letter)>> = Vec::new();
+    let mut bytes = 0;
+    for (i, letter) in letters {
+        let len = letter.body.len();
+        match batches.last_mut() {
+            Some(batch) if batch.len() < max_len.max(1) && bytes + len <= max_bytes => {
+                bytes += len;
+                batch.push((i, letter));
+            }
+            _ => {
+                bytes = len;
+                batches.push(vec![(i, letter)]);
+            }
+        }
+    }
+    batches
+}
+
 /// Records whose claim is not settled yet, each with its next step.
 type Pending = Vec<(usize, Step)>;
 
@@ -461,39 +489,67 @@ where
 
     /// Sends each claimed poison record to the queue, then archives the message: the archive
     /// is the proof a later delivery checks. A crash between the two sends it once more.
+    ///
+    /// Letters travel in batches (up to the queue's batch limits), so a batch with many poison
+    /// records costs a request per ten of them rather than one each.
     async fn dead_letter_all(&self, work: &mut Work<'_>, claimed: &[usize]) {
         let cutoff = work.cutoff_ms(&self.settings);
         let cleanup = work.cleanup_until_ms(&self.settings);
         let owner = work.inv.attempt_id.as_str();
         let w = &*work;
-        let outcomes: Vec<(usize, RecordOutcome)> = stream::iter(claimed)
+        let concurrency = self.settings.claim_concurrency.max(1);
+
+        // 1. Each record's letter; a record too big to travel inline is stored first.
+        let prepared: Vec<(usize, Result<Letter, FailureCause>)> = stream::iter(claimed)
             .map(|&i| async move {
                 let slot = &w.slots[i];
-                let (Some(poison), Some(archive), Some(claim_key), Some(digest)) =
-                    (&slot.poison, &slot.object_key, &slot.claim_key, &slot.digest)
-                else {
-                    return (i, RecordOutcome::Failed(FailureCause::DeadLetterQueue));
-                };
-                let record = &w.batch.records[i];
-                let failed = |cause| async move {
-                    self.release_one(claim_key, owner, cleanup).await;
-                    (i, RecordOutcome::Failed(cause))
+                let (Some(poison), Some(digest)) = (&slot.poison, &slot.digest) else {
+                    return (i, Err(FailureCause::DeadLetterQueue));
                 };
                 if now_ms() > cutoff {
-                    return failed(FailureCause::Deadline).await;
+                    return (i, Err(FailureCause::Deadline));
                 }
-                let body = match self.dead_letter(record, poison, digest, cutoff).await {
-                    Ok(body) => body,
+                let record = &w.batch.records[i];
+                match self.letter_of(record, poison, digest, cutoff).await {
+                    Ok(letter) => (i, Ok(letter)),
                     Err(e) => {
-                        tracing::warn!(error = %e, position = %record.position, "dead-letter send failed");
-                        return failed(FailureCause::DeadLetterQueue).await;
+                        tracing::warn!(error = %e, position = %record.position, "dead-letter data write failed");
+                        (i, Err(FailureCause::DeadLetterQueue))
                     }
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let mut ready = Vec::with_capacity(prepared.len());
+        let mut failed = Vec::new();
+        for (i, letter) in prepared {
+            match letter {
+                Ok(letter) => ready.push((i, letter)),
+                Err(cause) => failed.push((i, cause)),
+            }
+        }
+        ready.sort_by_key(|(i, _)| *i);
+
+        // 2. Send; 3. archive what was sent.
+        let sent = self.send_letters(ready, cutoff).await;
+        let mut archived_or_failed: Vec<(usize, RecordOutcome)> = stream::iter(sent)
+            .map(|(i, letter, result)| async move {
+                let slot = &w.slots[i];
+                if let Err(e) = result {
+                    let position = &w.batch.records[i].position;
+                    tracing::warn!(error = %e, position = %position, "dead-letter send failed");
+                    return (i, RecordOutcome::Failed(FailureCause::DeadLetterQueue));
+                }
+                let (Some(poison), Some(archive)) = (&slot.poison, &slot.object_key) else {
+                    return (i, RecordOutcome::Failed(FailureCause::DeadLetterQueue));
                 };
                 // Sent: whatever happens to the archive, the record is dead-lettered. Without
                 // the archive a later delivery sends it again once its claim's lease is over.
+                let body = letter.body.into_bytes();
                 let archived = in_budget(self.settings.in_budget_retry, cleanup, || {
                     self.objects
-                        .put_new(archive, body.clone().into_bytes(), "application/json")
+                        .put_new(archive, body.clone(), "application/json")
                 })
                 .await;
                 if let Err(e) = archived {
@@ -501,48 +557,119 @@ where
                 }
                 (i, RecordOutcome::DeadLettered(poison.kind))
             })
-            .buffer_unordered(self.settings.claim_concurrency.max(1))
+            .buffer_unordered(concurrency)
             .collect()
             .await;
-        for (i, outcome) in outcomes {
+        archived_or_failed.extend(
+            failed
+                .into_iter()
+                .map(|(i, cause)| (i, RecordOutcome::Failed(cause))),
+        );
+
+        // A record not dead-lettered gives its claim back, so a redelivery can claim it at once.
+        let releases = archived_or_failed
+            .iter()
+            .filter(|(_, outcome)| matches!(outcome, RecordOutcome::Failed(_)))
+            .filter_map(|&(i, _)| w.slots[i].claim_key.as_deref());
+        stream::iter(releases)
+            .for_each_concurrent(concurrency, |key| self.release_one(key, owner, cleanup))
+            .await;
+        for (i, outcome) in archived_or_failed {
             work.slots[i].outcome = Some(outcome);
         }
     }
 
-    /// Sends one dead letter and returns the body sent.
-    async fn dead_letter(
+    /// The letter of one poison record. A record whose letter would not fit the queue's limit
+    /// is stored as an object first, and the letter names its key.
+    async fn letter_of(
         &self,
         record: &SourceRecord,
         poison: &Poison,
         digest: &str,
         until_ms: i64,
-    ) -> Result<String, PortError> {
+    ) -> Result<Letter, PortError> {
         let inline = dead_letter::body(record, poison, digest, DeadLetterData::Inline);
-        if inline.len() <= self.dead_letters.max_body_bytes() {
+        let body = if inline.len() <= self.dead_letters.max_body_bytes() {
+            inline
+        } else {
+            let key = dead_letter_key(
+                &self.settings.dead_letter_prefix,
+                &record.unit.label,
+                &record.position,
+                digest,
+            );
+            let bytes = record.data.clone().unwrap_or_default();
             in_budget(self.settings.in_budget_retry, until_ms, || {
-                self.dead_letters.send(inline.clone(), digest)
+                self.objects
+                    .put_new(&key, bytes.to_vec(), "application/octet-stream")
             })
             .await?;
-            return Ok(inline);
-        }
-        let key = dead_letter_key(
-            &self.settings.dead_letter_prefix,
-            &record.unit.label,
-            &record.position,
-            digest,
+            dead_letter::body(record, poison, digest, DeadLetterData::InObject(&key))
+        };
+        Ok(Letter {
+            body,
+            dedup_id: digest.to_owned(),
+        })
+    }
+
+    /// Sends `letters` packed into batches within the queue's limits, the batches side by
+    /// side. A letter the queue refused retryably, or a batch whose request failed retryably,
+    /// is sent again per the in-budget policy until `until_ms`; each letter ends with its last
+    /// result.
+    async fn send_letters(
+        &self,
+        letters: Vec<(usize, Letter)>,
+        until_ms: i64,
+    ) -> Vec<(usize, Letter, LetterResult)> {
+        let batches = pack_letters(
+            letters,
+            self.dead_letters.max_batch_len(),
+            self.dead_letters.max_body_bytes(),
         );
-        let bytes = record.data.clone().unwrap_or_default();
-        in_budget(self.settings.in_budget_retry, until_ms, || {
-            self.objects
-                .put_new(&key, bytes.to_vec(), "application/octet-stream")
-        })
-        .await?;
-        let body = dead_letter::body(record, poison, digest, DeadLetterData::InObject(&key));
-        in_budget(self.settings.in_budget_retry, until_ms, || {
-            self.dead_letters.send(body.clone(), digest)
-        })
-        .await?;
-        Ok(body)
+        let policy = self.settings.in_budget_retry;
+        stream::iter(batches)
+            .map(|mut pending| async move {
+                let mut done = Vec::with_capacity(pending.len());
+                let mut round = 1;
+                while !pending.is_empty() {
+                    let last_round = round >= policy.max_attempts;
+                    let batch: Vec<Letter> = pending.iter().map(|(_, l)| l.clone()).collect();
+                    let answers =
+                        match bounded(until_ms, self.dead_letters.send_batch(&batch)).await {
+                            Ok(answers) if answers.len() == batch.len() => answers,
+                            Ok(_) => vec![
+                                Err(PortError::ambiguous(
+                                    "dead-letter batch: answers do not match the letters"
+                                ));
+                                batch.len()
+                            ],
+                            Err(e) => vec![Err(e); batch.len()],
+                        };
+                    let mut again = Vec::new();
+                    for ((i, letter), answer) in pending.into_iter().zip(answers) {
+                        match answer {
+                            Err(e) if e.is_retryable() && !last_round => again.push((i, letter, e)),
+                            answer => done.push((i, letter, answer)),
+                        }
+                    }
+                    if again.is_empty() {
+                        break;
+                    }
+                    let pause = policy.backoff(round);
+                    if now_ms() + pause.as_millis() as i64 >= until_ms {
+                        done.extend(again.into_iter().map(|(i, l, e)| (i, l, Err(e))));
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                    round += 1;
+                    pending = again.into_iter().map(|(i, l, _)| (i, l)).collect();
+                }
+                done
+            })
+            .buffer_unordered(self.settings.claim_concurrency.max(1))
+            .flat_map(stream::iter)
+            .collect()
+            .await
     }
 
     /// Step 3: claim every record, resolve refused claims, wait briefly for a dead holder's
@@ -1076,4 +1203,50 @@ fn summarise(
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letters(sizes: &[usize]) -> Vec<(usize, Letter)> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let letter = Letter {
+                    body: "x".repeat(len),
+                    dedup_id: i.to_string(),
+                };
+                (i, letter)
+            })
+            .collect()
+    }
+
+    fn shape(batches: &[Vec<(usize, Letter)>]) -> Vec<Vec<usize>> {
+        batches
+            .iter()
+            .map(|b| b.iter().map(|(i, _)| *i).collect())
+            .collect()
+    }
+
+    #[test]
+    fn letters_pack_in_order_within_the_count_and_the_bytes() {
+        // Given 12 small letters and a limit of 5 per batch: 5 + 5 + 2, in order
+        assert_eq!(
+            shape(&pack_letters(letters(&[1; 12]), 5, 100)),
+            vec![vec![0, 1, 2, 3, 4], vec![5, 6, 7, 8, 9], vec![10, 11]]
+        );
+        // Given letters of 60, 30, 20, 100 and 1 bytes and 100 bytes a batch
+        assert_eq!(
+            shape(&pack_letters(letters(&[60, 30, 20, 100, 1]), 10, 100)),
+            vec![vec![0, 1], vec![2], vec![3], vec![4]]
+        );
+        // A letter over the byte limit travels alone
+        assert_eq!(
+            shape(&pack_letters(letters(&[1, 150, 1]), 10, 100)),
+            vec![vec![0], vec![1], vec![2]]
+        );
+        assert!(pack_letters(Vec::new(), 10, 100).is_empty());
+    }
 }

@@ -135,16 +135,34 @@ pub trait ObjectSink: Send + Sync {
     fn exists(&self, key: &str) -> impl Future<Output = Result<bool, PortError>> + Send;
 }
 
+/// One dead letter on its way to the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Letter {
+    /// The message body (JSON text).
+    pub body: String,
+    /// Identifies the poison record: a FIFO queue uses it as `MessageDeduplicationId`, so a
+    /// resend after a lost answer is dropped.
+    pub dedup_id: String,
+}
+
+/// What one letter of a batch became; the request as a whole answered.
+pub type LetterResult = Result<(), PortError>;
+
 /// The dead-letter queue: SQS in production.
 pub trait DeadLetters: Send + Sync {
-    /// Sends one message body (JSON text). `dedup_id` identifies the poison record (a FIFO
-    /// queue uses it as `MessageDeduplicationId`, so a resend after a lost answer is dropped).
-    fn send(
+    /// Sends `letters` in one request: at most [`DeadLetters::max_batch_len`] of them, their
+    /// bodies summing to at most [`DeadLetters::max_body_bytes`]. `Ok` holds one result per
+    /// letter, in order: one letter refused leaves the others sent. `Err` is the request's own
+    /// failure; if ambiguous, any of the letters may have been queued.
+    fn send_batch(
         &self,
-        body: String,
-        dedup_id: &str,
-    ) -> impl Future<Output = Result<(), PortError>> + Send;
+        letters: &[Letter],
+    ) -> impl Future<Output = Result<Vec<LetterResult>, PortError>> + Send;
 
-    /// Largest body the queue accepts, in bytes; larger records go to the object store.
+    /// Largest body the queue accepts, in bytes, and the most a batch's bodies may sum to;
+    /// larger records go to the object store.
     fn max_body_bytes(&self) -> usize;
+
+    /// Most letters one request may carry.
+    fn max_batch_len(&self) -> usize;
 }

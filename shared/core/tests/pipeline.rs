@@ -285,13 +285,105 @@ async fn poison_goes_to_the_dead_letter_queue_without_blocking_the_shard() {
     assert_eq!(stack.dead_letters.sent.lock().unwrap().len(), 3);
 }
 
+/// A batch of `n` poison records (undecodable bytes), positions from 1.
+fn poison_batch(n: u64) -> Batch {
+    Batch {
+        records: (1..=n)
+            .map(|seq| record(seq, Some(vec![0xff, seq as u8])))
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn poison_records_go_to_the_queue_ten_to_a_request_each_once() {
+    // Given a batch of 25 poison records
+    let stack = Stack::new();
+    let (p, _) = stack.pipeline();
+    let batch = poison_batch(25);
+    // When it is processed
+    let report = p
+        .process(&batch, &invocation("inv-1", Duration::from_secs(30)))
+        .await;
+    // Then all 25 are dead-lettered in three requests (10 + 10 + 5), each letter once
+    assert!(report.failures.is_empty());
+    assert_eq!(report.summary.poison, 25);
+    assert_eq!(stack.dead_letters.requests.load(Ordering::SeqCst), 3);
+    let mut sent = stack.dead_letters.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 25);
+    sent.sort();
+    sent.dedup();
+    assert_eq!(sent.len(), 25, "no letter twice");
+}
+
+#[tokio::test]
+async fn a_letter_the_queue_refuses_for_now_is_sent_again_alone() {
+    // Given a queue that refuses the first letter of the next batch as its own fault
+    let stack = Stack::new();
+    let (p, _) = stack.pipeline();
+    stack
+        .dead_letters
+        .refuse_retryably
+        .store(1, Ordering::SeqCst);
+    // When three poison records are processed
+    let report = p
+        .process(
+            &poison_batch(3),
+            &invocation("inv-1", Duration::from_secs(30)),
+        )
+        .await;
+    // Then all three are dead-lettered, the refused one by a second request of its own, and
+    // none is queued twice
+    assert!(report.failures.is_empty(), "{:?}", report.outcomes);
+    assert_eq!(report.summary.poison, 3);
+    assert_eq!(stack.dead_letters.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(stack.dead_letters.sent.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_letter_the_queue_rejects_fails_alone_and_gives_its_claim_back() {
+    // Given a queue that rejects the first letter of the next batch for good
+    let stack = Stack::new();
+    let (p, _) = stack.pipeline();
+    stack
+        .dead_letters
+        .refuse_for_good
+        .store(1, Ordering::SeqCst);
+    // When three poison records are processed
+    let batch = poison_batch(3);
+    let report = p
+        .process(&batch, &invocation("inv-1", Duration::from_secs(30)))
+        .await;
+    // Then the rejected one fails (to be redelivered), the other two are dead-lettered...
+    assert_eq!(
+        report.outcomes,
+        vec![
+            RecordOutcome::Failed(FailureCause::DeadLetterQueue),
+            RecordOutcome::DeadLettered(PoisonKind::Decode),
+            RecordOutcome::DeadLettered(PoisonKind::Decode),
+        ]
+    );
+    assert_eq!(stack.dead_letters.sent.lock().unwrap().len(), 2);
+    // ...and its claim is released, so the redelivery sends it at once, and only it
+    assert_eq!(stack.dedup.claims.lock().unwrap().len(), 2);
+    let (p2, _) = stack.pipeline();
+    let again = p2
+        .process(&batch, &invocation("inv-2", Duration::from_secs(30)))
+        .await;
+    assert!(again.failures.is_empty(), "{:?}", again.outcomes);
+    assert_eq!(
+        again.outcomes[0],
+        RecordOutcome::DeadLettered(PoisonKind::Decode)
+    );
+    assert_eq!(stack.dead_letters.sent.lock().unwrap().len(), 3);
+}
+
 #[tokio::test]
 async fn a_dead_letter_too_large_for_the_queue_keeps_its_bytes_in_the_object_store() {
     let stack = Stack::new();
     let (mut p, _) = stack.pipeline();
-    p.dead_letters.inner.max_body_bytes = 100;
+    p.dead_letters.inner.max_body_bytes = 600;
     let batch = Batch {
-        records: vec![record(9, Some(vec![b'x'; 500]))],
+        records: vec![record(9, Some(vec![b'x'; 1000]))],
     };
     let report = p
         .process(&batch, &invocation("inv-1", Duration::from_secs(30)))
@@ -300,7 +392,7 @@ async fn a_dead_letter_too_large_for_the_queue_keeps_its_bytes_in_the_object_sto
     let sent = stack.dead_letters.sent.lock().unwrap().clone();
     let msg: serde_json::Value = serde_json::from_str(&sent[0]).unwrap();
     let key = msg["data_s3_key"].as_str().unwrap();
-    assert_eq!(stack.objects.objects.lock().unwrap()[key], vec![b'x'; 500]);
+    assert_eq!(stack.objects.objects.lock().unwrap()[key], vec![b'x'; 1000]);
 }
 
 #[tokio::test]
