@@ -16,6 +16,7 @@
 
 mod dedup;
 mod error;
+mod http1;
 mod objects;
 mod put_item;
 mod queue;

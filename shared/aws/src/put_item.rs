@@ -7,7 +7,7 @@
 //! item map and walks its retry bookkeeping; measured from outside (BENCHMARKS.md §5) that
 //! was most of the function's CPU. Here the request is a JSON body written straight from the
 //! claim, signed by a SigV4 signer for this one request shape (`sigv4`, checked against
-//! `aws-sigv4`), sent over a pool of kept-alive TLS
+//! `aws-sigv4`), sent as one buffer by a minimal HTTP/1.1 client (`http1`) over kept-alive TLS
 //! connections (rustls with the platform roots, as the SDK's client) sized for the claim
 //! concurrency; the answer is read for the two things the pipeline needs: written, or refused
 //! with the holder's item.
@@ -25,16 +25,14 @@
 
 use crate::error::RETRYABLE_CODES;
 use crate::sigv4::{FixedShapeSigner, Keys};
-use crate::{CONNECT_TIMEOUT, SMALL_CALL_ATTEMPT_TIMEOUT};
+use crate::SMALL_CALL_ATTEMPT_TIMEOUT;
 use aws_config::SdkConfig;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
+use crate::http1::{Endpoint, Http1Error, Http1Pool};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
+use std::fmt::Write as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -79,8 +77,6 @@ struct ErrorBody {
     item: Option<HashMap<String, AttributeText>>,
 }
 
-type Https = hyper_rustls::HttpsConnector<HttpConnector>;
-
 /// The parts of a credential the signer needs, and when to fetch a new one.
 struct CachedKeys {
     access_key_id: String,
@@ -111,7 +107,7 @@ impl CachedKeys {
 
 /// A conditional-`PutItem` sender for one table's endpoint.
 pub struct PutItemClient {
-    http: Client<Https, Full<Bytes>>,
+    http: Http1Pool,
     /// `scheme://authority/`
     url: String,
     /// The url's authority, as the `host` header carries and SigV4 signs it.
@@ -153,6 +149,29 @@ fn endpoint(sdk: &SdkConfig, region: &str) -> Option<String> {
     Some(format!("https://dynamodb.{region}.{suffix}/"))
 }
 
+/// Where to connect for an endpoint's scheme and authority (`host`, `host:port`,
+/// `[v6]:port`); `None` for a scheme other than http and https, an unreadable port, or
+/// when the platform's root certificates cannot be read.
+fn connect_to(scheme: &str, authority: &str) -> Option<Endpoint> {
+    let (default_port, tls) = match scheme {
+        "http" => (80, false),
+        "https" => (443, true),
+        _ => return None,
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, port.parse().ok()?),
+        _ => (authority, default_port),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let tls = if tls {
+        let name = rustls::pki_types::ServerName::try_from(host.clone()).ok()?;
+        Some((crate::http1::tls_connector().ok()?, name))
+    } else {
+        None
+    };
+    Some(Endpoint { host, port, tls })
+}
+
 impl PutItemClient {
     /// The client for `sdk`'s region, endpoint and credentials; `None` when the endpoint is
     /// one only the SDK's rules resolve (FIPS, dual-stack, GovCloud), or no region is set.
@@ -160,30 +179,13 @@ impl PutItemClient {
         let region = sdk.region()?.to_string();
         let url = endpoint(sdk, &region)?;
         let credentials = sdk.credentials_provider()?;
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(std::sync::Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .ok()?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
-            .build(tls);
-        let host = url
-            .split_once("://")
-            .map_or(url.as_str(), |(_, rest)| rest)
-            .trim_end_matches('/')
-            .to_owned();
+        let (scheme, host) = url.split_once("://")?;
+        let host = host.trim_end_matches('/').to_owned();
         if host.is_empty() || host.contains('/') {
             // A path in the endpoint is something only the SDK's rules handle.
             return None;
         }
+        let http = Http1Pool::new(connect_to(scheme, &host)?, POOL_IDLE_PER_HOST);
         Some(Self {
             http,
             signer: FixedShapeSigner::new(&region, SIGNING_NAME),
@@ -233,49 +235,41 @@ impl PutItemClient {
             body,
             SystemTime::now(),
         );
-        let mut request = http::Request::builder()
-            .method("POST")
-            .uri(&self.url)
-            .header("host", &self.host)
-            .header("content-type", CONTENT_TYPE)
-            .header("x-amz-target", TARGET)
-            .header("x-amz-date", signed.amz_date)
-            .header("authorization", signed.authorization);
+        // The request as one buffer: the head, with the headers the signature covers and
+        // the body's length, then the body.
+        let mut request = String::with_capacity(512 + body.len());
+        let _ = write!(
+            request,
+            "POST / HTTP/1.1\r\nhost: {}\r\ncontent-type: {CONTENT_TYPE}\r\nx-amz-target: {TARGET}\r\nx-amz-date: {}\r\nauthorization: {}\r\n",
+            self.host, signed.amz_date, signed.authorization
+        );
         if let Some(token) = keys.session_token {
-            request = request.header("x-amz-security-token", token);
+            let _ = write!(request, "x-amz-security-token: {token}\r\n");
         }
-        let request = request
-            .body(Full::new(body.clone()))
-            .map_err(|e| PortError::permanent(format!("dynamodb PutItem: request: {e}")))?;
+        let _ = write!(request, "content-length: {}\r\n\r\n", body.len());
+        let mut request = request.into_bytes();
+        request.extend_from_slice(body);
 
-        let response = self.http.request(request).await.map_err(|e| {
-            if e.is_connect() {
-                PortError::retryable("dynamodb PutItem: connect failed")
-            } else {
-                PortError::ambiguous("dynamodb PutItem: connection failed")
-            }
+        let answer = self.http.send(&request).await.map_err(|e| match e {
+            Http1Error::Connect(_) => PortError::retryable("dynamodb PutItem: connect failed"),
+            Http1Error::Lost(_) => PortError::ambiguous("dynamodb PutItem: answer lost"),
         })?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|_| PortError::ambiguous("dynamodb PutItem: answer cut off"))?
-            .to_bytes();
-        if status.is_success() {
+        let status = answer.status;
+        let bytes = answer.body;
+        if (200..300).contains(&status) {
             return Ok(PutAnswer::Written);
         }
-        if status.is_server_error() {
+        if status >= 500 {
             // A 5xx may come after the write was applied.
             return Err(PortError::ambiguous(format!(
                 "dynamodb PutItem: HTTP {}",
-                status.as_u16()
+                status
             )));
         }
         let error: ErrorBody = serde_json::from_slice(&bytes).map_err(|_| {
             PortError::retryable(format!(
                 "dynamodb PutItem: HTTP {} without a readable error",
-                status.as_u16()
+                status
             ))
         })?;
         let code = error.kind.rsplit('#').next().unwrap_or("");
@@ -446,5 +440,23 @@ mod tests {
             .use_fips(true)
             .build();
         assert_eq!(endpoint(&fips, "us-east-1"), None);
+    }
+
+    #[test]
+    fn an_endpoint_connects_to_its_host_and_port_with_tls_only_for_https() {
+        let plain = connect_to("http", "127.0.0.1:5050").unwrap();
+        assert_eq!((plain.host.as_str(), plain.port, plain.tls.is_none()), ("127.0.0.1", 5050, true));
+        let v6 = connect_to("http", "[::1]:8000").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 8000));
+        let bare_v6 = connect_to("http", "[::1]").unwrap();
+        assert_eq!((bare_v6.host.as_str(), bare_v6.port), ("::1", 80));
+        assert_eq!(connect_to("http", "localhost").unwrap().port, 80);
+        assert!(connect_to("ftp", "localhost").is_none());
+        assert!(connect_to("http", "localhost:port").is_none());
+        // https verifies the endpoint's name against the platform's roots
+        let tls = connect_to("https", "dynamodb.eu-west-1.amazonaws.com")
+            .expect("the platform's root certificates are readable here");
+        assert_eq!(tls.port, 443);
+        assert!(tls.tls.is_some());
     }
 }
