@@ -113,6 +113,31 @@ enum CpuMeter {
     Proc { pid: u32 },
 }
 
+/// One reading of the process's CPU: the exact total, and the kernel's sampled user and
+/// system shares (ticks or µs) by which an interval's total is split.
+#[derive(Debug, Default, Clone, Copy)]
+struct CpuReading {
+    total_us: u64,
+    user_weight: u64,
+    system_weight: u64,
+}
+
+impl CpuReading {
+    /// User and system µs between `before` and this reading: the total's difference, split
+    /// by the interval's own samples (a split of each total alone could run backwards).
+    fn since(&self, before: &CpuReading) -> (u64, u64) {
+        let total = self.total_us.saturating_sub(before.total_us);
+        let user = self.user_weight.saturating_sub(before.user_weight);
+        let system = self.system_weight.saturating_sub(before.system_weight);
+        let user_us = if user + system == 0 {
+            total
+        } else {
+            (total as f64 * user as f64 / (user + system) as f64) as u64
+        };
+        (user_us, total - user_us.min(total))
+    }
+}
+
 impl CpuMeter {
     /// Moves `pid` into a cgroup of its own when the host allows it.
     fn attach(pid: u32, name: &str) -> Self {
@@ -139,7 +164,7 @@ impl CpuMeter {
     }
 
     /// (user, system) CPU so far, µs.
-    fn read(&self) -> (u64, u64) {
+    fn read(&self) -> CpuReading {
         let text = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
         match self {
             CpuMeter::V1 { acct, .. } => {
@@ -158,13 +183,11 @@ impl CpuMeter {
                         .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
                         .unwrap_or(0)
                 };
-                let (user, system) = (ticks("user"), ticks("system"));
-                let user_us = if user + system == 0 {
-                    total_us
-                } else {
-                    (total_us as f64 * user as f64 / (user + system) as f64) as u64
-                };
-                (user_us, total_us - user_us)
+                CpuReading {
+                    total_us,
+                    user_weight: ticks("user"),
+                    system_weight: ticks("system"),
+                }
             }
             CpuMeter::V2 { dir } => {
                 let stat = text(dir.join("cpu.stat"));
@@ -174,17 +197,11 @@ impl CpuMeter {
                         .unwrap_or(0)
                 };
                 // As v1: the total is exact, the split is what the kernel sampled.
-                let (total, user, system) = (
-                    field("usage_usec"),
-                    field("user_usec"),
-                    field("system_usec"),
-                );
-                let user_us = if user + system == 0 {
-                    total
-                } else {
-                    (total as f64 * user as f64 / (user + system) as f64) as u64
-                };
-                (user_us, total.saturating_sub(user_us))
+                CpuReading {
+                    total_us: field("usage_usec"),
+                    user_weight: field("user_usec"),
+                    system_weight: field("system_usec"),
+                }
             }
             CpuMeter::Proc { pid } => {
                 let stat = text(PathBuf::from(format!("/proc/{pid}/stat")));
@@ -195,10 +212,15 @@ impl CpuMeter {
                     .map(|v| v.parse().unwrap_or(0))
                     .collect();
                 let tick_us = 1_000_000 / 100; // USER_HZ is 100 on Linux
-                (
-                    f.get(11).copied().unwrap_or(0) * tick_us,
-                    f.get(12).copied().unwrap_or(0) * tick_us,
-                )
+                let (user, system) = (
+                    f.get(11).copied().unwrap_or(0),
+                    f.get(12).copied().unwrap_or(0),
+                );
+                CpuReading {
+                    total_us: (user + system) * tick_us,
+                    user_weight: user,
+                    system_weight: system,
+                }
             }
         }
     }
@@ -430,8 +452,8 @@ impl Function {
         }
     }
 
-    fn cpu(&self) -> (u64, u64) {
-        self.meter.as_ref().map_or((0, 0), CpuMeter::read)
+    fn cpu(&self) -> CpuReading {
+        self.meter.as_ref().map_or(CpuReading::default(), CpuMeter::read)
     }
 
     /// Context switches so far, summed over the process's live threads.
@@ -481,17 +503,17 @@ impl Function {
     async fn measured_batch(&mut self, records: usize, tally: &mut Tally) {
         let event = self.feed.batch(records);
         let before_requests = self.proxy.counts();
-        let (u0, s0) = self.cpu();
+        let cpu_before = self.cpu();
         let switches = self.switches();
         let started = Instant::now();
         let (redeliveries, done) = self.deliver(event).await;
         tally.switches += self.switches().saturating_sub(switches);
         let wall = started.elapsed().as_secs_f64() * 1000.0;
-        let (u1, s1) = self.cpu();
+        let (user_us, sys_us) = self.cpu().since(&cpu_before);
         tally.records += records as u64;
         tally.batches += 1;
-        tally.user_us += u1 - u0;
-        tally.sys_us += s1 - s0;
+        tally.user_us += user_us;
+        tally.sys_us += sys_us;
         tally.wall_ms += wall;
         tally.redeliveries += redeliveries;
         for (op, (seen, _)) in self.proxy.counts() {
@@ -512,17 +534,17 @@ impl Function {
     async fn limited_batch(&mut self, records: usize, cpus: f64) -> (f64, Option<f64>) {
         let limited = self.meter.as_ref().is_some_and(|m| m.limit(cpus));
         let event = self.feed.batch(records);
-        let (u0, s0) = self.cpu();
+        let cpu_before = self.cpu();
         let started = Instant::now();
         self.deliver(event).await;
         let wall = started.elapsed().as_secs_f64();
-        let (u1, s1) = self.cpu();
+        let (user_us, sys_us) = self.cpu().since(&cpu_before);
         if let Some(m) = &self.meter {
             m.limit_off();
         }
         (
             wall,
-            limited.then_some(((u1 - u0) + (s1 - s0)) as f64 / 1e6),
+            limited.then_some((user_us + sys_us) as f64 / 1e6),
         )
     }
 }

@@ -239,6 +239,12 @@ async fn read_answer(c: &mut Connection) -> Result<(Answer, bool), Http1Error> {
     if (100..200).contains(&status) {
         return Err(Http1Error::Lost(format!("unexpected HTTP {status}")));
     }
+    // 204 and 304 answers have no body whatever their headers say (RFC 9112, 6.3).
+    let framing = if status == 204 || status == 304 {
+        Framing::Length(0)
+    } else {
+        framing
+    };
     let body = match framing {
         Framing::Length(len) => {
             if len > MAX_BODY_BYTES {
