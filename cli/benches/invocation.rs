@@ -453,7 +453,9 @@ impl Function {
     }
 
     fn cpu(&self) -> CpuReading {
-        self.meter.as_ref().map_or(CpuReading::default(), CpuMeter::read)
+        self.meter
+            .as_ref()
+            .map_or(CpuReading::default(), CpuMeter::read)
     }
 
     /// Context switches so far, summed over the process's live threads.
@@ -542,10 +544,7 @@ impl Function {
         if let Some(m) = &self.meter {
             m.limit_off();
         }
-        (
-            wall,
-            limited.then_some((user_us + sys_us) as f64 / 1e6),
-        )
+        (wall, limited.then_some((user_us + sys_us) as f64 / 1e6))
     }
 }
 

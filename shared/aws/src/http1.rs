@@ -172,10 +172,13 @@ impl Http1Pool {
 
     async fn connect(&self) -> Result<Connection, Http1Error> {
         let e = &self.endpoint;
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((e.host.as_str(), e.port)))
-            .await
-            .map_err(|_| Http1Error::Connect("timed out".into()))?
-            .map_err(|err| Http1Error::Connect(err.kind().to_string()))?;
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect((e.host.as_str(), e.port)),
+        )
+        .await
+        .map_err(|_| Http1Error::Connect("timed out".into()))?
+        .map_err(|err| Http1Error::Connect(err.kind().to_string()))?;
         tcp.set_nodelay(true)
             .map_err(|err| Http1Error::Connect(err.kind().to_string()))?;
         let stream = match &e.tls {
@@ -282,7 +285,9 @@ async fn read_answer(c: &mut Connection) -> Result<(Answer, bool), Http1Error> {
 /// Reads more bytes; an end of stream before the answer is whole loses it.
 async fn fill(c: &mut Connection) -> Result<(), Http1Error> {
     match c.stream.read_buf(&mut c.buf).await {
-        Ok(0) => Err(Http1Error::Lost("connection closed before the answer".into())),
+        Ok(0) => Err(Http1Error::Lost(
+            "connection closed before the answer".into(),
+        )),
         Ok(_) => Ok(()),
         Err(err) => Err(Http1Error::Lost(format!("read: {}", err.kind()))),
     }
@@ -406,7 +411,9 @@ mod tests {
 
     /// A server that answers each request with the next of `answers` (raw bytes), keeping
     /// the connection open until the last answer; counts the connections it accepted.
-    async fn server(answers: Vec<&'static [u8]>) -> (Endpoint, Arc<std::sync::atomic::AtomicUsize>) {
+    async fn server(
+        answers: Vec<&'static [u8]>,
+    ) -> (Endpoint, Arc<std::sync::atomic::AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -490,7 +497,8 @@ mod tests {
     #[tokio::test]
     async fn an_answer_cut_short_is_lost_not_refused() {
         // Given a server whose answer ends before its content-length says
-        let (endpoint, _) = server(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"par"]).await;
+        let (endpoint, _) =
+            server(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"par"]).await;
         let pool = Http1Pool::new(endpoint, 4);
         // When a request is sent, then its outcome is unknown (it may have been applied)
         let err = pool.send(REQUEST).await.unwrap_err();

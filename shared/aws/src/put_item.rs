@@ -24,16 +24,16 @@
 //! is used (as it is with `STREAMLOAD_DEDUP_CLIENT=sdk`).
 
 use crate::error::RETRYABLE_CODES;
+use crate::http1::{Endpoint, Http1Error, Http1Pool};
 use crate::sigv4::{FixedShapeSigner, Keys};
 use crate::SMALL_CALL_ATTEMPT_TIMEOUT;
 use aws_config::SdkConfig;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
-use crate::http1::{Endpoint, Http1Error, Http1Pool};
 use bytes::Bytes;
 use serde::Deserialize;
-use std::fmt::Write as _;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use streamload_core::error::PortError;
@@ -162,7 +162,10 @@ fn connect_to(scheme: &str, authority: &str) -> Option<Endpoint> {
         Some((host, port)) if !port.contains(']') => (host, port.parse().ok()?),
         _ => (authority, default_port),
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let tls = if tls {
         let name = rustls::pki_types::ServerName::try_from(host.clone()).ok()?;
         Some((crate::http1::tls_connector().ok()?, name))
@@ -250,9 +253,12 @@ impl PutItemClient {
         let mut request = request.into_bytes();
         request.extend_from_slice(body);
 
+        // The reasons name the failure (an I/O kind, a TLS alert), never request text.
         let answer = self.http.send(&request).await.map_err(|e| match e {
-            Http1Error::Connect(_) => PortError::retryable("dynamodb PutItem: connect failed"),
-            Http1Error::Lost(_) => PortError::ambiguous("dynamodb PutItem: answer lost"),
+            Http1Error::Connect(why) => {
+                PortError::retryable(format!("dynamodb PutItem: connect failed: {why}"))
+            }
+            Http1Error::Lost(why) => PortError::ambiguous(format!("dynamodb PutItem: {why}")),
         })?;
         let status = answer.status;
         let bytes = answer.body;
@@ -445,7 +451,10 @@ mod tests {
     #[test]
     fn an_endpoint_connects_to_its_host_and_port_with_tls_only_for_https() {
         let plain = connect_to("http", "127.0.0.1:5050").unwrap();
-        assert_eq!((plain.host.as_str(), plain.port, plain.tls.is_none()), ("127.0.0.1", 5050, true));
+        assert_eq!(
+            (plain.host.as_str(), plain.port, plain.tls.is_none()),
+            ("127.0.0.1", 5050, true)
+        );
         let v6 = connect_to("http", "[::1]:8000").unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 8000));
         let bare_v6 = connect_to("http", "[::1]").unwrap();
