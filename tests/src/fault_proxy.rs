@@ -42,12 +42,16 @@ pub enum Fault {
     /// `ThrottlingException` (JSON), S3 503 `SlowDown` (XML), SQS 400 `ThrottlingException`
     /// (JSON with `x-amzn-query-error`), anything else a bare 503.
     Throttle,
-    /// Do not forward; answer `200 {}` after [`ACCEPT_DELAY`], as DynamoDB answers a write
-    /// that succeeded — without applying it. Not a fault but a stand-in for AWS's answer
-    /// rate: the invocation bench's diagnostic of what the loader costs when conditional
-    /// writes are answered concurrently within milliseconds instead of one at a time by
-    /// moto. It breaks exactly-once by construction; no test relies on it.
-    AcceptUnapplied,
+    /// Do not forward a `PutItem`: answer it after [`ACCEPT_DELAY`] from the proxy's own
+    /// memory, as DynamoDB answers a create-if-absent write: refused with
+    /// `ConditionalCheckFailedException` and the held item (`ALL_OLD`) if the proxy holds
+    /// an item under the same table and `pk`, else kept there and answered `200 {}`. Not a
+    /// fault but a stand-in for AWS's answer rate: the invocation bench's diagnostic of what
+    /// the loader costs when conditional writes are answered concurrently within milliseconds
+    /// instead of one at a time by moto. The items never reach the upstream, and the
+    /// condition is taken as "absent" only (no expiry, no takeover of a dead holder's claim):
+    /// enough for runs without crashes; no test relies on it.
+    ClaimsInProxy,
     /// Do not forward; answer 500 in the service's error format: DynamoDB
     /// `InternalServerError`, S3 `InternalError`, SQS `InternalError`, anything else a bare 500.
     ServerError,
@@ -161,6 +165,7 @@ impl FaultProxy {
             }),
             counts: Mutex::new(BTreeMap::new()),
             release,
+            claims: Mutex::new(BTreeMap::new()),
         });
         let (shutdown, shutdown_rx) = watch::channel(());
         tokio::spawn(accept_loop(listener, state.clone(), shutdown_rx));
@@ -231,6 +236,8 @@ struct State {
     counts: Mutex<BTreeMap<String, Counts>>,
     /// Bumped by `release_hung`; hung requests wait for a change.
     release: watch::Sender<u64>,
+    /// [`Fault::ClaimsInProxy`]'s items, by table and `pk`.
+    claims: Mutex<BTreeMap<String, serde_json::Value>>,
 }
 
 /// The rules and the PRNG under one lock, so the draws follow the order requests arrive in.
@@ -394,19 +401,56 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<ProxyRespon
         Some(fault @ (Fault::Throttle | Fault::ServerError)) => {
             Ok(error_answer(service, fault, head))
         }
-        Some(Fault::AcceptUnapplied) => {
+        Some(Fault::ClaimsInProxy) => {
             tokio::time::sleep(ACCEPT_DELAY).await;
-            let mut answer = Response::new(Full::new(Bytes::from_static(b"{}")));
-            answer.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/x-amz-json-1.0"),
-            );
-            Ok(answer)
+            Ok(state.claim_in_proxy(&body))
         }
     }
 }
 
-/// How long [`Fault::AcceptUnapplied`] waits before answering: a conditional PutItem's
+impl State {
+    /// [`Fault::ClaimsInProxy`]'s answer to one `PutItem` body.
+    fn claim_in_proxy(&self, body: &[u8]) -> ProxyResponse {
+        let json_answer = |status: StatusCode, text: String| {
+            let mut answer = Response::new(Full::new(Bytes::from(text)));
+            *answer.status_mut() = status;
+            answer.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-amz-json-1.0"),
+            );
+            answer
+        };
+        let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let (Some(table), Some(pk)) = (
+            request["TableName"].as_str(),
+            request["Item"]["pk"]["S"].as_str(),
+        ) else {
+            return json_answer(
+                StatusCode::BAD_REQUEST,
+                r#"{"__type":"com.amazon.coral.validate#ValidationException","message":"no TableName or pk"}"#.into(),
+            );
+        };
+        let key = format!("{table}\n{pk}");
+        let mut held = lock(&self.claims);
+        match held.get(&key) {
+            Some(item) => json_answer(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({
+                    "__type": "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException",
+                    "message": "The conditional request failed",
+                    "Item": item,
+                })
+                .to_string(),
+            ),
+            None => {
+                held.insert(key, request["Item"].clone());
+                json_answer(StatusCode::OK, "{}".into())
+            }
+        }
+    }
+}
+
+/// How long [`Fault::ClaimsInProxy`] waits before answering: a conditional PutItem's
 /// typical latency inside a region.
 pub const ACCEPT_DELAY: Duration = Duration::from_millis(5);
 
