@@ -577,3 +577,20 @@ async fn withheld_answers_close_the_connection_without_a_single_byte() {
     let answer = hung.await.unwrap().expect("closed after release");
     assert_eq!(String::from_utf8_lossy(&answer), "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_in_the_proxy_are_refused_as_dynamodb_refuses_them_and_never_reach_the_endpoint() {
+    // Given a proxy that keeps conditional writes itself (the invocation bench's stand-in)
+    let f = Fixture::new("inproxy").await;
+    f.proxy.add(Rule::always(PUT, Fault::ClaimsInProxy));
+    // When a key is created twice, and another key once
+    let first = put_new(&f.ddb, &f.table, "k1").await;
+    let second = put_new(&f.ddb, &f.table, "k1").await;
+    let other = put_new(&f.ddb, &f.table, "k2").await;
+    // Then the first and the other are written, the second refused with the condition failure
+    assert!(first.is_ok() && other.is_ok(), "{first:?} {other:?}");
+    assert!(is_condition_failed(&second), "{second:?}");
+    // ...and none of them reached the endpoint
+    assert!(!f.exists("k1").await && !f.exists("k2").await);
+    assert_eq!(f.proxy.counts()[PUT], (3, 3));
+}
