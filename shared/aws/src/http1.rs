@@ -262,7 +262,14 @@ async fn read_answer(c: &mut Connection) -> Result<(Answer, bool), Http1Error> {
             }
             c.buf[head_len..head_len + len].to_vec()
         }
-        Framing::Chunked => read_chunked(c, head_len).await?,
+        Framing::Chunked => {
+            let (body, end) = read_chunked(c, head_len).await?;
+            if c.buf.len() > end {
+                // As with a length: bytes past the answer put the connection out of step.
+                keep_alive = false;
+            }
+            body
+        }
         Framing::UntilClose => {
             keep_alive = false;
             loop {
@@ -330,8 +337,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, u16, Framing, bool)>, Http1Er
 }
 
 /// Decodes a chunked body that starts at `start` in the connection's buffer, reading until
-/// its last chunk and trailers are in.
-async fn read_chunked(c: &mut Connection, start: usize) -> Result<Vec<u8>, Http1Error> {
+/// its last chunk and trailers are in; returns it and where the answer ends in the buffer.
+async fn read_chunked(c: &mut Connection, start: usize) -> Result<(Vec<u8>, usize), Http1Error> {
     let mut body = Vec::new();
     let mut at = start;
     loop {
@@ -360,7 +367,7 @@ async fn read_chunked(c: &mut Connection, start: usize) -> Result<Vec<u8>, Http1
                 let empty = end == at;
                 at = end + 2;
                 if empty {
-                    return Ok(body);
+                    return Ok((body, at));
                 }
             }
         }
@@ -475,6 +482,24 @@ mod tests {
         assert_eq!((first.status, &first.body[..]), (200, &b"hello"[..]));
         assert_eq!((second.status, &second.body[..]), (400, &b"abcde"[..]));
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_bytes_past_its_answer_is_not_reused() {
+        // Given a server whose chunked answer is followed by stray bytes
+        let (endpoint, accepted) = server(vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ])
+        .await;
+        let pool = Http1Pool::new(endpoint, 4);
+        // When two requests are sent
+        let first = pool.send(REQUEST).await.unwrap();
+        let second = pool.send(REQUEST).await.unwrap();
+        // Then the stray bytes were never read as the second answer: it came on a new connection
+        assert_eq!(&first.body[..], b"{}");
+        assert_eq!(&second.body[..], b"ok");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
