@@ -421,3 +421,98 @@ async fn a_claim_applied_then_lost_then_throttled_to_the_end_is_never_taken_for_
             .await;
     }
 }
+
+/// The `dedup_id`s of the dead letters in the stack's queue, each once.
+async fn dead_letter_ids(stack: &TestStack) -> std::collections::BTreeSet<String> {
+    stack
+        .dead_letters()
+        .await
+        .iter()
+        .map(|m| m["dedup_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_batch_whose_answer_is_lost_is_sent_again_and_nothing_is_lost() {
+    for fault in [Fault::LoseAnswer500, Fault::LoseAnswerClose] {
+        // Given an endpoint that queues the first SendMessageBatch, then loses its answer
+        let stack = TestStack::new("lostdlq", false).await;
+        let proxy = stack.fault_proxy().await;
+        proxy.add(Rule::always("SQS.SendMessageBatch", fault).times(1));
+        let p = stack.pipeline_via(&proxy).await;
+        // When a batch with three poison records and an event is processed
+        let b = batch(&[
+            raw(1, "{not json"),
+            plain(2, "a"),
+            raw(3, "[1]"),
+            raw(4, "7"),
+        ]);
+        let report = p
+            .process(&b, &invocation("inv-1", Duration::from_secs(30)))
+            .await;
+        // Then the batch was sent again, and every poison record is dead-lettered in this
+        // invocation: at least once in the queue (a standard queue may hold the resend too)
+        assert_eq!(proxy.faulted("SQS.SendMessageBatch"), 1, "{fault:?}");
+        assert!(proxy.seen("SQS.SendMessageBatch") >= 2, "{fault:?}");
+        let (decode, invalid) = (
+            RecordOutcome::DeadLettered(PoisonKind::Decode),
+            RecordOutcome::DeadLettered(PoisonKind::Validation),
+        );
+        assert_eq!(
+            report.outcomes,
+            vec![decode, RecordOutcome::Loaded, invalid, invalid],
+            "{fault:?}"
+        );
+        assert_eq!(dead_letter_ids(&stack).await.len(), 3, "{fault:?}");
+        stack.assert_each_once_in_both_sinks(&ids(&["a"])).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_batch_that_never_answers_is_cut_off_and_redelivered() {
+    // Given an endpoint that black-holes every SendMessageBatch
+    let stack = TestStack::new("hangdlq", false).await;
+    let proxy = stack.fault_proxy().await;
+    proxy.add(Rule::always("SQS.SendMessageBatch", Fault::Hang));
+    let p = stack.pipeline_via(&proxy).await;
+    let b = batch(&[raw(1, "{not json"), plain(2, "a"), raw(3, "[1]")]);
+    // When a batch is processed with 5 s left
+    let budget = Duration::from_secs(5);
+    let started = Instant::now();
+    let report = p.process(&b, &invocation("inv-1", budget)).await;
+    let took = started.elapsed();
+    // Then the function answers in time with every record reported for redelivery (the
+    // dead letters go out before the load, so the event waited behind them)
+    assert!(took < budget, "answered after {took:?}");
+    assert!(
+        report
+            .outcomes
+            .iter()
+            .all(|o| matches!(o, RecordOutcome::Failed(_))),
+        "{:?}",
+        report.outcomes
+    );
+    assert_eq!(report.failures.len(), 1);
+    // When the endpoint recovers and the batch is redelivered at once
+    proxy.clear();
+    proxy.release_hung();
+    let again = stack
+        .pipeline()
+        .await
+        .process(&b, &invocation("inv-2", Duration::from_secs(30)))
+        .await;
+    // Then the released claims let both poison records reach the queue now, and the event
+    // loads, once
+    assert_eq!(
+        again.outcomes,
+        vec![
+            RecordOutcome::DeadLettered(PoisonKind::Decode),
+            RecordOutcome::Loaded,
+            RecordOutcome::DeadLettered(PoisonKind::Validation),
+        ],
+        "{:?}",
+        again.outcomes
+    );
+    assert_eq!(dead_letter_ids(&stack).await.len(), 2);
+    stack.assert_each_once_in_both_sinks(&ids(&["a"])).await;
+}
