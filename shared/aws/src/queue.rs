@@ -43,6 +43,11 @@ impl SqsDeadLetters {
     }
 }
 
+/// The letter an answer's entry id names: its index among `len` letters.
+fn entry_index(id: &str, len: usize) -> Option<usize> {
+    id.parse().ok().filter(|&n| n < len)
+}
+
 impl DeadLetters for SqsDeadLetters {
     async fn send_batch(&self, letters: &[Letter]) -> Result<Vec<LetterResult>, PortError> {
         let mut request = self.client.send_message_batch().queue_url(&self.queue_url);
@@ -75,25 +80,15 @@ impl DeadLetters for SqsDeadLetters {
             })
             .collect();
         for sent in answer.successful() {
-            if let Some(slot) = sent
-                .id()
-                .parse::<usize>()
-                .ok()
-                .and_then(|n| results.get_mut(n))
-            {
-                *slot = Ok(());
+            if let Some(n) = entry_index(sent.id(), letters.len()) {
+                results[n] = Ok(());
             }
         }
         for failed in answer.failed() {
-            if let Some(slot) = failed
-                .id()
-                .parse::<usize>()
-                .ok()
-                .and_then(|n| results.get_mut(n))
-            {
+            if let Some(n) = entry_index(failed.id(), letters.len()) {
                 let message = format!("sqs SendMessageBatch: {}", failed.code());
                 // SQS marks the errors the request itself caused; the others are its own.
-                *slot = Err(if failed.sender_fault() {
+                results[n] = Err(if failed.sender_fault() {
                     PortError::permanent(message)
                 } else {
                     PortError::retryable(message)

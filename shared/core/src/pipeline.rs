@@ -248,17 +248,26 @@ where
     loop {
         match bounded(until_ms, call()).await {
             Ok(v) => return Ok(v),
-            Err(e) if e.is_retryable() && round < policy.max_attempts => {
-                let pause = policy.backoff(round);
-                if now_ms() + pause.as_millis() as i64 >= until_ms {
+            Err(e) if e.is_retryable() => {
+                let Some(pause) = pause_before_retry(policy, round, until_ms) else {
                     return Err(e);
-                }
+                };
                 tokio::time::sleep(pause).await;
                 round += 1;
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The pause before retrying after attempt `round`, or `None` when the policy's attempts are
+/// spent or the pause would end at or after `until_ms`.
+fn pause_before_retry(policy: RetryPolicy, round: u32, until_ms: i64) -> Option<Duration> {
+    if round >= policy.max_attempts {
+        return None;
+    }
+    let pause = policy.backoff(round);
+    (now_ms() + (pause.as_millis() as i64) < until_ms).then_some(pause)
 }
 
 /// Packs letters, in order, into batches of at most `max_len` letters whose bodies sum to at
@@ -632,7 +641,6 @@ where
                 let mut done = Vec::with_capacity(pending.len());
                 let mut round = 1;
                 while !pending.is_empty() {
-                    let last_round = round >= policy.max_attempts;
                     let batch: Vec<Letter> = pending.iter().map(|(_, l)| l.clone()).collect();
                     let answers =
                         match bounded(until_ms, self.dead_letters.send_batch(&batch)).await {
@@ -645,24 +653,22 @@ where
                             ],
                             Err(e) => vec![Err(e); batch.len()],
                         };
+                    let pause = pause_before_retry(policy, round, until_ms);
                     let mut again = Vec::new();
                     for ((i, letter), answer) in pending.into_iter().zip(answers) {
                         match answer {
-                            Err(e) if e.is_retryable() && !last_round => again.push((i, letter, e)),
+                            Err(e) if e.is_retryable() && pause.is_some() => {
+                                again.push((i, letter))
+                            }
                             answer => done.push((i, letter, answer)),
                         }
                     }
-                    if again.is_empty() {
+                    let (false, Some(pause)) = (again.is_empty(), pause) else {
                         break;
-                    }
-                    let pause = policy.backoff(round);
-                    if now_ms() + pause.as_millis() as i64 >= until_ms {
-                        done.extend(again.into_iter().map(|(i, l, e)| (i, l, Err(e))));
-                        break;
-                    }
+                    };
                     tokio::time::sleep(pause).await;
                     round += 1;
-                    pending = again.into_iter().map(|(i, l, _)| (i, l)).collect();
+                    pending = again;
                 }
                 done
             })
