@@ -18,6 +18,7 @@ pub mod kinesis;
 pub mod memory;
 pub mod metrics;
 pub mod object_key;
+pub mod pacing;
 pub mod pipeline;
 pub mod ports;
 pub mod record;

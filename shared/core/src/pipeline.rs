@@ -21,6 +21,7 @@ use crate::metrics::{BatchSummary, Phase, PhaseMark, PhaseTimes};
 use crate::object_key::{
     data_object_key, dead_letter_key, dead_letter_message_key, hour_partition,
 };
+use crate::pacing::WakePacer;
 use crate::ports::{
     Claim, ClaimAttempt, DeadLetters, DedupStore, Letter, LetterResult, ObjectSink, Row, RowSink,
 };
@@ -52,6 +53,9 @@ pub struct PipelineSettings {
     pub finish_margin: Duration,
     /// Rounds and backoff of the retries inside one invocation ([`IN_BUDGET_RETRY`]).
     pub in_budget_retry: RetryPolicy,
+    /// Counts the claim writes in flight for the runtime's park hook ([`crate::pacing`]);
+    /// `None` (the default) counts nothing.
+    pub wake_pacer: Option<&'static WakePacer>,
 }
 
 impl Default for PipelineSettings {
@@ -66,6 +70,7 @@ impl Default for PipelineSettings {
             lease_grace: Duration::from_secs(10),
             finish_margin: Duration::from_secs(3),
             in_budget_retry: IN_BUDGET_RETRY,
+            wake_pacer: None,
         }
     }
 }
@@ -707,6 +712,7 @@ where
                     .filter_map(|(i, step)| w.claim_for(i, &self.settings).map(|c| (i, c, step))),
             )
             .map(|(i, mine, step)| async move {
+                let _in_flight = self.settings.wake_pacer.map(WakePacer::start);
                 let r = match &step {
                     Step::Takeover(old) => bounded(cutoff, self.dedup.take_over(&mine, old)).await,
                     _ => bounded(cutoff, self.dedup.try_claim(&mine, now_s)).await,

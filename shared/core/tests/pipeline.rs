@@ -7,6 +7,7 @@ use std::time::Duration;
 use streamload_core::memory::{
     FaultSwitch, Faulty, MemoryDeadLetters, MemoryDedup, MemoryObjects, MemoryRows,
 };
+use streamload_core::pacing::{PacingConfig, WakePacer};
 use streamload_core::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
 use streamload_core::retry::RetryPolicy;
 use streamload_core::{
@@ -497,6 +498,30 @@ async fn a_lost_object_store_answer_still_counts_the_object_once() {
     // Then the existence check proves it written
     assert!(report.failures.is_empty(), "{:?}", report.outcomes);
     assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "b"]));
+}
+
+#[tokio::test]
+async fn the_wake_pacer_counts_every_claim_write_and_none_stays_in_flight() {
+    // Given a pipeline counting its claim writes for the runtime's park hook, and a claims
+    // store whose answers are lost after the write is applied (each write is sent again)
+    let stack = Stack::new();
+    let (mut p, s) = stack.pipeline();
+    let pacer: &'static WakePacer = Box::leak(Box::new(WakePacer::new(PacingConfig::DEFAULT)));
+    p.settings.wake_pacer = Some(pacer);
+    s.dedup.lose_answers.store(true, Ordering::SeqCst);
+    // When a batch of three new events is processed
+    let report = p
+        .process(
+            &batch_of(&["a", "b", "c"], 1),
+            &invocation("inv-1", Duration::from_secs(30)),
+        )
+        .await;
+    // Then every write sent counted as in flight until it ended, answered or not
+    assert!(report.failures.is_empty(), "{:?}", report.outcomes);
+    let writes = stack.dedup.writes.load(Ordering::SeqCst) as u64;
+    assert!(writes >= 3, "{writes} writes");
+    assert_eq!(pacer.answered(), writes);
+    assert_eq!(pacer.in_flight(), 0);
 }
 
 #[tokio::test]

@@ -11,7 +11,9 @@ pub use config::{Config, ConfigError, DatabaseEnv, DatabaseSource, DedupClient, 
 pub use raw_body::RawBodies;
 
 use lambda_runtime::{Context, LambdaEvent};
+use std::time::Instant;
 use streamload_aws::{DynamoDedup, S3Objects, SqsDeadLetters};
+use streamload_core::pacing::{PacingConfig, WakePacer};
 use streamload_core::ports::{DeadLetters, DedupStore, ObjectSink, RowSink};
 use streamload_core::record::Batch;
 use streamload_core::response::{BatchItemFailures, ItemFailure};
@@ -183,6 +185,7 @@ pub async fn build_pipeline_with(
             routes,
             dead_letter_prefix: config.dead_letter_prefix.clone(),
             finish_margin: config.finish_margin,
+            wake_pacer: Some(&WAKE_PACER),
             ..PipelineSettings::default()
         },
     })
@@ -208,6 +211,40 @@ fn dedup_store(config: &Config, sdk: &aws_config::SdkConfig) -> DynamoDedup {
 /// is a current-thread runtime.
 pub const WORKER_THREADS_VAR: &str = "STREAMLOAD_WORKER_THREADS";
 
+/// Wake pacing of the current-thread runtime (`STREAMLOAD_WAKE_PACING`): `on`, the default,
+/// or `off`.
+pub const WAKE_PACING_VAR: &str = "STREAMLOAD_WAKE_PACING";
+
+/// The process's one pacer: the pipeline counts its claim writes in flight here and the
+/// runtime's park hook asks it how long to wait ([`streamload_core::pacing`]).
+pub static WAKE_PACER: WakePacer = WakePacer::new(PacingConfig::DEFAULT);
+
+/// Whether the runtime paces its wake-ups ([`WAKE_PACING_VAR`]). Start-up code: a value other
+/// than `on` or `off` is an error naming the variable.
+pub fn wake_pacing() -> Result<bool, ConfigError> {
+    parse_wake_pacing(std::env::var(WAKE_PACING_VAR).ok().as_deref())
+}
+
+/// [`wake_pacing`] for a given value of [`WAKE_PACING_VAR`] (`None`: unset).
+///
+/// ```
+/// use streamload_runtime::parse_wake_pacing;
+/// assert!(parse_wake_pacing(None).unwrap());
+/// assert!(!parse_wake_pacing(Some("off")).unwrap());
+/// let e = parse_wake_pacing(Some("sometimes")).unwrap_err();
+/// assert!(e.to_string().contains("STREAMLOAD_WAKE_PACING"), "{e}");
+/// ```
+pub fn parse_wake_pacing(value: Option<&str>) -> Result<bool, ConfigError> {
+    match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("" | "on" | "true") => Ok(true),
+        Some("off" | "false") => Ok(false),
+        Some(_) => Err(ConfigError::Invalid {
+            name: WAKE_PACING_VAR,
+            why: "expected on or off".into(),
+        }),
+    }
+}
+
 /// The function's async runtime. Lambda gives one invocation at a time to a sandbox with at
 /// most a few vCPUs (a fraction of one below 1,769 MB), and the pipeline's work is one batch
 /// waiting on many requests: a current-thread runtime runs it without the thread hand-offs
@@ -226,8 +263,20 @@ pub fn async_runtime() -> Result<tokio::runtime::Runtime, ConfigError> {
                 why: "not a number of threads".into(),
             })?,
     };
+    let pacing = wake_pacing()?;
     let mut builder = if threads == 0 {
-        tokio::runtime::Builder::new_current_thread()
+        let mut b = tokio::runtime::Builder::new_current_thread();
+        if pacing {
+            // Called only when the thread has nothing left to run and is about to block on
+            // the I/O driver: waiting here lets several answers arrive for one wake-up.
+            b.on_thread_park(|| {
+                let pause = WAKE_PACER.pause(Instant::now());
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
+            });
+        }
+        b
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(threads);
