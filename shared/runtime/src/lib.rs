@@ -211,17 +211,18 @@ fn dedup_store(config: &Config, sdk: &aws_config::SdkConfig) -> DynamoDedup {
 /// is a current-thread runtime.
 pub const WORKER_THREADS_VAR: &str = "STREAMLOAD_WORKER_THREADS";
 
-/// Wake pacing of the current-thread runtime (`STREAMLOAD_WAKE_PACING`): `on`, the default,
-/// or `off`.
+/// Wake pacing of the current-thread runtime (`STREAMLOAD_WAKE_PACING`): `on`, the default
+/// (four answers a wake-up), `off`, or a number of answers a wake-up (2–64).
 pub const WAKE_PACING_VAR: &str = "STREAMLOAD_WAKE_PACING";
 
 /// The process's one pacer: the pipeline counts its claim writes in flight here and the
 /// runtime's park hook asks it how long to wait ([`streamload_core::pacing`]).
 pub static WAKE_PACER: WakePacer = WakePacer::new(PacingConfig::DEFAULT);
 
-/// Whether the runtime paces its wake-ups ([`WAKE_PACING_VAR`]). Start-up code: a value other
-/// than `on` or `off` is an error naming the variable.
-pub fn wake_pacing() -> Result<bool, ConfigError> {
+/// How the runtime paces its wake-ups ([`WAKE_PACING_VAR`]; `None`: not at all). Start-up
+/// code: a value other than `on`, `off` or a number from 2 to 64 is an error naming the
+/// variable.
+pub fn wake_pacing() -> Result<Option<PacingConfig>, ConfigError> {
     parse_wake_pacing(std::env::var(WAKE_PACING_VAR).ok().as_deref())
 }
 
@@ -229,19 +230,26 @@ pub fn wake_pacing() -> Result<bool, ConfigError> {
 ///
 /// ```
 /// use streamload_runtime::parse_wake_pacing;
-/// assert!(parse_wake_pacing(None).unwrap());
-/// assert!(!parse_wake_pacing(Some("off")).unwrap());
+/// use streamload_core::pacing::PacingConfig;
+/// assert_eq!(parse_wake_pacing(None).unwrap(), Some(PacingConfig::DEFAULT));
+/// assert_eq!(parse_wake_pacing(Some("off")).unwrap(), None);
+/// assert_eq!(parse_wake_pacing(Some("8")).unwrap(), Some(PacingConfig::answers(8)));
+/// assert!(parse_wake_pacing(Some("1")).is_err());
 /// let e = parse_wake_pacing(Some("sometimes")).unwrap_err();
 /// assert!(e.to_string().contains("STREAMLOAD_WAKE_PACING"), "{e}");
 /// ```
-pub fn parse_wake_pacing(value: Option<&str>) -> Result<bool, ConfigError> {
-    match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-        None | Some("" | "on" | "true") => Ok(true),
-        Some("off" | "false") => Ok(false),
-        Some(_) => Err(ConfigError::Invalid {
-            name: WAKE_PACING_VAR,
-            why: "expected on or off".into(),
-        }),
+pub fn parse_wake_pacing(value: Option<&str>) -> Result<Option<PacingConfig>, ConfigError> {
+    let value = value.map(|v| v.trim().to_ascii_lowercase());
+    match value.as_deref() {
+        None | Some("" | "on" | "true") => Ok(Some(PacingConfig::DEFAULT)),
+        Some("off" | "false") => Ok(None),
+        Some(n) => match n.parse::<u32>() {
+            Ok(answers @ 2..=64) => Ok(Some(PacingConfig::answers(answers))),
+            _ => Err(ConfigError::Invalid {
+                name: WAKE_PACING_VAR,
+                why: "expected on, off or a number of answers a wake-up from 2 to 64".into(),
+            }),
+        },
     }
 }
 
@@ -249,8 +257,9 @@ pub fn parse_wake_pacing(value: Option<&str>) -> Result<bool, ConfigError> {
 /// most a few vCPUs (a fraction of one below 1,769 MB), and the pipeline's work is one batch
 /// waiting on many requests: a current-thread runtime runs it without the thread hand-offs
 /// and futex wake-ups of a work-stealing pool (BENCHMARKS.md §5). `STREAMLOAD_WORKER_THREADS=N`
-/// (N ≥ 1) asks for a multi-thread runtime with N workers instead. Start-up code: a bad value
-/// is an error naming the variable.
+/// (N ≥ 1) asks for a multi-thread runtime with N workers instead. The current-thread runtime
+/// paces its wake-ups while many claim writes are in flight ([`WAKE_PACING_VAR`],
+/// [`streamload_core::pacing`]). Start-up code: a bad value is an error naming the variable.
 pub fn async_runtime() -> Result<tokio::runtime::Runtime, ConfigError> {
     let threads = match std::env::var(WORKER_THREADS_VAR) {
         Err(_) => 0,
@@ -266,7 +275,8 @@ pub fn async_runtime() -> Result<tokio::runtime::Runtime, ConfigError> {
     let pacing = wake_pacing()?;
     let mut builder = if threads == 0 {
         let mut b = tokio::runtime::Builder::new_current_thread();
-        if pacing {
+        if let Some(config) = pacing {
+            WAKE_PACER.configure(config);
             // Called only when the thread has nothing left to run and is about to block on
             // the I/O driver: waiting here lets several answers arrive for one wake-up.
             b.on_thread_park(|| {
