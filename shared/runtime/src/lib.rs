@@ -272,26 +272,7 @@ pub fn async_runtime() -> Result<tokio::runtime::Runtime, ConfigError> {
                 why: "not a number of threads".into(),
             })?,
     };
-    let pacing = wake_pacing()?;
-    let mut builder = if threads == 0 {
-        let mut b = tokio::runtime::Builder::new_current_thread();
-        if let Some(config) = pacing {
-            WAKE_PACER.configure(config);
-            // Called only when the thread has nothing left to run and is about to block on
-            // the I/O driver: waiting here lets several answers arrive for one wake-up.
-            b.on_thread_park(|| {
-                let pause = WAKE_PACER.pause(Instant::now());
-                if !pause.is_zero() {
-                    std::thread::sleep(pause);
-                }
-            });
-        }
-        b
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(threads);
-        b
-    };
+    let mut builder = runtime_builder(threads, wake_pacing()?);
     builder
         .enable_all()
         .build()
@@ -299,6 +280,29 @@ pub fn async_runtime() -> Result<tokio::runtime::Runtime, ConfigError> {
             name: WORKER_THREADS_VAR,
             why: format!("the runtime could not start: {e}"),
         })
+}
+
+/// The builder [`async_runtime`] starts from: `threads` workers (0: current-thread) and, on
+/// a current-thread runtime, wake pacing by `pacing` through [`WAKE_PACER`] (`None`: none).
+pub fn runtime_builder(threads: usize, pacing: Option<PacingConfig>) -> tokio::runtime::Builder {
+    if threads > 0 {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        return b;
+    }
+    let mut b = tokio::runtime::Builder::new_current_thread();
+    if let Some(config) = pacing {
+        WAKE_PACER.configure(config);
+        // Called only when the thread has nothing left to run and is about to block on the
+        // I/O driver: waiting here lets several answers arrive for one wake-up.
+        b.on_thread_park(|| {
+            let pause = WAKE_PACER.pause(Instant::now());
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
+        });
+    }
+    b
 }
 
 /// Posts `/runtime/init/error` when running under the Lambda Runtime API.
