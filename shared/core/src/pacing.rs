@@ -147,19 +147,17 @@ struct RateState {
 pub struct InFlight<'a> {
     pacer: &'a WakePacer,
     sent: Instant,
-    ended: bool,
 }
 
 impl InFlight<'_> {
     /// The write's answer (or its end) came at `now`.
-    pub fn end_at(mut self, now: Instant) {
+    pub fn end_at(self, now: Instant) {
         self.end(now);
+        // Counted: the drop must not count it again.
+        std::mem::forget(self);
     }
 
-    fn end(&mut self, now: Instant) {
-        if std::mem::replace(&mut self.ended, true) {
-            return;
-        }
+    fn end(&self, now: Instant) {
         let took = u64::try_from(now.saturating_duration_since(self.sent).as_nanos())
             .unwrap_or(UNKNOWN - 1);
         self.pacer.quickest_ns.fetch_min(took, Ordering::Relaxed);
@@ -211,7 +209,6 @@ impl WakePacer {
         InFlight {
             pacer: self,
             sent: now,
-            ended: false,
         }
     }
 
