@@ -516,3 +516,58 @@ async fn a_dead_letter_batch_that_never_answers_is_cut_off_and_redelivered() {
     assert_eq!(dead_letter_ids(&stack).await.len(), 2);
     stack.assert_each_once_in_both_sinks(&ids(&["a"])).await;
 }
+
+/// Wake pacing is on in the function's runtime (`streamload_runtime::runtime_builder`), not in
+/// `#[tokio::test]`'s: these faults run on the function's own.
+#[test]
+fn with_wake_pacing_lost_and_hung_claims_keep_exactly_once_and_the_deadline() {
+    let runtime = streamload_runtime::runtime_builder(
+        0,
+        Some(streamload_core::pacing::PacingConfig::DEFAULT),
+    )
+    .enable_all()
+    .build()
+    .expect("runtime");
+    runtime.block_on(async {
+        // Given the function's paced runtime, 200 events (enough claim writes in flight for
+        // pauses) and an endpoint that loses the answer of a tenth of the claim writes after
+        // applying them
+        let stack = TestStack::new("paced", false).await;
+        let proxy = stack.fault_proxy().await;
+        proxy.add(Rule::share("DynamoDB.PutItem", Fault::LoseAnswer500, 0.1));
+        let p = stack.pipeline_via(&proxy).await;
+        let records: Vec<(u64, Vec<u8>)> = (0..200).map(|n| plain(n, &format!("p{n}"))).collect();
+        let names: Vec<String> = (0..200).map(|n| format!("p{n}")).collect();
+        let expected = ids(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        let answered_before = streamload_runtime::WAKE_PACER.answered();
+        // When Lambda delivers it
+        deliver_until_done(&p, &records, Duration::from_secs(30), 5).await;
+        // Then every event is once in both sinks, and the pacer counted the claim writes
+        stack.assert_each_once_in_both_sinks(&expected).await;
+        assert!(proxy.faulted("DynamoDB.PutItem") > 0);
+        assert!(streamload_runtime::WAKE_PACER.answered() - answered_before >= 200);
+
+        // Given claim writes that never answer, 100 of them in flight
+        proxy.clear();
+        proxy.add(Rule::always("DynamoDB.PutItem", Fault::Hang));
+        let hung: Vec<(u64, Vec<u8>)> = (300..400).map(|n| plain(n, &format!("h{n}"))).collect();
+        // When a batch is processed with 5 s left
+        let budget = Duration::from_secs(5);
+        let started = Instant::now();
+        let report = p
+            .process(&batch(&hung), &invocation("inv-hung", budget))
+            .await;
+        let took = started.elapsed();
+        // Then no pause holds the function past its deadline, and nothing is reported done
+        assert!(took < budget, "answered after {took:?}");
+        assert!(
+            report
+                .outcomes
+                .iter()
+                .all(|o| matches!(o, RecordOutcome::Failed(_))),
+            "{:?}",
+            report.outcomes
+        );
+        eprintln!("paced, claims black-holed: answered in {took:?} of {budget:?}");
+    });
+}
