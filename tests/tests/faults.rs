@@ -12,6 +12,30 @@ use streamload_tests::*;
 
 use streamload_tests::{kinesis_batch as batch, plain_event as plain, sorted_ids as ids};
 
+/// Processes `b` with `budget` left against a black-holed call (`what`, named in a failure)
+/// and asserts the function answered before its deadline with every record failed; returns
+/// the report and the time it took.
+async fn answered_in_time_all_failed(
+    p: &streamload_runtime::AwsPipeline,
+    b: &streamload_core::Batch,
+    budget: Duration,
+    what: &str,
+) -> (streamload_core::BatchReport, Duration) {
+    let started = Instant::now();
+    let report = p.process(b, &invocation("inv-1", budget)).await;
+    let took = started.elapsed();
+    assert!(took < budget, "{what}: answered after {took:?}");
+    assert!(
+        report
+            .outcomes
+            .iter()
+            .all(|o| matches!(o, RecordOutcome::Failed(_))),
+        "{what}: {:?}",
+        report.outcomes
+    );
+    (report, took)
+}
+
 fn raw(seq: u64, json: &str) -> (u64, Vec<u8>) {
     (seq, json.as_bytes().to_vec())
 }
@@ -202,19 +226,8 @@ async fn a_call_that_never_answers_is_cut_off_and_the_function_answers_in_time()
         let b = batch(&[plain(1, "a"), plain(2, "b")]);
         // When a batch is processed with 5 s left (the test stack's margin is 500 ms)
         let budget = Duration::from_secs(5);
-        let started = Instant::now();
-        let report = p.process(&b, &invocation("inv-1", budget)).await;
-        let took = started.elapsed();
         // Then the function answers before its deadline, reporting the first record
-        assert!(took < budget, "{operation}: answered after {took:?}");
-        assert!(
-            report
-                .outcomes
-                .iter()
-                .all(|o| matches!(o, RecordOutcome::Failed(_))),
-            "{operation}: {:?}",
-            report.outcomes
-        );
+        let (report, took) = answered_in_time_all_failed(&p, &b, budget, operation).await;
         assert_eq!(report.failures.len(), 1);
         eprintln!("{operation} black-holed: answered in {took:?} of {budget:?}");
         // When the endpoint recovers and the batch is redelivered
@@ -478,20 +491,9 @@ async fn a_dead_letter_batch_that_never_answers_is_cut_off_and_redelivered() {
     let b = batch(&[raw(1, "{not json"), plain(2, "a"), raw(3, "[1]")]);
     // When a batch is processed with 5 s left
     let budget = Duration::from_secs(5);
-    let started = Instant::now();
-    let report = p.process(&b, &invocation("inv-1", budget)).await;
-    let took = started.elapsed();
     // Then the function answers in time with every record reported for redelivery (the
     // dead letters go out before the load, so the event waited behind them)
-    assert!(took < budget, "answered after {took:?}");
-    assert!(
-        report
-            .outcomes
-            .iter()
-            .all(|o| matches!(o, RecordOutcome::Failed(_))),
-        "{:?}",
-        report.outcomes
-    );
+    let (report, _) = answered_in_time_all_failed(&p, &b, budget, "SQS.SendMessageBatch").await;
     assert_eq!(report.failures.len(), 1);
     // When the endpoint recovers and the batch is redelivered at once
     proxy.clear();
@@ -553,21 +555,9 @@ fn with_wake_pacing_lost_and_hung_claims_keep_exactly_once_and_the_deadline() {
         let hung: Vec<(u64, Vec<u8>)> = (300..400).map(|n| plain(n, &format!("h{n}"))).collect();
         // When a batch is processed with 5 s left
         let budget = Duration::from_secs(5);
-        let started = Instant::now();
-        let report = p
-            .process(&batch(&hung), &invocation("inv-hung", budget))
-            .await;
-        let took = started.elapsed();
         // Then no pause holds the function past its deadline, and nothing is reported done
-        assert!(took < budget, "answered after {took:?}");
-        assert!(
-            report
-                .outcomes
-                .iter()
-                .all(|o| matches!(o, RecordOutcome::Failed(_))),
-            "{:?}",
-            report.outcomes
-        );
+        let (_, took) =
+            answered_in_time_all_failed(&p, &batch(&hung), budget, "paced DynamoDB.PutItem").await;
         eprintln!("paced, claims black-holed: answered in {took:?} of {budget:?}");
     });
 }
