@@ -99,7 +99,9 @@ parquet = [k for k in keys if k.endswith(".parquet")]
 print(f"S3         : {len(parquet)} Parquet objects in s3://{name}/events/, e.g.")
 for k in parquet[:3]:
     print(f"             s3://{name}/{k}")
-print(f"Dead letters: {sum(1 for k in keys if k.startswith('dead-letter/') and k.endswith('.json'))} archived under s3://{name}/dead-letter/ (and in the SQS queue {name})")
+archives = [k for k in keys if k.startswith('dead-letter/') and k.endswith('.jsonl')]
+letters = sum(len(s3.get_object(Bucket=name, Key=k)["Body"].read().splitlines()) for k in archives)
+print(f"Dead letters: {letters} archived in {len(archives)} objects under s3://{name}/dead-letter/ (and in the SQS queue {name})")
 PY
 echo "Logs       : $LOGS/ (one file per function sandbox: JSON lines with requestId, coldStart)"
 if [ "$status" = 0 ]; then echo "RESULT: exactly once, both sources"; else echo "RESULT: LOSS OR DUPLICATES (see above)"; fi

@@ -1,8 +1,8 @@
 //! `streamload verify`: the exactly-once audit of a produced manifest across both sinks and
 //! the dead letters. Each valid event must be in the table exactly once (the key makes that
 //! a given: what is audited is "present") and in exactly one row of exactly one Parquet
-//! object; each poison record must have a dead letter (its archive under the dead-letter
-//! prefix, which holds the same body as the SQS message) with a reason.
+//! object; each poison record must have a dead letter (a line of an archive under the
+//! dead-letter prefix, the same body as the SQS message) with a reason.
 
 use std::collections::{HashMap, HashSet};
 
@@ -267,35 +267,39 @@ pub async fn audit(
     audit.duplicated_in_lake = seen.values().filter(|n| **n > 1).count();
     audit.missing_in_lake = audit.expected_events - seen.len();
 
-    // Dead letters: the archives, each with a reason and the raw bytes holding a token.
+    // Dead letters: the archived messages, each with a reason and the raw bytes holding a token.
     let tokens: HashSet<&str> = manifest.poison_tokens.iter().map(String::as_str).collect();
     let mut found: HashSet<String> = HashSet::new();
     let b64 = base64::engine::general_purpose::STANDARD;
     for key in keys_under(s3, &sinks.bucket, &sinks.dead_letter_prefix).await? {
-        if !key.ends_with(".json") {
+        // An archive holds the messages one invocation sent, one a line (`.jsonl`); earlier
+        // versions archived each message alone (`.json`).
+        if !key.ends_with(".jsonl") && !key.ends_with(".json") {
             continue;
         }
         let (body, _) = object(s3, &sinks.bucket, &key).await?;
-        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&body) else {
-            continue;
-        };
-        let raw = doc
-            .get("data_base64")
-            .and_then(|d| d.as_str())
-            .and_then(|d| b64.decode(d).ok())
-            .unwrap_or_default();
-        let text = String::from_utf8_lossy(&raw);
-        let Some(token) = tokens.iter().find(|t| text.contains(**t)) else {
-            continue;
-        };
-        if doc
-            .get("reason")
-            .and_then(|r| r.as_str())
-            .is_none_or(str::is_empty)
-        {
-            audit.dead_letters_without_reason += 1;
+        for line in body.split(|&b| b == b'\n') {
+            let Ok(doc) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
+            let raw = doc
+                .get("data_base64")
+                .and_then(|d| d.as_str())
+                .and_then(|d| b64.decode(d).ok())
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&raw);
+            let Some(token) = tokens.iter().find(|t| text.contains(**t)) else {
+                continue;
+            };
+            if doc
+                .get("reason")
+                .and_then(|r| r.as_str())
+                .is_none_or(str::is_empty)
+            {
+                audit.dead_letters_without_reason += 1;
+            }
+            found.insert((*token).to_owned());
         }
-        found.insert((*token).to_owned());
     }
     audit.dead_lettered = found.len();
     audit.missing_dead_letters = audit.expected_poison - found.len();

@@ -174,13 +174,31 @@ async fn poison_mix_goes_to_the_queue_and_hostile_valid_records_load_verbatim() 
         stack.dead_letters().await.is_empty(),
         "every dead letter was already received above"
     );
-    let archived = stack
+    // Each dead letter is archived once: one object for the shard's eight, a message a line
+    let archives: Vec<String> = stack
         .object_keys()
         .await
         .into_iter()
-        .filter(|k| k.ends_with(".json"))
-        .count();
-    assert_eq!(archived, 8, "each dead letter is archived once");
+        .filter(|k| k.ends_with(".jsonl"))
+        .collect();
+    assert_eq!(archives.len(), 1, "{archives:?}");
+    let archive = stack.object_bytes(&archives[0]).await;
+    let archived: Vec<serde_json::Value> = std::str::from_utf8(&archive)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut archived_seqs: Vec<&str> = archived
+        .iter()
+        .map(|m| m["source"]["sequence_number"].as_str().unwrap())
+        .collect();
+    let mut queued_seqs: Vec<&str> = dl
+        .iter()
+        .map(|m| m["source"]["sequence_number"].as_str().unwrap())
+        .collect();
+    archived_seqs.sort_unstable();
+    queued_seqs.sort_unstable();
+    assert_eq!(archived_seqs, queued_seqs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

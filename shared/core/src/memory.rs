@@ -329,6 +329,8 @@ pub struct FaultSwitch {
     pub crash_before: AtomicBool,
     /// Set once a crash has happened: from then on no call returns.
     pub crashed: AtomicBool,
+    /// Claim releases fail (retryably) before reaching the real store.
+    pub fail_releases: AtomicBool,
 }
 
 impl FaultSwitch {
@@ -410,6 +412,9 @@ impl<T: DedupStore> DedupStore for Faulty<T> {
 
     async fn release(&self, key: &str, owner: &str) -> Result<(), PortError> {
         self.switch.before().await?;
+        if self.switch.fail_releases.load(Ordering::SeqCst) {
+            return Err(PortError::retryable("injected release failure"));
+        }
         self.inner.release(key, owner).await
     }
 }

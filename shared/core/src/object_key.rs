@@ -71,17 +71,22 @@ pub fn dead_letter_key(
     )
 }
 
-/// The archived dead-letter message of a poison record: proof that it was sent.
-pub fn dead_letter_message_key(
+/// The archive of the dead-letter messages one invocation sent for one unit, one JSON message
+/// per line: its existence proves every poison claim that names it sent.
+/// `<prefix><unit>/<first>-<last>-<attempt>.jsonl`, the positions the first and last of the
+/// poison records planned for it (sets planned in one invocation are disjoint, so their first
+/// positions differ), the attempt making each invocation's archive its own.
+pub fn dead_letter_archive_key(
     prefix: &str,
     unit_label: &str,
-    position: &Position,
-    digest: &str,
+    first: &Position,
+    last: &Position,
+    attempt: &str,
 ) -> String {
     format!(
-        "{prefix}{}/{position}-{}.json",
+        "{prefix}{}/{first}-{last}-{}.jsonl",
         sanitize(unit_label),
-        sanitize(digest)
+        sanitize(attempt)
     )
 }
 

@@ -19,7 +19,7 @@ use crate::error::{Classify, PortError};
 use crate::event::{Poison, PoisonKind, DEFAULT_MAX_RECORD_BYTES};
 use crate::metrics::{BatchSummary, Phase, PhaseMark, PhaseTimes};
 use crate::object_key::{
-    data_object_key, dead_letter_key, dead_letter_message_key, hour_partition,
+    data_object_key, dead_letter_archive_key, dead_letter_key, hour_partition,
 };
 use crate::pacing::WakePacer;
 use crate::ports::{
@@ -483,26 +483,51 @@ where
         }
     }
 
-    /// A poison record is claimed like an event, and its dead-letter message is archived as
-    /// an object, so a redelivered batch does not queue the same poison record again.
+    /// A poison record is claimed like an event, and the dead-letter messages sent are
+    /// archived as one object per unit, so a redelivered batch does not queue the same
+    /// poison record again. Every claim names its unit's archive.
     fn plan_dead_letters(&self, work: &mut Work<'_>, poisoned: &[usize]) {
+        let mut by_unit: BTreeMap<&SourceUnit, Vec<usize>> = BTreeMap::new();
         for &i in poisoned {
+            by_unit
+                .entry(&work.batch.records[i].unit)
+                .or_default()
+                .push(i);
+        }
+        let mut keys: Vec<(usize, String)> = Vec::with_capacity(poisoned.len());
+        for (unit, members) in by_unit {
+            let positions = members.iter().map(|&i| &work.batch.records[i].position);
+            let (Some(first), Some(last)) = (positions.clone().min(), positions.max()) else {
+                continue;
+            };
+            let key = dead_letter_archive_key(
+                &self.settings.dead_letter_prefix,
+                &unit.label,
+                first,
+                last,
+                &work.inv.attempt_id,
+            );
+            keys.extend(members.into_iter().map(|i| (i, key.clone())));
+        }
+        for (i, key) in keys {
             let r = &work.batch.records[i];
             let digest = poison_digest(r);
             let slot = &mut work.slots[i];
             slot.claim_key = Some(poison_claim_key(r, &digest));
-            slot.object_key = Some(dead_letter_message_key(
-                &self.settings.dead_letter_prefix,
-                &r.unit.label,
-                &r.position,
-                &digest,
-            ));
+            slot.object_key = Some(key);
             slot.digest = Some(digest);
         }
     }
 
-    /// Sends each claimed poison record to the queue, then archives the message: the archive
-    /// is the proof a later delivery checks. A crash between the two sends it once more.
+    /// Sends each claimed poison record to the queue, then archives the messages sent, one
+    /// object per unit: the archive is the proof a later delivery checks. A crash between the
+    /// two sends them once more.
+    ///
+    /// An archive is written only when every claim naming it is either sent or released: a
+    /// record whose letter did not go out gives its claim back first, and if that cannot be
+    /// confirmed the archive is held back (its records were sent; without the archive a
+    /// later delivery sends them again once the lease is over, rather than taking a claim
+    /// whose letter never went out for done).
     ///
     /// Letters travel in batches (up to the queue's batch limits), so a batch with many poison
     /// records costs a request per ten of them rather than one each.
@@ -545,51 +570,76 @@ where
         }
         ready.sort_by_key(|(i, _)| *i);
 
-        // 2. Send; 3. archive what was sent.
-        let sent = self.send_letters(ready, cutoff).await;
-        let mut archived_or_failed: Vec<(usize, RecordOutcome)> = stream::iter(sent)
-            .map(|(i, letter, result)| async move {
-                let slot = &w.slots[i];
-                if let Err(e) = result {
+        // 2. Send.
+        let mut sent: Vec<(usize, Letter)> = Vec::with_capacity(ready.len());
+        for (i, letter, result) in self.send_letters(ready, cutoff).await {
+            match result {
+                Ok(()) => sent.push((i, letter)),
+                Err(e) => {
                     let position = &w.batch.records[i].position;
                     tracing::warn!(error = %e, position = %position, "dead-letter send failed");
-                    return (i, RecordOutcome::Failed(FailureCause::DeadLetterQueue));
+                    failed.push((i, FailureCause::DeadLetterQueue));
                 }
-                let (Some(poison), Some(archive)) = (&slot.poison, &slot.object_key) else {
-                    return (i, RecordOutcome::Failed(FailureCause::DeadLetterQueue));
+            }
+        }
+
+        // 3. A record not dead-lettered gives its claim back, so a redelivery can claim it at
+        // once; an archive named by a claim still held for an unsent letter is not written.
+        let releases: Vec<(usize, bool)> = stream::iter(&failed)
+            .map(|&(i, _)| async move {
+                let released = match w.slots[i].claim_key.as_deref() {
+                    Some(key) => self.release_confirmed(key, owner, cleanup).await,
+                    None => true,
                 };
-                // Sent: whatever happens to the archive, the record is dead-lettered. Without
-                // the archive a later delivery sends it again once its claim's lease is over.
-                let body = letter.body.into_bytes();
+                (i, released)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let held_back: HashSet<&str> = releases
+            .iter()
+            .filter(|(_, released)| !released)
+            .filter_map(|&(i, _)| w.slots[i].object_key.as_deref())
+            .collect();
+
+        // 4. Archive what was sent, one object per unit. Sent, the records are dead-lettered
+        // whatever happens to the archive.
+        sent.sort_by_key(|(i, _)| *i);
+        let mut archives: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+        for (i, letter) in &sent {
+            let Some(key) = w.slots[*i].object_key.as_deref() else {
+                continue;
+            };
+            if held_back.contains(key) {
+                continue;
+            }
+            let body = archives.entry(key).or_default();
+            body.extend_from_slice(letter.body.as_bytes());
+            body.push(b'\n');
+        }
+        stream::iter(archives)
+            .for_each_concurrent(concurrency, |(key, body)| async move {
                 let archived = in_budget(self.settings.in_budget_retry, cleanup, || {
                     self.objects
-                        .put_new(archive, body.clone(), "application/json")
+                        .put_new(key, body.clone(), "application/x-ndjson")
                 })
                 .await;
                 if let Err(e) = archived {
                     tracing::warn!(error = %e, "dead-letter archive write failed");
                 }
-                (i, RecordOutcome::DeadLettered(poison.kind))
             })
-            .buffer_unordered(concurrency)
-            .collect()
             .await;
-        archived_or_failed.extend(
-            failed
-                .into_iter()
-                .map(|(i, cause)| (i, RecordOutcome::Failed(cause))),
-        );
 
-        // A record not dead-lettered gives its claim back, so a redelivery can claim it at once.
-        let releases = archived_or_failed
-            .iter()
-            .filter(|(_, outcome)| matches!(outcome, RecordOutcome::Failed(_)))
-            .filter_map(|&(i, _)| w.slots[i].claim_key.as_deref());
-        stream::iter(releases)
-            .for_each_concurrent(concurrency, |key| self.release_one(key, owner, cleanup))
-            .await;
-        for (i, outcome) in archived_or_failed {
-            work.slots[i].outcome = Some(outcome);
+        let sent: Vec<usize> = sent.into_iter().map(|(i, _)| i).collect();
+        for i in sent {
+            let kind = work.slots[i].poison.as_ref().map(|p| p.kind);
+            work.slots[i].outcome = Some(match kind {
+                Some(kind) => RecordOutcome::DeadLettered(kind),
+                None => RecordOutcome::Failed(FailureCause::DeadLetterQueue),
+            });
+        }
+        for (i, cause) in failed {
+            work.fail(i, cause);
         }
     }
 
@@ -1081,12 +1131,21 @@ where
     }
 
     async fn release_one(&self, key: &str, owner: &str, until_ms: i64) {
-        if let Err(err) = in_budget(self.settings.in_budget_retry, until_ms, || {
+        self.release_confirmed(key, owner, until_ms).await;
+    }
+
+    /// Gives the claim back by `until_ms`; false when that could not be confirmed.
+    async fn release_confirmed(&self, key: &str, owner: &str, until_ms: i64) -> bool {
+        match in_budget(self.settings.in_budget_retry, until_ms, || {
             self.dedup.release(key, owner)
         })
         .await
         {
-            tracing::warn!(error = %err, "claim release failed; the lease will expire instead");
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(error = %err, "claim release failed; the lease will expire instead");
+                false
+            }
         }
     }
 

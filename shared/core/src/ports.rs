@@ -19,8 +19,9 @@ pub struct Claim {
     /// Epoch ms after which the owner is certainly gone: its deadline plus a grace period.
     pub lease_until_ms: i64,
     /// The object that proves the work done: the Parquet object that will hold the event (its
-    /// existence proves the owner committed the event to both sinks), or the archived
-    /// dead-letter message of a poison record (see docs/exactly-once.md).
+    /// existence proves the owner committed the event to both sinks), or the archive of the
+    /// dead-letter messages the owner sent, a poison record's among them (see
+    /// docs/exactly-once.md).
     pub object_key: String,
     /// Epoch seconds after which the claim counts as absent (DynamoDB TTL attribute).
     pub expires_at_s: i64,

@@ -1,6 +1,7 @@
 //! The claim protocol against in-memory adapters: every crash point, redelivery and
 //! duplicate case, in milliseconds. The same matrix runs against the real stack in `tests/`.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,25 @@ impl Stack {
             settings,
         };
         (p, s)
+    }
+
+    /// The dead-letter archives: each object's key and its messages, one per line.
+    fn archives(&self) -> BTreeMap<String, Vec<serde_json::Value>> {
+        self.objects
+            .objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.ends_with(".jsonl"))
+            .map(|(k, stored)| {
+                let text = std::str::from_utf8(stored).unwrap();
+                let lines = text
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                (k.clone(), lines)
+            })
+            .collect()
     }
 
     fn row_count(&self) -> usize {
@@ -314,6 +334,20 @@ async fn poison_records_go_to_the_queue_ten_to_a_request_each_once() {
     sent.sort();
     sent.dedup();
     assert_eq!(sent.len(), 25, "no letter twice");
+    // ...and archived together: one object, a line per letter sent, in position order
+    let archives = stack.archives();
+    assert_eq!(archives.len(), 1, "{:?}", archives.keys());
+    let (key, lines) = archives.iter().next().unwrap();
+    assert_eq!(
+        key,
+        "dead-letter/orders_shardId-000000000000/1-25-inv-1.jsonl"
+    );
+    let positions: Vec<String> = lines
+        .iter()
+        .map(|l| l["source"]["sequence_number"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (1..=25).map(|n| n.to_string()).collect();
+    assert_eq!(positions, expected);
 }
 
 #[tokio::test]
@@ -376,6 +410,52 @@ async fn a_letter_the_queue_rejects_fails_alone_and_gives_its_claim_back() {
         RecordOutcome::DeadLettered(PoisonKind::Decode)
     );
     assert_eq!(stack.dead_letters.sent.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_rejected_letter_whose_claim_stays_holds_the_archive_back_and_nothing_is_lost() {
+    // Given a queue that rejects the first letter of the next batch for good, and claim
+    // releases that fail
+    let stack = Stack::new();
+    let (p, s) = stack.pipeline();
+    stack
+        .dead_letters
+        .refuse_for_good
+        .store(1, Ordering::SeqCst);
+    s.dedup.fail_releases.store(true, Ordering::SeqCst);
+    // When three poison records are processed in a short invocation
+    let batch = poison_batch(3);
+    let report = p
+        .process(&batch, &invocation("inv-1", Duration::from_millis(500)))
+        .await;
+    // Then two are sent, but the archive naming the rejected one's kept claim is not written
+    assert_eq!(
+        report.outcomes,
+        vec![
+            RecordOutcome::Failed(FailureCause::DeadLetterQueue),
+            RecordOutcome::DeadLettered(PoisonKind::Decode),
+            RecordOutcome::DeadLettered(PoisonKind::Decode),
+        ]
+    );
+    assert_eq!(stack.dead_letters.sent.lock().unwrap().len(), 2);
+    assert!(stack.archives().is_empty());
+    assert_eq!(stack.dedup.claims.lock().unwrap().len(), 3);
+    // When the batch is redelivered after the lease, and again
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for attempt in ["inv-2", "inv-3"] {
+        let (p, _) = stack.pipeline();
+        let r = p
+            .process(&batch, &invocation(attempt, Duration::from_secs(30)))
+            .await;
+        assert!(r.failures.is_empty(), "{attempt}: {:?}", r.outcomes);
+    }
+    // Then the rejected record is dead-lettered too: the two sent ones once more (the
+    // documented window, same dedup_id), then never again
+    let sent = stack.dead_letters.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 5);
+    let archives = stack.archives();
+    assert_eq!(archives.len(), 1);
+    assert_eq!(archives.values().next().unwrap().len(), 3);
 }
 
 #[tokio::test]
@@ -673,7 +753,7 @@ async fn a_dead_letter_repeats_only_when_the_sandbox_dies_between_send_and_archi
         .lock()
         .unwrap()
         .keys()
-        .filter(|k| k.ends_with(".json"))
+        .filter(|k| k.ends_with(".jsonl"))
         .count();
     assert_eq!(archives, 1);
 }
@@ -823,7 +903,7 @@ async fn two_poison_records_at_the_same_coordinates_are_both_dead_lettered() {
         .lock()
         .unwrap()
         .keys()
-        .filter(|k| k.ends_with(".json"))
+        .filter(|k| k.ends_with(".jsonl"))
         .count();
     assert_eq!(archives, 2);
 }
