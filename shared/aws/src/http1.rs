@@ -204,7 +204,9 @@ impl Http1Pool {
     pub async fn send(&self, request: &[u8]) -> Result<Answer, Http1Error> {
         let mut connection = match self.checkout() {
             Some(c) => c,
-            None => self.connect().await?,
+            // Boxed: a connection is made rarely, and its TLS handshake's future is larger
+            // than all the rest of a request's; inline, every request's future would carry it.
+            None => Box::pin(self.connect()).await?,
         };
         connection
             .stream

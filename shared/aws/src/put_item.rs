@@ -33,7 +33,6 @@ use aws_credential_types::Credentials;
 use bytes::Bytes;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use streamload_core::error::PortError;
@@ -46,6 +45,9 @@ const TARGET: &str = "DynamoDB_20120810.PutItem";
 const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
 /// SigV4 signing name of DynamoDB.
 const SIGNING_NAME: &str = "dynamodb";
+/// Room for the request head's fixed text (method, header names, the content type, target,
+/// date and length) beside its variable parts.
+const REQUEST_HEAD_BYTES: usize = 256;
 /// Credentials this close to their expiry are fetched again before signing.
 const CREDENTIALS_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// Kept-alive connections per endpoint: the pipeline's claim concurrency (64) plus room for
@@ -240,17 +242,37 @@ impl PutItemClient {
         );
         // The request as one buffer: the head, with the headers the signature covers and
         // the body's length, then the body.
-        let mut request = String::with_capacity(512 + body.len());
-        let _ = write!(
-            request,
-            "POST / HTTP/1.1\r\nhost: {}\r\ncontent-type: {CONTENT_TYPE}\r\nx-amz-target: {TARGET}\r\nx-amz-date: {}\r\nauthorization: {}\r\n",
-            self.host, signed.amz_date, signed.authorization
+        let token = keys.session_token;
+        let mut request = Vec::with_capacity(
+            REQUEST_HEAD_BYTES
+                + self.host.len()
+                + signed.authorization.len()
+                + token.map_or(0, str::len)
+                + body.len(),
         );
-        if let Some(token) = keys.session_token {
-            let _ = write!(request, "x-amz-security-token: {token}\r\n");
+        for part in [
+            "POST / HTTP/1.1\r\nhost: ",
+            &self.host,
+            "\r\ncontent-type: ",
+            CONTENT_TYPE,
+            "\r\nx-amz-target: ",
+            TARGET,
+            "\r\nx-amz-date: ",
+            &signed.amz_date,
+            "\r\nauthorization: ",
+            &signed.authorization,
+            "\r\n",
+        ] {
+            request.extend_from_slice(part.as_bytes());
         }
-        let _ = write!(request, "content-length: {}\r\n\r\n", body.len());
-        let mut request = request.into_bytes();
+        if let Some(token) = token {
+            request.extend_from_slice(b"x-amz-security-token: ");
+            request.extend_from_slice(token.as_bytes());
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"content-length: ");
+        request.extend_from_slice(body.len().to_string().as_bytes());
+        request.extend_from_slice(b"\r\n\r\n");
         request.extend_from_slice(body);
 
         // The reasons name the failure (an I/O kind, a TLS alert), never request text.
