@@ -20,7 +20,7 @@
 //! emulator does — the pause costs nothing until that queue runs dry: a write's time in
 //! flight (from Little's law, `in_flight / rate`) at least four times the phase's
 //! quickest answer says so, and the pause may then be half the time a write waits behind the
-//! others, up to [`PacingConfig::max_queue_pause`] (50 ms). Where each write takes about the
+//! others, up to [`PacingConfig::max_queue_pause`] (100 ms). Where each write takes about the
 //! same round trip (DynamoDB answering concurrently) that rule never applies.
 //!
 //! No pause is taken when fewer than [`PacingConfig::min_in_flight`] writes are in flight (a
@@ -29,7 +29,7 @@
 //! that even [`PacingConfig::max_pause`] would not collect more than one (a pause would then be
 //! one more wake-up, not one fewer). Nothing here changes what is written or when a call is
 //! cut off beyond the pause itself, which is bounded by `max_pause` / `max_queue_pause` (20 /
-//! 50 ms by default, against a finish margin of 3 s and leases of seconds).
+//! 100 ms by default, against a finish margin of 3 s and leases of seconds).
 //!
 //! [`PipelineSettings::claim_concurrency`]: crate::PipelineSettings::claim_concurrency
 //!
@@ -71,13 +71,13 @@ pub struct PacingConfig {
 }
 
 impl PacingConfig {
-    /// Four answers a wake-up, from 32 writes in flight, pauses of at most 20 ms; up to 50 ms
+    /// Four answers a wake-up, from 32 writes in flight, pauses of at most 20 ms; up to 100 ms
     /// while the endpoint holds a queue of our writes.
     pub const DEFAULT: Self = Self {
         answers_per_wake: 4.0,
         min_in_flight: 32,
         max_pause: Duration::from_millis(20),
-        max_queue_pause: Duration::from_millis(50),
+        max_queue_pause: Duration::from_millis(100),
     };
 
     /// `answers` a wake-up, with a longest pause of 5 ms per answer (so an endpoint answering
@@ -346,7 +346,8 @@ mod tests {
         let pacer = WakePacer::new(PacingConfig::DEFAULT);
         // When
         let pause = phase(&pacer, 64, 250, 40, true);
-        // Then the pause is the queue's maximum, which collects about twelve answers
+        // Then the pause is the queue's maximum (half of a write's wait beyond the quickest
+        // answer is 126 ms), which collects about 25 answers
         assert_eq!(pause, PacingConfig::DEFAULT.max_queue_pause);
     }
 
