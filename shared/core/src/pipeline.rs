@@ -267,6 +267,13 @@ where
 
 /// The pause before retrying after attempt `round`, or `None` when the policy's attempts are
 /// spent or the pause would end at or after `until_ms`.
+/// The lowest and highest position among `members` (indices into `batch`): the range an
+/// object's key names. `None` for no members.
+fn position_span<'b>(batch: &'b Batch, members: &[usize]) -> Option<(&'b Position, &'b Position)> {
+    let positions = members.iter().map(|&i| &batch.records[i].position);
+    Some((positions.clone().min()?, positions.max()?))
+}
+
 fn pause_before_retry(policy: RetryPolicy, round: u32, until_ms: i64) -> Option<Duration> {
     if round >= policy.max_attempts {
         return None;
@@ -458,8 +465,7 @@ where
         }
         let mut keys: Vec<(usize, String)> = Vec::with_capacity(winners.len());
         for ((route, unit, hour), members) in groups {
-            let positions = members.iter().map(|&i| &work.batch.records[i].position);
-            let (Some(first), Some(last)) = (positions.clone().min(), positions.max()) else {
+            let Some((first, last)) = position_span(work.batch, &members) else {
                 continue;
             };
             let key = data_object_key(
@@ -496,8 +502,7 @@ where
         }
         let mut keys: Vec<(usize, String)> = Vec::with_capacity(poisoned.len());
         for (unit, members) in by_unit {
-            let positions = members.iter().map(|&i| &work.batch.records[i].position);
-            let (Some(first), Some(last)) = (positions.clone().min(), positions.max()) else {
+            let Some((first, last)) = position_span(work.batch, &members) else {
                 continue;
             };
             let key = dead_letter_archive_key(
