@@ -317,13 +317,21 @@ pub async fn create_kinesis(
         .await
         .is_ok();
     if !exists {
-        client
+        let created = client
             .create_stream()
             .stream_name(stream)
             .shard_count(shards as i32)
             .send()
-            .await
-            .map_err(|e| CliError::aws("kinesis CreateStream", &e))?;
+            .await;
+        match created {
+            Ok(_) => {}
+            // Made meanwhile — by another producer, or by an attempt of ours whose answer was
+            // lost and which the SDK retried: either way the stream is there; wait for it below.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_in_use_exception()) => {}
+            Err(e) => return Err(CliError::aws("kinesis CreateStream", &e)),
+        }
     }
     for _ in 0..100 {
         let s = client

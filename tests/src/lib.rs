@@ -112,32 +112,8 @@ impl TestStack {
 
         let sdk = streamload_aws::sdk_config().await;
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-        ddb.create_table()
-            .table_name(&name)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("pk")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("pk")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .unwrap(),
-            )
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await
-            .expect("create dedup table");
-        let s3 = streamload_aws::s3_client(&sdk);
-        s3.create_bucket()
-            .bucket(&name)
-            .send()
-            .await
-            .expect("create bucket");
+        create_dedup_table(&ddb, &name).await;
+        create_bucket(&streamload_aws::s3_client(&sdk), &name).await;
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         let queue_url = sqs
             .create_queue()
@@ -422,6 +398,80 @@ pub struct Redeliveries {
     /// Records before the first reported one in the first invocation.
     pub first_completed: usize,
     pub first_wall: Duration,
+}
+
+/// Creates a dedup table (`pk`, on demand) named `name`, a name of the caller's own. "Already
+/// exists" counts as created: with unique names it means an attempt of ours was applied and
+/// its answer lost — the SDK retries after its attempt timeout when the shared emulator is
+/// slow — so the table is there, as asked.
+pub async fn create_dedup_table(ddb: &aws_sdk_dynamodb::Client, name: &str) {
+    let created = ddb
+        .create_table()
+        .table_name(name)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await;
+    match created {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_resource_in_use_exception()) => {}
+        Err(e) => panic!("create dedup table: {e:?}"),
+    }
+}
+
+/// Creates the secret `name` (the caller's own) holding `value`; returns its ARN. "Already
+/// exists" reads the ARN of the one there, for the reason [`create_dedup_table`] gives.
+pub async fn create_secret(sdk: &aws_config::SdkConfig, name: &str, value: &str) -> String {
+    let sm = aws_sdk_secretsmanager::Client::new(sdk);
+    match sm
+        .create_secret()
+        .name(name)
+        .secret_string(value)
+        .send()
+        .await
+    {
+        Ok(created) => created.arn.expect("a created secret's ARN"),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_resource_exists_exception()) =>
+        {
+            sm.describe_secret()
+                .secret_id(name)
+                .send()
+                .await
+                .expect("describe the secret")
+                .arn
+                .expect("the secret's ARN")
+        }
+        Err(e) => panic!("create secret: {e:?}"),
+    }
+}
+
+/// Creates the bucket `name` (the caller's own); "already owned by you" counts as created,
+/// for the reason [`create_dedup_table`] gives.
+pub async fn create_bucket(s3: &aws_sdk_s3::Client, name: &str) {
+    match s3.create_bucket().bucket(name).send().await {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_bucket_already_owned_by_you()) => {}
+        Err(e) => panic!("create bucket: {e:?}"),
+    }
 }
 
 /// Delivers the Kinesis `records` (one shard) as the event-source mapping does with a

@@ -4,10 +4,7 @@
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::{PutItemError, PutItemOutput};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use streamload_tests::fault_proxy::{Fault, FaultProxy, Rule};
@@ -69,27 +66,7 @@ impl Fixture {
             sdk,
             table: unique(tag),
         };
-        f.ddb
-            .create_table()
-            .table_name(&f.table)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("pk")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("pk")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .unwrap(),
-            )
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await
-            .expect("create table through the proxy");
+        streamload_tests::create_dedup_table(&f.ddb, &f.table).await;
         f
     }
 
@@ -191,7 +168,7 @@ async fn passes_requests_through_and_counts_them_per_operation() {
     // When a bucket, an object and a message go through the proxy
     let s3 = f.s3_client();
     let bucket = unique("b");
-    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    streamload_tests::create_bucket(&s3, &bucket).await;
     s3.put_object()
         .bucket(&bucket)
         .key("dir/o.txt")
@@ -338,12 +315,7 @@ async fn throttling_answers_in_each_services_format_until_attempts_run_out() {
 
     // Given every S3 PutObject throttled
     let bucket = unique("b");
-    streamload_aws::s3_client(&f.sdk)
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap();
+    streamload_tests::create_bucket(&streamload_aws::s3_client(&f.sdk), &bucket).await;
     f.proxy.add(Rule::always("S3.PutObject", Fault::Throttle));
     // When an object is put through the proxy
     let e = f
@@ -406,12 +378,7 @@ async fn server_errors_answer_in_each_services_format() {
     let attempts = SINK_RETRY.max_attempts as usize;
     // Given S3 PutObject, DynamoDB PutItem and SQS SendMessage always failing with a 500
     let bucket = unique("b");
-    streamload_aws::s3_client(&f.sdk)
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap();
+    streamload_tests::create_bucket(&streamload_aws::s3_client(&f.sdk), &bucket).await;
     let queue_url = aws_sdk_sqs::Client::new(&f.sdk)
         .create_queue()
         .queue_name(unique("q"))

@@ -18,16 +18,7 @@ async fn credentials_from_a_secret_reach_the_database() {
         "password": "", "dbname": cfg.get_dbname().unwrap(), "engine": "postgres",
         "sslmode": "disable"
     });
-    let sm = aws_sdk_secretsmanager::Client::new(&stack.sdk);
-    let arn = sm
-        .create_secret()
-        .name(&stack.name)
-        .secret_string(secret.to_string())
-        .send()
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
+    let arn = streamload_tests::create_secret(&stack.sdk, &stack.name, &secret.to_string()).await;
     let base = stack.config.clone();
     let config = Config::from_lookup(|k| match k {
         "DATABASE_SECRET_ARN" => Some(arn.clone()),

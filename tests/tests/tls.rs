@@ -219,15 +219,8 @@ async fn a_rotated_secret_is_read_again_when_the_database_refuses_the_old_one() 
     let (db, role) = tls_database(&stack, "before-rotation").await;
     let sm = aws_sdk_secretsmanager::Client::new(&stack.sdk);
     let secret = |pw: &str| serde_json::json!({"username": role, "password": pw}).to_string();
-    let arn = sm
-        .create_secret()
-        .name(&stack.name)
-        .secret_string(secret("before-rotation"))
-        .send()
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
+    let arn =
+        streamload_tests::create_secret(&stack.sdk, &stack.name, &secret("before-rotation")).await;
     let base = stack.config.clone();
     let config = Config::from_lookup(|k| match k {
         "DATABASE_SECRET_ARN" => Some(arn.clone()),
@@ -294,16 +287,12 @@ async fn a_rotated_secret_is_read_again_when_the_database_refuses_the_old_one() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_without_a_host_and_no_database_host_names_what_is_missing() {
     let stack = TestStack::new("nohost", false).await;
-    let sm = aws_sdk_secretsmanager::Client::new(&stack.sdk);
-    let arn = sm
-        .create_secret()
-        .name(&stack.name)
-        .secret_string(r#"{"username":"u","password":"do-not-print"}"#)
-        .send()
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
+    let arn = streamload_tests::create_secret(
+        &stack.sdk,
+        &stack.name,
+        r#"{"username":"u","password":"do-not-print"}"#,
+    )
+    .await;
     let err = build_pipeline(&config_with(&stack, DatabaseSource::SecretArn(arn)))
         .await
         .err()
