@@ -269,3 +269,44 @@ print(lam.create_event_source_mapping(FunctionName="{n}", EventSourceArn=arn, St
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_create_answer_was_lost_is_taken_as_made() {
+    use streamload_tests::fault_proxy::{Fault, FaultProxy, Rule};
+    const CREATE: &str = "Kinesis_20131202.CreateStream";
+    // Given a proxy in front of the endpoint that applies the first CreateStream and answers
+    // it with a 500, so the SDK's retry meets the stream its first attempt made
+    let upstream = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL (make stack)");
+    let proxy = FaultProxy::start(&upstream).await;
+    proxy.add(Rule::once(CREATE, Fault::LoseAnswer500));
+    let sdk = streamload_aws::sdk_config().await;
+    let proxied = aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::config::Builder::from(&sdk)
+            .endpoint_url(proxy.endpoint())
+            .build(),
+    );
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let name = format!("lost-create-{}-{nanos}", std::process::id());
+    // When the producer makes the stream
+    streamload_cli::produce::create_kinesis(&proxied, &name, 2)
+        .await
+        .expect("a stream made by our own lost attempt is made");
+    // Then the create was sent twice, its first answer lost, and the stream is there, active
+    assert_eq!((proxy.seen(CREATE), proxy.faulted(CREATE)), (2, 1));
+    let summary = aws_sdk_kinesis::Client::new(&sdk)
+        .describe_stream_summary()
+        .stream_name(&name)
+        .send()
+        .await
+        .unwrap()
+        .stream_description_summary
+        .unwrap();
+    assert_eq!(
+        summary.stream_status,
+        aws_sdk_kinesis::types::StreamStatus::Active
+    );
+    assert_eq!(summary.open_shard_count, 2);
+}

@@ -227,6 +227,27 @@ async fn passes_requests_through_and_counts_them_per_operation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kits_table_creation_takes_its_own_applied_attempt_as_made() {
+    // Given a proxy that applies the next CreateTable and answers it with a 500
+    let f = Fixture::new("mk").await;
+    f.proxy
+        .add(Rule::once("DynamoDB.CreateTable", Fault::LoseAnswer500));
+    let table = unique("mk2");
+    let before = f.proxy.seen("DynamoDB.CreateTable"); // the fixture's own table
+                                                       // When the kit creates a table through it
+    streamload_tests::create_dedup_table(&f.ddb, &table).await;
+    // Then the SDK's retry met "already exists" and the table is there
+    assert_eq!(f.proxy.seen("DynamoDB.CreateTable") - before, 2);
+    assert_eq!(f.proxy.faulted("DynamoDB.CreateTable"), 1);
+    f.direct
+        .describe_table()
+        .table_name(&table)
+        .send()
+        .await
+        .expect("the table exists");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_500_answer_is_retried_and_meets_the_applied_first_attempt() {
     // Given the first PutItem's answer replaced by a 500 after it was applied
     let f = Fixture::new("l500").await;
