@@ -265,8 +265,6 @@ where
     }
 }
 
-/// The pause before retrying after attempt `round`, or `None` when the policy's attempts are
-/// spent or the pause would end at or after `until_ms`.
 /// The lowest and highest position among `members` (indices into `batch`): the range an
 /// object's key names. `None` for no members.
 fn position_span<'b>(batch: &'b Batch, members: &[usize]) -> Option<(&'b Position, &'b Position)> {
@@ -274,6 +272,8 @@ fn position_span<'b>(batch: &'b Batch, members: &[usize]) -> Option<(&'b Positio
     Some((positions.clone().min()?, positions.max()?))
 }
 
+/// The pause before retrying after attempt `round`, or `None` when the policy's attempts are
+/// spent or the pause would end at or after `until_ms`.
 fn pause_before_retry(policy: RetryPolicy, round: u32, until_ms: i64) -> Option<Duration> {
     if round >= policy.max_attempts {
         return None;
