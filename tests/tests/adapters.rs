@@ -140,7 +140,7 @@ async fn objects_are_created_once_and_never_overwritten() {
     assert_eq!(
         s3.put_new(
             "events/a.parquet",
-            b"first".to_vec(),
+            bytes::Bytes::from_static(b"first"),
             "application/octet-stream"
         )
         .await
@@ -150,7 +150,7 @@ async fn objects_are_created_once_and_never_overwritten() {
     assert_eq!(
         s3.put_new(
             "events/a.parquet",
-            b"second".to_vec(),
+            bytes::Bytes::from_static(b"second"),
             "application/octet-stream"
         )
         .await

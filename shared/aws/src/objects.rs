@@ -1,11 +1,16 @@
 //! Objects in S3: create-only puts (`If-None-Match: *`) and existence checks.
 
 use crate::error::classify_sdk_error;
+use crate::put_item::conditional_write_attempts;
+use crate::OBJECT_CALL_ATTEMPT_TIMEOUT;
+use aws_config::retry::RetryConfig;
 use aws_sdk_s3::operation::head_object::HeadObjectError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
+use bytes::Bytes;
 use streamload_core::error::PortError;
 use streamload_core::ports::{ObjectSink, PutOutcome};
+use streamload_core::retry::SINK_RETRY;
 
 #[derive(Clone)]
 pub struct S3Objects {
@@ -23,30 +28,48 @@ impl S3Objects {
 }
 
 impl ObjectSink for S3Objects {
+    /// One create-only write, its attempts made here rather than by the SDK: the SDK would
+    /// report only its last attempt's error, so a first attempt that timed out with its body
+    /// sent (and may still be applied) followed by a `SlowDown` would read "not written", the
+    /// claims would be released, and the late object plus the redelivery's would hold the
+    /// events twice. [`conditional_write_attempts`] keeps the call's error ambiguous when any
+    /// attempt may have been applied, and the pipeline's `HeadObject` then decides.
     async fn put_new(
         &self,
         key: &str,
-        body: Vec<u8>,
+        body: Bytes,
         content_type: &str,
     ) -> Result<PutOutcome, PortError> {
-        let r = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .if_none_match("*")
-            .content_type(content_type)
-            .body(ByteStream::from(body))
-            .send()
-            .await;
-        match r {
-            Ok(_) => Ok(PutOutcome::Created),
-            // 412: the key exists. Keys are unique per attempt, so it is our own earlier write.
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
-                Ok(PutOutcome::AlreadyExists)
+        conditional_write_attempts(SINK_RETRY, OBJECT_CALL_ATTEMPT_TIMEOUT, || {
+            let body = body.clone();
+            async move {
+                let r = self
+                    .client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .if_none_match("*")
+                    .content_type(content_type)
+                    .body(ByteStream::from(body))
+                    .customize()
+                    .config_override(
+                        aws_sdk_s3::config::Builder::default()
+                            .retry_config(RetryConfig::disabled()),
+                    )
+                    .send()
+                    .await;
+                match r {
+                    Ok(_) => Ok(PutOutcome::Created),
+                    // 412: the key exists. Keys are unique per attempt, so it is our own
+                    // earlier write.
+                    Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
+                        Ok(PutOutcome::AlreadyExists)
+                    }
+                    Err(e) => Err(classify_put_error(&e)),
+                }
             }
-            Err(e) => Err(classify_sdk_error("s3 PutObject", &e)),
-        }
+        })
+        .await
     }
 
     async fn exists(&self, key: &str) -> Result<bool, PortError> {
@@ -65,6 +88,22 @@ impl ObjectSink for S3Objects {
                 _ => Err(classify_sdk_error("s3 HeadObject", &e)),
             },
         }
+    }
+}
+
+/// A create-only PutObject's error. A 500 (`InternalError`) may come from a write that was
+/// applied, so it is ambiguous like a lost answer; a 503 `SlowDown` is S3 refusing the
+/// request before doing it, and a 4xx is a plain refusal.
+fn classify_put_error(
+    e: &aws_sdk_s3::error::SdkError<
+        aws_sdk_s3::operation::put_object::PutObjectError,
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+    >,
+) -> PortError {
+    let p = classify_sdk_error("s3 PutObject", e);
+    match e.raw_response().map(|r| r.status().as_u16()) {
+        Some(500) if !p.ambiguous => PortError::ambiguous(p.message),
+        _ => p,
     }
 }
 

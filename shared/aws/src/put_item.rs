@@ -75,8 +75,34 @@ pub enum PutAnswer {
 struct ErrorBody {
     #[serde(rename = "__type", default)]
     kind: String,
-    #[serde(rename = "Item", default)]
+    #[serde(rename = "Item", default, deserialize_with = "claim_attributes")]
     item: Option<HashMap<String, AttributeText>>,
+}
+
+/// One attribute of a returned item: a kind a claim holds, or any other (a `BOOL`, a set, a
+/// map an operator or another tool added), which is skipped rather than failing the answer:
+/// an unparsed answer would fail its record on every delivery.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AnyAttribute {
+    Claim(AttributeText),
+    Other(serde::de::IgnoredAny),
+}
+
+/// The item's claim attributes; attributes of other kinds are left out.
+fn claim_attributes<'de, D>(d: D) -> Result<Option<HashMap<String, AttributeText>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let item: Option<HashMap<String, AnyAttribute>> = Deserialize::deserialize(d)?;
+    Ok(item.map(|item| {
+        item.into_iter()
+            .filter_map(|(k, v)| match v {
+                AnyAttribute::Claim(a) => Some((k, a)),
+                AnyAttribute::Other(_) => None,
+            })
+            .collect()
+    }))
 }
 
 /// The parts of a credential the signer needs, and when to fetch a new one.
@@ -347,7 +373,7 @@ where
         let error = match tokio::time::timeout(attempt_timeout, attempt()).await {
             Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(e)) => e,
-            Err(_) => PortError::ambiguous("dynamodb PutItem: attempt timed out"),
+            Err(_) => PortError::ambiguous("attempt timed out (it may have been applied)"),
         };
         maybe_applied |= error.ambiguous;
         if !error.is_retryable() || n >= retry.max_attempts {
@@ -489,5 +515,22 @@ mod tests {
             .expect("the platform's root certificates are readable here");
         assert_eq!(tls.port, 443);
         assert!(tls.tls.is_some());
+    }
+
+    #[test]
+    fn a_refusal_whose_item_holds_attributes_of_other_kinds_still_names_the_claim() {
+        // Given a refusal whose held item carries a BOOL and a string set beside the claim
+        let body =
+            br#"{"__type":"com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException",
+            "Item":{"pk":{"S":"rt:o:1"},"claim_owner":{"S":"req-1"},"lease_until":{"N":"5"},
+            "object_key":{"S":"o/k.parquet"},"expires_at":{"N":"9"},
+            "audited":{"BOOL":true},"tags":{"SS":["a","b"]},"note":{"M":{"x":{"NULL":true}}}}}"#;
+        // When it is read
+        let error: ErrorBody = serde_json::from_slice(body).expect("readable");
+        // Then the claim's attributes are there and the others are left out
+        let item = error.item.expect("an item");
+        assert_eq!(item.get("pk"), Some(&AttributeText::S("rt:o:1".into())));
+        assert_eq!(item.get("lease_until"), Some(&AttributeText::N("5".into())));
+        assert_eq!(item.len(), 5);
     }
 }

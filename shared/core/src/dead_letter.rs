@@ -107,7 +107,21 @@ pub fn body(
         }
         DeadLetterData::InObject(key) => msg["data_s3_key"] = key.into(),
     }
-    msg.to_string()
+    queue_safe(msg.to_string())
+}
+
+/// `json` with the characters SQS refuses in a message body written as JSON escapes. SQS
+/// accepts #x9, #xA, #xD, #x20–#xD7FF, #xE000–#xFFFD and #x10000–#x10FFFF; serde_json already
+/// escapes every control character, and Rust strings hold no surrogates, so what is left is
+/// U+FFFE and U+FFFF (a Kafka key or Kinesis partition key can carry them). Outside strings
+/// JSON has no such characters, so the escapes are always inside one. Without this, SQS
+/// refuses the letter as the sender's fault on every delivery and the shard stalls.
+fn queue_safe(json: String) -> String {
+    if !json.contains(['\u{FFFE}', '\u{FFFF}']) {
+        return json;
+    }
+    json.replace('\u{FFFE}', "\\ufffe")
+        .replace('\u{FFFF}', "\\uffff")
 }
 
 #[cfg(test)]
@@ -196,5 +210,36 @@ mod identity_tests {
         assert_ne!(d, poison_digest(&recreated));
         assert_eq!(d, poison_digest(&msk.clone()));
         assert!(d.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn characters_the_queue_refuses_are_escaped_and_read_back_the_same() {
+        // Given a record whose partition key holds U+FFFE and U+FFFF
+        let record = SourceRecord {
+            unit: std::sync::Arc::new(SourceUnit {
+                label: "s/shard-1".into(),
+                topic_partition: None,
+            }),
+            position: Position::parse("7").unwrap(),
+            data: Some(bytes::Bytes::from_static(b"x")),
+            key: Some("k\u{FFFE}\u{FFFF}".into()),
+            headers_json: None,
+            arrival_ms: None,
+            origin: Origin::Kinesis {
+                stream_arn: "arn:aws:kinesis:us-east-1:1:stream/s".into(),
+                shard_id: "shard-1".into(),
+                approximate_arrival: None,
+            },
+        };
+        let poison = Poison {
+            kind: crate::event::PoisonKind::Decode,
+            reason: "r".into(),
+        };
+        // When its letter is written
+        let letter = body(&record, &poison, "d", DeadLetterData::Inline);
+        // Then no character SQS refuses is left, and the JSON still reads as the same text
+        assert!(!letter.contains(['\u{FFFE}', '\u{FFFF}']), "{letter}");
+        let back: serde_json::Value = serde_json::from_str(&letter).unwrap();
+        assert!(back.to_string().contains('\u{FFFE}'));
     }
 }

@@ -212,14 +212,14 @@ impl ObjectSink for MemoryObjects {
     fn put_new(
         &self,
         key: &str,
-        body: Vec<u8>,
+        body: bytes::Bytes,
         _content_type: &str,
     ) -> impl Future<Output = Result<PutOutcome, PortError>> + Send {
         let mut objects = lock(&self.objects);
         let r = if objects.contains_key(key) {
             PutOutcome::AlreadyExists
         } else {
-            objects.insert(key.to_owned(), body);
+            objects.insert(key.to_owned(), body.to_vec());
             PutOutcome::Created
         };
         std::future::ready(Ok(r))
@@ -431,7 +431,7 @@ impl<T: ObjectSink> ObjectSink for Faulty<T> {
     async fn put_new(
         &self,
         key: &str,
-        body: Vec<u8>,
+        body: bytes::Bytes,
         content_type: &str,
     ) -> Result<PutOutcome, PortError> {
         self.switch.before().await?;

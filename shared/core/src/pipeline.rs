@@ -240,6 +240,11 @@ pub async fn bounded<T>(
 
 /// Runs an idempotent `call` until it succeeds, fails permanently, runs out of rounds or
 /// out of time (`until_ms`), each attempt bounded by the time left.
+///
+/// The final error is ambiguous if *any* round's was: an attempt cut off with its request
+/// sent may still be applied after a later round was refused for a plain reason (a create-only
+/// object write that timed out, then throttled), so the last error alone would say "not
+/// written" about a write that may land.
 async fn in_budget<T, F, Fut>(
     policy: RetryPolicy,
     until_ms: i64,
@@ -250,18 +255,30 @@ where
     Fut: Future<Output = Result<T, PortError>>,
 {
     let mut round = 1;
+    let mut maybe_applied = false;
     loop {
-        match bounded(until_ms, call()).await {
+        let e = match bounded(until_ms, call()).await {
             Ok(v) => return Ok(v),
-            Err(e) if e.is_retryable() => {
-                let Some(pause) = pause_before_retry(policy, round, until_ms) else {
-                    return Err(e);
-                };
-                tokio::time::sleep(pause).await;
-                round += 1;
-            }
-            Err(e) => return Err(e),
-        }
+            Err(e) => e,
+        };
+        maybe_applied |= e.ambiguous;
+        let pause = if e.is_retryable() {
+            pause_before_retry(policy, round, until_ms)
+        } else {
+            None
+        };
+        let Some(pause) = pause else {
+            return Err(if maybe_applied && !e.ambiguous {
+                PortError::ambiguous(format!(
+                    "{} (an earlier attempt may have been applied)",
+                    e.message
+                ))
+            } else {
+                e
+            });
+        };
+        tokio::time::sleep(pause).await;
+        round += 1;
     }
 }
 
@@ -307,6 +324,13 @@ fn pack_letters(
     }
     batches
 }
+
+/// How often the object of a holder we wait for is looked at again.
+const LEASE_POLL_MS: i64 = 500;
+
+/// The least time a wait for someone else's lease leaves before the cutoff, to load what it
+/// wins.
+const MIN_LOAD_RESERVE_MS: i64 = 1_000;
 
 /// Records whose claim is not settled yet, each with its next step.
 type Pending = Vec<(usize, Step)>;
@@ -601,10 +625,14 @@ where
             .buffer_unordered(concurrency)
             .collect()
             .await;
+        // An archive named by a claim whose write is in an unknown state (it may have landed
+        // and be released later, or never) is held back too: written, it would make that
+        // record look dead-lettered on every redelivery while its letter was never sent.
         let held_back: HashSet<&str> = releases
             .iter()
             .filter(|(_, released)| !released)
             .filter_map(|&(i, _)| w.slots[i].object_key.as_deref())
+            .chain(w.tainted.iter().map(String::as_str))
             .collect();
 
         // 4. Archive what was sent, one object per unit. Sent, the records are dead-lettered
@@ -624,6 +652,7 @@ where
         }
         stream::iter(archives)
             .for_each_concurrent(concurrency, |(key, body)| async move {
+                let body = bytes::Bytes::from(body);
                 let archived = in_budget(self.settings.in_budget_retry, cleanup, || {
                     self.objects
                         .put_new(key, body.clone(), "application/x-ndjson")
@@ -670,7 +699,7 @@ where
             let bytes = record.data.clone().unwrap_or_default();
             in_budget(self.settings.in_budget_retry, until_ms, || {
                 self.objects
-                    .put_new(&key, bytes.to_vec(), "application/octet-stream")
+                    .put_new(&key, bytes.clone(), "application/octet-stream")
             })
             .await?;
             dead_letter::body(record, poison, digest, DeadLetterData::InObject(&key))
@@ -748,14 +777,23 @@ where
     /// its object.
     async fn claim_all(&self, work: &mut Work<'_>, indices: &[usize]) {
         let cutoff = work.cutoff_ms(&self.settings);
+        // A wait for someone else's lease must leave time to load what it wins: no wait ends
+        // later than this (a third of what is left, at least `MIN_LOAD_RESERVE_MS`, stays).
+        let wait_limit = cutoff - ((cutoff - now_ms()) / 3).max(MIN_LOAD_RESERVE_MS);
         let mut pending: Vec<(usize, Step)> = indices.iter().map(|&i| (i, Step::Claim)).collect();
         // Records with a write of unknown outcome, and the last reason each is not settled.
         let mut maybe_landed: HashSet<usize> = HashSet::new();
+        // Records with a plain claim write that may still land: sent, its answer lost, and
+        // not since shown ours. Such a write can be applied late — after a live holder that
+        // refused a later attempt has released its claim — so if the record ends failed, the
+        // object its claim names must not be written (docs/exactly-once.md, "a claim applied
+        // late"). A takeover cannot land late: its condition pins the old owner and lease.
+        let mut in_doubt: HashSet<usize> = HashSet::new();
+        let mut failed: Vec<(usize, FailureCause)> = Vec::new();
         let mut cause: HashMap<usize, FailureCause> = HashMap::new();
-        let mut round: u32 = 0;
+        let mut error_rounds: u32 = 0;
         let policy = self.settings.in_budget_retry;
-        while !pending.is_empty() && round < policy.max_attempts && now_ms() <= cutoff {
-            round += 1;
+        while !pending.is_empty() && error_rounds < policy.max_attempts && now_ms() <= cutoff {
             let now_s = now_ms() / 1000;
             let (judge, writes): (Pending, Pending) = pending
                 .drain(..)
@@ -790,10 +828,12 @@ where
                 match result {
                     Ok(attempt) if attempt.is_mine(&mine) => {
                         maybe_landed.remove(&i);
+                        in_doubt.remove(&i);
                         work.claimed.push(i);
                     }
-                    // Refused by someone else's live claim: our earlier attempts, if any, did
-                    // not land (nobody can replace our claim within its lease).
+                    // Refused by someone else's live claim: our earlier attempts did not land
+                    // *yet* (nobody can replace our claim within its lease), but a plain one
+                    // still in flight may land later; `in_doubt` remembers it.
                     Ok(ClaimAttempt::Held(old)) if matches!(step, Step::Claim) => {
                         maybe_landed.remove(&i);
                         refused.push((i, old));
@@ -807,18 +847,21 @@ where
                     Ok(_) => {
                         // A takeover lost to someone else's write: theirs, not ours.
                         maybe_landed.remove(&i);
-                        work.fail(i, FailureCause::Contended);
+                        failed.push((i, FailureCause::Contended));
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, round, "claim write failed");
+                        tracing::warn!(error = %e, "claim write failed");
                         if e.ambiguous {
                             maybe_landed.insert(i);
+                            if matches!(step, Step::Claim) {
+                                in_doubt.insert(i);
+                            }
                         }
                         cause.insert(i, FailureCause::Dedup);
                         if e.is_retryable() {
                             retry.push((i, step));
                         } else {
-                            work.fail(i, FailureCause::Dedup);
+                            failed.push((i, FailureCause::Dedup));
                         }
                     }
                 }
@@ -826,12 +869,12 @@ where
 
             // The lease is judged against a clock read before the existence checks, so a
             // slow HeadObject cannot make a live holder look dead.
-            let verdicts = self.judge_existing(&refused, cutoff).await;
-            let mut wait_until: Option<i64> = None;
+            let verdicts = self.judge_existing(&refused, cutoff, wait_limit).await;
+            let mut wake_at: Option<i64> = None;
             for ((i, old), verdict) in refused.into_iter().zip(verdicts) {
                 match verdict {
                     Existing::Done => work.slots[i].outcome = Some(RecordOutcome::Duplicate),
-                    Existing::Live => work.fail(i, FailureCause::HeldByLiveInvocation),
+                    Existing::Live => failed.push((i, FailureCause::HeldByLiveInvocation)),
                     Existing::Unreadable => {
                         cause.insert(i, FailureCause::ObjectStore);
                         retry.push((i, Step::Judge(old)));
@@ -841,21 +884,25 @@ where
                         pending.push((i, Step::Takeover(old)));
                     }
                     Existing::Wait(old) => {
-                        // A dead holder's lease ending within our budget is cheaper to wait
-                        // for here than to spend one of the mapping's retry attempts on.
+                        // A holder whose lease ends within our budget is cheaper to wait for
+                        // here than a retry spent by the mapping. Its object is looked at
+                        // again every `LEASE_POLL_MS` meanwhile: a holder that finishes makes
+                        // the record a duplicate at once, without sleeping to its lease end.
                         cause.insert(i, FailureCause::HeldByLiveInvocation);
-                        wait_until = wait_until.max(Some(old.lease_until_ms));
-                        pending.push((i, Step::Claim));
+                        let next = (old.lease_until_ms + 1).min(now_ms() + LEASE_POLL_MS);
+                        wake_at = Some(wake_at.map_or(next, |t: i64| t.min(next)));
+                        pending.push((i, Step::Judge(old)));
                     }
                 }
             }
             let backoff = if retry.is_empty() {
                 0
             } else {
-                policy.backoff(round).as_millis() as i64
+                error_rounds += 1;
+                policy.backoff(error_rounds).as_millis() as i64
             };
             pending.append(&mut retry);
-            let resume = wait_until.map_or(0, |t| t - now_ms() + 1).max(backoff);
+            let resume = wake_at.map_or(backoff, |t| (t - now_ms()).max(backoff));
             if !pending.is_empty() && resume > 0 {
                 if now_ms() + resume > cutoff {
                     break;
@@ -876,23 +923,32 @@ where
                     continue;
                 }
             }
-            if maybe_landed.contains(&i) {
-                // Truly unknown: the claim may name its object, which must then not be
-                // written without the event. Only this object is held back.
+            let c = cause.get(&i).copied().unwrap_or(FailureCause::Deadline);
+            failed.push((i, c));
+        }
+        for (i, c) in failed {
+            if maybe_landed.contains(&i) || in_doubt.contains(&i) {
+                // Truly unknown: the claim may name its object (now or later), which must
+                // then not be written without the event. Only this object is held back.
                 if let Some(key) = &work.slots[i].object_key {
                     work.tainted.insert(key.clone());
                 }
                 work.unknown.push(i);
             } else {
-                let c = cause.get(&i).copied().unwrap_or(FailureCause::Deadline);
                 work.fail(i, c);
             }
         }
     }
 
     /// Decides, for claims held by others, whether the event is done (its object exists),
-    /// its holder is certainly dead (lease over) or still possibly alive.
-    async fn judge_existing(&self, refused: &[(usize, Claim)], cutoff: i64) -> Vec<Existing> {
+    /// its holder is certainly dead (lease over), worth waiting for (the lease ends before
+    /// `wait_limit`) or still possibly alive beyond what we can wait.
+    async fn judge_existing(
+        &self,
+        refused: &[(usize, Claim)],
+        cutoff: i64,
+        wait_limit: i64,
+    ) -> Vec<Existing> {
         let now = now_ms();
         let keys: HashSet<&str> = refused
             .iter()
@@ -909,9 +965,7 @@ where
                 Some(Ok(true)) => Existing::Done,
                 Some(Err(_)) | None => Existing::Unreadable,
                 Some(Ok(false)) if old.lease_until_ms < now => Existing::Takeover(old.clone()),
-                Some(Ok(false)) if old.lease_until_ms < cutoff - 1000 => {
-                    Existing::Wait(old.clone())
-                }
+                Some(Ok(false)) if old.lease_until_ms < wait_limit => Existing::Wait(old.clone()),
                 Some(Ok(false)) => Existing::Live,
             })
             .collect()
@@ -970,11 +1024,28 @@ where
             };
             bodies.insert(key.clone(), body);
         }
+        // An object that still does not encode once its refused rows are out (the encoder
+        // fails on the rows together, never alone) cannot be written in this invocation: its
+        // rows stay out of the database too, so no event is in PostgreSQL and not in the lake.
+        let unencodable: Vec<String> = bodies
+            .iter()
+            .filter(|(_, body)| body.is_err())
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut not_loaded = Vec::new();
+        for key in unencodable {
+            tracing::error!("parquet encoding failed for an object's rows together; failing them");
+            bodies.remove(&key);
+            not_loaded.extend(by_object.remove(&key).unwrap_or_default());
+        }
+        self.give_up(work, &not_loaded, FailureCause::ObjectStore)
+            .await;
         let encoder_refused: HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
+        let not_loaded: HashSet<usize> = not_loaded.into_iter().collect();
         let to_load: Vec<usize> = claimed
             .iter()
             .copied()
-            .filter(|i| !encoder_refused.contains(i))
+            .filter(|i| !encoder_refused.contains(i) && !not_loaded.contains(i))
             .collect();
 
         let mark = work.phases.add(Phase::Encode, mark);
@@ -1113,6 +1184,7 @@ where
         cutoff: i64,
         cleanup: i64,
     ) -> ObjectResult {
+        let body = bytes::Bytes::from(body);
         let put = in_budget(self.settings.in_budget_retry, cutoff, || {
             self.objects
                 .put_new(key, body.clone(), "application/vnd.apache.parquet")

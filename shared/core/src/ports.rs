@@ -125,11 +125,12 @@ pub enum PutOutcome {
 
 /// The object store: S3 in production. Objects appear whole or not at all.
 pub trait ObjectSink: Send + Sync {
-    /// Creates `key` only if it does not exist (`If-None-Match: *`).
+    /// Creates `key` only if it does not exist (`If-None-Match: *`). The body is shared
+    /// (`Bytes`), so a retried write never copies it.
     fn put_new(
         &self,
         key: &str,
-        body: Vec<u8>,
+        body: bytes::Bytes,
         content_type: &str,
     ) -> impl Future<Output = Result<PutOutcome, PortError>> + Send;
 

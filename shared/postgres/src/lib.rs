@@ -63,6 +63,9 @@ impl streamload_core::Classify for PgError {
 
 struct Session {
     client: Client,
+    /// Per route (by index): its stage and statements, with text keys staged in the table's
+    /// own type and collation (read from the catalogue when the session opened).
+    statements: Vec<RouteSql>,
 }
 
 /// Longest wait for a connection (TCP, TLS, authentication): an RDS instance answers in
@@ -75,6 +78,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 pub const KEEPALIVE_RETRIES: u32 = 3;
+
+/// TCP user timeout: how long data we sent may stay unacknowledged before the kernel drops
+/// the connection. Keepalives only probe an idle connection; a connection whose peer vanished
+/// while we were writing (a COPY into a failed-over instance) would otherwise retransmit for
+/// the kernel's ~15 minutes. A statement the server is still working on has nothing of ours
+/// unacknowledged, so a long statement is never cut by it.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// SQLSTATE classes that belong to one row, not to the batch: 22 (data exception: a value its
 /// column cannot hold, a jsonb text PostgreSQL will not store, a string too long) and 23
@@ -95,8 +105,6 @@ pub struct PgRows {
     /// The start-up checks still have to run (the database was unreachable at start-up):
     /// the first connection runs them before any row is written.
     unchecked: std::sync::atomic::AtomicBool,
-    /// Per route (by index): its stage table and statements, built once.
-    statements: Vec<RouteSql>,
     session: Mutex<Option<Session>>,
 }
 
@@ -137,7 +145,8 @@ impl PgRows {
             .keepalives(true)
             .keepalives_idle(KEEPALIVE_IDLE)
             .keepalives_interval(KEEPALIVE_INTERVAL)
-            .keepalives_retries(KEEPALIVE_RETRIES);
+            .keepalives_retries(KEEPALIVE_RETRIES)
+            .tcp_user_timeout(TCP_USER_TIMEOUT);
         if config.get_application_name().is_none() {
             let name = std::env::var("AWS_LAMBDA_FUNCTION_NAME")
                 .unwrap_or_else(|_| "streamload".to_owned());
@@ -147,7 +156,6 @@ impl PgRows {
             options,
             routes: routes.clone(),
             unchecked: std::sync::atomic::AtomicBool::new(false),
-            statements: routes.iter().map(RouteSql::new).collect(),
             session: Mutex::new(None),
         }
     }
@@ -302,13 +310,18 @@ impl PgRows {
     }
 
     async fn session_from(&self, client: Client) -> Result<Session, tokio_postgres::Error> {
-        let ddl: Vec<&str> = self
-            .statements
+        let mut statements = Vec::new();
+        for route in self.routes.iter() {
+            let key_types = key_stage_types(&client, route).await?;
+            statements.push(RouteSql::with_key_types(route, &key_types));
+        }
+        let ddl: Vec<&str> = statements
             .iter()
             .map(|r| r.stage_ddl.as_str())
+            .chain(std::iter::once(sql::REFUSALS_DDL))
             .collect();
         client.batch_execute(&ddl.join(";\n")).await?;
-        Ok(Session { client })
+        Ok(Session { client, statements })
     }
 
     async fn upsert_once(
@@ -327,7 +340,12 @@ impl PgRows {
                 .map_err(|_| PortError::retryable("postgres: connect did not finish in time"))??;
             *guard = Some(session);
         }
-        let Some(session) = guard.as_mut() else {
+        // The session is taken out of the sink while a transaction runs on it, and put back
+        // only once the transaction ended with an answer. A caller that gives up on this call
+        // (its own deadline, a crash of the task) drops the future, and with it the session:
+        // a connection mid-transaction — silent, black-holed, or waiting on a lock — is never
+        // handed to the next invocation.
+        let Some(mut session) = guard.take() else {
             return Err(PortError::retryable("postgres: no session"));
         };
         // The server cancels a statement still running at `until_ms` (a lock held elsewhere);
@@ -335,30 +353,32 @@ impl PgRows {
         // answer never arrives).
         let result = tokio::time::timeout(
             left(until_ms) + CLIENT_GRACE,
-            upsert_isolating(session, &self.statements, rows, until_ms),
+            upsert_isolating(&mut session, rows, until_ms),
         )
         .await;
         match result {
-            Err(_) => {
-                // The connection is mid-transaction in an unknown state: never reuse it.
-                *guard = None;
-                Err(PortError::ambiguous(
-                    "postgres: no answer before the deadline (the commit may have happened)",
-                ))
-            }
+            Err(_) => Err(PortError::ambiguous(
+                "postgres: no answer before the deadline (the commit may have happened)",
+            )),
             Ok(Err(e)) => {
-                if session.client.is_closed() || e.code().is_none() {
-                    *guard = None;
+                if !session.client.is_closed() && e.code().is_some() {
+                    *guard = Some(session);
                 }
                 Err(classify(&e))
             }
-            Ok(Ok(refused)) => Ok(refused),
+            Ok(Ok(refused)) => {
+                *guard = Some(session);
+                Ok(refused)
+            }
         }
     }
 }
 
 /// How long the client waits past `until_ms` for the server's own statement timeout to answer.
-const CLIENT_GRACE: Duration = Duration::from_millis(250);
+/// Shorter than the pipeline's own margin past the cutoff (200 ms), so this call reports the
+/// silent connection itself; if the pipeline gives up first, the session is dropped all the
+/// same (see `upsert_once`).
+pub const CLIENT_GRACE: Duration = Duration::from_millis(150);
 
 fn epoch_ms() -> i64 {
     std::time::SystemTime::now()
@@ -367,25 +387,83 @@ fn epoch_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The key columns of `route` whose table type or collation is not plain `text` (citext,
+/// `char(n)`, `varchar(n)`, a domain, a nondeterministic collation), with the SQL type the
+/// stage must hold them in so that it tells keys apart as the table's unique index does.
+async fn key_stage_types(
+    client: &Client,
+    route: &streamload_core::route::Route,
+) -> Result<std::collections::HashMap<usize, String>, tokio_postgres::Error> {
+    use streamload_core::route::ColumnType;
+    let text_keys: Vec<(usize, &str)> = route
+        .key
+        .iter()
+        .filter(|&&i| route.columns[i].ty == ColumnType::Text)
+        .map(|&i| (i, route.columns[i].name.as_str()))
+        .collect();
+    let mut types = std::collections::HashMap::new();
+    if text_keys.is_empty() {
+        return Ok(types);
+    }
+    let names: Vec<&str> = text_keys.iter().map(|(_, n)| *n).collect();
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
+                    CASE WHEN a.attcollation <> t.typcollation \
+                         THEN quote_ident(n.nspname) || '.' || quote_ident(c.collname) END \
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             LEFT JOIN pg_collation c ON c.oid = a.attcollation \
+             LEFT JOIN pg_namespace n ON n.oid = c.collnamespace \
+             WHERE a.attrelid = to_regclass($1) AND a.attname = ANY($2) AND NOT a.attisdropped",
+            &[&route.quoted_table(), &names],
+        )
+        .await?;
+    for row in rows {
+        let (name, ty, collation): (String, String, Option<String>) =
+            (row.get(0), row.get(1), row.get(2));
+        if ty == "text" && collation.is_none() {
+            continue;
+        }
+        if let Some(&(i, _)) = text_keys.iter().find(|(_, n)| *n == name) {
+            let staged = match collation {
+                Some(c) => format!("{ty} COLLATE {c}"),
+                None => ty,
+            };
+            types.insert(i, staged);
+        }
+    }
+    Ok(types)
+}
+
+/// Sets the statement timeout to the time left before `until_ms`, for the transaction.
+fn timeout_sql(until_ms: i64) -> String {
+    format!(
+        "SET LOCAL statement_timeout = {}",
+        (until_ms - epoch_ms()).clamp(1, i64::from(i32::MAX))
+    )
+}
+
 /// One transaction for the whole batch. When the database refuses a row for a reason of the
-/// row's own, the batch is loaded again in one transaction that bisects it under savepoints
-/// until each refused row stands alone; every other row commits. The happy path costs
-/// nothing extra: one COPY, one upsert, one commit.
+/// row's own — at a statement or at COMMIT (a deferred constraint) — the batch is loaded again
+/// in one transaction that finds each refused row on the server ([`isolate_refusals`]); every
+/// other row commits. The happy path costs nothing extra: one COPY, one upsert, one commit.
 async fn upsert_isolating(
     session: &mut Session,
-    statements: &[RouteSql],
     rows: &[Row<'_>],
     until_ms: i64,
 ) -> Result<Vec<Refusal>, tokio_postgres::Error> {
-    let timeout_sql = format!(
-        "SET LOCAL statement_timeout = {}",
-        (until_ms - epoch_ms()).clamp(1, i64::from(i32::MAX))
-    );
+    let Session { client, statements } = session;
     let first = {
-        let tx = session.client.transaction().await?;
-        tx.batch_execute(&timeout_sql).await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(&timeout_sql(until_ms)).await?;
         match copy_and_upsert(&tx, statements, rows).await {
-            Ok(()) => tx.commit().await.map(|()| None),
+            // A deferred constraint (DEFERRABLE INITIALLY DEFERRED, common in ORM schemas)
+            // refuses its row only at COMMIT: that is a refused row too.
+            Ok(()) => match tx.commit().await {
+                Ok(()) => Ok(None),
+                Err(e) if refuses_a_row(&e) => Ok(Some(e)),
+                Err(e) => Err(e),
+            },
             Err(e) if refuses_a_row(&e) => Ok(Some(e)),
             Err(e) => Err(e),
         }
@@ -393,9 +471,138 @@ async fn upsert_isolating(
     if first?.is_none() {
         return Ok(Vec::new());
     }
+    isolate_refusals(client, statements, rows, until_ms).await
+}
 
-    let mut tx = session.client.transaction().await?;
-    tx.batch_execute(&timeout_sql).await?;
+/// Loads `rows` in one transaction that sets every constraint IMMEDIATE (so a deferred one
+/// refuses its own row, not the COMMIT) and, per route: COPYs its rows into the stage — a row
+/// the COPY refuses is named by the line in the error's context, set aside, and the COPY made
+/// again without it — then runs the route's isolation statement ([`RouteSql::isolate`]), which
+/// merges every row it can and notes each refused one. A refusal COPY cannot place (no line in
+/// the context) falls back to bisection under savepoints. Cost: one COPY and one server-side
+/// statement per route, plus one COPY per row the COPY refuses — about a statement per chunk
+/// of [`sql::ISOLATION_CHUNK_ROWS`] rows, and one per row in a chunk holding a refused row.
+async fn isolate_refusals(
+    client: &mut Client,
+    statements: &[RouteSql],
+    rows: &[Row<'_>],
+    until_ms: i64,
+) -> Result<Vec<Refusal>, tokio_postgres::Error> {
+    let mut client_tx = client.transaction().await?;
+    client_tx
+        .batch_execute(&format!(
+            "{}; SET CONSTRAINTS ALL IMMEDIATE",
+            timeout_sql(until_ms)
+        ))
+        .await?;
+    let mut refused: Vec<Refusal> = Vec::new();
+    let mut routes: Vec<usize> = rows.iter().map(|r| r.route.index).collect();
+    routes.sort_unstable();
+    routes.dedup();
+    for route in routes {
+        let Some(sql) = statements.get(route) else {
+            continue;
+        };
+        // This route's rows, by their index in `rows`; those the COPY refused are left out.
+        let mut members: Vec<usize> = (0..rows.len())
+            .filter(|&i| rows[i].route.index == route)
+            .collect();
+        loop {
+            let savepoint = client_tx.savepoint("streamload_copy").await?;
+            let subset: Vec<Row<'_>> = members.iter().map(|&i| rows[i]).collect();
+            match copy_rows(&savepoint, sql, &subset).await {
+                Ok(()) => {
+                    savepoint.commit().await?;
+                    break;
+                }
+                Err(e) if refuses_a_row(&e) => {
+                    let line = e.as_db_error().and_then(|d| d.where_()).and_then(copy_line);
+                    savepoint.rollback().await?;
+                    match line
+                        .and_then(|l| l.checked_sub(1))
+                        .filter(|&l| l < members.len())
+                    {
+                        Some(at) => {
+                            let index = members.remove(at);
+                            refused.push(Refusal {
+                                index,
+                                reason: format!("the database refused the row: {}", describe(&e)),
+                            });
+                        }
+                        None => {
+                            drop(client_tx);
+                            return bisect_refusals(client, statements, rows, until_ms).await;
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        client_tx.batch_execute(&sql.isolate).await?;
+        let noted = client_tx
+            .query(
+                "SELECT ord, sqlstate, tbl, col, cons FROM streamload_refusals WHERE route = $1",
+                &[&(route as i32)],
+            )
+            .await?;
+        for row in noted {
+            let ord: i32 = row.get(0);
+            let Some(&index) = usize::try_from(ord).ok().and_then(|o| members.get(o)) else {
+                continue;
+            };
+            let (state, table, column, constraint): (
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+            ) = (row.get(1), row.get(2), row.get(3), row.get(4));
+            let name =
+                |v: Option<String>| v.filter(|s| !s.is_empty()).unwrap_or_else(|| "-".into());
+            refused.push(Refusal {
+                index,
+                reason: format!(
+                    "the database refused the row: SQLSTATE {} (table {:?}, column {:?}, constraint {:?})",
+                    name(state),
+                    name(table),
+                    name(column),
+                    name(constraint)
+                ),
+            });
+        }
+        client_tx
+            .batch_execute("TRUNCATE streamload_refusals")
+            .await?;
+    }
+    client_tx.commit().await?;
+    refused.sort_by_key(|r| r.index);
+    Ok(refused)
+}
+
+/// The row number in a COPY error's context (`COPY streamload_stage_x, line 3, column y`):
+/// 1-based, counting the rows of that COPY.
+fn copy_line(context: &str) -> Option<usize> {
+    let rest = &context[context.find(", line ")? + ", line ".len()..];
+    let digits: &str = &rest[..rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len())];
+    digits.parse().ok()
+}
+
+/// The fallback of [`isolate_refusals`]: the batch bisected under savepoints until each
+/// refused row stands alone (`k` refused rows among `n` cost about `2k·log2(n/k)` COPY +
+/// merge rounds).
+async fn bisect_refusals(
+    client: &mut Client,
+    statements: &[RouteSql],
+    rows: &[Row<'_>],
+    until_ms: i64,
+) -> Result<Vec<Refusal>, tokio_postgres::Error> {
+    let mut tx = client.transaction().await?;
+    tx.batch_execute(&format!(
+        "{}; SET CONSTRAINTS ALL IMMEDIATE",
+        timeout_sql(until_ms)
+    ))
+    .await?;
     let mut refused = Vec::new();
     let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
     ranges.push(0..rows.len());
@@ -429,6 +636,32 @@ async fn upsert_isolating(
     Ok(refused)
 }
 
+/// COPYs `rows` (all of `sql`'s route) into the route's stage table.
+async fn copy_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &RouteSql,
+    rows: &[Row<'_>],
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in(&sql.copy).await?;
+    let writer = BinaryCopyInWriter::new(sink, &sql.types);
+    futures::pin_mut!(writer);
+    let mut cells: Vec<Cell<'_>> = Vec::with_capacity(sql.columns.len() + 1);
+    for (ord, r) in rows.iter().enumerate() {
+        cells.clear();
+        cells.extend(
+            sql.columns
+                .iter()
+                .map(|&(i, ty)| Cell::Value(&r.values[i], ty)),
+        );
+        cells.push(Cell::Ord(ord as i32));
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        writer.as_mut().write(&refs).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
 /// For each route among `rows`: COPY its rows into its stage table, then merge them into
 /// its table.
 async fn copy_and_upsert(
@@ -443,23 +676,16 @@ async fn copy_and_upsert(
         let Some(sql) = statements.get(route) else {
             continue;
         };
-        let sink = tx.copy_in(&sql.copy).await?;
-        let writer = BinaryCopyInWriter::new(sink, &sql.types);
-        futures::pin_mut!(writer);
-        let mut cells: Vec<Cell<'_>> = Vec::with_capacity(sql.columns.len() + 1);
-        for (ord, r) in rows.iter().filter(|r| r.route.index == route).enumerate() {
-            cells.clear();
-            cells.extend(
-                sql.columns
-                    .iter()
-                    .map(|&(i, ty)| Cell::Value(&r.values[i], ty)),
-            );
-            cells.push(Cell::Ord(ord as i32));
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-            writer.as_mut().write(&refs).await?;
+        if rows.iter().all(|r| r.route.index == route) {
+            copy_rows(tx, sql, rows).await?;
+        } else {
+            let subset: Vec<Row<'_>> = rows
+                .iter()
+                .filter(|r| r.route.index == route)
+                .copied()
+                .collect();
+            copy_rows(tx, sql, &subset).await?;
         }
-        writer.finish().await?;
         tx.execute(&sql.upsert, &[]).await?;
     }
     Ok(())

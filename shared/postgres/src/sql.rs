@@ -5,8 +5,22 @@
 //! spliced into SQL (values travel in the COPY stream).
 
 use bytes::BufMut;
+use std::collections::HashMap;
 use streamload_core::route::{quote, ColumnType, Merge, Route, Value};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+
+/// The session temp table where the refused rows found by [`RouteSql::isolate`] are noted.
+pub const REFUSALS_TABLE: &str = "streamload_refusals";
+
+/// Its definition (one per session): the route, the row's stage ordinal, and what the server
+/// named — SQLSTATE, table, column and constraint, never its message (which quotes values).
+pub const REFUSALS_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS streamload_refusals \
+     (route integer, ord integer, sqlstate text, tbl text, col text, cons text) ON COMMIT DELETE ROWS";
+
+/// Rows the isolation statement merges in one subtransaction before it falls back to one
+/// row at a time: a chunk without a refused row costs one statement, a chunk with one costs
+/// a statement per row.
+pub const ISOLATION_CHUNK_ROWS: usize = 64;
 
 /// The stage table, COPY and upsert of one route.
 #[derive(Debug, Clone)]
@@ -16,6 +30,12 @@ pub struct RouteSql {
     pub stage_ddl: String,
     pub copy: String,
     pub upsert: String,
+    /// One server-side statement (a PL/pgSQL `DO` block) that merges the staged rows in
+    /// merge order, chunk by chunk under subtransactions, and row by row in a chunk the
+    /// database refused; each refused row is noted in [`REFUSALS_TABLE`] and every other row
+    /// is merged. With the transaction's constraints IMMEDIATE, deferred constraints refuse
+    /// their row here too.
+    pub isolate: String,
     /// Binary COPY types, one per staged column, then the delivery ordinal.
     pub types: Vec<Type>,
     /// The route's table columns (index into the route's values) and their types.
@@ -26,7 +46,10 @@ pub struct RouteSql {
 /// the merge (PostgreSQL's binary numeric is base-10000 digits; text is as exact and simpler).
 fn stage_type(ty: ColumnType) -> Type {
     match ty {
-        ColumnType::Text | ColumnType::Numeric { .. } => Type::TEXT,
+        // jsonb is staged as text and cast in the merge, so a JSON text the server will not
+        // store (a number out of range, an unpaired escape) is refused by the merge, row by
+        // row, rather than by the COPY.
+        ColumnType::Text | ColumnType::Numeric { .. } | ColumnType::Jsonb => Type::TEXT,
         ColumnType::Integer => Type::INT4,
         ColumnType::Bigint => Type::INT8,
         ColumnType::Double => Type::FLOAT8,
@@ -34,7 +57,6 @@ fn stage_type(ty: ColumnType) -> Type {
         ColumnType::Timestamptz { .. } => Type::TIMESTAMPTZ,
         ColumnType::Date => Type::DATE,
         ColumnType::Uuid => Type::UUID,
-        ColumnType::Jsonb => Type::JSONB,
     }
 }
 
@@ -47,13 +69,25 @@ impl RouteSql {
     /// assert!(sql.upsert.contains("ON CONFLICT (\"event_id\") DO UPDATE"));
     /// ```
     pub fn new(route: &Route) -> Self {
+        Self::with_key_types(route, &HashMap::new())
+    }
+
+    /// As [`RouteSql::new`], with some text key columns staged in the table's own type and
+    /// collation (`key_types`: column index → SQL type, e.g. `citext` or
+    /// `text COLLATE "und-ci"`), so the stage tells keys apart exactly as the table's unique
+    /// index does: two keys the table holds equal ("A1" and "a1" in a citext column) are one
+    /// key in the stage too, instead of failing the merge with SQLSTATE 21000.
+    pub fn with_key_types(route: &Route, key_types: &HashMap<usize, String>) -> Self {
         let stage = quote(&format!("streamload_stage_{}", route.name));
         let columns: Vec<(usize, ColumnType)> =
             route.table_columns().map(|(i, c)| (i, c.ty)).collect();
         let name = |i: usize| quote(&route.columns[i].name);
         let stage_cols: Vec<String> = columns
             .iter()
-            .map(|&(i, ty)| format!("{} {}", name(i), stage_type(ty).name()))
+            .map(|&(i, ty)| match key_types.get(&i) {
+                Some(sql_type) => format!("{} {sql_type}", name(i)),
+                None => format!("{} {}", name(i), stage_type(ty).name()),
+            })
             .chain(std::iter::once("streamload_ord integer".to_owned()))
             .collect();
         let stage_ddl = format!(
@@ -69,6 +103,7 @@ impl RouteSql {
             .iter()
             .map(|&(i, ty)| match ty {
                 ColumnType::Numeric { .. } => format!("CAST({} AS numeric)", name(i)),
+                ColumnType::Jsonb => format!("CAST({} AS jsonb)", name(i)),
                 _ => name(i),
             })
             .collect();
@@ -119,13 +154,15 @@ impl RouteSql {
             (false, Some(None)) => format!("DO UPDATE SET {}", set.join(", ")),
             (false, Some(Some(w))) => format!("DO UPDATE SET {} WHERE {w}", set.join(", ")),
         };
-        let upsert = format!(
-            "INSERT INTO {t} AS cur ({cols}) SELECT DISTINCT ON ({keys}) {select} FROM {stage} \
-             ORDER BY {order} ON CONFLICT ({keys}) {action}",
+        let head = format!(
+            "INSERT INTO {t} AS cur ({cols}) SELECT DISTINCT ON ({keys}) {select} FROM {stage}",
             t = route.quoted_table(),
             cols = list.join(", "),
             select = select.join(", "),
         );
+        let tail = format!("ORDER BY {order} ON CONFLICT ({keys}) {action}");
+        let upsert = format!("{head} {tail}");
+        let isolate = isolation_block(route.index, &stage, &order, &head, &tail);
         let types = columns
             .iter()
             .map(|&(_, ty)| stage_type(ty))
@@ -136,10 +173,56 @@ impl RouteSql {
             stage_ddl,
             copy,
             upsert,
+            isolate,
             types,
             columns,
         }
     }
+}
+
+/// The PL/pgSQL block of [`RouteSql::isolate`]. Its variables are prefixed `streamload_v_`
+/// so they never meet a column name; every identifier in it comes quoted from the checked
+/// configuration, and no value is spliced in (the rows are in the stage).
+fn isolation_block(route: usize, stage: &str, order: &str, head: &str, tail: &str) -> String {
+    let chunk = ISOLATION_CHUNK_ROWS;
+    format!(
+        "DO $streamload$
+DECLARE
+  streamload_v_ords integer[];
+  streamload_v_chunk integer[];
+  streamload_v_one integer;
+  streamload_v_at integer := 1;
+  streamload_v_n integer;
+  streamload_v_state text;
+  streamload_v_table text;
+  streamload_v_column text;
+  streamload_v_constraint text;
+BEGIN
+  SELECT array_agg(streamload_ord ORDER BY {order}) INTO streamload_v_ords FROM {stage};
+  streamload_v_n := coalesce(array_length(streamload_v_ords, 1), 0);
+  WHILE streamload_v_at <= streamload_v_n LOOP
+    streamload_v_chunk := streamload_v_ords[streamload_v_at : streamload_v_at + {last}];
+    BEGIN
+      {head} WHERE streamload_ord = ANY (streamload_v_chunk) {tail};
+    EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+      FOREACH streamload_v_one IN ARRAY streamload_v_chunk LOOP
+        BEGIN
+          {head} WHERE streamload_ord = streamload_v_one {tail};
+        EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+          GET STACKED DIAGNOSTICS streamload_v_state = RETURNED_SQLSTATE,
+            streamload_v_table = TABLE_NAME, streamload_v_column = COLUMN_NAME,
+            streamload_v_constraint = CONSTRAINT_NAME;
+          INSERT INTO {REFUSALS_TABLE} VALUES ({route}, streamload_v_one, streamload_v_state,
+            streamload_v_table, streamload_v_column, streamload_v_constraint);
+        END;
+      END LOOP;
+    END;
+    streamload_v_at := streamload_v_at + {chunk};
+  END LOOP;
+END
+$streamload$",
+        last = chunk - 1,
+    )
 }
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
@@ -172,11 +255,8 @@ impl ToSql for Cell<'_> {
             Value::Null => return Ok(IsNull::Yes),
             Value::Text(t) => out.extend_from_slice(t.as_bytes()),
             Value::Numeric { text, .. } => out.extend_from_slice(text.as_bytes()),
-            Value::Json(t) => {
-                // jsonb in binary: a version byte, then the JSON text.
-                out.put_u8(1);
-                out.extend_from_slice(t.as_bytes());
-            }
+            // jsonb is staged as text (see `stage_type`).
+            Value::Json(t) => out.extend_from_slice(t.as_bytes()),
             Value::Int(i) => match self {
                 Cell::Value(_, ColumnType::Integer) => out.put_i32(i32::try_from(*i)?),
                 _ => out.put_i64(*i),

@@ -40,6 +40,9 @@ use serde::Deserialize;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+/// The start of every poison record's claim key (`dl:<unit>:<position>:<digest>`).
+pub const POISON_CLAIM_PREFIX: &str = "dl:";
+
 /// The parsed configuration file: `[[route]]` tables.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -543,9 +546,14 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
         .claim_prefix
         .clone()
         .unwrap_or_else(|| format!("rt:{route}:"));
-    if claim_prefix.starts_with("dl:") || claim_prefix.is_empty() || claim_prefix.len() > 100 {
+    // Poison claims are `dl:<unit>:…`: a prefix that is a start of "dl:" ("d", "dl") or
+    // starts with it lets an identity make a poison record's key.
+    if claim_prefix.starts_with(POISON_CLAIM_PREFIX)
+        || POISON_CLAIM_PREFIX.starts_with(claim_prefix.as_str())
+        || claim_prefix.len() > 100
+    {
         bad(format!(
-            "claim_prefix {claim_prefix:?} must be 1 to 100 bytes and must not start with \"dl:\" (poison records' claims)"
+            "claim_prefix {claim_prefix:?} must be 1 to 100 bytes and must neither start with \"dl:\" nor be a start of it (poison records' claims are \"dl:…\")"
         ));
     }
 
@@ -676,14 +684,22 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
     }
     // The identity, by default the key's sources, is named by pointer or metadata; each part
     // must be a table column, so a re-load of the same event can be recognised in its row.
+    // With `newest_by`, the default identity also holds the ordering column: each revision of
+    // a key is its own event (claimed, loaded, kept in the lake), and the merge rule decides
+    // which one the row holds. Keyed by the key alone, every later revision would be taken for
+    // a duplicate of the first and never reach either sink.
+    let newest_by_column = match &spec.merge {
+        Some(MergeSpec::NewestBy { newest_by }) => by_name(newest_by),
+        _ => None,
+    };
+    let source_of = |i: usize| spec.columns[i].from.clone();
     let identity_sources: Vec<String> = match &spec.identity {
         Some(list) => list.clone(),
         None => key
             .iter()
-            .map(|&i| match &columns[i].source {
-                ColumnSource::Pointer(p) => p.clone(),
-                ColumnSource::Meta(_) => spec.columns[i].from.clone(),
-            })
+            .copied()
+            .chain(newest_by_column.filter(|i| !key.contains(i)))
+            .map(source_of)
             .collect(),
     };
     let mut identity = Vec::new();
@@ -706,6 +722,14 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
             None => problems.push(format!(
                 "route {route:?}: identity {from:?} is not the `from` of a table column (map it to one)"
             )),
+        }
+    }
+    if let (Some(_), Some(n)) = (&spec.identity, newest_by_column) {
+        if !identity.is_empty() && identity.iter().all(|i| key.contains(i)) && !key.contains(&n) {
+            problems.push(format!(
+                "route {route:?}: identity names only key columns, so with newest_by {:?} every later revision of a key would be taken for a duplicate of the first and dropped; add {:?} to identity (or leave identity out: it then defaults to the key and the newest_by column)",
+                columns[n].name, spec.columns[n].from
+            ));
         }
     }
     let merge = match &spec.merge {
@@ -1372,5 +1396,68 @@ mod tests {
             e.to_string().contains("claim_prefix \"rt:a:\" overlaps"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn with_newest_by_the_default_identity_holds_the_ordering_column() {
+        // Given a newest_by route with no identity
+        let file = r#"{"route": [{"name": "readings", "source": "*", "table": "iot.readings",
+            "key": ["device"], "merge": {"newest_by": "seq"},
+            "column": [
+                {"name": "device", "from": "/device", "type": "text", "required": true},
+                {"name": "seq", "from": "/seq", "type": "bigint", "required": true}]}]}"#;
+        // When it is compiled
+        let routes = Routes::compile(&serde_json::from_str(file).unwrap()).unwrap();
+        // Then two revisions of one device are two events, and a revision sent twice is one
+        let claim = |body: &[u8]| {
+            routes
+                .get(0)
+                .map(&kinesis_record("s", body), DEFAULT_MAX_RECORD_BYTES)
+                .unwrap()
+                .claim_key
+        };
+        let first = claim(br#"{"device":"d1","seq":1}"#);
+        let second = claim(br#"{"device":"d1","seq":2}"#);
+        assert_ne!(first, second);
+        assert_eq!(first, claim(br#"{"seq":1,"device":"d1"}"#));
+    }
+
+    #[test]
+    fn with_newest_by_an_identity_of_key_columns_only_is_refused_naming_the_route() {
+        // Given a newest_by route whose identity is its key alone
+        let file = r#"{"route": [{"name": "readings", "source": "*", "table": "iot.readings",
+            "identity": ["/device"], "key": ["device"], "merge": {"newest_by": "seq"},
+            "column": [
+                {"name": "device", "from": "/device", "type": "text", "required": true},
+                {"name": "seq", "from": "/seq", "type": "bigint", "required": true}]}]}"#;
+        // When it is compiled, then it is refused with one line naming route and column
+        let text = Routes::compile(&serde_json::from_str(file).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("route \"readings\": identity names only key columns"),
+            "{text}"
+        );
+        assert!(text.contains("add \"/seq\" to identity"), "{text}");
+    }
+
+    #[test]
+    fn a_claim_prefix_that_starts_a_poison_key_is_refused() {
+        for prefix in ["d", "dl", "dl:", "dl:x"] {
+            // Given a route whose claim_prefix could make a poison record's key
+            let file = format!(
+                r#"{{"route": [{{"name": "r", "source": "*", "table": "t", "key": ["id"],
+                "claim_prefix": "{prefix}",
+                "column": [{{"name": "id", "from": "/id", "type": "text", "required": true}}]}}]}}"#
+            );
+            // When it is compiled, then it is refused
+            let text = Routes::compile(&serde_json::from_str(&file).unwrap())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                text.contains("must neither start with \"dl:\" nor be a start of it"),
+                "{prefix}: {text}"
+            );
+        }
     }
 }
