@@ -55,6 +55,14 @@ pub enum Fault {
     /// Do not forward; answer 500 in the service's error format: DynamoDB
     /// `InternalServerError`, S3 `InternalError`, SQS `InternalError`, anything else a bare 500.
     ServerError,
+    /// Hold the request this many milliseconds, then forward it (it is applied upstream) and
+    /// answer upstream's answer — to a client that has usually given up by then: a request
+    /// applied after its attempt timed out.
+    SlowForward(u64),
+    /// Close the client connection at once without an answer, and forward the request this
+    /// many milliseconds later (it is applied upstream then): a write the client takes for
+    /// lost, applied after the client's later attempts.
+    CloseThenForward(u64),
 }
 
 /// Which requests get a [`Fault`], and how many of them.
@@ -404,6 +412,24 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<ProxyRespon
         Some(Fault::ClaimsInProxy) => {
             tokio::time::sleep(ACCEPT_DELAY).await;
             Ok(state.claim_in_proxy(&body))
+        }
+        Some(Fault::SlowForward(ms)) => {
+            // A task of its own: the request is applied even when the client has given up and
+            // closed the connection (which drops this handler).
+            let upstream = state.upstream.clone();
+            let late = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                forward(&upstream, parts, body).await
+            });
+            late.await.map_err(|_| Dropped::Released)
+        }
+        Some(Fault::CloseThenForward(ms)) => {
+            let upstream = state.upstream.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                let _applied = forward(&upstream, parts, body).await;
+            });
+            Err(Dropped::LostAnswer)
         }
     }
 }

@@ -10,6 +10,7 @@ pub struct TcpProxy {
     port: u16,
     down: Arc<AtomicBool>,
     cut: watch::Sender<u64>,
+    freeze: watch::Sender<u64>,
 }
 
 impl TcpProxy {
@@ -18,8 +19,9 @@ impl TcpProxy {
         let port = listener.local_addr().unwrap().port();
         let down = Arc::new(AtomicBool::new(false));
         let (cut, _) = watch::channel(0u64);
+        let (freeze, _) = watch::channel(0u64);
         let upstream = upstream.to_owned();
-        let (d, c) = (down.clone(), cut.clone());
+        let (d, c, f) = (down.clone(), cut.clone(), freeze.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -31,21 +33,33 @@ impl TcpProxy {
                 }
                 let upstream = upstream.clone();
                 let mut cut_rx = c.subscribe();
+                let mut freeze_rx = f.subscribe();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&upstream).await else {
                         return;
                     };
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
-                    tokio::select! {
-                        _ = tokio::io::copy(&mut cr, &mut sw) => {}
-                        _ = tokio::io::copy(&mut sr, &mut cw) => {}
-                        _ = cut_rx.changed() => {}
+                    let frozen = tokio::select! {
+                        _ = tokio::io::copy(&mut cr, &mut sw) => false,
+                        _ = tokio::io::copy(&mut sr, &mut cw) => false,
+                        _ = cut_rx.changed() => false,
+                        _ = freeze_rx.changed() => true,
+                    };
+                    if frozen {
+                        // Both sides stay open and nothing moves: a black hole, not a reset.
+                        let _ = cut_rx.changed().await;
+                        drop((cr, cw, sr, sw));
                     }
                 });
             }
         });
-        Self { port, down, cut }
+        Self {
+            port,
+            down,
+            cut,
+            freeze,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -56,6 +70,12 @@ impl TcpProxy {
     pub fn go_down(&self) {
         self.down.store(true, Ordering::SeqCst);
         self.cut.send_modify(|v| *v += 1);
+    }
+
+    /// Every open connection stops moving bytes either way, and stays open (no FIN, no
+    /// reset): a peer that went silent mid-conversation. New connections pass as before.
+    pub fn freeze(&self) {
+        self.freeze.send_modify(|v| *v += 1);
     }
 
     pub fn come_back(&self) {

@@ -11,7 +11,9 @@
 //! orchestrator) when the endpoint allows it; the rare read and release use the SDK client.
 
 use crate::error::classify_sdk_error;
-use crate::put_item::{conditional_write_attempts, AttributeText, PutAnswer, PutItemClient};
+use crate::put_item::{
+    conditional_write_attempts, Answered, AttributeText, PutAnswer, PutItemClient,
+};
 use crate::SMALL_CALL_ATTEMPT_TIMEOUT;
 use aws_config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::SdkError;
@@ -214,7 +216,7 @@ fn item_of(claim: &Claim) -> HashMap<String, AttributeValue> {
 /// attempt's error, forgetting that an earlier one may have been applied.
 async fn sdk_conditional_put(
     request: aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder,
-) -> Result<PutAnswer, PortError> {
+) -> Result<Answered<PutAnswer>, PortError> {
     conditional_write_attempts(SINK_RETRY, SMALL_CALL_ATTEMPT_TIMEOUT, || {
         let request = request.clone();
         async move {
@@ -277,7 +279,7 @@ impl DedupStore for DynamoDedup {
                 [("#pk", PK), ("#exp", EXPIRES)],
                 &[(":now", Attr::N(now_s))],
             )?;
-            direct.put(body).await?
+            direct.put_answered(body).await?
         } else {
             let request = self
                 .client
@@ -295,9 +297,22 @@ impl DedupStore for DynamoDedup {
             // copies this future whole for every record (see `sdk_conditional_put`).
             Box::pin(sdk_conditional_put(request)).await?
         };
-        match answer {
+        let after_lost_attempt = answer.after_lost_attempt;
+        match answer.answer {
             PutAnswer::Written => Ok(ClaimAttempt::Claimed),
-            PutAnswer::Refused(Some(item)) => Ok(ClaimAttempt::Held(claim_of_text(&item)?)),
+            PutAnswer::Refused(Some(item)) => {
+                let held = claim_of_text(&item)?;
+                let attempt = ClaimAttempt::Held(held);
+                // Refused by someone else after an attempt whose answer was lost: that attempt
+                // may still be applied (once the holder releases its claim), so the call's
+                // outcome is unknown, not "held by another".
+                if after_lost_attempt && !attempt.is_mine(claim) {
+                    return Err(PortError::ambiguous(
+                        "dynamodb PutItem: refused by another holder after an attempt whose answer was lost (that attempt may still be applied)",
+                    ));
+                }
+                Ok(attempt)
+            }
             PutAnswer::Refused(None) => Err(PortError::retryable(
                 "claim refused without the holder's item",
             )),
@@ -316,7 +331,7 @@ impl DedupStore for DynamoDedup {
                     (":lease", Attr::N(previous.lease_until_ms)),
                 ],
             )?;
-            direct.put(body).await?
+            direct.put_answered(body).await?
         } else {
             let request = self
                 .client
@@ -338,7 +353,7 @@ impl DedupStore for DynamoDedup {
             // copies this future whole for every record (see `sdk_conditional_put`).
             Box::pin(sdk_conditional_put(request)).await?
         };
-        match answer {
+        match answer.answer {
             PutAnswer::Written => Ok(ClaimAttempt::Claimed),
             PutAnswer::Refused(Some(item)) => Ok(ClaimAttempt::Held(claim_of_text(&item)?)),
             PutAnswer::Refused(None) => Ok(ClaimAttempt::Absent),

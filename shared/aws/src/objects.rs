@@ -16,6 +16,8 @@ use streamload_core::retry::SINK_RETRY;
 pub struct S3Objects {
     client: Client,
     bucket: String,
+    /// Longest attempt of a create-only write ([`OBJECT_CALL_ATTEMPT_TIMEOUT`]).
+    attempt_timeout: std::time::Duration,
 }
 
 impl S3Objects {
@@ -23,7 +25,14 @@ impl S3Objects {
         Self {
             client,
             bucket: bucket.into(),
+            attempt_timeout: OBJECT_CALL_ATTEMPT_TIMEOUT,
         }
+    }
+
+    /// The same sink with a different attempt bound for writes (tests shorten it).
+    pub fn with_attempt_timeout(mut self, attempt_timeout: std::time::Duration) -> Self {
+        self.attempt_timeout = attempt_timeout;
+        self
     }
 }
 
@@ -40,7 +49,7 @@ impl ObjectSink for S3Objects {
         body: Bytes,
         content_type: &str,
     ) -> Result<PutOutcome, PortError> {
-        conditional_write_attempts(SINK_RETRY, OBJECT_CALL_ATTEMPT_TIMEOUT, || {
+        let written = conditional_write_attempts(SINK_RETRY, self.attempt_timeout, || {
             let body = body.clone();
             async move {
                 let r = self
@@ -69,7 +78,8 @@ impl ObjectSink for S3Objects {
                 }
             }
         })
-        .await
+        .await?;
+        Ok(written.answer)
     }
 
     async fn exists(&self, key: &str) -> Result<bool, PortError> {

@@ -349,8 +349,23 @@ impl PutItemClient {
     /// # }
     /// ```
     pub async fn put(&self, body: Bytes) -> Result<PutAnswer, PortError> {
+        Ok(self.put_answered(body).await?.answer)
+    }
+
+    /// [`PutItemClient::put`], saying too whether an attempt before the answer may have been
+    /// applied (its answer lost): a refusal then does not prove that attempt never lands.
+    pub async fn put_answered(&self, body: Bytes) -> Result<Answered<PutAnswer>, PortError> {
         conditional_write_attempts(self.retry, self.attempt_timeout, || self.attempt(&body)).await
     }
+}
+
+/// An answer, and whether an earlier attempt of the same call may have been applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered<T> {
+    pub answer: T,
+    /// An attempt before the one answered lost its answer (a timeout, a 5xx, a closed
+    /// connection): it may have been applied, or may still be.
+    pub after_lost_attempt: bool,
 }
 
 /// Runs a conditional write's attempts: retryable errors are retried after the policy's
@@ -362,7 +377,7 @@ pub(crate) async fn conditional_write_attempts<T, F, Fut>(
     retry: RetryPolicy,
     attempt_timeout: Duration,
     mut attempt: F,
-) -> Result<T, PortError>
+) -> Result<Answered<T>, PortError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, PortError>>,
@@ -371,7 +386,12 @@ where
     let mut n = 1;
     loop {
         let error = match tokio::time::timeout(attempt_timeout, attempt()).await {
-            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Ok(answer)) => {
+                return Ok(Answered {
+                    answer,
+                    after_lost_attempt: maybe_applied,
+                })
+            }
             Ok(Err(e)) => e,
             Err(_) => PortError::ambiguous("attempt timed out (it may have been applied)"),
         };
@@ -404,7 +424,7 @@ mod tests {
     };
 
     /// Runs the attempts over a script of answers; returns the result and attempts made.
-    async fn run(script: Vec<Result<u8, PortError>>) -> (Result<u8, PortError>, u32) {
+    async fn run(script: Vec<Result<u8, PortError>>) -> (Result<Answered<u8>, PortError>, u32) {
         let made = AtomicU32::new(0);
         let script = Mutex::new(script.into_iter());
         let r = conditional_write_attempts(QUICK, Duration::from_secs(5), || {
@@ -451,7 +471,19 @@ mod tests {
         assert!(!e.ambiguous && e.is_retryable());
 
         let (r, made) = run(vec![throttled(), Ok(7)]).await;
-        assert_eq!((r.unwrap(), made), (7, 2));
+        let answered = r.unwrap();
+        assert_eq!((answered.answer, made), (7, 2));
+        assert!(!answered.after_lost_attempt);
+    }
+
+    #[tokio::test]
+    async fn an_answer_after_a_lost_attempt_says_so() {
+        // Given a lost answer, then an answer (a refusal, say)
+        let (r, made) = run(vec![Err(PortError::ambiguous("lost")), Ok(3)]).await;
+        // Then the answer comes with the news that the first attempt may still land
+        let answered = r.unwrap();
+        assert_eq!((answered.answer, made), (3, 2));
+        assert!(answered.after_lost_attempt);
     }
 
     #[tokio::test]

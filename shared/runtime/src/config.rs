@@ -68,6 +68,14 @@ pub enum RoutesSource {
     S3 { bucket: String, key: String },
 }
 
+/// Least `FINISH_MARGIN_MS`: the answer, the claim releases after a failure (until a third of
+/// the margin before the deadline) and the Runtime API call must fit in it.
+pub const MIN_FINISH_MARGIN_MS: i64 = 500;
+
+/// Greatest `FINISH_MARGIN_MS`: a minute; Lambda's longest timeout is 15 minutes, and a margin
+/// at or above the function's timeout fails every batch (checked at each invocation too).
+pub const MAX_FINISH_MARGIN_MS: i64 = 60_000;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database: DatabaseSource,
@@ -274,10 +282,12 @@ impl Config {
             });
         }
         let finish_margin_ms = number("FINISH_MARGIN_MS", 3000)?;
-        if finish_margin_ms < 0 {
+        if !(MIN_FINISH_MARGIN_MS..=MAX_FINISH_MARGIN_MS).contains(&finish_margin_ms) {
             return Err(ConfigError::Invalid {
                 name: "FINISH_MARGIN_MS",
-                why: "must not be negative".into(),
+                why: format!(
+                    "must be {MIN_FINISH_MARGIN_MS} to {MAX_FINISH_MARGIN_MS} ms (below, the function can answer after its deadline; it must also stay well below the function timeout)"
+                ),
             });
         }
         let dedup_client = match get("STREAMLOAD_DEDUP_CLIENT").as_deref().map(str::trim) {
@@ -341,6 +351,23 @@ mod tests {
         assert_eq!(c.dedup_ttl_seconds, 604_800);
         assert_eq!(c.output_prefix, "events/");
         assert_eq!(c.dead_letter_prefix, "dead-letter/");
+    }
+
+    #[test]
+    fn a_finish_margin_outside_its_bounds_is_refused_naming_the_variable() {
+        for margin in ["0", "499", "60001", "-5"] {
+            // Given a margin the function could answer late with, or one near any timeout
+            let mut pairs = BASE.to_vec();
+            pairs.push(("FINISH_MARGIN_MS", margin));
+            // When the configuration is read, then it is refused naming the variable
+            match with(&pairs) {
+                Err(ConfigError::Invalid { name, .. }) => assert_eq!(name, "FINISH_MARGIN_MS"),
+                other => panic!("{margin}: {other:?}"),
+            }
+        }
+        let mut pairs = BASE.to_vec();
+        pairs.push(("FINISH_MARGIN_MS", "500"));
+        assert!(with(&pairs).is_ok());
     }
 
     #[test]

@@ -370,6 +370,15 @@ where
     O: ObjectSink,
     Q: DeadLetters,
 {
+    let margin = pipeline.settings.finish_margin.as_millis() as i64;
+    let left = inv.deadline_ms - epoch_ms();
+    if left <= margin {
+        tracing::error!(
+            finish_margin_ms = margin,
+            time_left_ms = left,
+            "FINISH_MARGIN_MS is not below the invocation's time left: every record will be reported failed; set it well below the function timeout"
+        );
+    }
     let report = pipeline.process(batch, inv).await;
     let s = &report.summary;
     tracing::info!(

@@ -1,0 +1,209 @@
+//! Writes whose outcome stays unknown, or that land after the client gave up on them, made
+//! real below the adapters: a fault proxy between the loader and the AWS endpoint (moto) that
+//! applies a request and loses every answer, closes the connection and forwards the request
+//! later, or holds it past the attempt's timeout; and a TCP relay that freezes a PostgreSQL
+//! session mid-conversation. Each test names the protocol-review finding it reproduces
+//! (docs/exactly-once.md).
+
+use std::time::Duration;
+use streamload_core::ports::{Claim, DedupStore, ObjectSink, Row, RowSink};
+use streamload_core::RecordOutcome;
+use streamload_tests::fault_proxy::{Fault, Rule};
+use streamload_tests::*;
+
+use streamload_tests::{kinesis_batch as batch, plain_event as plain, sorted_ids as ids};
+
+fn raw(seq: u64, json: &str) -> (u64, Vec<u8>) {
+    (seq, json.as_bytes().to_vec())
+}
+
+/// The `dedup_id`s of the dead letters in the stack's queue, each once.
+async fn dead_letter_ids(stack: &TestStack) -> std::collections::BTreeSet<String> {
+    stack
+        .dead_letters()
+        .await
+        .iter()
+        .map(|m| m["dedup_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_claim_in_an_unknown_state_holds_its_archive_back_and_its_letter_is_sent_later() {
+    // Given two poison records in one unit and an event, and an endpoint that applies every
+    // claim write of the second poison record but loses each answer, and fails the consistent
+    // read and the release of that claim (P1)
+    let stack = TestStack::new("p1archive", false).await;
+    let proxy = stack.fault_proxy().await;
+    let second = format!(":{}:", seq(3));
+    proxy.add(Rule::always("DynamoDB.PutItem", Fault::LoseAnswer500).with_body(&second));
+    proxy.add(Rule::always("DynamoDB.GetItem", Fault::ServerError).with_body(&second));
+    proxy.add(Rule::always("DynamoDB.DeleteItem", Fault::ServerError).with_body(&second));
+    let p = stack.pipeline_via(&proxy).await;
+    let b = batch(&[raw(1, "{not json"), plain(2, "a"), raw(3, "[1]")]);
+    // When the batch is processed
+    let first = p
+        .process(&b, &invocation("inv-1", Duration::from_secs(5)))
+        .await;
+    // Then the second poison record is reported, its claim in an unknown state, and the
+    // unit's dead-letter archive is not written (written, it would vouch for a letter that
+    // was never sent, and every redelivery would take the record for done: lost)
+    assert!(proxy.faulted("DynamoDB.PutItem") >= 1);
+    assert!(
+        matches!(first.outcomes[2], RecordOutcome::Failed(_)),
+        "{:?}",
+        first.outcomes
+    );
+    assert!(
+        !stack
+            .object_keys()
+            .await
+            .iter()
+            .any(|k| k.starts_with("dead-letter/")),
+        "no archive while a claim naming it is unknown"
+    );
+    // When the endpoint recovers and the batch is redelivered after the lease
+    proxy.clear();
+    let again = stack
+        .pipeline()
+        .await
+        .process(&b, &invocation("inv-2", Duration::from_secs(30)))
+        .await;
+    // Then both poison records are in the queue and the event is once in both sinks
+    assert!(again.failures.is_empty(), "{:?}", again.outcomes);
+    assert_eq!(dead_letter_ids(&stack).await.len(), 2);
+    stack.assert_each_once_in_both_sinks(&ids(&["a"])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_applied_after_the_record_was_failed_never_lets_its_object_vouch_for_it() {
+    // Given "a" held by a live invocation whose lease runs well past our budget (S1)
+    let stack = TestStack::new("s1late", false).await;
+    let dedup = streamload_aws::DynamoDedup::new(
+        streamload_aws::dynamodb_client(&stack.sdk),
+        &stack.config.dedup_table,
+    );
+    let live = Claim {
+        key: "ev:a".into(),
+        owner: "inv-live".into(),
+        lease_until_ms: now_ms() + 120_000,
+        object_key: "events/dt=2024-05-01/hour=10/live-holder.parquet".into(),
+        expires_at_s: now_ms() / 1000 + 3600,
+    };
+    dedup.try_claim(&live, now_ms() / 1000).await.unwrap();
+    // And an endpoint that takes our first claim write of "a", closes the connection at once
+    // and applies the write 4 s later
+    let proxy = stack.fault_proxy().await;
+    proxy.add(Rule::once("DynamoDB.PutItem", Fault::CloseThenForward(4_000)).with_body("\"ev:a\""));
+    let p = stack.pipeline_via(&proxy).await;
+    let b = batch(&[plain(1, "a"), plain(2, "b")]);
+    // When "a" and "b" (one object) are processed: the retry of "a" is refused by the live
+    // holder, so "a" is reported
+    let first = p
+        .process(&b, &invocation("inv-1", Duration::from_secs(10)))
+        .await;
+    assert!(
+        matches!(first.outcomes[0], RecordOutcome::Failed(_)),
+        "{:?}",
+        first.outcomes
+    );
+    // And the holder then releases "a", and our first write lands late
+    dedup.release("ev:a", "inv-live").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let landed = dedup.read("ev:a").await.unwrap().expect("the late claim");
+    assert_eq!(
+        landed.owner, "inv-1",
+        "the write was applied after the record was failed"
+    );
+    // Then the object that claim names was not written in the first invocation (it would
+    // lack "a" and vouch for it), and a redelivery loads each event exactly once
+    proxy.clear();
+    let again = stack
+        .pipeline()
+        .await
+        .process(&b, &invocation("inv-2", Duration::from_secs(30)))
+        .await;
+    assert!(again.failures.is_empty(), "{:?}", again.outcomes);
+    stack
+        .assert_each_once_in_both_sinks(&ids(&["a", "b"]))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_write_that_timed_out_then_was_throttled_stays_maybe_written() {
+    // Given an S3 endpoint that holds the first PutObject 1.5 s (past a 0.5 s attempt) and
+    // then applies it, and throttles every later attempt (S2)
+    let stack = TestStack::new("s2put", false).await;
+    let proxy = stack.fault_proxy().await;
+    proxy.add(Rule::once("S3.PutObject", Fault::SlowForward(1_500)));
+    proxy.add(Rule::always("S3.PutObject", Fault::Throttle));
+    let sdk = streamload_aws::sdk_config_with_endpoint(Some(&proxy.endpoint())).await;
+    let s3 = streamload_aws::S3Objects::new(streamload_aws::s3_client(&sdk), &stack.name)
+        .with_attempt_timeout(Duration::from_millis(500));
+    // When one object is written
+    let put = s3
+        .put_new(
+            "events/late.parquet",
+            bytes::Bytes::from_static(b"body"),
+            "application/octet-stream",
+        )
+        .await;
+    // Then the write fails as "maybe applied", not as a plain throttle (which would release
+    // the claims and let a redelivery write the events into a second object)
+    let e = put.expect_err("every later attempt was throttled");
+    assert!(e.ambiguous, "{e}");
+    // And the first attempt did land
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    proxy.clear();
+    assert!(s3.exists("events/late.parquet").await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_abandoned_mid_transaction_is_never_handed_to_the_next_invocation() {
+    // Given the loader's database session, opened through a relay by a first upsert (P2)
+    let stack = TestStack::new("p2frozen", true).await;
+    let p = stack.pipeline().await;
+    let routes = streamload_core::route::Routes::builtin("events", "events/").unwrap();
+    let route = routes.get(0);
+    let mapped = |id: &str| {
+        route
+            .map(
+                &batch(&[plain(1, id)]).records[0],
+                streamload_core::event::DEFAULT_MAX_RECORD_BYTES,
+            )
+            .unwrap()
+    };
+    let (a, b, c) = (mapped("a"), mapped("b"), mapped("c"));
+    fn rows<'a>(route: &'a streamload_core::Route, m: &'a streamload_core::Mapped) -> Vec<Row<'a>> {
+        vec![Row {
+            route,
+            values: &m.values,
+        }]
+    }
+    p.rows
+        .upsert(&rows(route, &a), now_ms() + 5_000)
+        .await
+        .expect("first upsert");
+    // When the relay freezes that session (no reset, no answer) and the caller gives up on an
+    // upsert 50 ms after its deadline, before the sink's own timer
+    stack.proxy.as_ref().unwrap().freeze();
+    let until = now_ms() + 1_000;
+    let cut = tokio::time::timeout(
+        Duration::from_millis(1_050),
+        p.rows.upsert(&rows(route, &b), until),
+    )
+    .await;
+    assert!(cut.is_err(), "the frozen session answered: {cut:?}");
+    // Then the next upsert opens a fresh session and loads at once, instead of writing into
+    // the dead one until its own deadline
+    let started = std::time::Instant::now();
+    p.rows
+        .upsert(&rows(route, &c), now_ms() + 5_000)
+        .await
+        .expect("a fresh session");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(stack.row_ids().await, ids(&["a", "c"]));
+}
