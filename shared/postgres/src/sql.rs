@@ -198,6 +198,11 @@ DECLARE
   streamload_v_column text;
   streamload_v_constraint text;
 BEGIN
+  -- Each chunk and each row is picked by its ordinal: an index makes that a lookup, not a
+  -- scan of the whole stage per statement. Built here, on the isolation path only (the happy
+  -- path's COPY maintains no index), and dropped with the transaction's end below.
+  CREATE INDEX streamload_stage_ord ON {stage} (streamload_ord);
+  ANALYZE {stage};
   SELECT array_agg(streamload_ord ORDER BY {order}) INTO streamload_v_ords FROM {stage};
   streamload_v_n := coalesce(array_length(streamload_v_ords, 1), 0);
   WHILE streamload_v_at <= streamload_v_n LOOP
@@ -219,6 +224,7 @@ BEGIN
     END;
     streamload_v_at := streamload_v_at + {chunk};
   END LOOP;
+  DROP INDEX streamload_stage_ord;
 END
 $streamload$",
         last = chunk - 1,
