@@ -69,6 +69,19 @@ KAFKA_EPU_HOUR = 0.185
 KAFKA_POLLERS_PER_EPU = 10
 # Each Kafka event poller handles up to 5 MB/s (Lambda developer guide, Kafka scaling modes).
 KAFKA_POLLER_BYTES_PER_SECOND = 5_000_000
+# Amazon S3 Tables (aws.amazon.com/s3/pricing, S3 Tables tab). ASSUMPTION - not confirmed against
+# the pricing page from here: storage per GB-month, compaction per GB processed and per 1,000
+# objects processed, monitoring per 1,000 objects a month. Pass --s3-tables-* to correct them.
+S3_TABLES_GB_MONTH = 0.0265
+S3_TABLES_COMPACTION_GB = 0.05
+S3_TABLES_COMPACTION_PER_THOUSAND_OBJECTS = 0.004
+S3_TABLES_MONITORING_PER_THOUSAND_OBJECTS = 0.025
+
+# ---- what the loaders do (measured) -------------------------------------------------------------
+# Loader CPU per record, whole invocation, one vCPU (BENCHMARKS.md section 5, run K: 43.7 us per
+# record against moto on a live stream, 40.3 with claims answered concurrently; issue 31: about
+# 195 us per record for late data spread over many hours, many objects per batch).
+CPU_US_PER_RECORD = {"live": 43.7, "late": 195.0}
 
 # ---- what the loaders do ----------------------------------------------------------------------
 # EMF metrics each function emits, dimensioned by its own name (shared/core/src/metrics.rs).
@@ -165,7 +178,7 @@ def listed(params: dict[str, str], name: str) -> list[str]:
 # ---- the estimate -----------------------------------------------------------------------------
 @dataclass
 class Options:
-    cpu_us_per_record: float = 300.0
+    cpu_us_per_record: float = CPU_US_PER_RECORD["live"]
     io_ms_per_batch: float = 50.0
     event_bytes: float = 1000.0
     parquet_ratio: float = 0.25
@@ -179,6 +192,15 @@ class Options:
     nat_gateways: int = 0
     epu_hour_usd: float = KAFKA_EPU_HOUR
     pollers_per_epu: int = KAFKA_POLLERS_PER_EPU
+    # Features of this round not built yet (off by default; --with-* prices them).
+    lease_heartbeat: bool = False
+    search_domain: bool = False
+    search_ms_per_batch: float = 30.0
+    table_committer: bool = False
+    committer_interval_seconds: float = 60.0
+    committer_seconds_per_commit: float = 2.0
+    s3_tables: bool = False
+    s3_tables_retention_days: float = 30.0
 
 
 def sources(params: dict[str, str]) -> list[str]:
@@ -196,9 +218,16 @@ def alarm_count(params: dict[str, str]) -> int:
     """The CloudWatch alarms the stack creates with these parameters (infra/template.yaml)."""
     srcs = sources(params) or ["kinesis"]
     stopped = number(params, "StoppedMappingAlarmMinutes") > 0
-    per_function = 5 + (1 if stopped else 0)  # lag, errors, throttles, failed, poison (+ stopped)
+    per_function = 5  # lag, errors, throttles, failed, poison records
+    per_mapping = 1 + (1 if stopped else 0)  # the mapping's errors (+ stopped polling)
     functions = ("kinesis" in srcs) + any(s in srcs for s in ("msk", "self-managed"))
-    return 2 + per_function * functions  # + dead-letter and on-failure queue depth
+    return 2 + per_function * functions + per_mapping * len(srcs)  # + dead-letter and on-failure queue depth
+
+
+# Event-source mapping metrics (MetricsConfig) each mapping publishes: EventCount's that apply
+# to the source, plus ErrorCount's five and KafkaMetrics' two for Kafka. ASSUMPTION: billed like
+# custom metrics (check the Lambda and CloudWatch pricing pages).
+ESM_METRICS = {"kinesis": 6, "msk": 7 + 5 + 2, "self-managed": 7 + 5 + 2}
 
 
 def kafka_pollers(params: dict[str, str], rate: float, opts: Options) -> int:
@@ -286,6 +315,9 @@ def estimate(params: dict[str, str], rate: float, opts: Options) -> Estimate:
     functions = ("kinesis" in srcs) + any(s in srcs for s in ("msk", "self-managed"))
     add(Item("CloudWatch custom metrics (EMF)", functions * EMF_METRICS_PER_FUNCTION * CLOUDWATCH_METRIC_MONTH,
              f"{EMF_METRICS_PER_FUNCTION} metrics x {functions} function(s)"))
+    esm_metrics = sum(ESM_METRICS[s] for s in srcs)
+    add(Item("Event-source mapping metrics", esm_metrics * CLOUDWATCH_METRIC_MONTH,
+             f"{esm_metrics} metrics over {len(srcs)} mapping(s) (ASSUMED billed as custom metrics)"))
     log_gb = batches * opts.log_bytes_per_batch / 1e9
     add(Item("CloudWatch Logs ingestion", log_gb * CLOUDWATCH_LOGS_INGEST_GB, f"{log_gb:,.2f} GB of batch lines"))
     alarms = alarm_count(params)
@@ -310,6 +342,30 @@ def estimate(params: dict[str, str], rate: float, opts: Options) -> Estimate:
             epus = math.ceil(pollers / opts.pollers_per_epu)
             add(Item(f"Kafka provisioned pollers ({src})", epus * HOURS_PER_MONTH * opts.epu_hour_usd,
                      f"{pollers} poller(s) = {epus} EPU (ASSUMED ${opts.epu_hour_usd}/EPU-h)"))
+
+    # ---- this round's features, NOT BUILT YET: priced only when asked for (--with-*)
+    if opts.lease_heartbeat:
+        # one conditional write per invocation-second renews the batch's claim lease
+        beats = gb_seconds * 1024 / memory
+        add(Item("DynamoDB lease heartbeats (not built yet)", beats / 1e6 * DYNAMODB_ON_DEMAND_WRU_PER_MILLION,
+                 f"{beats / 1e6:,.2f} M writes: one per invocation-second"))
+    if opts.search_domain:
+        extra = batches * opts.search_ms_per_batch / 1000 * memory / 1024
+        add(Item("Search domain bulk requests (not built yet)", extra * LAMBDA_ARM64_GB_SECOND,
+                 f"{batches / 1e6:,.2f} M _bulk requests, {opts.search_ms_per_batch:g} ms each in the loader; the domain's own hours are yours"))
+    if opts.table_committer:
+        commits = SECONDS_PER_MONTH / opts.committer_interval_seconds * max(1, round(opts.objects_per_batch))
+        add(Item("Table committer invocations (not built yet)",
+                 commits / 1e6 * LAMBDA_REQUEST_PER_MILLION + commits * opts.committer_seconds_per_commit * 0.5 * LAMBDA_ARM64_GB_SECOND,
+                 f"{commits:,.0f} commits a month (one per table every {opts.committer_interval_seconds:g} s, 512 MB, {opts.committer_seconds_per_commit:g} s)"))
+    if opts.s3_tables:
+        stored = rate * opts.event_bytes * opts.parquet_ratio * 86400 * opts.s3_tables_retention_days / 1e9
+        monthly_gb = rate * opts.event_bytes * opts.parquet_ratio * SECONDS_PER_MONTH / 1e9
+        add(Item("S3 Tables storage (not built yet)", stored * S3_TABLES_GB_MONTH,
+                 f"{stored:,.0f} GB kept {opts.s3_tables_retention_days:g} days (ASSUMED ${S3_TABLES_GB_MONTH}/GB-month)"))
+        add(Item("S3 Tables maintenance (not built yet)",
+                 monthly_gb * S3_TABLES_COMPACTION_GB + puts / 1000 * (S3_TABLES_COMPACTION_PER_THOUSAND_OBJECTS + S3_TABLES_MONITORING_PER_THOUSAND_OBJECTS),
+                 f"compaction of {monthly_gb:,.0f} GB and {puts / 1e6:,.2f} M objects (ASSUMED prices)"))
     return est
 
 
@@ -385,8 +441,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--env", default="default", help="samconfig environment (default: default)")
     ap.add_argument("--param", action="append", default=[], metavar="Key=Value", help="override a parameter (repeatable)")
     ap.add_argument("--events-per-second", type=float, action="append", help="event rate (repeatable; default 100, 1000, 10000)")
-    ap.add_argument("--cpu-us-per-record", type=float, default=Options.cpu_us_per_record,
-                    help="loader CPU per record on one vCPU, microseconds (default 300)")
+    ap.add_argument("--workload", choices=sorted(CPU_US_PER_RECORD), default="live",
+                    help="the measured CPU per record: live (a stream loaded as it arrives, 43.7 us) or late "
+                         "(late data spread over many hours, 195 us); default live")
+    ap.add_argument("--cpu-us-per-record", type=float,
+                    help="loader CPU per record on one vCPU, microseconds (default: the workload's measured figure)")
+    for feature, text in (("lease-heartbeat", "one DynamoDB write per invocation-second for lease renewal"),
+                          ("search-domain", "a search domain's bulk requests"),
+                          ("table-committer", "the table committer's invocations"),
+                          ("s3-tables", "S3 Tables storage and maintenance")):
+        ap.add_argument(f"--with-{feature}", action="store_true", help=f"price {text} (not built yet; off by default)")
     ap.add_argument("--io-ms-per-batch", type=float, default=Options.io_ms_per_batch,
                     help="billed wait per batch for DynamoDB, S3 and PostgreSQL round trips (default 50)")
     ap.add_argument("--event-bytes", type=float, default=Options.event_bytes, help="average event size (default 1000)")
@@ -417,12 +481,15 @@ def main(argv: list[str] | None = None) -> int:
     params.update(cli)
     if cli:
         origin.append(f"{len(cli)} --param")
-    opts = Options(cpu_us_per_record=args.cpu_us_per_record, io_ms_per_batch=args.io_ms_per_batch,
+    cpu = args.cpu_us_per_record if args.cpu_us_per_record is not None else CPU_US_PER_RECORD[args.workload]
+    opts = Options(cpu_us_per_record=cpu, io_ms_per_batch=args.io_ms_per_batch,
                    event_bytes=args.event_bytes, objects_per_batch=args.objects_per_batch,
                    writes_per_event=args.writes_per_event, dedup_item_bytes=args.dedup_item_bytes,
                    poison_fraction=args.poison_fraction, peak_to_average=args.peak_to_average,
                    shards=args.shards, nat_gateways=args.nat_gateways, epu_hour_usd=args.epu_hour_usd,
-                   pollers_per_epu=args.pollers_per_epu)
+                   pollers_per_epu=args.pollers_per_epu, lease_heartbeat=args.with_lease_heartbeat,
+                   search_domain=args.with_search_domain, table_committer=args.with_table_committer,
+                   s3_tables=args.with_s3_tables)
     rates = args.events_per_second or [100.0, 1000.0, 10000.0]
     print(as_json(params, rates, opts) if args.json else report(params, rates, opts, " + ".join(origin)))
     return 0

@@ -133,3 +133,43 @@ def test_the_alarms_priced_are_the_alarms_the_stack_creates(params, defaults):
         alarms = [n for n, r in resolve(tpl, KinesisStreamArn="arn:aws:kinesis:us-east-1:1:stream/s", **PASSWORD_DB)["Resources"].items()
                   if r["Type"] == "AWS::CloudWatch::Alarm"]
     assert cost.alarm_count({**defaults, **params}) == len(alarms)
+
+
+def test_the_cpu_term_is_the_benchmarks_per_workload_and_the_readme_prints_what_the_script_computes():
+    # Given the measured figures (BENCHMARKS.md section 5 for a live stream; issue 31 for late data)
+    assert cost.CPU_US_PER_RECORD == {"live": 43.7, "late": 195.0}
+    bench = (ROOT / "BENCHMARKS.md").read_text()
+    assert "**43.7**" in bench
+    live = {i["name"]: i for i in json.loads(run("--events-per-second", "1000", "--json"))[0]["items"]}
+    late = {i["name"]: i for i in json.loads(run("--events-per-second", "1000", "--json", "--workload", "late"))[0]["items"]}
+    # Then late data costs more Lambda time, and nothing else changes
+    assert late["Lambda duration"]["monthly_usd"] > 2.5 * live["Lambda duration"]["monthly_usd"]
+    assert {k: v["monthly_usd"] for k, v in live.items() if k != "Lambda duration"} == {
+        k: v["monthly_usd"] for k, v in late.items() if k != "Lambda duration"}
+    # and the README's three sizes are the script's, to the dollar and the cent per million
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| ([\d,]+) events/s \| [\d,]+ M \| \$([\d,]+) \(\$([\d.]+)\) \| \$([\d,]+) \| \$([\d,]+) \|$", readme, re.M)
+    assert len(rows) == 3
+    for rate, total, per_million, on_demand, provisioned in rows:
+        [r] = json.loads(run("--samconfig", "samconfig.toml", "--env", "default", "--events-per-second", rate.replace(",", ""), "--json"))
+        assert abs(r["total_monthly_usd"] - int(total.replace(",", ""))) <= 0.5, rate
+        assert f"{r['total_per_million_events_usd']:.2f}" == per_million, rate
+        assert abs(r["dedup_writes_monthly_usd"]["PAY_PER_REQUEST"] - int(on_demand.replace(",", ""))) <= 0.5, rate
+        assert abs(r["dedup_writes_monthly_usd"]["PROVISIONED"] - int(provisioned.replace(",", ""))) <= 0.5, rate
+
+
+def test_this_rounds_features_are_priced_only_when_asked_and_say_they_are_not_built():
+    plain = json.loads(run("--events-per-second", "1000", "--json"))[0]
+    assert not [i for i in plain["items"] if "not built yet" in i["name"]]
+    [full] = json.loads(run("--events-per-second", "1000", "--json", "--with-lease-heartbeat", "--with-search-domain",
+                            "--with-table-committer", "--with-s3-tables"))
+    items = {i["name"]: i["monthly_usd"] for i in full["items"]}
+    for name in ("DynamoDB lease heartbeats (not built yet)", "Search domain bulk requests (not built yet)",
+                 "Table committer invocations (not built yet)", "S3 Tables storage (not built yet)",
+                 "S3 Tables maintenance (not built yet)"):
+        assert items[name] > 0, name
+    # one heartbeat write per invocation-second: the Lambda duration's seconds at this memory
+    duration = next(i for i in full["items"] if i["name"] == "Lambda duration")
+    gb_seconds = float(duration["detail"].split(" GB-s")[0].replace(",", ""))
+    assert items["DynamoDB lease heartbeats (not built yet)"] == pytest.approx(gb_seconds / 1e6 * 0.625, rel=1e-3)
+    assert full["total_monthly_usd"] == pytest.approx(sum(items.values()))

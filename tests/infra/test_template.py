@@ -92,7 +92,8 @@ def evaluate(expr, values, conditions=None):
     if fn == "Fn::Or":
         return any(ev(a) for a in arg)
     if fn == "Fn::Join":
-        return arg[0].join(ev(arg[1]))
+        parts = ev(arg[1])
+        return arg[0].join(p for part in parts for p in (part if isinstance(part, list) else [part]))
     if fn == "Fn::Split":
         return ev(arg[1]).split(arg[0])
     if fn == "Fn::Select":
@@ -190,10 +191,12 @@ def statements_by_sid(resolved, policy_resource):
     return {st["Sid"]: st for doc in docs for st in doc["Statement"]}
 
 
-# Enough for the stack to pass its own Rules with password authentication.
-PASSWORD_DB = {"DatabaseSecretArn": "arn:aws:secretsmanager:us-east-1:111122223333:secret:pg-AbCdEf"}
+# Enough for the stack to pass its own Rules with password authentication (and an alarm
+# destination, which every stack needs).
+ALARMS = {"AlarmEmail": "oncall@example.com"}
+PASSWORD_DB = {"DatabaseSecretArn": "arn:aws:secretsmanager:us-east-1:111122223333:secret:pg-AbCdEf", **ALARMS}
 IAM_DB = {
-    "DatabaseIamAuth": "true", "DatabaseHost": "pg.cluster-abc.us-east-1.rds.amazonaws.com",
+    **ALARMS, "DatabaseIamAuth": "true", "DatabaseHost": "pg.cluster-abc.us-east-1.rds.amazonaws.com",
     "DatabaseName": "lake", "DatabaseUser": "loader", "DatabaseResourceId": "cluster-ABCDEFGHIJKL",
 }
 
@@ -301,8 +304,16 @@ def test_storage_is_encrypted_private_and_recoverable(template):
         assert qp["SqsManagedSseEnabled"] is True and qp["MessageRetentionPeriod"] == 1209600
 
 
+def alarm_metrics(alarm):
+    """The metric names an alarm reads: its own, or those of its metric-math inputs."""
+    p = alarm["Properties"]
+    if "MetricName" in p:
+        return {p["MetricName"]}
+    return {m["MetricStat"]["Metric"]["MetricName"] for m in p["Metrics"] if "MetricStat" in m}
+
+
 def test_alarms_cover_lag_errors_throttles_and_dead_letters(template):
-    metrics = {a["Properties"]["MetricName"] for a in resources(template, "AWS::CloudWatch::Alarm").values()}
+    metrics = set().union(*(alarm_metrics(a) for a in resources(template, "AWS::CloudWatch::Alarm").values()))
     assert {"IteratorAge", "OffsetLag", "Errors", "Throttles", "ApproximateNumberOfMessagesVisible"} <= metrics
 
 
@@ -413,9 +424,9 @@ def test_a_customer_key_on_the_secret_is_usable_through_secrets_manager_only(tem
 
 def test_the_rules_refuse_a_database_connection_that_cannot_sign_in(template):
     # Given neither a secret nor IAM authentication, the stack is refused
-    assert rule_failures(template) == ["Password authentication (DatabaseIamAuth false) needs DatabaseSecretArn."]
+    assert rule_failures(template, **ALARMS) == ["Password authentication (DatabaseIamAuth false) needs DatabaseSecretArn."]
     # Given IAM authentication with nothing else, each missing piece is named
-    missing = rule_failures(template, DatabaseIamAuth="true")
+    missing = rule_failures(template, DatabaseIamAuth="true", **ALARMS)
     for piece in ("DatabaseHost", "DatabaseUser", "DatabaseName", "DatabaseResourceId"):
         assert any(piece in m for m in missing), piece
     # Given a complete connection of either kind, nothing is refused
@@ -426,8 +437,9 @@ def test_the_rules_refuse_a_database_connection_that_cannot_sign_in(template):
 def test_each_function_logs_json_at_the_chosen_level_into_its_own_log_group(template):
     # Given the LogLevel parameter
     level = template["Parameters"]["LogLevel"]
-    # (nothing above INFO: Lambda files the EMF metric lines, which carry no level, as INFO)
-    assert level["AllowedValues"] == ["TRACE", "DEBUG", "INFO"]
+    # (nothing above INFO: Lambda files the EMF metric lines, which carry no level, as INFO; no
+    # TRACE: the AWS SDK logs request and response bodies there, payloads included)
+    assert level["AllowedValues"] == ["DEBUG", "INFO"]
     assert level["Default"] == "INFO"
     functions = resources(template, "AWS::Serverless::Function")
     assert set(functions) == {"KinesisLoader", "KafkaLoader"}
@@ -476,7 +488,7 @@ def test_function_alarms_watch_the_function_name_which_counts_every_version(tran
     # keep working when the alias moves; the alias-level metrics carry a Resource dimension.
     for name, alarm in resources(translated, "AWS::CloudWatch::Alarm").items():
         p = alarm["Properties"]
-        if p.get("Namespace") != "AWS/Lambda":
+        if p.get("Namespace") != "AWS/Lambda" or p["Dimensions"][0]["Name"] == "EventSourceMappingUUID":
             continue
         dims = {d["Name"]: d["Value"] for d in p["Dimensions"]}
         assert set(dims) == {"FunctionName"}, name
@@ -484,6 +496,7 @@ def test_function_alarms_watch_the_function_name_which_counts_every_version(tran
         assert target["Type"] == "AWS::Lambda::Function", name
 
 
+SCRAM_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:111122223333:secret:AmazonMSK_loader-AbCdEf"
 MSK_CLUSTER = "arn:aws:kafka:us-east-1:111122223333:cluster/orders/5a5b2c1d-aaaa-bbbb-cccc-0123456789ab-7"
 SCRAM_SECRET = "arn:aws:secretsmanager:us-east-1:111122223333:secret:AmazonMSK_loader-AbCdEf"
 KAFKA_KEY = "arn:aws:kms:us-east-1:111122223333:key/0f0e0d0c-1111-2222-3333-444455556666"
@@ -654,23 +667,79 @@ def test_each_loader_alarms_on_its_own_failed_and_dead_lettered_records(template
         assert p["TreatMissingData"] == "notBreaching"
 
 
-def test_a_mapping_that_stops_invoking_alarms_when_enabled(template):
-    # Given the default: disabled, since a quiet stream would trip it
-    assert template["Parameters"]["StoppedMappingAlarmMinutes"]["Default"] == 0
-    off = resolve(template, KinesisStreamArn="arn:aws:kinesis:us-east-1:111122223333:stream/s", **PASSWORD_DB)
-    assert "KinesisMappingStoppedAlarm" not in off["Resources"]
-    # Given 30 minutes, and both kinds of source
-    t = resolve(template, StoppedMappingAlarmMinutes=30, MskClusterArn=MSK_CLUSTER,
-                KinesisStreamArn="arn:aws:kinesis:us-east-1:111122223333:stream/s", **PASSWORD_DB)
-    for name, function in (("KinesisMappingStoppedAlarm", "KinesisLoader"), ("KafkaMappingStoppedAlarm", "KafkaLoader")):
-        p = t["Resources"][name]["Properties"]
-        # Then fewer than one invocation a minute, for that many minutes, alarms
-        assert (p["Namespace"], p["MetricName"], p["Statistic"]) == ("AWS/Lambda", "Invocations", "Sum")
-        assert p["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": function}}]
+ALL_SOURCES = dict(KinesisStreamArn="arn:aws:kinesis:us-east-1:111122223333:stream/s", MskClusterArn="",
+                   SelfManagedBootstrapServers="b-1.kafka.internal:9096", SelfManagedAuthSecretArn=SCRAM_SECRET_ARN)
+
+
+def test_a_mapping_that_stops_polling_alarms_by_default(template):
+    # Given the defaults and every kind of source
+    assert template["Parameters"]["StoppedMappingAlarmMinutes"]["Default"] == 15
+    t = resolve(template, **{**ALL_SOURCES, "MskClusterArn": MSK_CLUSTER}, **PASSWORD_DB)
+    for mapping in ("KinesisMapping", "MskMapping", "SelfManagedKafkaMapping"):
+        p = t["Resources"][mapping + "StoppedAlarm"]["Properties"]
+        # Then each mapping's own PolledEventCount (0 for an empty poll, absent when the mapping
+        # does not poll) is watched by its UUID, a minute at a time
+        assert (p["Namespace"], p["MetricName"], p["Statistic"]) == ("AWS/Lambda", "PolledEventCount", "SampleCount")
+        assert p["Dimensions"] == [{"Name": "EventSourceMappingUUID", "Value": {"Ref": mapping}}]
         assert p["Period"] == 60 and p["EvaluationPeriods"] == {"Ref": "StoppedMappingAlarmMinutes"}
         assert p["ComparisonOperator"] == "LessThanThreshold" and p["Threshold"] == 1
-        # and no datapoint (no invocation) is breaching
+        # and no datapoint (no poll) is breaching
         assert p["TreatMissingData"] == "breaching"
+        # and the mapping emits that metric
+        assert "EventCount" in t["Resources"][mapping]["Properties"]["MetricsConfig"]["Metrics"]
+    # Given 0 minutes: off
+    off = resolve(template, StoppedMappingAlarmMinutes=0, **ALL_SOURCES, **PASSWORD_DB)
+    assert not [n for n in off["Resources"] if n.endswith("StoppedAlarm")]
+
+
+@pytest.mark.parametrize("mapping, kafka", [("KinesisMapping", False), ("MskMapping", True), ("SelfManagedKafkaMapping", True)])
+def test_each_mapping_emits_error_metrics_and_alarms_on_them(template, mapping, kafka):
+    t = resolve(template, **{**ALL_SOURCES, "MskClusterArn": MSK_CLUSTER}, **PASSWORD_DB)
+    # Given the mapping's metrics: Kafka's include the error and lag groups
+    metrics = t["Resources"][mapping]["Properties"]["MetricsConfig"]["Metrics"]
+    assert metrics == (["EventCount", "ErrorCount", "KafkaMetrics"] if kafka else ["EventCount"])
+    # Then one alarm sums the mapping's error counts: a Kafka mapping that cannot connect (auth,
+    # KMS, network) reports PollingErrorCount, and pages
+    p = t["Resources"][mapping + "ErrorsAlarm"]["Properties"]
+    inputs = {m["MetricStat"]["Metric"]["MetricName"]: m for m in p["Metrics"] if "MetricStat" in m}
+    expected = {"DroppedEventCount", "FailedInvokeEventCount"}
+    if kafka:
+        expected |= {"PollingErrorCount", "InvokeErrorCount", "CommitErrorCount", "OnFailureDestinationDeliveryErrorCount"}
+    assert set(inputs) == expected
+    for m in inputs.values():
+        assert m["MetricStat"]["Metric"]["Namespace"] == "AWS/Lambda" and m["MetricStat"]["Stat"] == "Sum"
+        assert m["MetricStat"]["Metric"]["Dimensions"] == [{"Name": "EventSourceMappingUUID", "Value": {"Ref": mapping}}]
+        assert m["ReturnData"] is False
+    [expression] = [m for m in p["Metrics"] if "Expression" in m]
+    assert expression["ReturnData"] is True
+    assert all(f"FILL({m['Id']}, 0)" in expression["Expression"] for m in inputs.values())
+    assert p["ComparisonOperator"] == "GreaterThanThreshold" and p["Threshold"] == 0
+
+
+def test_lag_alarms_keep_their_state_when_the_lag_metric_stops(template):
+    # A mapping that dies while behind stops emitting lag: that must not read as caught up.
+    for name in ("KinesisIteratorAgeAlarm", "KafkaOffsetLagAlarm"):
+        assert template["Resources"][name]["Properties"]["TreatMissingData"] == "missing", name
+
+
+def test_alarms_need_a_destination_and_can_page_an_existing_topic(template):
+    topic = "arn:aws:sns:us-east-1:111122223333:paging"
+    base = {k: v for k, v in PASSWORD_DB.items() if k != "AlarmEmail"}
+    # Given no e-mail and no topic: refused
+    assert rule_failures(template, **base) == [
+        "Alarms need a destination - AlarmEmail, ExistingAlarmTopicArn (an existing paging topic), or both."]
+    # Given either: accepted
+    assert rule_failures(template, ExistingAlarmTopicArn=topic, **base) == []
+    assert rule_failures(template, AlarmEmail="a@example.com", **base) == []
+    # and with the existing topic every alarm notifies it as well as the stack's topic
+    t = resolve(template, ExistingAlarmTopicArn=topic, **{**ALL_SOURCES, "MskClusterArn": MSK_CLUSTER}, **base)
+    alarms = resources(t, "AWS::CloudWatch::Alarm")
+    assert len(alarms) == 18
+    for name, alarm in alarms.items():
+        p = alarm["Properties"]
+        assert p["AlarmActions"] == [{"Ref": "AlarmTopic"}, {"Ref": "ExistingAlarmTopicArn"}], name
+        assert p["OKActions"] == p["AlarmActions"], name
+    assert "AlarmEmailSubscription" not in t["Resources"]
 
 
 def test_kafka_offset_lag_threshold_is_a_parameter(template):
@@ -681,8 +750,8 @@ def test_kafka_offset_lag_threshold_is_a_parameter(template):
 
 
 def test_every_alarm_tells_the_topic_when_it_fires_and_when_it_clears(template):
-    alarms = resources(template, "AWS::CloudWatch::Alarm")
-    assert len(alarms) >= 14
+    alarms = resources(resolve(template, **{**ALL_SOURCES, "MskClusterArn": MSK_CLUSTER}, **PASSWORD_DB), "AWS::CloudWatch::Alarm")
+    assert len(alarms) == 18
     for name, alarm in alarms.items():
         p = alarm["Properties"]
         assert p["AlarmActions"] == [{"Ref": "AlarmTopic"}], name
@@ -779,3 +848,242 @@ def test_the_dedup_table_is_on_demand_unless_asked_and_then_scales_its_writes(te
     # Given point-in-time recovery off
     t = resolve(template, DedupPointInTimeRecovery="false", **PASSWORD_DB)
     assert t["Resources"]["DedupTable"]["Properties"]["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": False}
+
+
+# ---------------------------------------------------------------- issue 31
+def substitute(node, values):
+    """A resolved template fragment with every parameter Ref and ${Param} in a Fn::Sub replaced
+    by its value (resource references stay as they are)."""
+    import re
+
+    if isinstance(node, dict):
+        if set(node) == {"Ref"} and node["Ref"] in values:
+            return values[node["Ref"]]
+        if set(node) == {"Fn::Sub"} and isinstance(node["Fn::Sub"], str):
+            return {"Fn::Sub": re.sub(r"\$\{([A-Za-z0-9]+)\}",
+                                      lambda m: str(values[m[1]]) if m[1] in values else m[0], node["Fn::Sub"])}
+        return {k: substitute(v, values) for k, v in node.items()}
+    if isinstance(node, list):
+        return [substitute(v, values) for v in node]
+    return node
+
+
+def digest_handler(template):
+    """The custom resource's inline Python, run here with a stand-in cfnresponse."""
+    import sys
+    import types
+
+    sent = []
+    fake = types.ModuleType("cfnresponse")
+    fake.SUCCESS, fake.FAILED = "SUCCESS", "FAILED"
+    fake.send = lambda event, context, status, data, physical_id, reason=None: sent.append((status, data, physical_id))
+    sys.modules["cfnresponse"] = fake
+    namespace = {}
+    exec(template["Resources"]["ConfigDigestFunction"]["Properties"]["Code"]["ZipFile"], namespace)
+
+    def digest(configuration):
+        sent.clear()
+        namespace["handler"]({"RequestType": "Update", "ResourceProperties": {"ServiceToken": "x", "Configuration": configuration}}, None)
+        [(status, data, physical_id)] = sent
+        assert status == "SUCCESS" and physical_id == "streamload-configuration-digest"
+        return data["Digest"]
+
+    return digest
+
+
+# A value for each parameter that reaches the functions' configuration, other than its default.
+CONFIGURATION_CHANGES = {
+    "RoutesConfigUri": "s3://routes-bucket/routes-v2.toml", "FunctionMemorySize": "2048", "FunctionTimeout": "300",
+    "VpcSubnetIds": "subnet-a,subnet-b", "VpcSecurityGroupIds": "sg-9", "LogLevel": "DEBUG",
+    "DatabaseSecretArn": "arn:aws:secretsmanager:us-east-1:111122223333:secret:other-XyZ",
+    "DatabaseHost": "other.cluster-abc.us-east-1.rds.amazonaws.com", "DatabaseName": "other", "DatabaseUser": "other",
+    "DatabaseSslMode": "verify-ca", "DatabaseSslRootCert": "/var/task/ca.pem",
+    "DatabaseCaBundleUri": "s3://certs-bucket/ca.pem", "TargetTable": "sales.events", "DedupTtlSeconds": "86400",
+    "ExistingDedupTableName": "claims", "ExistingBucketName": "lake-bucket", "OutputPrefix": "lake/",
+    "DeadLetterPrefix": "dlq/",
+}
+
+
+def test_a_deploy_that_changes_only_parameters_publishes_a_new_live_version(template):
+    base = dict(KinesisStreamArn="arn:aws:kinesis:us-east-1:111122223333:stream/s", VpcSubnetIds="subnet-a",
+                VpcSecurityGroupIds="sg-1", **PASSWORD_DB)
+    translated = sam_translate(template, **base)
+    res = translated["Resources"]
+    digest_props = res["ConfigDigest"]["Properties"]["Configuration"]
+    for function in ("KinesisLoader",):
+        fn = res[function]["Properties"]
+        # Given the version the alias `live` points at (the mappings invoke the alias)
+        alias = res[function + "Aliaslive"]["Properties"]
+        version_id = alias["FunctionVersion"]["Fn::GetAtt"][0]
+        version = res[version_id]
+        # Then its Description is the configuration digest: a new digest replaces the version,
+        # which publishes one and moves the alias; the old version is kept for roll-backs
+        assert version["Properties"]["Description"] == {"Fn::Sub": "configuration ${ConfigDigest.Digest}"}
+        assert version["UpdateReplacePolicy"] == "Retain" and version["DeletionPolicy"] == "Retain"
+        # and the function's own Description carries it, so Lambda sees a changed configuration
+        # and PublishVersion cannot hand back the previous version
+        assert "${ConfigDigest.Digest}" in fn["Description"]["Fn::Sub"]
+        # and the digest covers exactly the function's configuration as SAM translated it
+        assert digest_props["Environment"] == fn["Environment"]["Variables"]
+        assert digest_props["MemorySize"] == fn["MemorySize"] and digest_props["Timeout"] == fn["Timeout"]
+        assert digest_props["VpcConfig"] == fn["VpcConfig"]
+        assert digest_props["ApplicationLogLevel"] == fn["LoggingConfig"]["ApplicationLogLevel"]
+        assert digest_props["KinesisRole"]["Fn::If"][1] == fn["Role"]
+    # and the template's Globals list nothing the digest leaves out
+    assert set(template["Globals"]["Function"]) - {"Runtime", "Architectures", "Handler", "ReservedConcurrentExecutions"} == {
+        "MemorySize", "Timeout", "VpcConfig", "Environment"}
+
+    # When each configuration parameter changes alone, the digest CloudFormation computes changes
+    digest = digest_handler(template)
+
+    def deployed_digest(**params):
+        values = parameter_values(template, {**base, **params})
+        config = resolve(template, **{**base, **params})["Resources"]["ConfigDigest"]["Properties"]["Configuration"]
+        return digest(substitute(config, values))
+
+    before = deployed_digest()
+    assert deployed_digest() == before  # the same parameters, the same version
+    for name, value in CONFIGURATION_CHANGES.items():
+        extra = {"DatabaseSslRootCert": ""} if name == "DatabaseCaBundleUri" else {}
+        assert deployed_digest(**{name: value}, **extra) != before, f"{name}: no new version"
+    # and every parameter the functions' environment, memory, timeout, VPC or log level reads
+    # is in that list (a new one must be added, and so proven)
+    import json
+    read = set()
+    for fn in ("KinesisLoader",):
+        text = json.dumps(res[fn]["Properties"])
+        read |= {p for p in template["Parameters"] if f'"Ref": "{p}"' in text or "${" + p + "}" in text}
+    # (reserved concurrency belongs to the function, not to a version; IAM auth and the port are
+    # proven below)
+    assert read <= set(CONFIGURATION_CHANGES) | {"DatabaseIamAuth", "DatabasePort", "ReservedConcurrency"}, read - set(CONFIGURATION_CHANGES)
+    assert deployed_digest(**IAM_DB) != before
+
+
+def test_the_shared_vpc_keeps_its_endpoints_unless_asked_and_what_must_reach_them_does(template):
+    # Given the default: bring your own endpoints
+    assert template["Parameters"]["CreateVpcEndpoints"]["Default"] == "false"
+    # Given endpoints asked for, but the VPC already has S3 and SQS ones
+    params = {**ENDPOINTS, "VpcEndpointServices": "dynamodb,secretsmanager"}
+    t = resolve(template, **params)
+    made = {render(template, r["Properties"]["ServiceName"], **params).rsplit(".", 1)[1]
+            for r in t["Resources"].values() if r["Type"] == "AWS::EC2::VPCEndpoint"}
+    # Then only the missing ones are created (a second private-DNS endpoint fails the deploy)
+    assert made == {"dynamodb", "secretsmanager"}
+    # Given gateways only: no interface endpoint and no security group for one
+    t = resolve(template, **{**ENDPOINTS, "VpcEndpointServices": "s3,dynamodb"})
+    assert "VpcEndpointSecurityGroup" not in t["Resources"] and "SqsInterfaceEndpoint" not in t["Resources"]
+    # Given the Kafka cluster's security groups and the VPC's CIDR
+    params = {**ENDPOINTS, "KafkaClusterSecurityGroupIds": "sg-k1,sg-k2", "VpcEndpointClientCidr": "10.0.0.0/16"}
+    t = resolve(template, **params)
+    ingress = t["Resources"]["VpcEndpointSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    sources = [render(template, i["SourceSecurityGroupId"], **params) if "SourceSecurityGroupId" in i else i["CidrIp"]
+               for i in ingress]
+    # Then the interface endpoints admit the loaders, the cluster (the MSK mapping's on-failure
+    # path runs in its VPC with its groups) and the VPC's other workloads, on 443 only
+    assert sources == ["sg-1", "sg-2", "sg-k1", "sg-k2", {"Ref": "VpcEndpointClientCidr"}]
+    assert all((i["IpProtocol"], i["FromPort"], i["ToPort"]) == ("tcp", 443, 443) for i in ingress)
+    assert rule_failures(template, **params) == []
+
+
+def test_log_level_trace_is_refused(template):
+    assert "TRACE" not in template["Parameters"]["LogLevel"]["AllowedValues"]
+
+
+def test_iam_database_auth_refuses_unverified_tls(template):
+    for mode in ("require", "disable"):
+        assert rule_failures(template, **IAM_DB, DatabaseSslMode=mode) == [
+            "IAM database authentication sends a bearer token as the password; DatabaseSslMode must verify the server (verify-full, or verify-ca), not require or disable."]
+    assert rule_failures(template, **IAM_DB, DatabaseSslMode="verify-ca") == []
+    # password authentication may still use require (the operator's choice)
+    assert rule_failures(template, **PASSWORD_DB, DatabaseSslMode="require") == []
+
+
+def test_msk_scram_needs_a_customer_managed_key(template):
+    params = dict(MskClusterArn=MSK_CLUSTER, MskAuthMode="SASL_SCRAM_512", MskAuthSecretArn=SCRAM_SECRET, **PASSWORD_DB)
+    assert rule_failures(template, **params) == [
+        "MSK SASL/SCRAM secrets must be encrypted with a customer managed key (MSK refuses aws/secretsmanager); give it as KafkaSecretKmsKeyArn."]
+    assert rule_failures(template, **params, KafkaSecretKmsKeyArn=KAFKA_KEY) == []
+    # mTLS secrets may use the AWS managed key
+    assert rule_failures(template, **{**params, "MskAuthMode": "MTLS"}) == []
+
+
+@pytest.mark.parametrize("uri, sid, action, resource", [
+    ("s3://certs-bucket/db/ca.pem", "DatabaseCaBundleObject", "s3:GetObject", "arn:aws:s3:::certs-bucket/db/ca.pem"),
+    ("arn:aws:secretsmanager:us-east-1:111122223333:secret:db-ca-AbC", "DatabaseCaBundleSecret",
+     "secretsmanager:GetSecretValue", "arn:aws:secretsmanager:us-east-1:111122223333:secret:db-ca-AbC"),
+])
+def test_the_database_ca_bundle_comes_from_s3_or_a_secret_readable_alone(template, uri, sid, action, resource):
+    params = dict(DatabaseCaBundleUri=uri, **PASSWORD_DB)
+    sink = statements_by_sid(resolve(template, **params), "SinkPolicy")
+    # Then the functions may read that object or that secret, and nothing of the other kind
+    assert sink[sid]["Action"] == action
+    assert render(template, sink[sid]["Resource"], **params) == resource
+    assert not {"DatabaseCaBundleObject", "DatabaseCaBundleSecret"} - {sid} & set(sink)
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["DATABASE_SSLROOTCERT_URI"] == {"Ref": "DatabaseCaBundleUri"}
+    assert rule_failures(template, **params) == []
+    assert rule_failures(template, **params, DatabaseSslRootCert="/var/task/ca.pem") == [
+        "Give the database CA bundle either as DatabaseSslRootCert (a file in the package) or as DatabaseCaBundleUri (S3 or a secret), not both."]
+    none = statements_by_sid(resolve(template, **PASSWORD_DB), "SinkPolicy")
+    assert not {"DatabaseCaBundleObject", "DatabaseCaBundleSecret"} & set(none)
+
+
+def test_customer_keys_of_the_stream_and_the_bucket_are_usable_through_their_service_only(template):
+    stream_key = "arn:aws:kms:us-east-1:111122223333:key/stream"
+    bucket_key = "arn:aws:kms:us-east-1:111122223333:key/bucket"
+    params = dict(KinesisStreamArn="arn:aws:kinesis:us-east-1:111122223333:stream/s", KinesisStreamKmsKeyArn=stream_key,
+                  ExistingBucketName="lake", ExistingBucketKmsKeyArn=bucket_key, **PASSWORD_DB)
+    t = resolve(template, **params)
+    stream = statements_by_sid(t, "KinesisLoaderRole")["StreamKey"]
+    assert stream["Action"] == "kms:Decrypt" and stream["Resource"] == {"Ref": "KinesisStreamKmsKeyArn"}
+    assert stream["Condition"] == {"StringEquals": {"kms:ViaService": {"Fn::Sub": "kinesis.${AWS::Region}.amazonaws.com"}}}
+    bucket = statements_by_sid(t, "SinkPolicy")["BucketKey"]
+    assert set(bucket["Action"]) == {"kms:GenerateDataKey", "kms:Decrypt"} and bucket["Resource"] == {"Ref": "ExistingBucketKmsKeyArn"}
+    assert bucket["Condition"] == {"StringEquals": {"kms:ViaService": {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}}}
+    # and without keys no KMS grant at all
+    t = resolve(template, KinesisStreamArn="arn:aws:kinesis:us-east-1:111122223333:stream/s", **PASSWORD_DB)
+    assert "StreamKey" not in statements_by_sid(t, "KinesisLoaderRole") and "BucketKey" not in statements_by_sid(t, "SinkPolicy")
+
+
+def test_every_role_takes_the_permissions_boundary(template):
+    boundary = "arn:aws:iam::111122223333:policy/platform-boundary"
+    params = dict(PermissionsBoundaryArn=boundary, **{**ALL_SOURCES, "MskClusterArn": MSK_CLUSTER}, **PASSWORD_DB)
+    translated = sam_translate(template, **params)
+    roles = resources(translated, "AWS::IAM::Role")
+    assert {"KinesisLoaderRole", "KafkaLoaderRole", "ConfigDigestRole"} <= set(roles)
+    for name, role in roles.items():
+        assert role["Properties"]["PermissionsBoundary"] == {
+            "Fn::If": ["HasPermissionsBoundary", {"Ref": "PermissionsBoundaryArn"}, {"Ref": "AWS::NoValue"}]}, name
+    resolved = resolve(template, **params)
+    assert all(r["Properties"]["PermissionsBoundary"] == {"Ref": "PermissionsBoundaryArn"}
+               for r in resources(resolved, "AWS::IAM::Role").values())
+    assert all("PermissionsBoundary" not in r["Properties"]
+               for r in resources(resolve(template, **PASSWORD_DB), "AWS::IAM::Role").values())
+
+
+def test_the_dead_letter_expiry_never_reaches_the_lake(template):
+    def expiry(**params):
+        rules = resolve(template, **params, **PASSWORD_DB)["Resources"]["OutputBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+        return [r for r in rules if r.get("ExpirationInDays")]
+    # Given the defaults: dead-letter/ expires, events/ does not
+    assert [r["Prefix"] for r in expiry()] == [{"Ref": "DeadLetterPrefix"}]
+    # Given the same prefix: refused
+    assert rule_failures(template, OutputPrefix="data/", DeadLetterPrefix="data/", **PASSWORD_DB) == [
+        "DeadLetterPrefix must differ from OutputPrefix - dead-letter objects expire after DeadLetterObjectDays, and so would the lake's Parquet (its commit markers)."]
+    # Given prefixes that share their first segment (one may hold the other): nothing expires
+    assert expiry(OutputPrefix="data/events/", DeadLetterPrefix="data/") == []
+    assert expiry(OutputPrefix="data/", DeadLetterPrefix="data/dead-letter/") == []
+    assert [r["Prefix"] for r in expiry(OutputPrefix="lake/events/", DeadLetterPrefix="dlq/")] == [{"Ref": "DeadLetterPrefix"}]
+
+
+def test_stateful_resources_are_retained_and_queues_and_topic_refuse_plain_http(template):
+    for name in ("DedupTable", "OutputBucket", "DeadLetterQueue", "OnFailureQueue"):
+        r = template["Resources"][name]
+        assert (r.get("DeletionPolicy"), r.get("UpdateReplacePolicy")) == ("Retain", "Retain"), name
+    policy = template["Resources"]["QueuesTlsOnlyPolicy"]["Properties"]
+    assert policy["Queues"] == [{"Ref": "DeadLetterQueue"}, {"Ref": "OnFailureQueue"}]
+    [deny] = policy["PolicyDocument"]["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert deny["Resource"] == [{"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}, {"Fn::GetAtt": ["OnFailureQueue", "Arn"]}]
+    topic = {s["Sid"]: s for s in template["Resources"]["AlarmTopicPolicy"]["Properties"]["PolicyDocument"]["Statement"]}
+    assert topic["TlsOnly"]["Effect"] == "Deny" and topic["TlsOnly"]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
