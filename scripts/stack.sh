@@ -153,6 +153,9 @@ HBA
 write_env() {
   cat >"$STATE/env" <<ENV
 export STREAMLOAD_PG_ADMIN_URL='$(pg_url)'
+# The loader's own connection string for the local, plaintext server: sslmode spelled out
+# (the loader's default is verify-full, which a server without TLS refuses).
+export DATABASE_URL='$(pg_url)?sslmode=disable'
 export AWS_ENDPOINT_URL='http://127.0.0.1:$MOTO_PORT'
 export AWS_REGION='us-east-1'
 export AWS_DEFAULT_REGION='us-east-1'

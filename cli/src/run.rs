@@ -89,7 +89,44 @@ pub fn answer_of<U: Unit>(unit: &U, n: usize, outcome: &Outcome) -> Answer {
         Outcome::FunctionError(e) => Answer::Failed(format!("function error: {e}")),
         Outcome::Timeout => Answer::Failed("timed out".into()),
         Outcome::Crashed(why) => Answer::Failed(why.clone()),
+        Outcome::InitError(body) => {
+            Answer::Failed(format!("init error: {}", init_error_text(body)))
+        }
     }
+}
+
+/// The `errorType: errorMessage` of an init error body (the Runtime API's JSON), or the body.
+pub fn init_error_text(body: &str) -> String {
+    let doc: Option<Value> = serde_json::from_str(body).ok();
+    let field = |k: &str| {
+        doc.as_ref()
+            .and_then(|d| d.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    match (field("errorType"), field("errorMessage")) {
+        (Some(t), Some(m)) => format!("{t}: {m}"),
+        (None, Some(m)) => m,
+        _ => body.trim().to_owned(),
+    }
+}
+
+/// The first wait after a sandbox that failed to start, doubled after each further failure
+/// up to [`START_BACKOFF_MAX`]: Lambda backs off from a function whose cold starts fail rather
+/// than starting one sandbox after another.
+pub const START_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+
+/// The longest wait between two failed starts.
+pub const START_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The wait before the next invocation after `failed_starts` starts in a row failed.
+pub fn start_backoff(failed_starts: u32) -> Duration {
+    if failed_starts == 0 {
+        return Duration::ZERO;
+    }
+    START_BACKOFF_FIRST
+        .saturating_mul(1 << (failed_starts - 1).min(16))
+        .min(START_BACKOFF_MAX)
 }
 
 /// Checkpoints by unit name, shared by the units of one run and saved after each change.
@@ -144,9 +181,7 @@ pub async fn run_unit<U: Unit>(
 ) -> Result<UnitStats, CliError> {
     let settings = &options.settings;
     let mut spec = options.function.clone();
-    spec.log = spec
-        .log
-        .with_file_name(format!("{}-{}.log", spec.name, unit.name()));
+    spec.log = sandbox_log(&options.function, &unit.name());
     let remote = options
         .invoke_endpoint
         .as_ref()
@@ -163,9 +198,14 @@ pub async fn run_unit<U: Unit>(
     let started = Instant::now();
     let mut first_seen: Option<Instant> = None;
     let mut last_record = Instant::now();
+    // Starts in a row that failed (an init error or a crash before any answer), and the last
+    // init error printed.
+    let mut failed_starts: u32 = 0;
+    let mut last_init_error = String::new();
+    let log_path = sandbox_log(&options.function, &unit.name());
     loop {
         if started.elapsed() > options.max_duration {
-            stats.last_result = "stopped: --max-duration".into();
+            stats.last_result = format!("stopped: --max-duration ({})", stats.last_result);
             break;
         }
         unit.fill(settings.batch_size).await?;
@@ -230,6 +270,23 @@ pub async fn run_unit<U: Unit>(
         };
         stats.invocations += 1;
         stats.sandboxes_started = sandbox.starts;
+        match &outcome {
+            Outcome::InitError(body) => {
+                failed_starts += 1;
+                let text = init_error_text(body);
+                if text != last_init_error {
+                    // Said in the terminal once, not only in the function's log.
+                    eprintln!(
+                        "{}: the function failed to start: {text} (log: {}); retrying with back-off",
+                        unit.name(),
+                        log_path.display()
+                    );
+                    last_init_error = text;
+                }
+            }
+            Outcome::Crashed(_) if kill.is_none() => failed_starts += 1,
+            _ => failed_starts = 0,
+        }
         let answer = answer_of(&unit, n, &outcome);
         match &answer {
             Answer::Success => stats.last_result = format!("ok ({n})"),
@@ -267,9 +324,21 @@ pub async fn run_unit<U: Unit>(
         unit.flush().await?;
         stats.lag = unit.lag().unwrap_or(0);
         progress(&stats);
+        let wait = start_backoff(failed_starts);
+        if !wait.is_zero() {
+            let left = options.max_duration.saturating_sub(started.elapsed());
+            tokio::time::sleep(wait.min(left)).await;
+        }
     }
     sandbox.kill().await;
     Ok(stats)
+}
+
+/// Where a unit's sandbox writes the function's output (see [`run_unit`]).
+fn sandbox_log(function: &FunctionSpec, unit: &str) -> PathBuf {
+    function
+        .log
+        .with_file_name(format!("{}-{unit}.log", function.name))
 }
 
 async fn send_on_failure<U: Unit>(
@@ -403,4 +472,28 @@ pub async fn run_target(
     }
     all.sort_by(|a, b| a.unit.cmp(&b.unit));
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_starts_back_off_doubling_to_a_ceiling() {
+        assert_eq!(start_backoff(0), Duration::ZERO);
+        assert_eq!(start_backoff(1), Duration::from_secs(1));
+        assert_eq!(start_backoff(3), Duration::from_secs(4));
+        assert_eq!(start_backoff(6), START_BACKOFF_MAX);
+        assert_eq!(start_backoff(60), START_BACKOFF_MAX);
+    }
+
+    #[test]
+    fn an_init_error_reads_as_its_type_and_message() {
+        let body = r#"{"errorMessage":"DATABASE_URL: refused","errorType":"Runtime.ConfigError"}"#;
+        assert_eq!(
+            init_error_text(body),
+            "Runtime.ConfigError: DATABASE_URL: refused"
+        );
+        assert_eq!(init_error_text(" plain text "), "plain text");
+    }
 }

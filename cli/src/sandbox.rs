@@ -23,6 +23,9 @@ pub enum Outcome {
     FunctionError(String),
     /// No answer within the function timeout: the sandbox was killed.
     Timeout,
+    /// The function reported an error at start-up (`/runtime/init/error`, its body) and its
+    /// process ended before taking the invocation: a failed cold start.
+    InitError(String),
     /// The process exited (or was killed) before answering.
     Crashed(String),
 }
@@ -43,6 +46,8 @@ struct Api {
     generation: AtomicU64,
     /// Invocations handed out and not answered yet, by request id.
     open: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
+    /// The last `/runtime/init/error` body, posted before any invocation was taken.
+    init_error: Mutex<Option<String>>,
 }
 
 /// The function's environment, binary and name.
@@ -75,6 +80,7 @@ impl Sandbox {
             ready: Notify::new(),
             generation: AtomicU64::new(0),
             open: Mutex::new(HashMap::new()),
+            init_error: Mutex::new(None),
         });
         let served = api.clone();
         tokio::spawn(async move {
@@ -172,7 +178,10 @@ impl Sandbox {
         };
         let outcome = tokio::select! {
             a = answer => a.unwrap_or(Outcome::Crashed("no answer".into())),
-            status = child_exit => Outcome::Crashed(format!("the process exited ({status})")),
+            status = child_exit => match self.api.init_error.lock().await.take() {
+                Some(body) => Outcome::InitError(body),
+                None => Outcome::Crashed(format!("the process exited ({status})")),
+            },
             _ = tokio::time::sleep(kill_at), if kill_after.is_some() => {
                 Outcome::Crashed("sandbox killed mid-batch (--kill-after)".into())
             }
@@ -249,7 +258,9 @@ async fn serve(conn: TcpStream, api: Arc<Api>, generation: u64) {
             let text = String::from_utf8_lossy(&body).into_owned();
             let segments: Vec<&str> = path.split('/').collect();
             if path.ends_with("/init/error") {
-                // A failed start-up answers every open invocation with the init error.
+                // A failed start-up answers every open invocation with the init error, and
+                // is kept for the invocation waiting to be taken (the process exits next).
+                *api.init_error.lock().await = Some(text.clone());
                 for (_, reply) in api.open.lock().await.drain() {
                     let _ = reply.send(Outcome::FunctionError(text.clone()));
                 }

@@ -335,3 +335,35 @@ async fn the_mapping_can_invoke_a_function_that_cargo_lambda_watch_serves() {
     let _ = function.kill().await;
     let _ = watch.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_that_cannot_start_is_retried_with_back_off_and_its_init_error_is_said() {
+    // Given one shard with records and a function whose every cold start reports an init
+    // error and exits (a wrong DATABASE_URL, say)
+    let stack = TestStack::new("esminit", false).await;
+    let target = Target::Kinesis(stack.name.clone());
+    kinesis_stream(&stack.name, 1, &numbered(5, &[])).await;
+    let (spec, log) = scripted(&stack, "init-error");
+    let settings = MappingSettings {
+        batch_size: 5,
+        batching_window: Duration::ZERO,
+        function_timeout: Duration::from_secs(10),
+        ..MappingSettings::default()
+    };
+    let mut o = options(spec, settings, None);
+    o.max_duration = Duration::from_secs(8);
+    // When the mapping runs for 8 s
+    let stats = run_target(&target, &o, "", quiet()).await.unwrap();
+    // Then sandboxes were started with back-off (1, 2, 4 s...), not one after another
+    // (thousands a minute before), and the run's last result names the init error
+    let starts = batches(&log).len();
+    assert!((2..=6).contains(&starts), "{starts} starts in 8 s");
+    assert!(
+        stats[0]
+            .last_result
+            .contains("init error: Runtime.ConfigError: DATABASE_URL: TLS handshake refused"),
+        "{:?}",
+        stats[0]
+    );
+    assert_eq!(stats[0].records_done, 0);
+}

@@ -244,7 +244,7 @@ impl PgRows {
         let text = e.to_string();
         if text.contains("server does not support TLS") {
             return (
-                format!("{host:?} does not accept TLS (sslmode={}); enable ssl on the server, or set sslmode=disable for a local database", tls.mode),
+                format!("{host:?} does not accept TLS (sslmode={}). In AWS: connect to the RDS endpoint, which always offers TLS (keep sslmode=verify-full). Locally, against a plaintext server: add ?sslmode=disable to DATABASE_URL (the local stack's .stack/env does)", tls.mode),
                 false,
             );
         }
