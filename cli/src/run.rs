@@ -201,6 +201,8 @@ pub async fn run_unit<U: Unit>(
     // Starts in a row that failed (an init error or a crash before any answer), and the last
     // init error printed.
     let mut failed_starts: u32 = 0;
+    // Source reads in a row that failed.
+    let mut read_failures: u32 = 0;
     let mut last_init_error = String::new();
     let log_path = sandbox_log(&options.function, &unit.name());
     loop {
@@ -208,7 +210,24 @@ pub async fn run_unit<U: Unit>(
             stats.last_result = format!("stopped: --max-duration ({})", stats.last_result);
             break;
         }
-        unit.fill(settings.batch_size).await?;
+        // A source read that fails (a GetRecords or Fetch that timed out, a broker restarting)
+        // is retried with back-off, as the mapping's poller does; the run goes on.
+        if let Err(e) = unit.fill(settings.batch_size).await {
+            read_failures += 1;
+            let text = e.to_string();
+            if read_failures == 1 {
+                eprintln!(
+                    "{}: reading the source failed ({text}); retrying",
+                    unit.name()
+                );
+            }
+            stats.last_result = format!("source read failed: {text}");
+            progress(&stats);
+            let left = options.max_duration.saturating_sub(started.elapsed());
+            tokio::time::sleep(read_backoff(read_failures).min(left)).await;
+            continue;
+        }
+        read_failures = 0;
         stats.lag = unit.lag().unwrap_or(0);
         if unit.pending().is_empty() {
             first_seen = None;
@@ -332,6 +351,13 @@ pub async fn run_unit<U: Unit>(
     }
     sandbox.kill().await;
     Ok(stats)
+}
+
+/// The wait after `failures` source reads in a row failed: 200 ms doubling to 5 s.
+pub fn read_backoff(failures: u32) -> Duration {
+    Duration::from_millis(200)
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(Duration::from_secs(5))
 }
 
 /// Where a unit's sandbox writes the function's output (see [`run_unit`]).

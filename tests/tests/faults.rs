@@ -503,8 +503,9 @@ async fn a_dead_letter_batch_that_never_answers_is_cut_off_and_redelivered() {
         .await
         .process(&b, &invocation("inv-2", Duration::from_secs(30)))
         .await;
-    // Then the released claims let both poison records reach the queue now, and the event
-    // loads, once
+    // Then both poison records reach the queue now (their claims, kept while the letters
+    // were maybe queued, are taken over once the short lease is over), and the event loads,
+    // once
     assert_eq!(
         again.outcomes,
         vec![

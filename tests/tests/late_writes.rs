@@ -207,3 +207,51 @@ async fn a_session_abandoned_mid_transaction_is_never_handed_to_the_next_invocat
     );
     assert_eq!(stack.row_ids().await, ids(&["a", "c"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_queue_gets_each_dead_letter_at_most_twice_an_invocation() {
+    // Given a queue endpoint that applies every SendMessageBatch 3.5 s late, past the 3 s
+    // attempt (issue 26: a slow local SQS left up to 24 copies of one dead letter)
+    let stack = TestStack::new("slowdlq", false).await;
+    let proxy = stack.fault_proxy().await;
+    proxy.add(Rule::always(
+        "SQS.SendMessageBatch",
+        Fault::SlowForward(3_500),
+    ));
+    let p = stack.pipeline_via(&proxy).await;
+    let b = batch(&[raw(1, "{not json"), plain(2, "a"), raw(3, "[1]")]);
+    // When the batch is processed with 12 s left
+    let first = p
+        .process(&b, &invocation("inv-1", Duration::from_secs(12)))
+        .await;
+    // Then the letters' batch was sent at most twice (before: four SDK attempts a round,
+    // rounds until the cutoff), and the poison records are reported, maybe queued
+    assert!(
+        proxy.seen("SQS.SendMessageBatch") <= 2,
+        "{} sends",
+        proxy.seen("SQS.SendMessageBatch")
+    );
+    assert!(
+        matches!(first.outcomes[0], RecordOutcome::Failed(_)),
+        "{:?}",
+        first.outcomes
+    );
+    // When the queue recovers, the late sends land, and the batch is redelivered
+    proxy.clear();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let again = stack
+        .pipeline()
+        .await
+        .process(&b, &invocation("inv-2", Duration::from_secs(30)))
+        .await;
+    // Then both poison records are in the queue, at most three copies each, and the event once
+    assert!(again.failures.is_empty(), "{:?}", again.outcomes);
+    let letters = stack.dead_letters().await;
+    assert!(letters.len() <= 6, "{} letters", letters.len());
+    let distinct: std::collections::BTreeSet<&str> = letters
+        .iter()
+        .filter_map(|m| m["dedup_id"].as_str())
+        .collect();
+    assert_eq!(distinct.len(), 2);
+    stack.assert_each_once_in_both_sinks(&ids(&["a"])).await;
+}

@@ -7,6 +7,7 @@
 //! deduplication interval (without them a FIFO queue refuses every message).
 
 use crate::error::classify_sdk_error;
+use aws_config::retry::RetryConfig;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
 use streamload_core::error::PortError;
@@ -65,7 +66,14 @@ impl DeadLetters for SqsDeadLetters {
                 .map_err(|e| PortError::permanent(format!("sqs SendMessageBatch entry: {e}")))?;
             request = request.entries(entry);
         }
+        // One attempt: the SDK would resend a batch whose answer was lost (a timeout, a 5xx)
+        // up to four times, each copy queued again; the pipeline decides what is resent, and
+        // resends a letter of unknown outcome at most once per invocation.
         let answer = request
+            .customize()
+            .config_override(
+                aws_sdk_sqs::config::Builder::default().retry_config(RetryConfig::disabled()),
+            )
             .send()
             .await
             .map_err(|e| classify_sdk_error("sqs SendMessageBatch", &e))?;

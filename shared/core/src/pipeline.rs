@@ -325,6 +325,11 @@ fn pack_letters(
     batches
 }
 
+/// Sends of one dead letter whose outcome is unknown (cut off, answered 5xx) after which the
+/// invocation stops resending it: the letter may be queued already, and its claim is then
+/// kept for the lease to decide (see `dead_letter_all`).
+const MAX_UNKNOWN_SENDS: u32 = 2;
+
 /// How often the object of a holder we wait for is looked at again.
 const LEASE_POLL_MS: i64 = 500;
 
@@ -601,13 +606,21 @@ where
 
         // 2. Send.
         let mut sent: Vec<(usize, Letter)> = Vec::with_capacity(ready.len());
+        // Letters whose last send has an unknown outcome: maybe queued. Their claims are kept
+        // (a redelivery waits for the lease instead of sending them again at once) and their
+        // archive is held back (it must not vouch for a letter that may not be queued).
+        let mut maybe_sent: Vec<usize> = Vec::new();
         for (i, letter, result) in self.send_letters(ready, cutoff).await {
             match result {
                 Ok(()) => sent.push((i, letter)),
                 Err(e) => {
                     let position = &w.batch.records[i].position;
                     tracing::warn!(error = %e, position = %position, "dead-letter send failed");
-                    failed.push((i, FailureCause::DeadLetterQueue));
+                    if e.ambiguous {
+                        maybe_sent.push(i);
+                    } else {
+                        failed.push((i, FailureCause::DeadLetterQueue));
+                    }
                 }
             }
         }
@@ -633,6 +646,11 @@ where
             .filter(|(_, released)| !released)
             .filter_map(|&(i, _)| w.slots[i].object_key.as_deref())
             .chain(w.tainted.iter().map(String::as_str))
+            .chain(
+                maybe_sent
+                    .iter()
+                    .filter_map(|&i| w.slots[i].object_key.as_deref()),
+            )
             .collect();
 
         // 4. Archive what was sent, one object per unit. Sent, the records are dead-lettered
@@ -674,6 +692,9 @@ where
         }
         for (i, cause) in failed {
             work.fail(i, cause);
+        }
+        for i in maybe_sent {
+            work.fail(i, FailureCause::DeadLetterQueue);
         }
     }
 
@@ -726,11 +747,14 @@ where
         );
         let policy = self.settings.in_budget_retry;
         stream::iter(batches)
-            .map(|mut pending| async move {
+            .map(|pending| async move {
+                // Each letter with the number of its sends whose outcome is unknown.
+                let mut pending: Vec<(usize, Letter, u32)> =
+                    pending.into_iter().map(|(i, l)| (i, l, 0)).collect();
                 let mut done = Vec::with_capacity(pending.len());
                 let mut round = 1;
                 while !pending.is_empty() {
-                    let batch: Vec<Letter> = pending.iter().map(|(_, l)| l.clone()).collect();
+                    let batch: Vec<Letter> = pending.iter().map(|(_, l, _)| l.clone()).collect();
                     let answers =
                         match bounded(until_ms, self.dead_letters.send_batch(&batch)).await {
                             Ok(answers) if answers.len() == batch.len() => answers,
@@ -744,10 +768,19 @@ where
                         };
                     let pause = pause_before_retry(policy, round, until_ms);
                     let mut again = Vec::new();
-                    for ((i, letter), answer) in pending.into_iter().zip(answers) {
+                    for ((i, letter, unknown), answer) in pending.into_iter().zip(answers) {
+                        let unknown =
+                            unknown + u32::from(answer.as_ref().is_err_and(|e| e.ambiguous));
                         match answer {
-                            Err(e) if e.is_retryable() && pause.is_some() => {
-                                again.push((i, letter))
+                            // A send of unknown outcome (cut off, answered 5xx) may have queued
+                            // the letter: it is sent again at most `MAX_UNKNOWN_SENDS` times in
+                            // all, so a slow queue costs a copy, not one per round and attempt.
+                            Err(e)
+                                if e.is_retryable()
+                                    && pause.is_some()
+                                    && unknown < MAX_UNKNOWN_SENDS =>
+                            {
+                                again.push((i, letter, unknown))
                             }
                             answer => done.push((i, letter, answer)),
                         }
