@@ -7,6 +7,7 @@
 //! `streamload-runtime`, never on this crate.
 
 pub mod esm;
+pub mod init;
 pub mod kafka_group;
 pub mod ops;
 pub mod produce;

@@ -25,6 +25,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Make what a route file needs locally — lake bucket, dedup table (key pk, TTL expires_at), dead-letter and on-failure queues, optionally the stream or topic and the tables — and write the environment for the loader and `run` (docs/local.md).
+    ///
+    /// Example: streamload init --routes iot.toml --create-tables --stream kinesis://readings && source .streamload/iot.env
+    Init {
+        /// The route file (TOML), checked as the loader checks it
+        #[arg(long)]
+        routes: PathBuf,
+        /// Name of the bucket, dedup table and queues (default: the route file's name)
+        #[arg(long)]
+        name: Option<String>,
+        /// Create each route's table (and schema) when missing, from the route's columns
+        #[arg(long)]
+        create_tables: bool,
+        /// Also create this stream or topic (kinesis://<stream> or kafka://<topic>)
+        #[arg(long)]
+        stream: Option<Target>,
+        /// Shards or partitions of that stream or topic
+        #[arg(long, default_value_t = 2)]
+        partitions: u32,
+        /// The loader's database (default: DATABASE_URL, which the local stack's .stack/env sets)
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        /// Where to write the environment (default: .streamload/<name>.env)
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        #[arg(long)]
+        broker: Option<String>,
+    },
     /// Produce seed events (with producer retries and poison) to a stream or topic.
     ///
     /// Example: streamload produce kinesis://clicks --events 20000 --duplicates 0.1 --poison 0.02 --create --manifest clicks.json
@@ -208,6 +236,28 @@ enum Command {
     },
 }
 
+/// `init`'s default name: the route file's stem, lower-cased, in the characters bucket, table
+/// and queue names all accept (at least 3 of them).
+fn default_init_name(routes: &std::path::Path) -> Result<String, CliError> {
+    let stem = routes
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let name: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .trim_matches('-')
+        .to_owned();
+    if name.len() < 3 {
+        return Err(CliError::Usage(format!(
+            "{}: pass --name (at least 3 letters or digits) for the bucket, table and queues",
+            routes.display()
+        )));
+    }
+    Ok(format!("streamload-{name}"))
+}
+
 fn bar(total: Option<u64>) -> indicatif::ProgressBar {
     let pb = match total {
         Some(t) => indicatif::ProgressBar::new(t),
@@ -313,6 +363,55 @@ fn stats_table(stats: &[UnitStats]) -> comfy_table::Table {
 
 async fn main_inner() -> Result<i32, CliError> {
     match Cli::parse().command {
+        Command::Init {
+            routes,
+            name,
+            create_tables,
+            stream,
+            partitions,
+            database_url,
+            env_file,
+            broker,
+        } => {
+            let name = match name {
+                Some(n) => n,
+                None => default_init_name(&routes)?,
+            };
+            let env_file =
+                env_file.unwrap_or_else(|| PathBuf::from(format!(".streamload/{name}.env")));
+            let made = streamload_cli::init::init(&streamload_cli::init::InitOptions {
+                routes,
+                name,
+                database_url,
+                create_tables,
+                env_file: env_file.clone(),
+            })
+            .await?;
+            for step in &made.steps {
+                println!("{step}");
+            }
+            if let Some(target) = stream {
+                let broker = streamload_cli::broker(broker.as_deref());
+                match &target {
+                    Target::Kinesis(s) => {
+                        let (client, _) = streamload_cli::kinesis_client().await;
+                        produce::create_kinesis(&client, s, partitions).await?;
+                    }
+                    Target::Kafka(t) => {
+                        let client = streamload_cli::kafka_client(&broker).await?;
+                        produce::create_kafka(&client, &broker, t, partitions).await?;
+                    }
+                }
+                println!("{target}: ready ({partitions} shards or partitions)");
+            }
+            print!("{}", streamload_cli::init::env_text(&made.env));
+            println!(
+                "# written to {} — load it with: set -a; . {}; set +a",
+                env_file.display(),
+                env_file.display()
+            );
+            Ok(0)
+        }
         Command::Produce {
             target,
             events,
