@@ -255,3 +255,41 @@ async fn a_slow_queue_gets_each_dead_letter_at_most_twice_an_invocation() {
     assert_eq!(distinct.len(), 2);
     stack.assert_each_once_in_both_sinks(&ids(&["a"])).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_poison_claim_whose_lost_first_write_lands_later_never_hides_its_letter() {
+    // Given eleven poison records (two letter batches), an endpoint that takes the first claim
+    // write of the eleventh, closes the connection at once and applies it 8 s later — so the
+    // retry writes the claim — and throttles every send of the eleventh's letter
+    let stack = TestStack::new("inlatepoison", false).await;
+    let proxy = stack.fault_proxy().await;
+    let last = format!(":{}:", seq(11));
+    proxy.add(Rule::once("DynamoDB.PutItem", Fault::CloseThenForward(8_000)).with_body(&last));
+    // "[11]" in base64, inside that letter's body only
+    proxy.add(Rule::always("SQS.SendMessageBatch", Fault::Throttle).with_body("WzExXQ=="));
+    let p = stack.pipeline_via(&proxy).await;
+    let records: Vec<(u64, Vec<u8>)> = (1..=11).map(|n| raw(n, &format!("[{n}]"))).collect();
+    let b = batch(&records);
+    // When the batch is processed: ten letters go out, the eleventh is refused to the end and
+    // its claim is released
+    let first = p
+        .process(&b, &invocation("inv-1", Duration::from_secs(6)))
+        .await;
+    assert!(
+        matches!(first.outcomes[10], RecordOutcome::Failed(_)),
+        "{:?}",
+        first.outcomes
+    );
+    // And the lost first write lands after that release, recreating the claim
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    // Then the archive was held back (it would make the eleventh look dead-lettered through
+    // the late claim), and a redelivery sends the eleventh letter
+    proxy.clear();
+    let again = stack
+        .pipeline()
+        .await
+        .process(&b, &invocation("inv-2", Duration::from_secs(30)))
+        .await;
+    assert!(again.failures.is_empty(), "{:?}", again.outcomes);
+    assert_eq!(dead_letter_ids(&stack).await.len(), 11);
+}

@@ -774,3 +774,79 @@ async fn keys_the_table_holds_equal_are_one_key_in_the_stage_too() {
         assert_eq!(stack.parquet_column("reading").await.len(), 2, "{ty}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_too_long_for_its_column_is_refused_alone_and_never_cut_short() {
+    // Given a varchar(4) key: staged as text, assigned by the merge (a cast would cut it)
+    let stack = readings_stack(
+        "rvarchar",
+        "CREATE SCHEMA iot; CREATE TABLE iot.readings (device varchar(4) PRIMARY KEY, seq bigint NOT NULL, reading text)",
+    )
+    .await;
+    let p = stack.pipeline().await;
+    let records = [
+        (1, reading("d1", 1)),
+        (2, reading("far-too-long", 1)),
+        (3, reading("d2", 1)),
+    ];
+    // When they are processed
+    let r = p
+        .process(
+            &stream_batch("readings", &records),
+            &invocation("inv-1", Duration::from_secs(30)),
+        )
+        .await;
+    // Then the long key is dead-lettered (22001) and the others load
+    assert!(r.failures.is_empty(), "{:?}", r.outcomes);
+    assert_eq!(
+        r.outcomes[1],
+        RecordOutcome::DeadLettered(streamload_core::PoisonKind::Refused)
+    );
+    assert_eq!(
+        stack.table_column("iot.readings", "device").await,
+        ["d1", "d2"]
+    );
+    let dl = stack.dead_letters().await;
+    assert!(
+        dl[0]["reason"].as_str().unwrap().contains("22001"),
+        "{dl:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_whose_parent_comes_later_in_the_batch_still_loads_when_another_is_refused() {
+    // Given readings that name a parent reading (a deferred self-reference), a child before
+    // its parent in the batch, and one row a CHECK refuses, which sends the batch to isolation
+    let stack = readings_stack(
+        "rparent",
+        "CREATE SCHEMA iot; CREATE TABLE iot.readings (device text PRIMARY KEY, seq bigint NOT NULL,
+           reading text CONSTRAINT reading_parent REFERENCES iot.readings (device) DEFERRABLE INITIALLY DEFERRED
+           CONSTRAINT reading_not_bad CHECK (reading IS DISTINCT FROM 'bad'))",
+    )
+    .await;
+    let p = stack.pipeline().await;
+    let row = |device: &str, reading: Option<&str>| serde_json::json!({"device": device, "seq": 1, "reading": reading});
+    let records = [
+        (1, row("child", Some("parent"))),
+        (2, row("bad", Some("bad"))),
+        (3, row("parent", None)),
+    ];
+    // When they are processed
+    let r = p
+        .process(
+            &stream_batch("readings", &records),
+            &invocation("inv-1", Duration::from_secs(30)),
+        )
+        .await;
+    // Then only the bad row is refused: the child, tried again after its parent, loads
+    assert!(r.failures.is_empty(), "{:?}", r.outcomes);
+    assert_eq!(r.outcomes[0], RecordOutcome::Loaded, "{:?}", r.outcomes);
+    assert_eq!(
+        r.outcomes[1],
+        RecordOutcome::DeadLettered(streamload_core::PoisonKind::Refused)
+    );
+    assert_eq!(
+        stack.table_column("iot.readings", "device").await,
+        ["child", "parent"]
+    );
+}

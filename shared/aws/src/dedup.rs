@@ -299,10 +299,14 @@ impl DedupStore for DynamoDedup {
         };
         let after_lost_attempt = answer.after_lost_attempt;
         match answer.answer {
+            PutAnswer::Written if after_lost_attempt => Ok(ClaimAttempt::MineAfterLostAttempt),
             PutAnswer::Written => Ok(ClaimAttempt::Claimed),
             PutAnswer::Refused(Some(item)) => {
                 let held = claim_of_text(&item)?;
                 let attempt = ClaimAttempt::Held(held);
+                if after_lost_attempt && attempt.is_mine(claim) {
+                    return Ok(ClaimAttempt::MineAfterLostAttempt);
+                }
                 // Refused by someone else after an attempt whose answer was lost: that attempt
                 // may still be applied (once the holder releases its claim), so the call's
                 // outcome is unknown, not "held by another".

@@ -185,6 +185,10 @@ struct Work<'b> {
     /// Indices whose claim write has an unknown outcome: it may have landed, so it is
     /// released too.
     unknown: Vec<usize>,
+    /// Indices with a plain claim write whose answer was lost and which may still land —
+    /// even after we hold (and release) the claim. A release of their claim is never taken
+    /// as confirmed: the late write would recreate it, naming an object that lacks the record.
+    in_doubt: HashSet<usize>,
     /// Where the time went.
     phases: PhaseTimes,
 }
@@ -381,6 +385,7 @@ where
             claimed: Vec::new(),
             tainted: HashSet::new(),
             unknown: Vec::new(),
+            in_doubt: HashSet::new(),
             phases: PhaseTimes::default(),
         };
 
@@ -633,7 +638,7 @@ where
                     Some(key) => self.release_confirmed(key, owner, cleanup).await,
                     None => true,
                 };
-                (i, released)
+                (i, released && !w.in_doubt.contains(&i))
             })
             .buffer_unordered(concurrency)
             .collect()
@@ -861,7 +866,14 @@ where
                 match result {
                     Ok(attempt) if attempt.is_mine(&mine) => {
                         maybe_landed.remove(&i);
-                        in_doubt.remove(&i);
+                        // Ours now; a plain attempt of ours whose answer was lost may still
+                        // land after this claim is released: `in_doubt` stays, and a release
+                        // of it counts as unconfirmed (`Work::in_doubt`).
+                        if matches!(attempt, ClaimAttempt::MineAfterLostAttempt)
+                            && matches!(step, Step::Claim)
+                        {
+                            in_doubt.insert(i);
+                        }
                         work.claimed.push(i);
                     }
                     // Refused by someone else's live claim: our earlier attempts did not land
@@ -872,10 +884,10 @@ where
                         refused.push((i, old));
                     }
                     // No item at all (a takeover whose holder released it meanwhile): an
-                    // ordinary claim decides next round.
+                    // ordinary claim decides next round (not an error: no back-off).
                     Ok(ClaimAttempt::Absent) => {
                         maybe_landed.remove(&i);
-                        retry.push((i, Step::Claim));
+                        pending.push((i, Step::Claim));
                     }
                     Ok(_) => {
                         // A takeover lost to someone else's write: theirs, not ours.
@@ -959,6 +971,7 @@ where
             let c = cause.get(&i).copied().unwrap_or(FailureCause::Deadline);
             failed.push((i, c));
         }
+        work.in_doubt.extend(in_doubt.iter().copied());
         for (i, c) in failed {
             if maybe_landed.contains(&i) || in_doubt.contains(&i) {
                 // Truly unknown: the claim may name its object (now or later), which must
@@ -1124,7 +1137,7 @@ where
                     .is_ok(),
                     None => true,
                 };
-                (*i, released)
+                (*i, released && !w.in_doubt.contains(i))
             })
             .buffer_unordered(self.settings.claim_concurrency.max(1))
             .collect()

@@ -38,6 +38,12 @@ pub enum ClaimAttempt {
     /// The conditional write was refused and the key holds no item (a takeover whose claim
     /// was released meanwhile).
     Absent,
+    /// The claim is ours (written, or our own earlier attempt's item returned), but an attempt
+    /// of the same call lost its answer and was not shown to be the one that landed: it may
+    /// still be applied later — after a release of this claim, say — recreating it. The
+    /// pipeline then treats a release of this claim as unconfirmed (docs/exactly-once.md,
+    /// "a claim applied late").
+    MineAfterLostAttempt,
 }
 
 impl ClaimAttempt {
@@ -45,7 +51,7 @@ impl ClaimAttempt {
     /// attempt of the same call whose answer was lost (the item returned is our own).
     pub fn is_mine(&self, mine: &Claim) -> bool {
         match self {
-            ClaimAttempt::Claimed => true,
+            ClaimAttempt::Claimed | ClaimAttempt::MineAfterLostAttempt => true,
             ClaimAttempt::Held(c) => c.owner == mine.owner && c.object_key == mine.object_key,
             ClaimAttempt::Absent => false,
         }

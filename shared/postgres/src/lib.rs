@@ -418,30 +418,44 @@ async fn key_stage_types(
         return Ok(types);
     }
     let names: Vec<&str> = text_keys.iter().map(|(_, n)| *n).collect();
+    // The type a key is compared in: the column's type without its length (a cast to
+    // `char(4)` or `varchar(4)` would cut a value short), the base type of a domain, and the
+    // column's collation where it is not the type's default.
     let rows = client
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
-                    CASE WHEN a.attcollation <> t.typcollation \
-                         THEN quote_ident(n.nspname) || '.' || quote_ident(c.collname) END \
+            "SELECT a.attname::text, bn.nspname::text, bt.typname::text, \
+                    CASE WHEN a.attcollation <> bt.typcollation \
+                         THEN quote_ident(cn.nspname) || '.' || quote_ident(c.collname) END \
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
+             JOIN pg_namespace bn ON bn.oid = bt.typnamespace \
              LEFT JOIN pg_collation c ON c.oid = a.attcollation \
-             LEFT JOIN pg_namespace n ON n.oid = c.collnamespace \
+             LEFT JOIN pg_namespace cn ON cn.oid = c.collnamespace \
              WHERE a.attrelid = to_regclass($1) AND a.attname = ANY($2) AND NOT a.attisdropped",
             &[&route.quoted_table(), &names],
         )
         .await?;
     for row in rows {
-        let (name, ty, collation): (String, String, Option<String>) =
-            (row.get(0), row.get(1), row.get(2));
-        if ty == "text" && collation.is_none() {
+        let (name, schema, ty, collation): (String, String, String, Option<String>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        // text and varchar compare alike; only another type or a collation changes equality.
+        let plain = schema == "pg_catalog" && (ty == "text" || ty == "varchar");
+        if plain && collation.is_none() {
             continue;
         }
         if let Some(&(i, _)) = text_keys.iter().find(|(_, n)| *n == name) {
-            let staged = match collation {
-                Some(c) => format!("{ty} COLLATE {c}"),
-                None => ty,
-            };
-            types.insert(i, staged);
+            let ty = format!(
+                "{}.{}",
+                streamload_core::route::quote(&schema),
+                streamload_core::route::quote(&ty)
+            );
+            types.insert(
+                i,
+                match collation {
+                    Some(c) => format!("{ty} COLLATE {c}"),
+                    None => ty,
+                },
+            );
         }
     }
     Ok(types)
@@ -515,6 +529,8 @@ async fn isolate_refusals(
     let mut routes: Vec<usize> = rows.iter().map(|r| r.route.index).collect();
     routes.sort_unstable();
     routes.dedup();
+    // Each route copied, with its rows (by index in `rows`) in stage order.
+    let mut copied: Vec<(usize, Vec<usize>)> = Vec::new();
     for route in routes {
         let Some(sql) = statements.get(route) else {
             continue;
@@ -554,41 +570,68 @@ async fn isolate_refusals(
                 Err(e) => return Err(e),
             }
         }
-        client_tx.batch_execute(&sql.isolate).await?;
-        let noted = client_tx
-            .query(
-                "SELECT ord, sqlstate, tbl, col, cons FROM streamload_refusals WHERE route = $1",
-                &[&(route as i32)],
-            )
-            .await?;
-        for row in noted {
-            let ord: i32 = row.get(0);
-            let Some(&index) = usize::try_from(ord).ok().and_then(|o| members.get(o)) else {
-                continue;
-            };
-            let (state, table, column, constraint): (
-                Option<String>,
-                Option<String>,
-                Option<String>,
-                Option<String>,
-            ) = (row.get(1), row.get(2), row.get(3), row.get(4));
-            let name =
-                |v: Option<String>| v.filter(|s| !s.is_empty()).unwrap_or_else(|| "-".into());
-            refused.push(Refusal {
-                index,
-                reason: format!(
-                    "the database refused the row: SQLSTATE {} (table {:?}, column {:?}, constraint {:?})",
-                    name(state),
-                    name(table),
-                    name(column),
-                    name(constraint)
-                ),
-            });
-        }
         client_tx
-            .batch_execute("TRUNCATE streamload_refusals")
+            .batch_execute(&format!("{}; {}", sql.create_index, sql.isolate))
             .await?;
+        copied.push((route, members));
     }
+    // A row refused by a foreign key may name a row another route merged after it: those
+    // are tried again, route by route, until a pass merges none of them.
+    if copied.len() > 1 {
+        let count = "SELECT count(*) FROM streamload_refusals";
+        let mut before: i64 = client_tx.query_one(count, &[]).await?.get(0);
+        while before > 0 {
+            for (route, _) in &copied {
+                if let Some(sql) = statements.get(*route) {
+                    client_tx.batch_execute(&sql.retry_refused).await?;
+                }
+            }
+            let after: i64 = client_tx.query_one(count, &[]).await?.get(0);
+            if after == before {
+                break;
+            }
+            before = after;
+        }
+    }
+    let noted = client_tx
+        .query(
+            "SELECT route, ord, sqlstate, tbl, col, cons FROM streamload_refusals",
+            &[],
+        )
+        .await?;
+    for row in noted {
+        let (route, ord): (i32, i32) = (row.get(0), row.get(1));
+        let members = copied
+            .iter()
+            .find(|(r, _)| i32::try_from(*r).ok() == Some(route))
+            .map(|(_, m)| m);
+        let Some(&index) = members.and_then(|m| usize::try_from(ord).ok().and_then(|o| m.get(o)))
+        else {
+            continue;
+        };
+        let name = |v: Option<String>| v.filter(|s| !s.is_empty()).unwrap_or_else(|| "-".into());
+        let (state, table, column, constraint): (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        ) = (row.get(2), row.get(3), row.get(4), row.get(5));
+        refused.push(Refusal {
+            index,
+            reason: format!(
+                "the database refused the row: SQLSTATE {} (table {:?}, column {:?}, constraint {:?})",
+                name(state),
+                name(table),
+                name(column),
+                name(constraint)
+            ),
+        });
+    }
+    let drops: Vec<&str> = copied
+        .iter()
+        .filter_map(|(r, _)| statements.get(*r).map(|s| s.drop_index.as_str()))
+        .collect();
+    client_tx.batch_execute(&drops.join("; ")).await?;
     client_tx.commit().await?;
     refused.sort_by_key(|r| r.index);
     Ok(refused)

@@ -34,8 +34,16 @@ pub struct RouteSql {
     /// merge order, chunk by chunk under subtransactions, and row by row in a chunk the
     /// database refused; each refused row is noted in [`REFUSALS_TABLE`] and every other row
     /// is merged. With the transaction's constraints IMMEDIATE, deferred constraints refuse
-    /// their row here too.
+    /// their row here too; a row refused by an integrity constraint (class 23: a foreign key
+    /// to a row later in the batch, say) is tried again until a pass merges none of them.
     pub isolate: String,
+    /// One more pass over this route's rows refused by an integrity constraint (class 23),
+    /// after the other routes' rows are in: a foreign key to a row of another route.
+    pub retry_refused: String,
+    /// Builds the stage's ordinal index the isolation statements pick rows by (the happy
+    /// path's COPY maintains no index), and [`RouteSql::drop_index`] drops it.
+    pub create_index: String,
+    pub drop_index: String,
     /// Binary COPY types, one per staged column, then the delivery ordinal.
     pub types: Vec<Type>,
     /// The route's table columns (index into the route's values) and their types.
@@ -72,11 +80,14 @@ impl RouteSql {
         Self::with_key_types(route, &HashMap::new())
     }
 
-    /// As [`RouteSql::new`], with some text key columns staged in the table's own type and
-    /// collation (`key_types`: column index → SQL type, e.g. `citext` or
-    /// `text COLLATE "und-ci"`), so the stage tells keys apart exactly as the table's unique
-    /// index does: two keys the table holds equal ("A1" and "a1" in a citext column) are one
-    /// key in the stage too, instead of failing the merge with SQLSTATE 21000.
+    /// As [`RouteSql::new`], with some text key columns compared in the table's own type and
+    /// collation when the merge picks one row per key (`key_types`: column index → SQL type,
+    /// e.g. `"public"."citext"` or `"pg_catalog"."text" COLLATE "public"."und_ci"`), so the
+    /// batch tells keys apart exactly as the table's unique index does: two keys the table
+    /// holds equal ("A1" and "a1" in a citext column) are one key in the batch too, instead of
+    /// failing the merge with SQLSTATE 21000. Keys are still staged as text and assigned to
+    /// the column by the INSERT, so a key too long for a `varchar(n)` is refused by the merge
+    /// (row by row in isolation), never cut short by a cast.
     pub fn with_key_types(route: &Route, key_types: &HashMap<usize, String>) -> Self {
         let stage = quote(&format!("streamload_stage_{}", route.name));
         let columns: Vec<(usize, ColumnType)> =
@@ -84,10 +95,7 @@ impl RouteSql {
         let name = |i: usize| quote(&route.columns[i].name);
         let stage_cols: Vec<String> = columns
             .iter()
-            .map(|&(i, ty)| match key_types.get(&i) {
-                Some(sql_type) => format!("{} {sql_type}", name(i)),
-                None => format!("{} {}", name(i), stage_type(ty).name()),
-            })
+            .map(|&(i, ty)| format!("{} {}", name(i), stage_type(ty).name()))
             .chain(std::iter::once("streamload_ord integer".to_owned()))
             .collect();
         let stage_ddl = format!(
@@ -109,11 +117,23 @@ impl RouteSql {
             .collect();
         let keys: Vec<String> = route.key.iter().map(|&i| name(i)).collect();
         let keys = keys.join(", ");
+        // The keys as the table compares them, for picking one row per key.
+        let compared: Vec<String> = route
+            .key
+            .iter()
+            .map(|&i| match key_types.get(&i) {
+                Some(ty) => format!("CAST({} AS {ty})", name(i)),
+                None => name(i),
+            })
+            .collect();
+        let compared = compared.join(", ");
         // One row per key from the batch: the newest by the merge column, else the first
         // delivered, so the batch never hits a key twice in one statement.
         let order = match route.merge {
-            Merge::NewestBy(i) => format!("{keys}, {} DESC NULLS LAST, streamload_ord", name(i)),
-            Merge::KeepFirst => format!("{keys}, streamload_ord"),
+            Merge::NewestBy(i) => {
+                format!("{compared}, {} DESC NULLS LAST, streamload_ord", name(i))
+            }
+            Merge::KeepFirst => format!("{compared}, streamload_ord"),
         };
         let mut set: Vec<String> = columns
             .iter()
@@ -155,7 +175,7 @@ impl RouteSql {
             (false, Some(Some(w))) => format!("DO UPDATE SET {} WHERE {w}", set.join(", ")),
         };
         let head = format!(
-            "INSERT INTO {t} AS cur ({cols}) SELECT DISTINCT ON ({keys}) {select} FROM {stage}",
+            "INSERT INTO {t} AS cur ({cols}) SELECT DISTINCT ON ({compared}) {select} FROM {stage}",
             t = route.quoted_table(),
             cols = list.join(", "),
             select = select.join(", "),
@@ -163,6 +183,11 @@ impl RouteSql {
         let tail = format!("ORDER BY {order} ON CONFLICT ({keys}) {action}");
         let upsert = format!("{head} {tail}");
         let isolate = isolation_block(route.index, &stage, &order, &head, &tail);
+        let retry_refused = retry_block(route.index, &head, &tail);
+        let index = format!("streamload_isolate_ix_{}", route.index);
+        let create_index =
+            format!("CREATE INDEX {index} ON {stage} (streamload_ord); ANALYZE {stage}");
+        let drop_index = format!("DROP INDEX IF EXISTS {index}");
         let types = columns
             .iter()
             .map(|&(_, ty)| stage_type(ty))
@@ -174,6 +199,9 @@ impl RouteSql {
             copy,
             upsert,
             isolate,
+            retry_refused,
+            create_index,
+            drop_index,
             types,
             columns,
         }
@@ -197,12 +225,8 @@ DECLARE
   streamload_v_table text;
   streamload_v_column text;
   streamload_v_constraint text;
+  streamload_v_merged boolean;
 BEGIN
-  -- Each chunk and each row is picked by its ordinal: an index makes that a lookup, not a
-  -- scan of the whole stage per statement. Built here, on the isolation path only (the happy
-  -- path's COPY maintains no index), and dropped with the transaction's end below.
-  CREATE INDEX streamload_stage_ord ON {stage} (streamload_ord);
-  ANALYZE {stage};
   SELECT array_agg(streamload_ord ORDER BY {order}) INTO streamload_v_ords FROM {stage};
   streamload_v_n := coalesce(array_length(streamload_v_ords, 1), 0);
   WHILE streamload_v_at <= streamload_v_n LOOP
@@ -224,10 +248,49 @@ BEGIN
     END;
     streamload_v_at := streamload_v_at + {chunk};
   END LOOP;
-  DROP INDEX streamload_stage_ord;
+  -- A row refused by an integrity constraint may have met a row merged after it (a foreign
+  -- key to a later row): try those again until a pass merges none.
+  {retry_loop}
 END
 $streamload$",
+        retry_loop = retry_loop(route, head, tail),
         last = chunk - 1,
+    )
+}
+
+/// A PL/pgSQL loop that tries this route's rows refused with class 23 again, one at a time in
+/// delivery order, until a pass merges none; a row merged now leaves the refusals table.
+fn retry_loop(route: usize, head: &str, tail: &str) -> String {
+    format!(
+        "LOOP
+    streamload_v_merged := false;
+    FOR streamload_v_one IN SELECT ord FROM {REFUSALS_TABLE}
+        WHERE route = {route} AND sqlstate LIKE '23%' ORDER BY ord LOOP
+      BEGIN
+        {head} WHERE streamload_ord = streamload_v_one {tail};
+        DELETE FROM {REFUSALS_TABLE} WHERE route = {route} AND ord = streamload_v_one;
+        streamload_v_merged := true;
+      EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+        NULL;
+      END;
+    END LOOP;
+    EXIT WHEN NOT streamload_v_merged;
+  END LOOP;"
+    )
+}
+
+/// The block of [`RouteSql::retry_refused`].
+fn retry_block(route: usize, head: &str, tail: &str) -> String {
+    format!(
+        "DO $streamload$
+DECLARE
+  streamload_v_one integer;
+  streamload_v_merged boolean;
+BEGIN
+  {}
+END
+$streamload$",
+        retry_loop(route, head, tail)
     )
 }
 

@@ -72,9 +72,11 @@ pub enum RoutesSource {
 /// the margin before the deadline) and the Runtime API call must fit in it.
 pub const MIN_FINISH_MARGIN_MS: i64 = 500;
 
-/// Greatest `FINISH_MARGIN_MS`: a minute; Lambda's longest timeout is 15 minutes, and a margin
-/// at or above the function's timeout fails every batch (checked at each invocation too).
-pub const MAX_FINISH_MARGIN_MS: i64 = 60_000;
+/// Greatest `FINISH_MARGIN_MS`: 15 s. The clean-up calls (claim releases, dead-letter
+/// archives) run until a third of the margin before the deadline, i.e. up to two thirds of it
+/// past the cutoff, and must end inside the lease's 10 s grace after the cutoff; a margin at
+/// or above the function's timeout would also fail every batch (checked at each invocation).
+pub const MAX_FINISH_MARGIN_MS: i64 = 15_000;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -355,7 +357,7 @@ mod tests {
 
     #[test]
     fn a_finish_margin_outside_its_bounds_is_refused_naming_the_variable() {
-        for margin in ["0", "499", "60001", "-5"] {
+        for margin in ["0", "499", "15001", "-5"] {
             // Given a margin the function could answer late with, or one near any timeout
             let mut pairs = BASE.to_vec();
             pairs.push(("FINISH_MARGIN_MS", margin));

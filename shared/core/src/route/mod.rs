@@ -571,6 +571,10 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
         if !is_identifier(&c.name) {
             col_bad("the name is not an identifier (letters, digits, _)".into());
         }
+        if c.name.starts_with("streamload_") {
+            // The stage's ordinal and the isolation statement's variables are `streamload_…`.
+            col_bad("names starting with streamload_ are reserved for the loader".into());
+        }
         if LINEAGE_COLUMNS.contains(&c.name.as_str()) {
             col_bad("the name is taken by a lineage column of the lake".into());
         }
@@ -722,6 +726,14 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
             None => problems.push(format!(
                 "route {route:?}: identity {from:?} is not the `from` of a table column (map it to one)"
             )),
+        }
+    }
+    if let (None, Some(n)) = (&spec.identity, newest_by_column) {
+        if !columns[n].required && !key.contains(&n) {
+            problems.push(format!(
+                "route {route:?}: newest_by column {:?} must be required: with no identity it is part of every event's identity, and an event without it could not be identified; set required = true or name the identity",
+                columns[n].name
+            ));
         }
     }
     if let (Some(_), Some(n)) = (&spec.identity, newest_by_column) {
@@ -1348,7 +1360,8 @@ mod tests {
                 {"name": "id", "from": "/id", "type": "texts"},
                 {"name": "doc", "from": "/doc", "type": "jsonb", "unit": "ms"},
                 {"name": "amount", "from": "/a", "type": "numeric", "precision": 40},
-                {"name": "source_unit", "from": "@offset", "type": "boolean"}
+                {"name": "source_unit", "from": "@offset", "type": "boolean"},
+                {"name": "streamload_ord", "from": "/o", "type": "integer"}
             ]}]}"#;
         // When it is compiled
         let errors = Routes::compile(&serde_json::from_str(bad).unwrap()).unwrap_err();
@@ -1366,6 +1379,7 @@ mod tests {
             "column \"doc\": unit applies to timestamptz only",
             "column \"amount\": precision must be 1 to 38",
             "column \"source_unit\": the name is taken by a lineage column",
+            "column \"streamload_ord\": names starting with streamload_ are reserved",
             "column \"source_unit\": @offset cannot be stored as boolean",
             "key column \"absent\" is not a [[route.column]]",
             "identity \"/missing\" is not the `from` of a table column",
@@ -1459,5 +1473,24 @@ mod tests {
                 "{prefix}: {text}"
             );
         }
+    }
+
+    #[test]
+    fn with_newest_by_and_no_identity_an_optional_ordering_column_is_refused() {
+        // Given a newest_by route with no identity whose ordering column may be absent
+        let file = r#"{"route": [{"name": "readings", "source": "*", "table": "iot.readings",
+            "key": ["device"], "merge": {"newest_by": "seq"},
+            "column": [
+                {"name": "device", "from": "/device", "type": "text", "required": true},
+                {"name": "seq", "from": "/seq", "type": "bigint"}]}]}"#;
+        // When it is compiled, then it is refused naming route and column (an event without
+        // seq would have no identity and go to the dead-letter queue on every delivery)
+        let text = Routes::compile(&serde_json::from_str(file).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("route \"readings\": newest_by column \"seq\" must be required"),
+            "{text}"
+        );
     }
 }
