@@ -228,7 +228,7 @@ enum Command {
         lake_prefix: String,
         #[arg(long, env = "DEAD_LETTER_PREFIX", default_value = "dead-letter/")]
         dead_letter_prefix: String,
-        /// The column holding the manifest's ids, in the table and in the Parquet objects (a text column)
+        /// The column holding the manifest's ids, in the table and in the Parquet objects (text or uuid)
         #[arg(long, default_value = "event_id")]
         id_column: String,
         #[arg(long)]
