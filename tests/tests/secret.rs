@@ -20,15 +20,28 @@ async fn credentials_from_a_secret_reach_the_database() {
     });
     let arn = streamload_tests::create_secret(&stack.sdk, &stack.name, &secret.to_string()).await;
     let base = stack.config.clone();
-    let config = Config::from_lookup(|k| match k {
-        "DATABASE_SECRET_ARN" => Some(arn.clone()),
-        "DEDUP_TABLE" => Some(base.dedup_table.clone()),
-        "OUTPUT_BUCKET" => Some(base.output_bucket.clone()),
-        "DLQ_URL" => Some(base.dlq_url.clone()),
-        _ => None,
-    })
-    .unwrap();
+    let config_with = |stack_sslmode: Option<&'static str>| {
+        Config::from_lookup(|k| match k {
+            "DATABASE_SECRET_ARN" => Some(arn.clone()),
+            "DATABASE_SSLMODE" => stack_sslmode.map(str::to_owned),
+            "DEDUP_TABLE" => Some(base.dedup_table.clone()),
+            "OUTPUT_BUCKET" => Some(base.output_bucket.clone()),
+            "DLQ_URL" => Some(base.dlq_url.clone()),
+            _ => None,
+        })
+        .unwrap()
+    };
+    // (the stack's own setting decides TLS: the local server is plaintext)
+    let config = config_with(Some("disable"));
     assert!(matches!(config.database, DatabaseSource::SecretArn(_)));
+    // And a secret alone cannot weaken the stack's TLS: with the stack's default
+    // (verify-full), the secret's "disable" is not honoured and the plaintext server is
+    // refused at start-up
+    let refused = build_pipeline(&config_with(None))
+        .await
+        .err()
+        .expect("the stack's verify-full wins over the secret's disable");
+    assert!(refused.to_string().contains("TLS"), "{refused}");
     // When the pipeline is built from it and a batch is loaded
     let p = build_pipeline(&config).await.expect("pipeline from secret");
     let batch =

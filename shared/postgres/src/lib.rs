@@ -223,7 +223,7 @@ impl PgRows {
                     rustls::CertificateError::NotValidForName
                     | rustls::CertificateError::NotValidForNameContext { .. },
                 ) => format!(
-                    "TLS: the server's certificate does not name {host:?} (sslmode={}); connect by a name the certificate holds (the RDS endpoint, not an IP or alias), or use sslmode=verify-ca",
+                    "TLS: the server's certificate does not name {host:?} (sslmode={}); connect by a name the certificate holds (the RDS endpoint, not an IP or alias), or use sslmode=verify-ca with your own CA in sslrootcert",
                     tls.mode
                 ),
                 rustls::Error::InvalidCertificate(

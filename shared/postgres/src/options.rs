@@ -110,6 +110,14 @@ impl ConnectOptions {
 
     /// Options over a prepared [`Config`] (its own `ssl_mode` is replaced by `tls`).
     pub fn new(mut pg: Config, tls: TlsSettings) -> Result<Self, OptionsError> {
+        // verify-ca checks who signed the certificate, not whom it names. Against the public
+        // Amazon RDS roots, any RDS instance's certificate (anyone's, in any account) would
+        // pass: only a private CA makes verify-ca mean "our server".
+        if tls.mode == SslMode::VerifyCa && tls.root_certs == RootCerts::AmazonRds {
+            return Err(OptionsError::SslMode(
+                "sslmode=verify-ca with the embedded Amazon RDS roots would accept any RDS instance's certificate: use verify-full (connect by the RDS endpoint's name), or give your private CA in sslrootcert / DATABASE_SSLROOTCERT".into(),
+            ));
+        }
         pg.ssl_mode(match tls.mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             _ => tokio_postgres::config::SslMode::Require,
@@ -254,6 +262,21 @@ fn percent_decode(v: &str) -> Result<String, OptionsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verify_ca_needs_a_private_ca() {
+        // Given verify-ca with the embedded public RDS roots: any RDS certificate would pass
+        let e = ConnectOptions::parse("postgres://u@db.example.com/app?sslmode=verify-ca")
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string()
+                .contains("verify-ca with the embedded Amazon RDS roots"),
+            "{e}"
+        );
+        // And verify-full with them is the default and fine
+        assert!(ConnectOptions::parse("postgres://u@db.example.com/app").is_ok());
+    }
 
     #[test]
     fn a_url_keeps_its_other_parameters_and_gives_up_the_tls_ones() {

@@ -51,7 +51,7 @@ pub struct DatabaseEnv {
     pub name: Option<String>,
     /// `DATABASE_USER` (IAM authentication)
     pub user: Option<String>,
-    /// `DATABASE_SSLMODE` (default verify-full; a secret's own `sslmode` wins)
+    /// `DATABASE_SSLMODE` (default verify-full; a secret's own `sslmode` may only raise it)
     pub sslmode: Option<streamload_postgres::SslMode>,
     /// `DATABASE_SSLROOTCERT` (default: the embedded Amazon RDS roots)
     pub sslrootcert: Option<String>,
@@ -226,10 +226,13 @@ impl Config {
                     }
                 }
             }
-            if database_env.sslmode == Some(streamload_postgres::SslMode::Disable) {
+            if matches!(
+                database_env.sslmode,
+                Some(streamload_postgres::SslMode::Disable | streamload_postgres::SslMode::Require)
+            ) {
                 return Err(ConfigError::Invalid {
                     name: "DATABASE_SSLMODE",
-                    why: "IAM database authentication requires TLS".into(),
+                    why: "IAM database authentication requires verified TLS (verify-full or verify-ca): the token is a password, and require sends it to any server".into(),
                 });
             }
             DatabaseSource::Iam { url }
@@ -457,12 +460,18 @@ mod tests {
         let c = with(&full).unwrap();
         assert_eq!(c.database, DatabaseSource::Iam { url: None });
         assert_eq!(c.database_env.port, Some(5433));
-        // And plaintext is refused with it
-        full.push(("DATABASE_SSLMODE", "disable"));
-        assert!(with(&full)
-            .unwrap_err()
-            .to_string()
-            .contains("requires TLS"));
+        // And plaintext, or TLS without verification, is refused with it
+        for mode in ["disable", "require"] {
+            let mut weak = full.clone();
+            weak.push(("DATABASE_SSLMODE", mode));
+            assert!(
+                with(&weak)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("requires verified TLS"),
+                "{mode}"
+            );
+        }
     }
 
     #[test]

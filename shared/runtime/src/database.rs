@@ -95,6 +95,51 @@ fn tls_settings(
     Ok(TlsSettings { mode, root_certs })
 }
 
+/// How strict a mode is: a secret may raise the stack's, never lower it.
+fn strictness(mode: SslMode) -> u8 {
+    match mode {
+        SslMode::Disable => 0,
+        SslMode::Require => 1,
+        SslMode::VerifyCa => 2,
+        SslMode::VerifyFull => 3,
+    }
+}
+
+/// The TLS settings of a secret's connection: the stack's (`DATABASE_SSLMODE`, default
+/// verify-full; `DATABASE_SSLROOTCERT`), made stricter by the secret's `sslmode` but never
+/// weaker, and the secret's `sslrootcert` only where the stack names none.
+fn secret_tls_settings(
+    mode: Option<&str>,
+    root: Option<&str>,
+    env: &DatabaseEnv,
+) -> Result<TlsSettings, ConfigError> {
+    let stack = env.sslmode.unwrap_or_default();
+    let theirs = match mode {
+        Some(m) => Some(m.parse::<SslMode>().map_err(|why| ConfigError::Invalid {
+            name: "DATABASE_SECRET_ARN sslmode",
+            why,
+        })?),
+        None => None,
+    };
+    let mode = match theirs {
+        Some(m) if strictness(m) > strictness(stack) => m,
+        Some(m) if strictness(m) < strictness(stack) => {
+            tracing::warn!(
+                secret = %m,
+                stack = %stack,
+                "the database secret asks for a weaker sslmode than the stack; the stack's is used"
+            );
+            stack
+        }
+        _ => stack,
+    };
+    let root_certs = match env.sslrootcert.as_deref().or(root) {
+        Some(path) => RootCerts::File(path.into()),
+        None => RootCerts::AmazonRds,
+    };
+    Ok(TlsSettings { mode, root_certs })
+}
+
 fn options(
     pg: tokio_postgres::Config,
     tls: TlsSettings,
@@ -124,10 +169,19 @@ pub async fn connect_options(
         DatabaseSource::SecretArn(arn) => {
             let client = streamload_aws::secrets_client(sdk);
             let secret = streamload_aws::database_secret(&client, arn).await?;
-            let host = secret
+            // The stack's settings win over the secret's: whoever may write the secret must not
+            // be able to point the loader at another host or weaken its TLS.
+            if let (Some(stack), Some(theirs)) = (&env.host, &secret.host) {
+                if stack != theirs {
+                    tracing::warn!(
+                        "the database secret names another host than DATABASE_HOST; DATABASE_HOST is used"
+                    );
+                }
+            }
+            let host = env
                 .host
                 .clone()
-                .or_else(|| env.host.clone())
+                .or_else(|| secret.host.clone())
                 .ok_or_else(|| {
                     StartError::Secret(streamload_aws::AwsError::Secret {
                         arn: arn.clone(),
@@ -146,11 +200,10 @@ pub async fn connect_options(
                 )
                 .user(&secret.username)
                 .password(secret.password.as_bytes());
-            let tls = tls_settings(
+            let tls = secret_tls_settings(
                 secret.sslmode.as_deref(),
                 secret.sslrootcert.as_deref(),
                 env,
-                "DATABASE_SECRET_ARN sslmode",
             )?;
             let login = SecretLogin {
                 current: std::sync::Mutex::new(SecretLogin::login_of(&secret)),
@@ -177,10 +230,16 @@ pub async fn connect_options(
                     )?
                 }
             };
-            if options.tls_settings().mode == SslMode::Disable {
+            if matches!(
+                options.tls_settings().mode,
+                SslMode::Disable | SslMode::Require
+            ) {
                 return Err(ConfigError::Invalid {
                     name: "DATABASE_URL",
-                    why: "IAM database authentication requires TLS (sslmode=disable)".into(),
+                    why: format!(
+                        "IAM database authentication requires verified TLS (verify-full or verify-ca), not sslmode={}: the token is a password",
+                        options.tls_settings().mode
+                    ),
                 }
                 .into());
             }
@@ -211,5 +270,42 @@ pub async fn connect_options(
                 })?;
             Ok(options.with_login(Arc::new(IamLogin(token))))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(mode: Option<SslMode>, root: Option<&str>) -> DatabaseEnv {
+        DatabaseEnv {
+            sslmode: mode,
+            sslrootcert: root.map(str::to_owned),
+            ..DatabaseEnv::default()
+        }
+    }
+
+    #[test]
+    fn a_secret_may_make_tls_stricter_but_never_weaker() {
+        // Given the stack's default (verify-full): a secret asking for less gets verify-full
+        let s = secret_tls_settings(Some("require"), None, &env(None, None)).unwrap();
+        assert_eq!(s.mode, SslMode::VerifyFull);
+        let s = secret_tls_settings(Some("disable"), None, &env(None, None)).unwrap();
+        assert_eq!(s.mode, SslMode::VerifyFull);
+        // Given a stack that asks for verify-ca: a secret may raise it
+        let s = secret_tls_settings(
+            Some("verify-full"),
+            None,
+            &env(Some(SslMode::VerifyCa), Some("/ca.pem")),
+        )
+        .unwrap();
+        assert_eq!(s.mode, SslMode::VerifyFull);
+        // And the stack's root certificates win over the secret's
+        let s =
+            secret_tls_settings(None, Some("/theirs.pem"), &env(None, Some("/ours.pem"))).unwrap();
+        assert_eq!(s.root_certs, RootCerts::File("/ours.pem".into()));
+        // And a secret's own root applies when the stack names none
+        let s = secret_tls_settings(None, Some("/theirs.pem"), &env(None, None)).unwrap();
+        assert_eq!(s.root_certs, RootCerts::File("/theirs.pem".into()));
     }
 }

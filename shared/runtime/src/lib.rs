@@ -72,6 +72,34 @@ pub async fn load_routes(
     config: &Config,
     sdk: &aws_config::SdkConfig,
 ) -> Result<Routes, StartError> {
+    let routes = read_routes(config, sdk).await?;
+    check_dead_letter_prefix(&routes, &config.dead_letter_prefix)?;
+    Ok(routes)
+}
+
+/// Refuses a `DEAD_LETTER_PREFIX` that is a prefix of a route's lake prefix or has one as its
+/// prefix: dead-letter archives and the lake's objects (the commit markers of the claims)
+/// would share keys, and the dead letters' expiry rule would delete the lake's markers.
+pub fn check_dead_letter_prefix(
+    routes: &Routes,
+    dead_letter_prefix: &str,
+) -> Result<(), ConfigError> {
+    for route in routes.iter() {
+        let lake = route.lake_prefix.as_str();
+        if lake.starts_with(dead_letter_prefix) || dead_letter_prefix.starts_with(lake) {
+            return Err(ConfigError::Invalid {
+                name: "DEAD_LETTER_PREFIX",
+                why: format!(
+                    "{dead_letter_prefix:?} overlaps route {:?}'s lake prefix {lake:?}: the dead letters' expiry would delete the lake's objects (the claims' commit markers); give them prefixes apart",
+                    route.name
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn read_routes(config: &Config, sdk: &aws_config::SdkConfig) -> Result<Routes, StartError> {
     let (name, text) = match &config.routes {
         RoutesSource::Builtin => {
             return Ok(Routes::builtin(
@@ -476,6 +504,21 @@ pub async fn run<S: EventSource>(pipeline: AwsPipeline) -> Result<(), lambda_run
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_letter_prefix_overlapping_a_lake_prefix_is_refused_naming_the_variable() {
+        let routes = Routes::builtin("events", "events/").unwrap();
+        for bad in ["events/", "events/dead/", "ev", ""] {
+            match check_dead_letter_prefix(&routes, bad) {
+                Err(ConfigError::Invalid { name, why }) => {
+                    assert_eq!(name, "DEAD_LETTER_PREFIX");
+                    assert!(why.contains("route \"events\""), "{why}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        assert!(check_dead_letter_prefix(&routes, "dead-letter/").is_ok());
+    }
 
     #[test]
     fn an_epoch_deadline_is_kept_and_an_emulator_timeout_is_made_absolute() {

@@ -62,23 +62,61 @@ pub fn end_invocation() {
     }
 }
 
+/// streamload's own crates: a DEBUG or TRACE level applies to them only.
+const OWN_CRATES: [&str; 6] = [
+    "streamload_core",
+    "streamload_aws",
+    "streamload_postgres",
+    "streamload_runtime",
+    "kinesis_loader",
+    "kafka_loader",
+];
+
+/// Crates that log requests, answers or rows at DEBUG or TRACE — the AWS SDK's wire logs
+/// carry request bodies (claims, dead letters with raw bytes), the PostgreSQL client its
+/// parameters, the Lambda runtime the event: held at INFO whatever `RUST_LOG` says, so no
+/// payload or row value reaches the logs at any level.
+const PAYLOAD_CRATES: [&str; 15] = [
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http",
+    "aws_smithy_http_client",
+    "aws_smithy_types",
+    "aws_sdk_dynamodb",
+    "aws_sdk_s3",
+    "aws_sdk_sqs",
+    "aws_sdk_secretsmanager",
+    "aws_config",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "tokio_postgres",
+    "lambda_runtime",
+];
+
 /// The filter directive: `RUST_LOG` if set, else Lambda's level (FATAL is `error`: tracing
-/// has no level above it), else `info`.
+/// has no level above it; DEBUG and TRACE for streamload's own crates only, the rest at
+/// INFO), else `info`. Either way the crates that log payloads stay at INFO at most.
 pub fn filter_directive(rust_log: Option<&str>, lambda_level: Option<&str>) -> String {
+    let caps: Vec<String> = PAYLOAD_CRATES.iter().map(|c| format!("{c}=info")).collect();
+    let caps = caps.join(",");
     if let Some(directive) = rust_log.filter(|d| !d.trim().is_empty()) {
-        return directive.to_owned();
+        return format!("{},{caps}", directive.trim());
     }
+    let own = |level: &str| {
+        let own: Vec<String> = OWN_CRATES.iter().map(|c| format!("{c}={level}")).collect();
+        format!("info,{}", own.join(","))
+    };
     match lambda_level
         .map(|l| l.trim().to_ascii_uppercase())
         .as_deref()
     {
-        Some("TRACE") => "trace",
-        Some("DEBUG") => "debug",
-        Some("WARN") => "warn",
-        Some("ERROR") | Some("FATAL") => "error",
-        _ => "info",
+        Some("TRACE") => own("trace"),
+        Some("DEBUG") => own("debug"),
+        Some("WARN") => "warn".to_owned(),
+        Some("ERROR") | Some("FATAL") => "error".to_owned(),
+        _ => "info".to_owned(),
     }
-    .to_owned()
 }
 
 /// Whether lines are JSON: unless Lambda asks for `Text`.
@@ -178,13 +216,44 @@ mod tests {
 
     #[test]
     fn lambda_levels_map_to_filters_and_rust_log_wins() {
-        assert_eq!(filter_directive(None, Some("DEBUG")), "debug");
+        assert!(filter_directive(None, Some("DEBUG")).starts_with("info,streamload_core=debug,"));
         assert_eq!(filter_directive(None, Some("FATAL")), "error");
         assert_eq!(filter_directive(None, None), "info");
-        assert_eq!(
-            filter_directive(Some("warn,streamload=debug"), Some("ERROR")),
-            "warn,streamload=debug"
+        assert!(
+            filter_directive(Some("warn,streamload=debug"), Some("ERROR"))
+                .starts_with("warn,streamload=debug,")
         );
+    }
+
+    #[test]
+    fn trace_reaches_no_crate_that_logs_payloads() {
+        // Given the most verbose settings a user can give
+        let lambda = filter_directive(None, Some("TRACE"));
+        let rust_log = filter_directive(Some("trace"), None);
+        // When the filters are built (both parse)
+        for directive in [&lambda, &rust_log] {
+            tracing_subscriber::EnvFilter::try_new(directive.as_str()).unwrap();
+        }
+        // Then Lambda's TRACE traces streamload's own crates only: the rest stay at INFO
+        let parts: Vec<&str> = lambda.split(',').collect();
+        assert_eq!(parts[0], "info", "{lambda}");
+        assert!(parts[1..].iter().all(|p| p.starts_with("streamload_")
+            || p.starts_with("kinesis_loader")
+            || p.starts_with("kafka_loader")));
+        assert!(parts.contains(&"streamload_aws=trace"));
+        // And a RUST_LOG of trace keeps the AWS SDK's wire logs (request bodies), the
+        // PostgreSQL client and the Lambda runtime at INFO
+        for crate_name in [
+            "aws_smithy_runtime",
+            "tokio_postgres",
+            "hyper",
+            "lambda_runtime",
+        ] {
+            assert!(
+                rust_log.contains(&format!(",{crate_name}=info")),
+                "{rust_log}"
+            );
+        }
         assert!(json_format(None) && json_format(Some("JSON")) && !json_format(Some("Text")));
     }
 
