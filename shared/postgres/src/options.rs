@@ -266,9 +266,10 @@ mod tests {
     #[test]
     fn verify_ca_needs_a_private_ca() {
         // Given verify-ca with the embedded public RDS roots: any RDS certificate would pass
-        let e = ConnectOptions::parse("postgres://u@db.example.com/app?sslmode=verify-ca")
-            .err()
-            .expect("refused");
+        let Err(e) = ConnectOptions::parse("postgres://u@db.example.com/app?sslmode=verify-ca")
+        else {
+            panic!("verify-ca with the public roots must be refused");
+        };
         assert!(
             e.to_string()
                 .contains("verify-ca with the embedded Amazon RDS roots"),
