@@ -304,3 +304,71 @@ async fn a_secret_without_a_host_and_no_database_host_names_what_is_missing() {
     );
     assert!(!err.contains("do-not-print"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_ca_bundle_read_from_s3_or_a_secret_verifies_the_database() {
+    // Given the TLS-only database, its CA's PEM as an S3 object and as a secret, and no CA file
+    // in the "package" (`sam build` ships only the binary)
+    let stack = TestStack::new("cauri", false).await;
+    let (db, role) = tls_database(&stack, "pw-ca").await;
+    let pem = std::fs::read(ca()).unwrap();
+    streamload_aws::s3_client(&stack.sdk)
+        .put_object()
+        .bucket(&stack.name)
+        .key("trust/ca.pem")
+        .body(pem.clone().into())
+        .send()
+        .await
+        .unwrap();
+    let ca_secret = streamload_tests::create_secret(
+        &stack.sdk,
+        &format!("{}-ca", stack.name),
+        std::str::from_utf8(&pem).unwrap(),
+    )
+    .await;
+    let login = serde_json::json!({"username": role, "password": "pw-ca"}).to_string();
+    let arn = streamload_tests::create_secret(&stack.sdk, &stack.name, &login).await;
+    let base = stack.config.clone();
+    for uri in [format!("s3://{}/trust/ca.pem", stack.name), ca_secret] {
+        let config = Config::from_lookup(|k| match k {
+            "DATABASE_SECRET_ARN" => Some(arn.clone()),
+            "DATABASE_HOST" => Some("localhost".into()),
+            "DATABASE_PORT" => Some(port().to_string()),
+            "DATABASE_NAME" => Some(db.clone()),
+            "DATABASE_SSLROOTCERT_URI" => Some(uri.clone()),
+            "DEDUP_TABLE" => Some(base.dedup_table.clone()),
+            "OUTPUT_BUCKET" => Some(base.output_bucket.clone()),
+            "DLQ_URL" => Some(base.dlq_url.clone()),
+            _ => None,
+        })
+        .unwrap();
+        // When the loader starts and loads an event
+        let p = build_pipeline(&config)
+            .await
+            .unwrap_or_else(|e| panic!("{uri}: {e}"));
+        let r = p
+            .process(
+                &one_event(&format!("ca-{}", uri.len())),
+                &invocation("inv", Duration::from_secs(30)),
+            )
+            .await;
+        // Then the server's certificate was verified against the fetched bundle
+        assert!(r.failures.is_empty(), "{uri}: {:?}", r.outcomes);
+    }
+    // And an object that is not a PEM bundle fails start-up naming the variable
+    let config = Config::from_lookup(|k| match k {
+        "DATABASE_SECRET_ARN" => Some(arn.clone()),
+        "DATABASE_HOST" => Some("localhost".into()),
+        "DATABASE_SSLROOTCERT_URI" => Some(format!("s3://{}/absent.pem", stack.name)),
+        "DEDUP_TABLE" => Some(base.dedup_table.clone()),
+        "OUTPUT_BUCKET" => Some(base.output_bucket.clone()),
+        "DLQ_URL" => Some(base.dlq_url.clone()),
+        _ => None,
+    })
+    .unwrap();
+    let err = build_pipeline(&config).await.err().expect("refused");
+    assert!(
+        err.to_string().contains("DATABASE_SSLROOTCERT_URI"),
+        "{err}"
+    );
+}

@@ -55,6 +55,10 @@ pub struct DatabaseEnv {
     pub sslmode: Option<streamload_postgres::SslMode>,
     /// `DATABASE_SSLROOTCERT` (default: the embedded Amazon RDS roots)
     pub sslrootcert: Option<String>,
+    /// `DATABASE_SSLROOTCERT_URI`: the PEM bundle from `s3://bucket/key` or a Secrets Manager
+    /// secret ARN (its string is the PEM), read once at start-up; `sam build` ships only the
+    /// binary, so a private CA comes this way. Empty means unset.
+    pub sslrootcert_uri: Option<String>,
 }
 
 /// Where the routes come from (`STREAMLOAD_CONFIG`).
@@ -200,7 +204,26 @@ impl Config {
                 })?),
             },
             sslrootcert: get("DATABASE_SSLROOTCERT"),
+            sslrootcert_uri: match get("DATABASE_SSLROOTCERT_URI")
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+            {
+                None => None,
+                Some(u) if u.starts_with("s3://") || u.starts_with("arn:") => Some(u),
+                Some(_) => {
+                    return Err(ConfigError::Invalid {
+                        name: "DATABASE_SSLROOTCERT_URI",
+                        why: "must be s3://bucket/key or a Secrets Manager secret ARN".into(),
+                    })
+                }
+            },
         };
+        if database_env.sslrootcert.is_some() && database_env.sslrootcert_uri.is_some() {
+            return Err(ConfigError::Invalid {
+                name: "DATABASE_SSLROOTCERT_URI",
+                why: "give the CA bundle either as DATABASE_SSLROOTCERT (a file) or as DATABASE_SSLROOTCERT_URI, not both".into(),
+            });
+        }
         let iam_auth = match get("DATABASE_IAM_AUTH").as_deref().map(str::trim) {
             None | Some("false") => false,
             Some("true") => true,

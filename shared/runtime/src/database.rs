@@ -151,12 +151,64 @@ fn options(
     })
 }
 
-/// The connection options `config` describes; a secret is read here (once).
+/// Where a CA bundle read from `DATABASE_SSLROOTCERT_URI` is kept for the TLS set-up (the
+/// function's only writable directory is /tmp).
+const FETCHED_CA_BUNDLE: &str = "/tmp/streamload-database-ca.pem";
+
+/// Largest CA bundle read from S3 or a secret: RDS's global bundle is about 150 KB.
+const MAX_CA_BUNDLE_BYTES: usize = 1024 * 1024;
+
+/// Reads `DATABASE_SSLROOTCERT_URI` (S3 object or secret) into [`FETCHED_CA_BUNDLE`]; an error
+/// names the variable and the URI, never the content.
+async fn fetch_ca_bundle(uri: &str, sdk: &aws_config::SdkConfig) -> Result<String, ConfigError> {
+    let bad = |why: String| ConfigError::Invalid {
+        name: "DATABASE_SSLROOTCERT_URI",
+        why,
+    };
+    let pem: Vec<u8> = if let Some(rest) = uri.strip_prefix("s3://") {
+        let (bucket, key) = rest
+            .split_once('/')
+            .ok_or_else(|| bad(format!("{uri}: expected s3://bucket/key")))?;
+        streamload_aws::read_object(&streamload_aws::s3_client(sdk), bucket, key)
+            .await
+            .map_err(bad)?
+    } else {
+        let out = streamload_aws::secrets_client(sdk)
+            .get_secret_value()
+            .secret_id(uri)
+            .send()
+            .await
+            .map_err(|e| {
+                bad(format!(
+                    "{uri}: {}",
+                    streamload_aws::classify_sdk_error("secretsmanager GetSecretValue", &e).message
+                ))
+            })?;
+        out.secret_string
+            .ok_or_else(|| bad(format!("{uri}: the secret holds no string")))?
+            .into_bytes()
+    };
+    if pem.len() > MAX_CA_BUNDLE_BYTES
+        || !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        return Err(bad(format!("{uri}: not a PEM bundle of certificates")));
+    }
+    std::fs::write(FETCHED_CA_BUNDLE, &pem)
+        .map_err(|e| bad(format!("writing {FETCHED_CA_BUNDLE}: {}", e.kind())))?;
+    Ok(FETCHED_CA_BUNDLE.to_owned())
+}
+
+/// The connection options `config` describes; a secret (and a CA bundle named by URI) is
+/// read here, once.
 pub async fn connect_options(
     config: &Config,
     sdk: &aws_config::SdkConfig,
 ) -> Result<ConnectOptions, StartError> {
-    let env = &config.database_env;
+    let mut env = config.database_env.clone();
+    if let Some(uri) = &env.sslrootcert_uri {
+        env.sslrootcert = Some(fetch_ca_bundle(uri, sdk).await?);
+    }
+    let env = &env;
     match &config.database {
         DatabaseSource::Url(url) => {
             Ok(
