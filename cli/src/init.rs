@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use streamload_core::route::{quote, ColumnType, Merge, Route, Routes};
+use streamload_core::route::{quote, Merge, Route, Routes};
 
 use crate::CliError;
 
@@ -51,26 +51,6 @@ pub fn read_routes(path: &Path) -> Result<Routes, CliError> {
     Routes::compile(&file).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
 }
 
-/// The SQL type of a route column in a table `init` creates.
-fn sql_type(ty: ColumnType) -> String {
-    match ty {
-        ColumnType::Text => "text".into(),
-        ColumnType::Integer => "integer".into(),
-        ColumnType::Bigint => "bigint".into(),
-        ColumnType::Double => "double precision".into(),
-        ColumnType::Numeric {
-            precision: Some(p),
-            scale,
-        } => format!("numeric({p},{})", scale.unwrap_or(0)),
-        ColumnType::Numeric { .. } => "numeric".into(),
-        ColumnType::Boolean => "boolean".into(),
-        ColumnType::Timestamptz { .. } => "timestamptz".into(),
-        ColumnType::Date => "date".into(),
-        ColumnType::Uuid => "uuid".into(),
-        ColumnType::Jsonb => "jsonb".into(),
-    }
-}
-
 /// `CREATE SCHEMA/TABLE IF NOT EXISTS` for `route`'s table: its table columns in their types
 /// (`NOT NULL` where required), the key as the primary key, and the `updated_at_column`.
 ///
@@ -104,7 +84,7 @@ pub fn table_ddl(route: &Route) -> String {
         .table_columns()
         .map(|(_, c)| {
             let not_null = if c.required { " NOT NULL" } else { "" };
-            format!("{} {}{not_null}", quote(&c.name), sql_type(c.ty))
+            format!("{} {}{not_null}", quote(&c.name), c.ty.sql_type())
         })
         .collect();
     if let Some(u) = &route.updated_at_column {
@@ -345,7 +325,7 @@ mod tests {
         // Then it has the typed columns, not the lake-only one, and the key
         assert_eq!(
             ddl,
-            "CREATE TABLE IF NOT EXISTS \"orders\" (\n  \"id\" uuid NOT NULL,\n  \"total\" numeric(12,2),\n  \"loaded_at\" timestamptz NOT NULL DEFAULT now(),\n  PRIMARY KEY (\"id\")\n);"
+            "CREATE TABLE IF NOT EXISTS \"orders\" (\n  \"id\" uuid NOT NULL,\n  \"total\" numeric(12, 2),\n  \"loaded_at\" timestamptz NOT NULL DEFAULT now(),\n  PRIMARY KEY (\"id\")\n);"
         );
     }
 

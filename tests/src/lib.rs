@@ -229,6 +229,21 @@ impl TestStack {
         assert_eq!(self.parquet_ids().await, expected, "Parquet rows");
     }
 
+    /// Redelivers `batch` to a fresh pipeline straight to the stack (no faults) with 30 s, and
+    /// asserts that nothing is reported and that `expected` is each exactly once in both sinks.
+    pub async fn redelivered_each_once(&self, batch: &streamload_core::Batch, expected: &[String]) {
+        let again = self
+            .pipeline()
+            .await
+            .process(
+                batch,
+                &invocation("inv-redelivery", Duration::from_secs(30)),
+            )
+            .await;
+        assert!(again.failures.is_empty(), "{:?}", again.outcomes);
+        self.assert_each_once_in_both_sinks(expected).await;
+    }
+
     /// Every event_id across all Parquet objects, sorted, duplicates kept.
     pub async fn parquet_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.parquet_column("event_id").await;

@@ -130,16 +130,16 @@ mod tests {
     use crate::event::PoisonKind;
     use crate::record::{Position, SourceUnit};
 
-    #[test]
-    fn carries_reason_kind_source_and_raw_bytes() {
-        let record = SourceRecord {
+    /// A record of shard-1 of stream `s` at position 7.
+    fn kinesis_record(data: &'static [u8], key: Option<&str>) -> SourceRecord {
+        SourceRecord {
             unit: std::sync::Arc::new(SourceUnit {
                 label: "s/shard-1".into(),
                 topic_partition: None,
             }),
             position: Position::parse("7").unwrap(),
-            data: Some(bytes::Bytes::from(vec![0xff, 0x00, b'x'])),
-            key: None,
+            data: Some(bytes::Bytes::from_static(data)),
+            key: key.map(str::to_owned),
             headers_json: None,
             arrival_ms: None,
             origin: Origin::Kinesis {
@@ -147,7 +147,28 @@ mod tests {
                 shard_id: "shard-1".into(),
                 approximate_arrival: None,
             },
+        }
+    }
+
+    #[test]
+    fn characters_the_queue_refuses_are_escaped_and_read_back_the_same() {
+        // Given a record whose partition key holds U+FFFE and U+FFFF
+        let record = kinesis_record(b"x", Some("k\u{FFFE}\u{FFFF}"));
+        let poison = Poison {
+            kind: PoisonKind::Decode,
+            reason: "r".into(),
         };
+        // When its letter is written
+        let letter = body(&record, &poison, "d", DeadLetterData::Inline);
+        // Then no character SQS refuses is left, and the JSON still reads as the same text
+        assert!(!letter.contains(['\u{FFFE}', '\u{FFFF}']), "{letter}");
+        let back: serde_json::Value = serde_json::from_str(&letter).unwrap();
+        assert!(back.to_string().contains('\u{FFFE}'));
+    }
+
+    #[test]
+    fn carries_reason_kind_source_and_raw_bytes() {
+        let record = kinesis_record(&[0xff, 0x00, b'x'], None);
         let poison = Poison {
             kind: PoisonKind::Decode,
             reason: "not UTF-8".into(),
@@ -210,36 +231,5 @@ mod identity_tests {
         assert_ne!(d, poison_digest(&recreated));
         assert_eq!(d, poison_digest(&msk.clone()));
         assert!(d.bytes().all(|b| b.is_ascii_hexdigit()));
-    }
-
-    #[test]
-    fn characters_the_queue_refuses_are_escaped_and_read_back_the_same() {
-        // Given a record whose partition key holds U+FFFE and U+FFFF
-        let record = SourceRecord {
-            unit: std::sync::Arc::new(SourceUnit {
-                label: "s/shard-1".into(),
-                topic_partition: None,
-            }),
-            position: Position::parse("7").unwrap(),
-            data: Some(bytes::Bytes::from_static(b"x")),
-            key: Some("k\u{FFFE}\u{FFFF}".into()),
-            headers_json: None,
-            arrival_ms: None,
-            origin: Origin::Kinesis {
-                stream_arn: "arn:aws:kinesis:us-east-1:1:stream/s".into(),
-                shard_id: "shard-1".into(),
-                approximate_arrival: None,
-            },
-        };
-        let poison = Poison {
-            kind: crate::event::PoisonKind::Decode,
-            reason: "r".into(),
-        };
-        // When its letter is written
-        let letter = body(&record, &poison, "d", DeadLetterData::Inline);
-        // Then no character SQS refuses is left, and the JSON still reads as the same text
-        assert!(!letter.contains(['\u{FFFE}', '\u{FFFF}']), "{letter}");
-        let back: serde_json::Value = serde_json::from_str(&letter).unwrap();
-        assert!(back.to_string().contains('\u{FFFE}'));
     }
 }
