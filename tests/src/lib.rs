@@ -244,6 +244,16 @@ impl TestStack {
         self.assert_each_once_in_both_sinks(expected).await;
     }
 
+    /// The `dedup_id`s of the dead letters in the queue, each once (the messages are taken
+    /// off the queue's view: call it once per check).
+    pub async fn dead_letter_ids(&self) -> std::collections::BTreeSet<String> {
+        self.dead_letters()
+            .await
+            .iter()
+            .map(|m| m["dedup_id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
     /// Every event_id across all Parquet objects, sorted, duplicates kept.
     pub async fn parquet_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.parquet_column("event_id").await;

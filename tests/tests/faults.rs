@@ -435,16 +435,6 @@ async fn a_claim_applied_then_lost_then_throttled_to_the_end_is_never_taken_for_
     }
 }
 
-/// The `dedup_id`s of the dead letters in the stack's queue, each once.
-async fn dead_letter_ids(stack: &TestStack) -> std::collections::BTreeSet<String> {
-    stack
-        .dead_letters()
-        .await
-        .iter()
-        .map(|m| m["dedup_id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_batch_whose_answer_is_lost_is_sent_again_and_nothing_is_lost() {
     for fault in [Fault::LoseAnswer500, Fault::LoseAnswerClose] {
@@ -476,7 +466,7 @@ async fn a_dead_letter_batch_whose_answer_is_lost_is_sent_again_and_nothing_is_l
             vec![decode, RecordOutcome::Loaded, invalid, invalid],
             "{fault:?}"
         );
-        assert_eq!(dead_letter_ids(&stack).await.len(), 3, "{fault:?}");
+        assert_eq!(stack.dead_letter_ids().await.len(), 3, "{fault:?}");
         stack.assert_each_once_in_both_sinks(&ids(&["a"])).await;
     }
 }
@@ -516,7 +506,7 @@ async fn a_dead_letter_batch_that_never_answers_is_cut_off_and_redelivered() {
         "{:?}",
         again.outcomes
     );
-    assert_eq!(dead_letter_ids(&stack).await.len(), 2);
+    assert_eq!(stack.dead_letter_ids().await.len(), 2);
     stack.assert_each_once_in_both_sinks(&ids(&["a"])).await;
 }
 

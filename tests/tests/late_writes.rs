@@ -17,16 +17,6 @@ fn raw(seq: u64, json: &str) -> (u64, Vec<u8>) {
     (seq, json.as_bytes().to_vec())
 }
 
-/// The `dedup_id`s of the dead letters in the stack's queue, each once.
-async fn dead_letter_ids(stack: &TestStack) -> std::collections::BTreeSet<String> {
-    stack
-        .dead_letters()
-        .await
-        .iter()
-        .map(|m| m["dedup_id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_claim_in_an_unknown_state_holds_its_archive_back_and_its_letter_is_sent_later() {
     // Given two poison records in one unit and an event, and an endpoint that applies every
@@ -65,7 +55,7 @@ async fn a_poison_claim_in_an_unknown_state_holds_its_archive_back_and_its_lette
     proxy.clear();
     // Then both poison records are in the queue and the event is once in both sinks
     stack.redelivered_each_once(&b, &ids(&["a"])).await;
-    assert_eq!(dead_letter_ids(&stack).await.len(), 2);
+    assert_eq!(stack.dead_letter_ids().await.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,5 +256,5 @@ async fn a_released_poison_claim_whose_lost_first_write_lands_later_never_hides_
     // the late claim), and a redelivery sends the eleventh letter
     proxy.clear();
     stack.redelivered_each_once(&b, &[]).await;
-    assert_eq!(dead_letter_ids(&stack).await.len(), 11);
+    assert_eq!(stack.dead_letter_ids().await.len(), 11);
 }
