@@ -1,0 +1,255 @@
+//! Step 3, the claims: one conditional write per record, refusals judged by the holder's
+//! object and lease, waits for a lease ending within the budget, takeovers of dead holders,
+//! and the lost-answer cases (docs/exactly-once.md, "Claim" and "a claim applied late").
+
+use super::*;
+
+/// How often the object of a holder we wait for is looked at again.
+pub(super) const LEASE_POLL_MS: i64 = 500;
+
+/// The least time a wait for someone else's lease leaves before the cutoff, to load what it
+/// wins.
+pub(super) const MIN_LOAD_RESERVE_MS: i64 = 1_000;
+
+/// Records whose claim is not settled yet, each with its next step.
+pub(super) type Pending = Vec<(usize, Step)>;
+
+/// The next step of a record whose claim is not settled yet.
+#[derive(Debug, Clone)]
+pub(super) enum Step {
+    /// Write our claim (first try, after a retryable error, or after waiting for a lease).
+    Claim,
+    /// Replace a dead holder's claim.
+    Takeover(Claim),
+    /// Decide from the holder's object whether the event is done.
+    Judge(Claim),
+}
+
+/// What a refused claim told us about the event.
+pub(super) enum Existing {
+    Done,
+    Takeover(Claim),
+    Wait(Claim),
+    Live,
+    Unreadable,
+}
+
+impl<D, R, O, Q> Pipeline<D, R, O, Q>
+where
+    D: DedupStore,
+    R: RowSink,
+    O: ObjectSink,
+    Q: DeadLetters,
+{
+    /// Step 3: claim every record, resolve refused claims, wait briefly for a dead holder's
+    /// lease when the budget allows, take over claims of dead invocations, and retry what
+    /// failed in rounds with backoff while the budget lasts.
+    ///
+    /// A write whose answer was lost is retried as the same conditional write: if the first
+    /// attempt landed, the retry is refused with our own claim, which [`ClaimAttempt::is_mine`]
+    /// recognises. Only a write still unresolved when the rounds or the time run out taints
+    /// its object.
+    pub(super) async fn claim_all(&self, work: &mut Work<'_>, indices: &[usize]) {
+        let cutoff = work.cutoff_ms(&self.settings);
+        // A wait for someone else's lease must leave time to load what it wins: no wait ends
+        // later than this (a third of what is left, at least `MIN_LOAD_RESERVE_MS`, stays).
+        let wait_limit = cutoff - ((cutoff - now_ms()) / 3).max(MIN_LOAD_RESERVE_MS);
+        let mut pending: Vec<(usize, Step)> = indices.iter().map(|&i| (i, Step::Claim)).collect();
+        // Records with a write of unknown outcome, and the last reason each is not settled.
+        let mut maybe_landed: HashSet<usize> = HashSet::new();
+        // Records with a plain claim write that may still land: sent, its answer lost, and
+        // not since shown ours. Such a write can be applied late — after a live holder that
+        // refused a later attempt has released its claim — so if the record ends failed, the
+        // object its claim names must not be written (docs/exactly-once.md, "a claim applied
+        // late"). A takeover cannot land late: its condition pins the old owner and lease.
+        let mut in_doubt: HashSet<usize> = HashSet::new();
+        let mut failed: Vec<(usize, FailureCause)> = Vec::new();
+        let mut cause: HashMap<usize, FailureCause> = HashMap::new();
+        let mut error_rounds: u32 = 0;
+        let policy = self.settings.in_budget_retry;
+        while !pending.is_empty() && error_rounds < policy.max_attempts && now_ms() <= cutoff {
+            let now_s = now_ms() / 1000;
+            let (judge, writes): (Pending, Pending) = pending
+                .drain(..)
+                .partition(|(_, step)| matches!(step, Step::Judge(_)));
+            let w = &*work;
+            let results: Vec<(usize, Claim, Step, Result<ClaimAttempt, PortError>)> = stream::iter(
+                writes
+                    .into_iter()
+                    .filter_map(|(i, step)| w.claim_for(i, &self.settings).map(|c| (i, c, step))),
+            )
+            .map(|(i, mine, step)| async move {
+                let _in_flight = self.settings.wake_pacer.map(WakePacer::start);
+                let r = match &step {
+                    Step::Takeover(old) => bounded(cutoff, self.dedup.take_over(&mine, old)).await,
+                    _ => bounded(cutoff, self.dedup.try_claim(&mine, now_s)).await,
+                };
+                (i, mine, step, r)
+            })
+            .buffer_unordered(self.settings.claim_concurrency.max(1))
+            .collect()
+            .await;
+
+            let mut retry: Vec<(usize, Step)> = Vec::new();
+            let mut refused: Vec<(usize, Claim)> = judge
+                .into_iter()
+                .filter_map(|(i, step)| match step {
+                    Step::Judge(old) => Some((i, old)),
+                    _ => None,
+                })
+                .collect();
+            for (i, mine, step, result) in results {
+                match result {
+                    Ok(attempt) if attempt.is_mine(&mine) => {
+                        maybe_landed.remove(&i);
+                        // Ours now; a plain attempt of ours whose answer was lost may still
+                        // land after this claim is released: `in_doubt` stays, and a release
+                        // of it counts as unconfirmed (`Work::in_doubt`).
+                        if matches!(attempt, ClaimAttempt::MineAfterLostAttempt)
+                            && matches!(step, Step::Claim)
+                        {
+                            in_doubt.insert(i);
+                        }
+                        work.claimed.push(i);
+                    }
+                    // Refused by someone else's live claim: our earlier attempts did not land
+                    // *yet* (nobody can replace our claim within its lease), but a plain one
+                    // still in flight may land later; `in_doubt` remembers it.
+                    Ok(ClaimAttempt::Held(old)) if matches!(step, Step::Claim) => {
+                        maybe_landed.remove(&i);
+                        refused.push((i, old));
+                    }
+                    // No item at all (a takeover whose holder released it meanwhile): an
+                    // ordinary claim decides next round (not an error: no back-off).
+                    Ok(ClaimAttempt::Absent) => {
+                        maybe_landed.remove(&i);
+                        pending.push((i, Step::Claim));
+                    }
+                    Ok(_) => {
+                        // A takeover lost to someone else's write: theirs, not ours.
+                        maybe_landed.remove(&i);
+                        failed.push((i, FailureCause::Contended));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claim write failed");
+                        if e.ambiguous {
+                            maybe_landed.insert(i);
+                            if matches!(step, Step::Claim) {
+                                in_doubt.insert(i);
+                            }
+                        }
+                        cause.insert(i, FailureCause::Dedup);
+                        if e.is_retryable() {
+                            retry.push((i, step));
+                        } else {
+                            failed.push((i, FailureCause::Dedup));
+                        }
+                    }
+                }
+            }
+
+            // The lease is judged against a clock read before the existence checks, so a
+            // slow HeadObject cannot make a live holder look dead.
+            let verdicts = self.judge_existing(&refused, cutoff, wait_limit).await;
+            let mut wake_at: Option<i64> = None;
+            for ((i, old), verdict) in refused.into_iter().zip(verdicts) {
+                match verdict {
+                    Existing::Done => work.slots[i].outcome = Some(RecordOutcome::Duplicate),
+                    Existing::Live => failed.push((i, FailureCause::HeldByLiveInvocation)),
+                    Existing::Unreadable => {
+                        cause.insert(i, FailureCause::ObjectStore);
+                        retry.push((i, Step::Judge(old)));
+                    }
+                    Existing::Takeover(old) => {
+                        cause.insert(i, FailureCause::Contended);
+                        pending.push((i, Step::Takeover(old)));
+                    }
+                    Existing::Wait(old) => {
+                        // A holder whose lease ends within our budget is cheaper to wait for
+                        // here than a retry spent by the mapping. Its object is looked at
+                        // again every `LEASE_POLL_MS` meanwhile: a holder that finishes makes
+                        // the record a duplicate at once, without sleeping to its lease end.
+                        cause.insert(i, FailureCause::HeldByLiveInvocation);
+                        let next = (old.lease_until_ms + 1).min(now_ms() + LEASE_POLL_MS);
+                        wake_at = Some(wake_at.map_or(next, |t: i64| t.min(next)));
+                        pending.push((i, Step::Judge(old)));
+                    }
+                }
+            }
+            let backoff = if retry.is_empty() {
+                0
+            } else {
+                error_rounds += 1;
+                policy.backoff(error_rounds).as_millis() as i64
+            };
+            pending.append(&mut retry);
+            let resume = wake_at.map_or(backoff, |t| (t - now_ms()).max(backoff));
+            if !pending.is_empty() && resume > 0 {
+                if now_ms() + resume > cutoff {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(resume as u64)).await;
+            }
+        }
+        for (i, _) in pending {
+            // Last resort for a write still unresolved: a consistent read showing it ours.
+            if maybe_landed.contains(&i) {
+                let key = work.slots[i].claim_key.clone().unwrap_or_default();
+                let owner = work.inv.attempt_id.as_str();
+                let read =
+                    bounded(work.cleanup_until_ms(&self.settings), self.dedup.read(&key)).await;
+                if matches!(&read, Ok(Some(c)) if c.owner == owner && Some(&c.object_key) == work.slots[i].object_key.as_ref())
+                {
+                    work.claimed.push(i);
+                    continue;
+                }
+            }
+            let c = cause.get(&i).copied().unwrap_or(FailureCause::Deadline);
+            failed.push((i, c));
+        }
+        work.in_doubt.extend(in_doubt.iter().copied());
+        for (i, c) in failed {
+            if maybe_landed.contains(&i) || in_doubt.contains(&i) {
+                // Truly unknown: the claim may name its object (now or later), which must
+                // then not be written without the event. Only this object is held back.
+                if let Some(key) = &work.slots[i].object_key {
+                    work.tainted.insert(key.clone());
+                }
+                work.unknown.push(i);
+            } else {
+                work.fail(i, c);
+            }
+        }
+    }
+
+    /// Decides, for claims held by others, whether the event is done (its object exists),
+    /// its holder is certainly dead (lease over), worth waiting for (the lease ends before
+    /// `wait_limit`) or still possibly alive beyond what we can wait.
+    pub(super) async fn judge_existing(
+        &self,
+        refused: &[(usize, Claim)],
+        cutoff: i64,
+        wait_limit: i64,
+    ) -> Vec<Existing> {
+        let now = now_ms();
+        let keys: HashSet<&str> = refused
+            .iter()
+            .map(|(_, old)| old.object_key.as_str())
+            .collect();
+        let exists: HashMap<&str, Result<bool, PortError>> = stream::iter(keys)
+            .map(|k| async move { (k, bounded(cutoff, self.objects.exists(k)).await) })
+            .buffer_unordered(self.settings.claim_concurrency.max(1))
+            .collect()
+            .await;
+        refused
+            .iter()
+            .map(|(_, old)| match exists.get(old.object_key.as_str()) {
+                Some(Ok(true)) => Existing::Done,
+                Some(Err(_)) | None => Existing::Unreadable,
+                Some(Ok(false)) if old.lease_until_ms < now => Existing::Takeover(old.clone()),
+                Some(Ok(false)) if old.lease_until_ms < wait_limit => Existing::Wait(old.clone()),
+                Some(Ok(false)) => Existing::Live,
+            })
+            .collect()
+    }
+}
