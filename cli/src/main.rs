@@ -63,6 +63,18 @@ enum Command {
         /// ...and the route's name
         #[arg(long, requires = "routes")]
         route: Option<String>,
+        /// With --route: distinct key values (the partition key)
+        #[arg(long, default_value_t = 100, requires = "route")]
+        keys: u64,
+        /// With --route: shuffle the sending order (windows of 1000 records), so a key's revisions arrive out of order
+        #[arg(long, requires = "route")]
+        out_of_order: bool,
+        /// With --route: a column's generator, COLUMN=GEN with GEN one of const:<json>, range:<lo>..<hi>, choice:a|b|c, seq, uuid, now (repeatable)
+        #[arg(long = "set", value_name = "COLUMN=GEN", requires = "route")]
+        sets: Vec<String>,
+        /// Seed of every choice, for a reproducible run (default: drawn, and printed)
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Run a local event-source mapping: poll each shard/partition and invoke the real function binary through the Lambda Runtime API.
     ///
@@ -234,6 +246,7 @@ async fn produce_cmd(
     if let Some(shape) = shape {
         generator = generator.with_shape(shape);
     }
+    let seed = generator.manifest.seed;
     let pb = bar(Some(options.events));
     pb.set_prefix(target.to_string());
     let pace = produce::Pace::new(options.rate);
@@ -260,7 +273,7 @@ async fn produce_cmd(
     let writer = produce::StreamWriter::connect(&target, &broker).await?;
     while generator.left() > 0 {
         pace.wait_for(options.events - generator.left()).await;
-        writer.send(&generator.chunk(chunk)).await?;
+        writer.send(&generator.chunk(chunk)?).await?;
         pb.set_position(options.events - generator.left());
     }
     let manifest = generator.manifest;
@@ -274,6 +287,9 @@ async fn produce_cmd(
         manifest.poison_tokens.len(),
         manifest.records_sent as f64 / secs.max(1e-9)
     );
+    if let Some(seed) = seed {
+        println!("seed: {seed} (--seed {seed} makes the same records again)");
+    }
     if let Some(path) = manifest_path {
         let text = serde_json::to_string(&manifest).map_err(|e| CliError::Usage(e.to_string()))?;
         std::fs::write(&path, text)?;
@@ -326,13 +342,18 @@ async fn main_inner() -> Result<i32, CliError> {
             broker,
             routes,
             route,
+            keys,
+            out_of_order,
+            sets,
+            seed,
         } => {
             let shape = match (routes, route) {
                 (Some(file), Some(name)) => {
                     let text = std::fs::read_to_string(&file).map_err(|e| {
                         CliError::Usage(format!("route file {}: {e}", file.display()))
                     })?;
-                    Some(produce::RouteShape::from_toml(&text, &name)?)
+                    let options = produce::ShapeOptions { keys, events, sets };
+                    Some(produce::RouteShape::from_toml(&text, &name, &options)?)
                 }
                 _ => None,
             };
@@ -344,6 +365,8 @@ async fn main_inner() -> Result<i32, CliError> {
                 users,
                 create,
                 partitions,
+                seed,
+                out_of_order,
             };
             produce_cmd(target, options, manifest, broker, shape).await?;
             Ok(0)
