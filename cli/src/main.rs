@@ -196,9 +196,10 @@ enum Command {
         #[arg(long)]
         broker: Option<String>,
     },
-    /// Audit a manifest: each event exactly once in PostgreSQL and in the lake, each poison record dead-lettered.
+    /// Audit a manifest: each event exactly once in PostgreSQL and in the lake, each poison record dead-lettered. With --routes, by the route's merge rule: each key's row holds its newest revision (newest_by) or a produced event (keep-first), every event once in the lake.
     ///
     /// Example: streamload verify --manifest clicks.json   (DATABASE_URL, OUTPUT_BUCKET from the environment)
+    /// Example: streamload verify --manifest orders.json --routes streamload.toml --route orders
     Verify {
         #[arg(long)]
         manifest: PathBuf,
@@ -215,6 +216,12 @@ enum Command {
         /// The column holding the manifest's ids, in the table and in the Parquet objects (a text column)
         #[arg(long, default_value = "event_id")]
         id_column: String,
+        /// Judge a route's records by its merge rule: the route file (table, lake prefix, key, identity and newest_by come from the route; --table, --lake-prefix and --id-column are not used)...
+        #[arg(long)]
+        routes: Option<PathBuf>,
+        /// ...and the route's name (default: the one the manifest was produced for)
+        #[arg(long, requires = "routes")]
+        route: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -610,23 +617,41 @@ async fn main_inner() -> Result<i32, CliError> {
             lake_prefix,
             dead_letter_prefix,
             id_column,
+            routes,
+            route,
             json,
         } => {
             let text = std::fs::read_to_string(&manifest)
                 .map_err(|e| CliError::Usage(format!("manifest {}: {e}", manifest.display())))?;
             let manifest: produce::Manifest = serde_json::from_str(&text)
                 .map_err(|e| CliError::Usage(format!("manifest: {e}")))?;
+            let route = match routes {
+                Some(file) => Some(verify_route(&file, route.as_deref(), &manifest)?),
+                None => match &manifest.route {
+                    Some(name) => {
+                        return Err(CliError::Usage(format!(
+                            "the manifest's records were made for route {name:?}: give --routes FILE so verify judges them by the route's merge rule"
+                        )))
+                    }
+                    None => None,
+                },
+            };
             let sdk = streamload_aws::sdk_config().await;
             let s3 = streamload_aws::s3_client(&sdk);
             let sinks = Sinks {
                 database_url,
-                table,
+                table: route.as_ref().map_or(table, |r| r.table_name()),
                 bucket,
-                lake_prefix,
+                lake_prefix: route
+                    .as_ref()
+                    .map_or(lake_prefix, |r| r.lake_prefix.clone()),
                 dead_letter_prefix,
                 id_column,
             };
-            let audit = verify::audit(&manifest, &sinks, &s3).await?;
+            let audit = match &route {
+                Some(route) => verify::audit_route(&manifest, route, &sinks, &s3).await?,
+                None => verify::audit(&manifest, &sinks, &s3).await?,
+            };
             if json {
                 println!(
                     "{}",
@@ -634,18 +659,30 @@ async fn main_inner() -> Result<i32, CliError> {
                 );
             } else {
                 println!("{}", audit.table());
-                println!(
-                    "verdict: {}",
-                    if audit.exactly_once() {
-                        "exactly once"
-                    } else {
-                        "LOSS OR DUPLICATES"
-                    }
-                );
+                println!("verdict: {}", audit.verdict());
             }
             Ok(if audit.exactly_once() { 0 } else { 1 })
         }
     }
+}
+
+/// The route `verify --routes FILE [--route NAME]` judges: NAME, or the manifest's route.
+fn verify_route(
+    file: &std::path::Path,
+    name: Option<&str>,
+    manifest: &produce::Manifest,
+) -> Result<streamload_core::Route, CliError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Usage(format!("route file {}: {e}", file.display())))?;
+    let parsed: streamload_core::route::ConfigFile = toml::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("route file: {}", e.to_string().trim())))?;
+    let routes =
+        streamload_core::Routes::compile(&parsed).map_err(|e| CliError::Usage(e.to_string()))?;
+    let name = name
+        .or(manifest.route.as_deref())
+        .ok_or_else(|| CliError::Usage("give --route NAME (the manifest names no route)".into()))?;
+    let route = routes.iter().find(|r| r.name == name).cloned();
+    route.ok_or_else(|| CliError::Usage(format!("the route file has no route {name:?}")))
 }
 
 async fn queue_lines(dlq: Option<String>, on_failure: Option<String>) -> Result<(), CliError> {
