@@ -848,7 +848,7 @@ mod tests {
     }
 
     #[test]
-    fn a_keep_first_route_whose_identity_is_the_key_needs_each_keys_row() {
+    fn a_keep_first_route_needs_each_keys_row_holding_a_produced_event() {
         // Given the events route (identity = key = event_id) and three events
         let events = route("events");
         let mut m = Manifest {
@@ -882,6 +882,40 @@ mod tests {
         )
         .unwrap();
         assert!(a.exactly_once(), "{a:?}");
+
+        // And on a keep-first route keyed by user, whose identity is the event: a user's row
+        // may hold any event produced for the user (which came first is the stream's order),
+        // but not one this run never produced
+        let text = include_str!("../../examples/orders/streamload.toml").replacen(
+            "key = [\"event_id\"]",
+            "key = [\"user_id\"]",
+            1,
+        );
+        let file: streamload_core::route::ConfigFile = toml::from_str(&text).unwrap();
+        let routes = streamload_core::Routes::compile(&file).unwrap();
+        let by_user = routes.iter().find(|r| r.name == "events").unwrap();
+        let mut m = Manifest::default();
+        for (id, user) in [("e-1", "u-1"), ("e-2", "u-1"), ("e-3", "u-2")] {
+            m.event_ids.push(id.into());
+            m.route_events.push(RouteEvent {
+                identity: vec![id.into()],
+                key: vec![user.into()],
+                newest_by: None,
+            });
+        }
+        let row = |user: &str, id: &str| RouteRow {
+            key: vec![user.into()],
+            identity: vec![id.into()],
+            newest_by: None,
+        };
+        let rows = [row("u-1", "e-2"), row("u-2", "e-9")];
+        let a = judge_route(by_user, &m, &rows, &m.event_ids).unwrap();
+        assert_eq!((a.expected_keys, a.keys_in_table), (2, 1), "{a:?}");
+        assert_eq!((a.keys_with_unknown_row, a.keys_missing), (1, 0), "{a:?}");
+        assert!(a
+            .table()
+            .to_string()
+            .contains("1 holding an event not produced"));
     }
 
     #[test]
