@@ -659,7 +659,9 @@ impl Default for ShapeOptions {
 /// poison (each is mapped through the route before it is sent, as the loader maps it):
 ///
 /// * **key** columns: a pool of `--keys N` (default 100) distinct keys; each record picks one
-///   at random. Pool slot *i* is `"k-0042"`-style text (zero-padded to at least 4 digits),
+///   at random. (On a keep-first route whose identity is its key, every record of a key would
+///   be the same event, so there each record gets a key of its own instead, made as an
+///   identity part below, and `--keys` does not apply.) Pool slot *i* is `"k-0042"`-style text (zero-padded to at least 4 digits),
 ///   `i + 1` for `integer`/`bigint`/`numeric`/`double`, a fixed UUID per slot for `uuid`, a
 ///   fixed instant (2026-01-01T00:00:00Z + *i* s) for `timestamptz`, 2020-01-01 + *i* days for
 ///   `date`. The key's values (joined with `|` when there are several) are the record's
@@ -708,6 +710,8 @@ pub struct RouteShape {
     seqs: Vec<u64>,
     /// Upper bound of every counter (records to make, or keys).
     max_count: u64,
+    /// Each record gets a key of its own (the identity is the key: a keep-first route).
+    fresh_keys: bool,
     start_us: i64,
 }
 
@@ -845,6 +849,7 @@ impl RouteShape {
             Merge::KeepFirst => None,
         };
         let max_count = options.events.max(options.keys).max(1);
+        let fresh_keys = route.identity.iter().all(|i| route.key.contains(i));
         let mut gens = Vec::with_capacity(route.columns.len());
         let mut always = Vec::with_capacity(route.columns.len());
         for (i, c) in route.columns.iter().enumerate() {
@@ -870,7 +875,7 @@ impl RouteShape {
                 _ if route.identity.contains(&i) => Gen::Unique,
                 _ => Gen::Typed,
             };
-            if matches!(gen, Gen::Revision | Gen::Unique) {
+            if matches!(gen, Gen::Revision | Gen::Unique) || fresh_keys && key_part.is_some() {
                 if let ColumnType::Numeric {
                     precision: Some(p), ..
                 } = c.ty
@@ -919,14 +924,7 @@ impl RouteShape {
                 .iter()
                 .map(|&i| key_value(route.columns[i].ty, s, width, options.keys))
                 .collect();
-            let partition_key = key
-                .iter()
-                .map(|v| match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join("|");
+            let partition_key = partition_key_of(&key);
             slots.push(Slot {
                 key,
                 partition_key,
@@ -935,6 +933,7 @@ impl RouteShape {
         }
         let start_us = chrono::Utc::now().timestamp_micros();
         let shape = Self {
+            fresh_keys,
             seqs: vec![0; route.columns.len()],
             route,
             gens,
@@ -1166,6 +1165,32 @@ impl RouteShape {
         let slot = rng.below(self.slots.len() as u64) as usize;
         self.slots[slot].revisions += 1;
         let revision = self.slots[slot].revisions;
+        // Where every record of a key is the same event (a keep-first route whose identity is
+        // its key), each record gets a key of its own, as the seed events do.
+        let fresh = self.fresh_keys.then(|| {
+            let key: Vec<serde_json::Value> = self
+                .route
+                .key
+                .iter()
+                .map(|&i| match self.route.columns[i].source {
+                    ColumnSource::Meta(_) => rng.uuid().into(),
+                    ColumnSource::Pointer(_) => {
+                        self.unique(self.route.columns[i].ty, self.counter, rng)
+                    }
+                })
+                .collect();
+            let partition_key = partition_key_of(&key);
+            Slot {
+                key,
+                partition_key,
+                revisions: 1,
+            }
+        });
+        let slot = match &fresh {
+            Some(own) => own,
+            None => &self.slots[slot],
+        }
+        .clone();
         let mut doc = serde_json::json!({});
         for at in 0..self.order.len() {
             let i = self.order[at];
@@ -1179,7 +1204,7 @@ impl RouteShape {
             let ty = self.route.columns[i].ty;
             let value = match self.gens[i].clone() {
                 Gen::Skip => continue,
-                Gen::Key(k) => self.slots[slot].key[k].clone(),
+                Gen::Key(k) => slot.key[k].clone(),
                 Gen::Revision => self.revision(ty, revision),
                 Gen::Unique => self.unique(ty, self.counter, rng),
                 Gen::Typed => self.typed(i, rng),
@@ -1188,7 +1213,7 @@ impl RouteShape {
             Self::set(&mut doc, &pointer, value);
         }
         let bytes = doc.to_string().into_bytes();
-        let key = self.slots[slot].partition_key.clone();
+        let key = slot.partition_key;
         let (id, event) = self.judge(&bytes, &key)?;
         Ok((id, event, Outgoing { key, bytes }))
     }
@@ -1237,6 +1262,18 @@ impl RouteShape {
             },
         ))
     }
+}
+
+/// The partition key (Kinesis) or key (Kafka) of a record with these key values: their texts,
+/// joined with `|` when there are several.
+fn partition_key_of(key: &[serde_json::Value]) -> String {
+    key.iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("|")
 }
 
 /// Pool slot `slot`'s value of a key column of type `ty`.
@@ -1607,7 +1644,7 @@ type = "text"
         let text = include_str!("../../examples/orders/streamload.toml");
         for (key_type, sample) in [("text", "k-0042"), ("integer", "43"), ("uuid", "")] {
             // Given a route keyed by a column of `key_type` and a pool of 100 keys
-            let route = sensor_route(key_type, None);
+            let route = sensor_route(key_type, Some(("rev", "bigint")));
             let mut shape = shape(&route, "sensors", 100, &[]).unwrap();
             let mut rng = Rng::from_seed(3);
             let mut keys = std::collections::HashSet::new();
@@ -1636,6 +1673,23 @@ type = "text"
             assert_eq!(rec.key, doc(&rec)["order_id"].as_str().unwrap());
             assert_ne!(rec.key, id);
             assert_eq!(event.identity.len(), 2);
+        }
+    }
+
+    #[test]
+    fn a_keep_first_route_whose_identity_is_its_key_gets_a_key_per_record() {
+        // Given a keep-first route whose identity is its key (text or integer)
+        for key_type in ["text", "integer"] {
+            let mut shape = shape(&sensor_route(key_type, None), "sensors", 10, &[]).unwrap();
+            let mut rng = Rng::from_seed(11);
+            // When 1,000 records are made
+            let mut ids = std::collections::HashSet::new();
+            for _ in 0..1_000 {
+                let (id, event, rec) = shape.record(&mut rng).unwrap();
+                // Then each has a key of its own (not one of 10), its partition key
+                assert_eq!(rec.key, event.key[0]);
+                assert!(ids.insert(id), "{key_type}");
+            }
         }
     }
 
