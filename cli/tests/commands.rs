@@ -262,6 +262,114 @@ async fn a_newest_by_route_sent_out_of_order_is_judged_by_its_merge_rule() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_first_route_is_judged_as_before() {
+    // Given the example's events route (keep-first, identity = key = event_id) reading this
+    // test's stream
+    let stack = TestStack::new("keepfirst", false).await;
+    let toml = include_str!("../../examples/orders/streamload.toml")
+        .replace("kinesis:clickstream", &format!("kinesis:{}", stack.name))
+        .replace("kinesis:orders", "kinesis:not-this-test");
+    // (the loader checks every route's table at start-up)
+    stack
+        .pg
+        .batch_execute(include_str!("../../examples/orders/ddl.sql"))
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(&stack.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (routes, manifest) = (dir.join("streamload.toml"), dir.join("manifest.json"));
+    std::fs::write(&routes, &toml).unwrap();
+    let target = format!("kinesis://{}", stack.name);
+    // When events of the route's shape are produced with retries and poison, and loaded
+    let (code, out, err) = streamload(
+        &stack,
+        &[
+            "produce",
+            &target,
+            "--events",
+            "60",
+            "--duplicates",
+            "0.2",
+            "--poison",
+            "0.05",
+            "--seed",
+            "3",
+            "--create",
+            "--partitions",
+            "1",
+            "--routes",
+            routes.to_str().unwrap(),
+            "--route",
+            "events",
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let binary = loader("kinesis-loader");
+    let out = Command::new(env!("CARGO_BIN_EXE_streamload"))
+        .args([
+            "run",
+            &target,
+            "--function",
+            binary.to_str().unwrap(),
+            "--until-caught-up",
+            "--batching-window-ms",
+            "0",
+            "--log-dir",
+            dir.to_str().unwrap(),
+        ])
+        .env("DATABASE_URL", &stack.database_url)
+        .env("DEDUP_TABLE", &stack.config.dedup_table)
+        .env("OUTPUT_BUCKET", &stack.config.output_bucket)
+        .env("DLQ_URL", &stack.config.dlq_url)
+        .env("STREAMLOAD_CONFIG", &routes)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: streamload_cli::produce::Manifest =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    // Then verify, told the route (named by the manifest), finds each event's row and each
+    // event once in the lake
+    let verify = || {
+        streamload(
+            &stack,
+            &[
+                "verify",
+                "--manifest",
+                manifest.to_str().unwrap(),
+                "--routes",
+                routes.to_str().unwrap(),
+                "--json",
+            ],
+        )
+    };
+    let (code, out, err) = verify();
+    assert_eq!(code, 0, "{out}{err}");
+    let a: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(a["merge"], "keep-first", "{a}");
+    assert_eq!(a["keys_in_table"], m.event_ids.len(), "{a}");
+    assert_eq!(a["in_lake_once"], m.event_ids.len(), "{a}");
+    // But when a row goes missing, it is missing, as before
+    stack
+        .pg
+        .batch_execute("DELETE FROM events WHERE event_id IN (SELECT event_id FROM events LIMIT 1)")
+        .await
+        .unwrap();
+    let (code, out, _) = verify();
+    assert_eq!(code, 1, "{out}");
+    let a: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (a["keys_missing"].as_u64(), a["missing_in_table"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_of_a_deployed_function_lists_its_mappings() {
     // Given a function and its Kinesis mapping on the AWS endpoint (made with boto3, as a
     // deployment would have made them)
