@@ -25,9 +25,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Produce seed events (with producer retries and poison) to a stream or topic.
+    /// Produce seed events, or records that fit a route (--routes/--route), with producer retries and poison, to a stream or topic.
     ///
     /// Example: streamload produce kinesis://clicks --events 20000 --duplicates 0.1 --poison 0.02 --create --manifest clicks.json
+    ///
+    /// Example: streamload produce kinesis://orders --routes streamload.toml --route orders --keys 50 --out-of-order --set currency=choice:EUR|USD --manifest orders.json
     Produce {
         /// kinesis://<stream> or kafka://<topic>
         target: Target,
@@ -199,6 +201,7 @@ enum Command {
     /// Audit a manifest: each event exactly once in PostgreSQL and in the lake, each poison record dead-lettered. With --routes, by the route's merge rule: each key's row holds its newest revision (newest_by) or a produced event (keep-first), every event once in the lake.
     ///
     /// Example: streamload verify --manifest clicks.json   (DATABASE_URL, OUTPUT_BUCKET from the environment)
+    ///
     /// Example: streamload verify --manifest orders.json --routes streamload.toml --route orders
     Verify {
         #[arg(long)]
