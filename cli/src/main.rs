@@ -53,9 +53,11 @@ enum Command {
         #[arg(long)]
         broker: Option<String>,
     },
-    /// Produce seed events (with producer retries and poison) to a stream or topic.
+    /// Produce seed events, or records that fit a route (--routes/--route), with producer retries and poison, to a stream or topic.
     ///
     /// Example: streamload produce kinesis://clicks --events 20000 --duplicates 0.1 --poison 0.02 --create --manifest clicks.json
+    ///
+    /// Example: streamload produce kinesis://orders --routes streamload.toml --route orders --keys 50 --out-of-order --set currency=choice:EUR|USD --manifest orders.json
     Produce {
         /// kinesis://<stream> or kafka://<topic>
         target: Target,
@@ -91,6 +93,18 @@ enum Command {
         /// ...and the route's name
         #[arg(long, requires = "routes")]
         route: Option<String>,
+        /// With --route: distinct key values (the partition key)
+        #[arg(long, default_value_t = 100, requires = "route")]
+        keys: u64,
+        /// With --route: shuffle the sending order (windows of 1000 records), so a key's revisions arrive out of order
+        #[arg(long, requires = "route")]
+        out_of_order: bool,
+        /// With --route: a column's generator, COLUMN=GEN with GEN one of const:<json>, range:<lo>..<hi>, choice:a|b|c, seq, uuid, now (repeatable)
+        #[arg(long = "set", value_name = "COLUMN=GEN", requires = "route")]
+        sets: Vec<String>,
+        /// Seed of every choice, for a reproducible run (default: drawn, and printed)
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Run a local event-source mapping: poll each shard/partition and invoke the real function binary through the Lambda Runtime API.
     ///
@@ -212,9 +226,11 @@ enum Command {
         #[arg(long)]
         broker: Option<String>,
     },
-    /// Audit a manifest: each event exactly once in PostgreSQL and in the lake, each poison record dead-lettered.
+    /// Audit a manifest: each event exactly once in PostgreSQL and in the lake, each poison record dead-lettered. With --routes, by the route's merge rule: each key's row holds its newest revision (newest_by) or a produced event (keep-first), every event once in the lake.
     ///
     /// Example: streamload verify --manifest clicks.json   (DATABASE_URL, OUTPUT_BUCKET from the environment)
+    ///
+    /// Example: streamload verify --manifest orders.json --routes streamload.toml --route orders
     Verify {
         #[arg(long)]
         manifest: PathBuf,
@@ -231,6 +247,12 @@ enum Command {
         /// The column holding the manifest's ids, in the table and in the Parquet objects (text or uuid)
         #[arg(long, default_value = "event_id")]
         id_column: String,
+        /// Judge a route's records by its merge rule: the route file (table, lake prefix, key, identity and newest_by come from the route; --table, --lake-prefix and --id-column are not used)...
+        #[arg(long)]
+        routes: Option<PathBuf>,
+        /// ...and the route's name (default: the one the manifest was produced for)
+        #[arg(long, requires = "routes")]
+        route: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -284,6 +306,7 @@ async fn produce_cmd(
     if let Some(shape) = shape {
         generator = generator.with_shape(shape);
     }
+    let seed = generator.manifest.seed;
     let pb = bar(Some(options.events));
     pb.set_prefix(target.to_string());
     let pace = produce::Pace::new(options.rate);
@@ -310,7 +333,7 @@ async fn produce_cmd(
     let writer = produce::StreamWriter::connect(&target, &broker).await?;
     while generator.left() > 0 {
         pace.wait_for(options.events - generator.left()).await;
-        writer.send(&generator.chunk(chunk)).await?;
+        writer.send(&generator.chunk(chunk)?).await?;
         pb.set_position(options.events - generator.left());
     }
     let manifest = generator.manifest;
@@ -324,6 +347,9 @@ async fn produce_cmd(
         manifest.poison_tokens.len(),
         manifest.records_sent as f64 / secs.max(1e-9)
     );
+    if let Some(seed) = seed {
+        println!("seed: {seed} (--seed {seed} makes the same records again)");
+    }
     if let Some(path) = manifest_path {
         let text = serde_json::to_string(&manifest).map_err(|e| CliError::Usage(e.to_string()))?;
         std::fs::write(&path, text)?;
@@ -425,13 +451,18 @@ async fn main_inner() -> Result<i32, CliError> {
             broker,
             routes,
             route,
+            keys,
+            out_of_order,
+            sets,
+            seed,
         } => {
             let shape = match (routes, route) {
                 (Some(file), Some(name)) => {
                     let text = std::fs::read_to_string(&file).map_err(|e| {
                         CliError::Usage(format!("route file {}: {e}", file.display()))
                     })?;
-                    Some(produce::RouteShape::from_toml(&text, &name)?)
+                    let options = produce::ShapeOptions { keys, events, sets };
+                    Some(produce::RouteShape::from_toml(&text, &name, &options)?)
                 }
                 _ => None,
             };
@@ -443,6 +474,8 @@ async fn main_inner() -> Result<i32, CliError> {
                 users,
                 create,
                 partitions,
+                seed,
+                out_of_order,
             };
             produce_cmd(target, options, manifest, broker, shape).await?;
             Ok(0)
@@ -686,23 +719,41 @@ async fn main_inner() -> Result<i32, CliError> {
             lake_prefix,
             dead_letter_prefix,
             id_column,
+            routes,
+            route,
             json,
         } => {
             let text = std::fs::read_to_string(&manifest)
                 .map_err(|e| CliError::Usage(format!("manifest {}: {e}", manifest.display())))?;
             let manifest: produce::Manifest = serde_json::from_str(&text)
                 .map_err(|e| CliError::Usage(format!("manifest: {e}")))?;
+            let route = match routes {
+                Some(file) => Some(verify_route(&file, route.as_deref(), &manifest)?),
+                None => match &manifest.route {
+                    Some(name) => {
+                        return Err(CliError::Usage(format!(
+                            "the manifest's records were made for route {name:?}: give --routes FILE so verify judges them by the route's merge rule"
+                        )))
+                    }
+                    None => None,
+                },
+            };
             let sdk = streamload_aws::sdk_config().await;
             let s3 = streamload_aws::s3_client(&sdk);
             let sinks = Sinks {
                 database_url,
-                table,
+                table: route.as_ref().map_or(table, |r| r.table_name()),
                 bucket,
-                lake_prefix,
+                lake_prefix: route
+                    .as_ref()
+                    .map_or(lake_prefix, |r| r.lake_prefix.clone()),
                 dead_letter_prefix,
                 id_column,
             };
-            let audit = verify::audit(&manifest, &sinks, &s3).await?;
+            let audit = match &route {
+                Some(route) => verify::audit_route(&manifest, route, &sinks, &s3).await?,
+                None => verify::audit(&manifest, &sinks, &s3).await?,
+            };
             if json {
                 println!(
                     "{}",
@@ -710,18 +761,30 @@ async fn main_inner() -> Result<i32, CliError> {
                 );
             } else {
                 println!("{}", audit.table());
-                println!(
-                    "verdict: {}",
-                    if audit.exactly_once() {
-                        "exactly once"
-                    } else {
-                        "LOSS OR DUPLICATES"
-                    }
-                );
+                println!("verdict: {}", audit.verdict());
             }
             Ok(if audit.exactly_once() { 0 } else { 1 })
         }
     }
+}
+
+/// The route `verify --routes FILE [--route NAME]` judges: NAME, or the manifest's route.
+fn verify_route(
+    file: &std::path::Path,
+    name: Option<&str>,
+    manifest: &produce::Manifest,
+) -> Result<streamload_core::Route, CliError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Usage(format!("route file {}: {e}", file.display())))?;
+    let parsed: streamload_core::route::ConfigFile = toml::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("route file: {}", e.to_string().trim())))?;
+    let routes =
+        streamload_core::Routes::compile(&parsed).map_err(|e| CliError::Usage(e.to_string()))?;
+    let name = name
+        .or(manifest.route.as_deref())
+        .ok_or_else(|| CliError::Usage("give --route NAME (the manifest names no route)".into()))?;
+    let route = routes.iter().find(|r| r.name == name).cloned();
+    route.ok_or_else(|| CliError::Usage(format!("the route file has no route {name:?}")))
 }
 
 async fn queue_lines(dlq: Option<String>, on_failure: Option<String>) -> Result<(), CliError> {

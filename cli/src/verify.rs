@@ -3,6 +3,13 @@
 //! a given: what is audited is "present") and in exactly one row of exactly one Parquet
 //! object; each poison record must have a dead letter (a line of an archive under the
 //! dead-letter prefix, the same body as the SQS message) with a reason.
+//!
+//! With a route ([`audit_route`], `verify --routes FILE --route NAME`) the table is judged by
+//! the route's merge rule, key by key: under `keep-first` each produced key's row must exist
+//! and hold one of the events produced for that key; under `newest_by` it must hold the
+//! newest revision produced for the key (compared as the column's type compares, not as
+//! text). The lake must hold every produced event — every revision — exactly once, counted by
+//! the identity columns of the objects under the route's lake prefix.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,6 +17,11 @@ use arrow_array::cast::AsArray;
 use arrow_array::Array;
 use base64::Engine;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use arrow_array::types::{
+    Date32Type, Decimal128Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType,
+};
+use streamload_core::route::{ColumnType, Merge, Route};
 
 use crate::produce::Manifest;
 use crate::CliError;
@@ -45,6 +57,22 @@ pub struct Audit {
     /// `updated_at` and its object's LastModified), p50 and p99 in ms.
     pub latency_p50_ms: Option<i64>,
     pub latency_p99_ms: Option<i64>,
+    /// The route judged (`--routes`/`--route`); absent for the seed events' audit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// The route's merge rule: `keep-first` or `newest_by:<column>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merge: Option<String>,
+    /// With a route, the table is judged per key: the distinct keys produced…
+    pub expected_keys: usize,
+    /// …those whose row holds what the merge rule says (newest revision, or a produced event)…
+    pub keys_in_table: usize,
+    /// …those without a row…
+    pub keys_missing: usize,
+    /// …those whose row holds an older revision than the newest produced (`newest_by`)…
+    pub keys_with_older_revision: usize,
+    /// …and those whose row holds a revision or event this run did not produce.
+    pub keys_with_unknown_row: usize,
 }
 
 impl Audit {
@@ -55,17 +83,69 @@ impl Audit {
             && self.duplicated_in_lake == 0
             && self.missing_dead_letters == 0
             && self.dead_letters_without_reason == 0
+            && self.keys_missing == 0
+            && self.keys_with_older_revision == 0
+            && self.keys_with_unknown_row == 0
+    }
+
+    /// The verdict in words.
+    pub fn verdict(&self) -> String {
+        if self.exactly_once() {
+            return "exactly once".into();
+        }
+        let mut problems = Vec::new();
+        if self.missing_in_table > 0
+            || self.keys_missing > 0
+            || self.missing_in_lake > 0
+            || self.duplicated_in_lake > 0
+            || self.missing_dead_letters > 0
+            || self.dead_letters_without_reason > 0
+        {
+            problems.push("LOSS OR DUPLICATES");
+        }
+        if self.keys_with_older_revision > 0 || self.keys_with_unknown_row > 0 {
+            problems.push("WRONG ROWS IN THE TABLE");
+        }
+        problems.join(", ")
     }
 
     pub fn table(&self) -> comfy_table::Table {
         let mut t = comfy_table::Table::new();
         t.set_header(vec!["check", "expected", "found", "problems"]);
-        t.add_row(vec![
-            "events in PostgreSQL".to_string(),
-            self.expected_events.to_string(),
-            self.in_table.to_string(),
-            format!("{} missing", self.missing_in_table),
-        ]);
+        match self.merge.as_deref() {
+            None => {
+                t.add_row(vec![
+                    "events in PostgreSQL".to_string(),
+                    self.expected_events.to_string(),
+                    self.in_table.to_string(),
+                    format!("{} missing", self.missing_in_table),
+                ]);
+            }
+            Some(merge) => {
+                let (what, wrong) = match merge.strip_prefix("newest_by:") {
+                    Some(column) => (
+                        format!("keys in PostgreSQL holding their newest {column}"),
+                        format!(
+                            "{} holding an older revision, {} holding a revision not produced",
+                            self.keys_with_older_revision, self.keys_with_unknown_row
+                        ),
+                    ),
+                    None => (
+                        "keys in PostgreSQL holding a produced event (keep-first)".to_string(),
+                        format!(
+                            "{} holding an event not produced",
+                            self.keys_with_unknown_row
+                        ),
+                    ),
+                };
+                t.add_row(vec![
+                    what,
+                    self.expected_keys.to_string(),
+                    self.keys_in_table.to_string(),
+                    format!("{} missing, {wrong}", self.keys_missing),
+                ]);
+            }
+        }
         t.add_row(vec![
             format!(
                 "events in Parquet ({} objects, {} rows)",
@@ -78,16 +158,19 @@ impl Audit {
                 self.missing_in_lake, self.duplicated_in_lake
             ),
         ]);
-        t.add_row(vec![
-            "latency created_at → both sinks".to_string(),
-            "-".into(),
-            format!(
-                "p50 {} ms, p99 {} ms",
-                self.latency_p50_ms.map_or("-".into(), |v| v.to_string()),
-                self.latency_p99_ms.map_or("-".into(), |v| v.to_string())
-            ),
-            "".into(),
-        ]);
+        // Latency needs the event's own time: known for the seed events (created_at) only.
+        if self.merge.is_none() {
+            t.add_row(vec![
+                "latency created_at → both sinks".to_string(),
+                "-".into(),
+                format!(
+                    "p50 {} ms, p99 {} ms",
+                    self.latency_p50_ms.map_or("-".into(), |v| v.to_string()),
+                    self.latency_p99_ms.map_or("-".into(), |v| v.to_string())
+                ),
+                "".into(),
+            ]);
+        }
         t.add_row(vec![
             "poison records dead-lettered".to_string(),
             self.expected_poison.to_string(),
@@ -191,20 +274,7 @@ pub async fn audit(
     let expected: HashSet<&str> = manifest.event_ids.iter().map(String::as_str).collect();
 
     // PostgreSQL: which of the expected ids are present.
-    let options = streamload_postgres::ConnectOptions::parse(&sinks.database_url)
-        .map_err(|e| CliError::Postgres(format!("DATABASE_URL: {e}")))?;
-    let tls = options
-        .tls_settings()
-        .connector()
-        .map_err(|e| CliError::Postgres(e.to_string()))?;
-    let (client, conn) = options
-        .config()
-        .connect(tls)
-        .await
-        .map_err(|e| CliError::Postgres(format!("connect: {e}")))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let client = connect(&sinks.database_url).await?;
     let ids: Vec<String> = manifest.event_ids.clone();
     let table_sql = sinks
         .table
@@ -267,7 +337,35 @@ pub async fn audit(
     audit.duplicated_in_lake = seen.values().filter(|n| **n > 1).count();
     audit.missing_in_lake = audit.expected_events - seen.len();
 
-    // Dead letters: the archived messages, each with a reason and the raw bytes holding a token.
+    dead_letters(manifest, sinks, s3, &mut audit).await?;
+    Ok(audit)
+}
+
+async fn connect(database_url: &str) -> Result<tokio_postgres::Client, CliError> {
+    let options = streamload_postgres::ConnectOptions::parse(database_url)
+        .map_err(|e| CliError::Postgres(format!("DATABASE_URL: {e}")))?;
+    let tls = options
+        .tls_settings()
+        .connector()
+        .map_err(|e| CliError::Postgres(e.to_string()))?;
+    let (client, conn) = options
+        .config()
+        .connect(tls)
+        .await
+        .map_err(|e| CliError::Postgres(format!("connect: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Dead letters: the archived messages, each with a reason and the raw bytes holding a token.
+async fn dead_letters(
+    manifest: &Manifest,
+    sinks: &Sinks,
+    s3: &aws_sdk_s3::Client,
+    audit: &mut Audit,
+) -> Result<(), CliError> {
     let tokens: HashSet<&str> = manifest.poison_tokens.iter().map(String::as_str).collect();
     let mut found: HashSet<String> = HashSet::new();
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -303,5 +401,562 @@ pub async fn audit(
     }
     audit.dead_lettered = found.len();
     audit.missing_dead_letters = audit.expected_poison - found.len();
+    Ok(())
+}
+
+/// What a route's table row holds, in the manifest's text forms (see
+/// [`RouteEvent`](crate::produce::RouteEvent)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRow {
+    pub key: Vec<String>,
+    pub identity: Vec<String>,
+    pub newest_by: Option<String>,
+}
+
+/// An identity as the loader forms it from its parts' texts: one part as its text, several as
+/// a JSON array.
+pub fn identity_of(parts: &[String]) -> String {
+    match parts {
+        [one] => one.clone(),
+        many => serde_json::to_string(many).unwrap_or_default(),
+    }
+}
+
+/// A value's text in the loader's identity form, from the text PostgreSQL or Parquet gives
+/// for a column of `ty` (`timestamptz` and `date` arrive already as microseconds and days).
+pub fn canonical(ty: ColumnType, text: &str) -> String {
+    match ty {
+        ColumnType::Numeric { .. } => streamload_core::route::value::convert_scalar(
+            ColumnType::Numeric {
+                precision: None,
+                scale: None,
+            },
+            text,
+            false,
+        )
+        .map_or_else(|_| text.to_owned(), |v| v.identity_text().into_owned()),
+        ColumnType::Double => text
+            .parse::<f64>()
+            .map_or_else(|_| text.to_owned(), |d| d.to_string()),
+        _ => text.to_owned(),
+    }
+}
+
+/// Orders two values of a column of `ty`, both in the identity text form: numbers and times
+/// as numbers (exactly, decimals too), text and UUIDs as text.
+pub fn compare(ty: ColumnType, a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match ty {
+        ColumnType::Integer
+        | ColumnType::Bigint
+        | ColumnType::Timestamptz { .. }
+        | ColumnType::Date => match (a.parse::<i128>(), b.parse::<i128>()) {
+            (Ok(x), Ok(y)) => x.cmp(&y),
+            _ => a.cmp(b),
+        },
+        ColumnType::Double => match (a.parse::<f64>(), b.parse::<f64>()) {
+            (Ok(x), Ok(y)) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
+            _ => a.cmp(b),
+        },
+        ColumnType::Numeric { .. } => compare_decimal(a, b),
+        _ => a.cmp(b),
+    }
+}
+
+/// Orders two decimal texts (`-12.5`, `3`) exactly, however many digits.
+fn compare_decimal(a: &str, b: &str) -> std::cmp::Ordering {
+    fn parts(s: &str) -> (bool, String, String) {
+        let (negative, body) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+        let int = int.trim_start_matches('0').to_owned();
+        let frac = frac.trim_end_matches('0').to_owned();
+        let zero = int.is_empty() && frac.is_empty();
+        (negative && !zero, int, frac)
+    }
+    let (an, ai, af) = parts(a);
+    let (bn, bi, bf) = parts(b);
+    let magnitude = ai
+        .len()
+        .cmp(&bi.len())
+        .then_with(|| ai.cmp(&bi))
+        .then_with(|| af.cmp(&bf));
+    match (an, bn) {
+        (false, false) => magnitude,
+        (true, true) => magnitude.reverse(),
+        (false, true) => std::cmp::Ordering::Greater,
+        (true, false) => std::cmp::Ordering::Less,
+    }
+}
+
+/// What the manifest says of one key.
+struct Produced<'a> {
+    identities: HashSet<&'a [String]>,
+    revisions: HashSet<&'a str>,
+    newest: Option<&'a str>,
+}
+
+/// Judges a route's table rows and lake identities against `manifest` by the route's merge
+/// rule: the table per key, the lake per event (every revision once). Dead letters are not
+/// judged here.
+pub fn judge_route(
+    route: &Route,
+    manifest: &Manifest,
+    rows: &[RouteRow],
+    lake_ids: &[String],
+) -> Result<Audit, CliError> {
+    if manifest.route_events.len() != manifest.event_ids.len() {
+        return Err(CliError::Usage(
+            "the manifest has no route events (it was made without --route, or by an older streamload); verify it without --routes".into(),
+        ));
+    }
+    if let Some(name) = manifest.route.as_deref().filter(|n| *n != route.name) {
+        return Err(CliError::Usage(format!(
+            "the manifest was made for route {name:?}, not {:?}",
+            route.name
+        )));
+    }
+    let newest_ty = match route.merge {
+        Merge::NewestBy(i) => Some(route.columns[i].ty),
+        Merge::KeepFirst => None,
+    };
+    let mut audit = Audit {
+        expected_events: manifest.event_ids.len(),
+        expected_poison: manifest.poison_tokens.len(),
+        route: Some(route.name.clone()),
+        merge: Some(match route.merge {
+            Merge::NewestBy(i) => format!("newest_by:{}", route.columns[i].name),
+            Merge::KeepFirst => "keep-first".into(),
+        }),
+        ..Audit::default()
+    };
+
+    // The table, key by key.
+    let mut produced: HashMap<&[String], Produced<'_>> = HashMap::new();
+    for e in &manifest.route_events {
+        let p = produced.entry(&e.key).or_insert_with(|| Produced {
+            identities: HashSet::new(),
+            revisions: HashSet::new(),
+            newest: None,
+        });
+        p.identities.insert(&e.identity);
+        if let (Some(ty), Some(r)) = (newest_ty, e.newest_by.as_deref()) {
+            p.revisions.insert(r);
+            if p.newest.is_none_or(|n| compare(ty, r, n).is_gt()) {
+                p.newest = Some(r);
+            }
+        }
+    }
+    let by_key: HashMap<&[String], &RouteRow> =
+        rows.iter().map(|r| (r.key.as_slice(), r)).collect();
+    audit.expected_keys = produced.len();
+    for (key, p) in &produced {
+        let Some(row) = by_key.get(key) else {
+            audit.keys_missing += 1;
+            continue;
+        };
+        match (newest_ty, row.newest_by.as_deref()) {
+            (Some(_), Some(held)) if Some(held) == p.newest => audit.keys_in_table += 1,
+            (Some(_), Some(held)) if p.revisions.contains(held) => {
+                audit.keys_with_older_revision += 1
+            }
+            (Some(_), _) => audit.keys_with_unknown_row += 1,
+            (None, _) if p.identities.contains(row.identity.as_slice()) => audit.keys_in_table += 1,
+            (None, _) => audit.keys_with_unknown_row += 1,
+        }
+    }
+    audit.in_table = audit.keys_in_table;
+    audit.missing_in_table = audit.keys_missing;
+
+    // The lake, event by event: every revision exactly once.
+    let expected: HashSet<&str> = manifest.event_ids.iter().map(String::as_str).collect();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for id in lake_ids {
+        if let Some(e) = expected.get(id.as_str()) {
+            *seen.entry(e).or_default() += 1;
+        }
+    }
+    audit.parquet_rows = lake_ids.len();
+    audit.in_lake_once = seen.values().filter(|n| **n == 1).count();
+    audit.duplicated_in_lake = seen.values().filter(|n| **n > 1).count();
+    audit.missing_in_lake = expected.len() - seen.len();
     Ok(audit)
+}
+
+/// A column's value in the identity text form, computed by PostgreSQL.
+fn sql_text(column: &str, ty: ColumnType) -> String {
+    let c = streamload_core::route::quote(column);
+    match ty {
+        ColumnType::Timestamptz { .. } => {
+            format!("round(extract(epoch FROM {c}) * 1000000)::int8::text")
+        }
+        ColumnType::Date => format!("({c} - DATE '1970-01-01')::text"),
+        _ => format!("{c}::text"),
+    }
+}
+
+/// The text `x` (identity form) as a value of `ty`, in SQL.
+fn sql_value(ty: ColumnType) -> String {
+    match ty {
+        ColumnType::Timestamptz { .. } => {
+            "TIMESTAMPTZ 'epoch' + x::int8 * INTERVAL '1 microsecond'".into()
+        }
+        ColumnType::Date => "DATE '1970-01-01' + x::int4".into(),
+        ColumnType::Text => "x".into(),
+        other => format!("x::{}", other.sql_type()),
+    }
+}
+
+/// The rows of the route's table for the manifest's keys.
+async fn route_rows(
+    client: &tokio_postgres::Client,
+    route: &Route,
+    manifest: &Manifest,
+) -> Result<Vec<RouteRow>, CliError> {
+    let col = |i: usize| &route.columns[i];
+    let mut select: Vec<String> = Vec::new();
+    for &i in route.key.iter().chain(&route.identity) {
+        select.push(sql_text(&col(i).name, col(i).ty));
+    }
+    let newest = match route.merge {
+        Merge::NewestBy(i) => Some(i),
+        Merge::KeepFirst => None,
+    };
+    if let Some(i) = newest {
+        select.push(sql_text(&col(i).name, col(i).ty));
+    }
+    let first = route.key[0];
+    let firsts: Vec<String> = manifest
+        .route_events
+        .iter()
+        .map(|e| e.key[0].clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} IN (SELECT {} FROM unnest($1::text[]) AS u(x))",
+        select.join(", "),
+        route.quoted_table(),
+        streamload_core::route::quote(&col(first).name),
+        sql_value(col(first).ty),
+    );
+    let rows = client
+        .query(&sql, &[&firsts])
+        .await
+        .map_err(|e| CliError::Postgres(format!("read rows of {}: {e}", route.table_name())))?;
+    let text = |r: &tokio_postgres::Row, at: usize, i: usize| -> String {
+        let t: Option<String> = r.get(at);
+        t.map_or_else(String::new, |t| canonical(col(i).ty, &t))
+    };
+    let (k, n) = (route.key.len(), route.identity.len());
+    Ok(rows
+        .iter()
+        .map(|r| RouteRow {
+            key: (0..k).map(|j| text(r, j, route.key[j])).collect(),
+            identity: (0..n).map(|j| text(r, k + j, route.identity[j])).collect(),
+            newest_by: newest.map(|i| text(r, k + n, i)),
+        })
+        .collect())
+}
+
+/// One cell of a lake column in the identity text form (`None` when null), or the kind of
+/// column verify cannot read.
+fn cell_text(column: &dyn Array, i: usize, ty: ColumnType) -> Result<Option<String>, String> {
+    if column.is_null(i) {
+        return Ok(None);
+    }
+    let text = if let Some(c) = column.as_string_opt::<i32>() {
+        canonical(ty, c.value(i))
+    } else if let Some(c) = column.as_string_opt::<i64>() {
+        canonical(ty, c.value(i))
+    } else if let Some(c) = column.as_primitive_opt::<Int32Type>() {
+        c.value(i).to_string()
+    } else if let Some(c) = column.as_primitive_opt::<Int64Type>() {
+        c.value(i).to_string()
+    } else if let Some(c) = column.as_primitive_opt::<Float64Type>() {
+        c.value(i).to_string()
+    } else if let Some(c) = column.as_boolean_opt() {
+        c.value(i).to_string()
+    } else if let Some(c) = column.as_primitive_opt::<Date32Type>() {
+        c.value(i).to_string()
+    } else if let Some(c) = column.as_primitive_opt::<TimestampMicrosecondType>() {
+        c.value(i).to_string()
+    } else if let Some(c) = column.as_primitive_opt::<Decimal128Type>() {
+        let v = c.value(i);
+        let scale = c.scale().max(0) as usize;
+        let digits = format!("{:0>w$}", v.unsigned_abs(), w = scale + 1);
+        let (int, frac) = digits.split_at(digits.len() - scale);
+        let sign = if v < 0 { "-" } else { "" };
+        canonical(ty, format!("{sign}{int}.{frac}").trim_end_matches('.'))
+    } else {
+        return Err(format!("a {} column", column.data_type()));
+    };
+    Ok(Some(text))
+}
+
+/// The identity of every row of one of the route's Parquet objects.
+fn parquet_identities(bytes: bytes::Bytes, route: &Route) -> Result<Vec<String>, CliError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| CliError::Usage(format!("not a Parquet object: {e}")))?;
+    let mut ids = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| CliError::Usage(format!("Parquet read: {e}")))?;
+        let mut columns = Vec::with_capacity(route.identity.len());
+        for &i in &route.identity {
+            let c = &route.columns[i];
+            let Some(col) = batch.column_by_name(&c.name) else {
+                return Err(CliError::Usage(format!(
+                    "a Parquet object of route {:?} has no identity column {:?}",
+                    route.name, c.name
+                )));
+            };
+            columns.push((col.clone(), c.ty));
+        }
+        for row in 0..batch.num_rows() {
+            let mut parts = Vec::with_capacity(columns.len());
+            for (col, ty) in &columns {
+                let text = cell_text(col.as_ref(), row, *ty).map_err(|what| {
+                    CliError::Usage(format!("verify cannot read {what} of the lake"))
+                })?;
+                parts.push(text.unwrap_or_default());
+            }
+            ids.push(identity_of(&parts));
+        }
+    }
+    Ok(ids)
+}
+
+/// Audits `manifest` against the sinks of `route`, by its merge rule (see the module).
+pub async fn audit_route(
+    manifest: &Manifest,
+    route: &Route,
+    sinks: &Sinks,
+    s3: &aws_sdk_s3::Client,
+) -> Result<Audit, CliError> {
+    if manifest.route_events.len() != manifest.event_ids.len() {
+        // Said by judge_route; before anything is read.
+        judge_route(route, manifest, &[], &[])?;
+    }
+    let client = connect(&sinks.database_url).await?;
+    let rows = route_rows(&client, route, manifest).await?;
+    let mut lake_ids = Vec::new();
+    let mut objects = 0;
+    for key in keys_under(s3, &sinks.bucket, &route.lake_prefix).await? {
+        if !key.ends_with(".parquet") {
+            continue;
+        }
+        objects += 1;
+        let (bytes, _) = object(s3, &sinks.bucket, &key).await?;
+        lake_ids.extend(parquet_identities(bytes, route)?);
+    }
+    let mut audit = judge_route(route, manifest, &rows, &lake_ids)?;
+    audit.parquet_objects = objects;
+    dead_letters(manifest, sinks, s3, &mut audit).await?;
+    Ok(audit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::produce::RouteEvent;
+
+    fn route(name: &str) -> Route {
+        let text = include_str!("../../examples/orders/streamload.toml");
+        let file: streamload_core::route::ConfigFile = toml::from_str(text).unwrap();
+        let routes = streamload_core::Routes::compile(&file).unwrap();
+        let route = routes.iter().find(|r| r.name == name).unwrap().clone();
+        route
+    }
+
+    /// A manifest of orders: each (order, revisions), in the order given.
+    fn orders(revisions: &[(&str, &[i64])]) -> Manifest {
+        let mut m = Manifest {
+            route: Some("orders".into()),
+            ..Manifest::default()
+        };
+        for (order, revs) in revisions {
+            for r in *revs {
+                let identity = vec![order.to_string(), r.to_string()];
+                m.event_ids.push(identity_of(&identity));
+                m.route_events.push(RouteEvent {
+                    identity,
+                    key: vec![order.to_string()],
+                    newest_by: Some(r.to_string()),
+                });
+            }
+        }
+        m
+    }
+
+    fn row(order: &str, revision: i64) -> RouteRow {
+        RouteRow {
+            key: vec![order.into()],
+            identity: vec![order.into(), revision.to_string()],
+            newest_by: Some(revision.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_key_holding_an_older_revision_is_reported() {
+        // Given orders with revisions sent out of order (10 after 9: newest compared as numbers)
+        let orders_route = route("orders");
+        let m = orders(&[
+            ("k-0", &[2, 1, 3]),
+            ("k-1", &[1, 2]),
+            ("k-2", &[1]),
+            ("k-3", &[10, 9]),
+        ]);
+        let all: Vec<String> = m.event_ids.clone();
+        // When the table holds the newest of k-0 and k-3, an older one of k-1, a revision
+        // never produced for k-2 … and nothing of k-4's; and the lake holds every event once
+        let rows = [row("k-0", 3), row("k-1", 1), row("k-2", 7), row("k-3", 10)];
+        let a = judge_route(&orders_route, &m, &rows, &all).unwrap();
+        // Then the older revision and the unknown one are reported, and nothing else
+        assert_eq!(a.expected_keys, 4);
+        assert_eq!(a.keys_in_table, 2, "{a:?}");
+        assert_eq!(a.keys_with_older_revision, 1, "{a:?}");
+        assert_eq!(a.keys_with_unknown_row, 1, "{a:?}");
+        assert_eq!(
+            (a.keys_missing, a.missing_in_lake, a.duplicated_in_lake),
+            (0, 0, 0)
+        );
+        assert_eq!(a.in_lake_once, 8);
+        assert!(!a.exactly_once());
+        assert_eq!(a.verdict(), "WRONG ROWS IN THE TABLE");
+        assert!(a
+            .table()
+            .to_string()
+            .contains("1 holding an older revision"));
+        assert_eq!(a.merge.as_deref(), Some("newest_by:revision"));
+
+        // And when every key holds its newest, the verdict is exactly once
+        let rows = [row("k-0", 3), row("k-1", 2), row("k-2", 1), row("k-3", 10)];
+        let a = judge_route(&orders_route, &m, &rows, &all).unwrap();
+        assert!(a.exactly_once(), "{a:?}");
+        assert_eq!(a.verdict(), "exactly once");
+
+        // But a missing key, a revision missing from the lake and one twice there are loss
+        let mut lake = all[1..].to_vec();
+        lake.push(all[2].clone());
+        let a = judge_route(&orders_route, &m, &rows[1..], &lake).unwrap();
+        assert_eq!((a.keys_missing, a.missing_in_table), (1, 1));
+        assert_eq!((a.missing_in_lake, a.duplicated_in_lake), (1, 1));
+        assert_eq!(a.verdict(), "LOSS OR DUPLICATES");
+    }
+
+    #[test]
+    fn a_keep_first_route_needs_each_keys_row_holding_a_produced_event() {
+        // Given the events route (identity = key = event_id) and three events
+        let events = route("events");
+        let mut m = Manifest {
+            route: Some("events".into()),
+            ..Manifest::default()
+        };
+        for id in ["e-1", "e-2", "e-3"] {
+            m.event_ids.push(id.into());
+            m.route_events.push(RouteEvent {
+                identity: vec![id.into()],
+                key: vec![id.into()],
+                newest_by: None,
+            });
+        }
+        let row = |id: &str| RouteRow {
+            key: vec![id.into()],
+            identity: vec![id.into()],
+            newest_by: None,
+        };
+        // When one row is missing
+        let a = judge_route(&events, &m, &[row("e-1"), row("e-3")], &m.event_ids).unwrap();
+        // Then it is missing, as the seed audit would say
+        assert_eq!((a.in_table, a.missing_in_table, a.keys_missing), (2, 1, 1));
+        assert_eq!(a.merge.as_deref(), Some("keep-first"));
+        assert!(!a.exactly_once());
+        let a = judge_route(
+            &events,
+            &m,
+            &[row("e-1"), row("e-2"), row("e-3")],
+            &m.event_ids,
+        )
+        .unwrap();
+        assert!(a.exactly_once(), "{a:?}");
+
+        // And on a keep-first route keyed by user, whose identity is the event: a user's row
+        // may hold any event produced for the user (which came first is the stream's order),
+        // but not one this run never produced
+        let text = include_str!("../../examples/orders/streamload.toml").replacen(
+            "key = [\"event_id\"]",
+            "key = [\"user_id\"]",
+            1,
+        );
+        let file: streamload_core::route::ConfigFile = toml::from_str(&text).unwrap();
+        let routes = streamload_core::Routes::compile(&file).unwrap();
+        let by_user = routes.iter().find(|r| r.name == "events").unwrap();
+        let mut m = Manifest::default();
+        for (id, user) in [("e-1", "u-1"), ("e-2", "u-1"), ("e-3", "u-2")] {
+            m.event_ids.push(id.into());
+            m.route_events.push(RouteEvent {
+                identity: vec![id.into()],
+                key: vec![user.into()],
+                newest_by: None,
+            });
+        }
+        let row = |user: &str, id: &str| RouteRow {
+            key: vec![user.into()],
+            identity: vec![id.into()],
+            newest_by: None,
+        };
+        let rows = [row("u-1", "e-2"), row("u-2", "e-9")];
+        let a = judge_route(by_user, &m, &rows, &m.event_ids).unwrap();
+        assert_eq!((a.expected_keys, a.keys_in_table), (2, 1), "{a:?}");
+        assert_eq!((a.keys_with_unknown_row, a.keys_missing), (1, 0), "{a:?}");
+        assert!(a
+            .table()
+            .to_string()
+            .contains("1 holding an event not produced"));
+    }
+
+    #[test]
+    fn old_manifests_still_load_and_a_route_needs_route_events() {
+        // Given a manifest of the first release (no route, seed or route_events)
+        let old = r#"{"target":"kinesis://clicks","records_sent":3,"duplicates_sent":1,
+            "event_ids":["a","b"],"poison_tokens":["poison-x"],"produced_at_ms":[1,2]}"#;
+        let m: Manifest = serde_json::from_str(old).unwrap();
+        assert_eq!((m.route.as_deref(), m.route_events.len()), (None, 0));
+        // Then it cannot be judged by a route, and says so
+        let err = judge_route(&route("orders"), &m, &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("without --routes"), "{err}");
+    }
+
+    #[test]
+    fn values_compare_by_type_and_read_back_in_the_manifests_form() {
+        use std::cmp::Ordering::*;
+        let n = ColumnType::Numeric {
+            precision: Some(12),
+            scale: Some(2),
+        };
+        assert_eq!(compare(n, "10.5", "9.75"), Greater);
+        assert_eq!(compare(n, "-1", "0.5"), Less);
+        assert_eq!(compare(n, "-10", "-9.5"), Less);
+        assert_eq!(compare(n, "1.10", "1.1"), Equal);
+        assert_eq!(compare(ColumnType::Integer, "10", "9"), Greater);
+        assert_eq!(compare(ColumnType::Text, "r-000010", "r-000009"), Greater);
+        // PostgreSQL's numeric text and a Parquet DECIMAL become the manifest's canonical text
+        assert_eq!(canonical(n, "12.50"), "12.5");
+        assert_eq!(canonical(n, "3.00"), "3");
+        let d = arrow_array::Decimal128Array::from(vec![Some(1250), Some(-5), None])
+            .with_precision_and_scale(12, 2)
+            .unwrap();
+        assert_eq!(cell_text(&d, 0, n).unwrap().as_deref(), Some("12.5"));
+        assert_eq!(cell_text(&d, 1, n).unwrap().as_deref(), Some("-0.05"));
+        assert_eq!(cell_text(&d, 2, n).unwrap(), None);
+        let ints = arrow_array::Int32Array::from(vec![7]);
+        assert_eq!(
+            cell_text(&ints, 0, ColumnType::Integer).unwrap().as_deref(),
+            Some("7")
+        );
+        assert_eq!(identity_of(&["o-1".into(), "2".into()]), r#"["o-1","2"]"#);
+    }
 }

@@ -131,8 +131,9 @@ async fn produce_run_status_and_verify_work_as_commands() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_of_a_routes_own_shape_load_once_into_its_table() {
-    // Given the example's orders route reading this test's stream, and its table
+async fn a_newest_by_route_sent_out_of_order_is_judged_by_its_merge_rule() {
+    // Given the example's orders route (newest_by revision) reading this test's stream, and
+    // its table
     let stack = TestStack::new("shape", false).await;
     let toml = include_str!("../../examples/orders/streamload.toml")
         .replace("kinesis:orders", &format!("kinesis:{}", stack.name));
@@ -146,16 +147,24 @@ async fn records_of_a_routes_own_shape_load_once_into_its_table() {
     let (routes, manifest) = (dir.join("streamload.toml"), dir.join("manifest.json"));
     std::fs::write(&routes, &toml).unwrap();
     let target = format!("kinesis://{}", stack.name);
-    // When 80 orders of the route's shape are produced and the mapping loads them
+    // When 120 orders of 12 keys are produced, their revisions out of order, with producer
+    // retries and poison, and the mapping loads them
     let (code, out, err) = streamload(
         &stack,
         &[
             "produce",
             &target,
             "--events",
-            "80",
+            "120",
+            "--keys",
+            "12",
+            "--out-of-order",
+            "--seed",
+            "26",
             "--duplicates",
             "0.1",
+            "--poison",
+            "0.05",
             "--create",
             "--partitions",
             "1",
@@ -163,6 +172,135 @@ async fn records_of_a_routes_own_shape_load_once_into_its_table() {
             routes.to_str().unwrap(),
             "--route",
             "orders",
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let m: streamload_cli::produce::Manifest =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    let events = m.event_ids.len();
+    assert!(events > 90 && !m.poison_tokens.is_empty(), "{out}");
+    // (the revisions really were sent out of order)
+    let mut last: std::collections::HashMap<&str, i64> = Default::default();
+    let out_of_order = m.route_events.iter().any(|e| {
+        let r: i64 = e.newest_by.as_deref().unwrap().parse().unwrap();
+        last.insert(&e.key[0], r).is_some_and(|prev| prev > r)
+    });
+    assert!(out_of_order);
+    let binary = loader("kinesis-loader");
+    let out = Command::new(env!("CARGO_BIN_EXE_streamload"))
+        .args([
+            "run",
+            &target,
+            "--function",
+            binary.to_str().unwrap(),
+            "--until-caught-up",
+            "--batching-window-ms",
+            "0",
+            "--batch-size",
+            "25",
+            "--log-dir",
+            dir.to_str().unwrap(),
+        ])
+        .env("DATABASE_URL", &stack.database_url)
+        .env("DEDUP_TABLE", &stack.config.dedup_table)
+        .env("OUTPUT_BUCKET", &stack.config.output_bucket)
+        .env("DLQ_URL", &stack.config.dlq_url)
+        .env("STREAMLOAD_CONFIG", &routes)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Then verify, told the route, finds each key holding its newest revision, every revision
+    // once in the lake and the poison dead-lettered
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["verify", "--manifest", manifest.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        streamload(&stack, &args)
+    };
+    let with_route = ["--routes", routes.to_str().unwrap(), "--route", "orders"];
+    let (code, out, err) = verify(&with_route);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verdict: exactly once"), "{out}");
+    assert!(
+        out.contains("holding their newest revision") && out.contains("| 12 "),
+        "{out}"
+    );
+    let (code, out, err) = verify(&["--routes", routes.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let a: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(a["expected_keys"], 12, "{a}");
+    assert_eq!(a["keys_in_table"], 12, "{a}");
+    assert_eq!(a["in_lake_once"], events, "{a}");
+    assert_eq!(a["merge"], "newest_by:revision", "{a}");
+    assert_eq!(a["missing_dead_letters"], 0, "{a}");
+
+    // And without the route, verify says the manifest needs it (not a false loss)
+    let (code, _, err) = verify(&[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--routes"), "{err}");
+
+    // But when a key's row goes back to an older revision, verify says so and exits non-zero
+    stack
+        .pg
+        .batch_execute(
+            "UPDATE sales.orders SET revision = revision - 1 \
+             WHERE order_id = (SELECT min(order_id) FROM sales.orders WHERE revision > 1)",
+        )
+        .await
+        .unwrap();
+    let (code, out, _) = verify(&with_route);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("1 holding an older revision") && out.contains("WRONG ROWS IN THE TABLE"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_first_route_is_judged_as_before() {
+    // Given the example's events route (keep-first, identity = key = event_id) reading this
+    // test's stream
+    let stack = TestStack::new("keepfirst", false).await;
+    let toml = include_str!("../../examples/orders/streamload.toml")
+        .replace("kinesis:clickstream", &format!("kinesis:{}", stack.name))
+        .replace("kinesis:orders", "kinesis:not-this-test");
+    // (the loader checks every route's table at start-up)
+    stack
+        .pg
+        .batch_execute(include_str!("../../examples/orders/ddl.sql"))
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(&stack.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (routes, manifest) = (dir.join("streamload.toml"), dir.join("manifest.json"));
+    std::fs::write(&routes, &toml).unwrap();
+    let target = format!("kinesis://{}", stack.name);
+    // When events of the route's shape are produced with retries and poison, and loaded
+    let (code, out, err) = streamload(
+        &stack,
+        &[
+            "produce",
+            &target,
+            "--events",
+            "60",
+            "--duplicates",
+            "0.2",
+            "--poison",
+            "0.05",
+            "--seed",
+            "3",
+            "--create",
+            "--partitions",
+            "1",
+            "--routes",
+            routes.to_str().unwrap(),
+            "--route",
+            "events",
             "--manifest",
             manifest.to_str().unwrap(),
         ],
@@ -193,24 +331,42 @@ async fn records_of_a_routes_own_shape_load_once_into_its_table() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Then verify finds each order once in sales.orders and once under orders/ in the lake
-    let (code, out, err) = streamload(
-        &stack,
-        &[
-            "verify",
-            "--manifest",
-            manifest.to_str().unwrap(),
-            "--table",
-            "sales.orders",
-            "--id-column",
-            "order_id",
-            "--lake-prefix",
-            "orders/",
-        ],
-    );
+    let m: streamload_cli::produce::Manifest =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    // Then verify, told the route (named by the manifest), finds each event's row and each
+    // event once in the lake
+    let verify = || {
+        streamload(
+            &stack,
+            &[
+                "verify",
+                "--manifest",
+                manifest.to_str().unwrap(),
+                "--routes",
+                routes.to_str().unwrap(),
+                "--json",
+            ],
+        )
+    };
+    let (code, out, err) = verify();
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("| 80 ") || out.contains("80 "), "{out}");
-    assert!(out.contains("verdict: exactly once"), "{out}");
+    let a: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(a["merge"], "keep-first", "{a}");
+    assert_eq!(a["keys_in_table"], m.event_ids.len(), "{a}");
+    assert_eq!(a["in_lake_once"], m.event_ids.len(), "{a}");
+    // But when a row goes missing, it is missing, as before
+    stack
+        .pg
+        .batch_execute("DELETE FROM events WHERE event_id IN (SELECT event_id FROM events LIMIT 1)")
+        .await
+        .unwrap();
+    let (code, out, _) = verify();
+    assert_eq!(code, 1, "{out}");
+    let a: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (a["keys_missing"].as_u64(), a["missing_in_table"].as_u64()),
+        (Some(1), Some(1))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

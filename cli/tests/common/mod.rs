@@ -127,6 +127,7 @@ pub fn plan(
             users: 40,
             create: true,
             partitions: 2,
+            ..ProduceOptions::default()
         },
         target,
     )
