@@ -466,3 +466,186 @@ async fn a_stream_whose_create_answer_was_lost_is_taken_as_made() {
     );
     assert_eq!(summary.open_shard_count, 2);
 }
+
+/// `export K='v'` lines of an env file `init` wrote.
+fn env_file(path: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_of_a_new_shape_runs_from_init_alone_as_docs_local_md_says() {
+    // Given only a database and a route no example has (IoT readings: numeric(5,2), epoch-ms
+    // times, newest by seq), as docs/local.md starts
+    let stack = TestStack::new("initpath", false).await;
+    let dir = std::env::temp_dir().join(&stack.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let routes = dir.join("iot.toml");
+    std::fs::write(
+        &routes,
+        format!(
+            r#"
+[[route]]
+name = "readings"
+source = "kinesis:{name}"
+table = "iot.readings"
+event_time = "/ts"
+key = ["device"]
+merge = {{ newest_by = "seq" }}
+[[route.column]]
+name = "device"
+from = "/device"
+type = "text"
+required = true
+[[route.column]]
+name = "seq"
+from = "/seq"
+type = "bigint"
+required = true
+[[route.column]]
+name = "humidity"
+from = "/humidity"
+type = "numeric"
+precision = 5
+scale = 2
+[[route.column]]
+name = "ts"
+from = "/ts"
+type = "timestamptz"
+unit = "ms"
+required = true
+"#,
+            name = stack.name
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str], env: &[(String, String)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_streamload"))
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run streamload");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // When init makes what the route needs, and its environment is all the later commands get
+    let env_path = dir.join("iot.env");
+    let target = format!("kinesis://{}", stack.name);
+    let (code, out, err) = run(
+        &[
+            "init",
+            "--routes",
+            routes.to_str().unwrap(),
+            "--name",
+            &format!("{}-init", stack.name),
+            "--create-tables",
+            "--stream",
+            &target,
+            "--partitions",
+            "1",
+            "--database-url",
+            &stack.database_url,
+            "--env-file",
+            env_path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let env = env_file(&env_path);
+    for name in [
+        "STREAMLOAD_CONFIG",
+        "DEDUP_TABLE",
+        "OUTPUT_BUCKET",
+        "DLQ_URL",
+        "ON_FAILURE_URL",
+        "DATABASE_URL",
+    ] {
+        assert!(env.iter().any(|(k, _)| k == name), "{name} in {env:?}");
+    }
+    // and records of the route's shape are produced, loaded and verified
+    let manifest = dir.join("m.json");
+    let (code, out, err) = run(
+        &[
+            "produce",
+            &target,
+            "--routes",
+            routes.to_str().unwrap(),
+            "--route",
+            "readings",
+            "--events",
+            "150",
+            "--keys",
+            "20",
+            "--out-of-order",
+            "--duplicates",
+            "0.05",
+            "--poison",
+            "0.03",
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let binary = loader("kinesis-loader");
+    let (code, out, err) = run(
+        &[
+            "run",
+            &target,
+            "--function",
+            binary.to_str().unwrap(),
+            "--until-caught-up",
+            "--batching-window-ms",
+            "0",
+            "--idle-seconds",
+            "1",
+            "--max-duration-seconds",
+            "150",
+            "--log-dir",
+            dir.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(
+        &[
+            "verify",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--routes",
+            routes.to_str().unwrap(),
+        ],
+        &env,
+    );
+    // Then the verdict is exactly once: every device's row holds its newest seq, every reading
+    // is once in the lake, and every poison record is in the dead-letter queue
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("exactly once"), "{out}");
+    // And init a second time finds everything made
+    let (code, out, err) = run(
+        &[
+            "init",
+            "--routes",
+            routes.to_str().unwrap(),
+            "--name",
+            &format!("{}-init", stack.name),
+            "--create-tables",
+            "--database-url",
+            &stack.database_url,
+            "--env-file",
+            env_path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("exists"), "{out}");
+}
