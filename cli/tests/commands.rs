@@ -8,6 +8,15 @@ use std::process::Command;
 use streamload_tests::TestStack;
 
 fn streamload(stack: &TestStack, args: &[&str]) -> (i32, String, String) {
+    streamload_with(stack, args, &[])
+}
+
+/// [`streamload`] with more variables (a route file's `STREAMLOAD_CONFIG`, say).
+fn streamload_with(
+    stack: &TestStack,
+    args: &[&str],
+    env: &[(&str, &std::path::Path)],
+) -> (i32, String, String) {
     let c = &stack.config;
     let out = Command::new(env!("CARGO_BIN_EXE_streamload"))
         .args(args)
@@ -15,6 +24,7 @@ fn streamload(stack: &TestStack, args: &[&str]) -> (i32, String, String) {
         .env("DEDUP_TABLE", &c.dedup_table)
         .env("OUTPUT_BUCKET", &c.output_bucket)
         .env("DLQ_URL", &c.dlq_url)
+        .envs(env.iter().copied())
         .output()
         .expect("run streamload");
     (
@@ -189,8 +199,9 @@ async fn a_newest_by_route_sent_out_of_order_is_judged_by_its_merge_rule() {
     });
     assert!(out_of_order);
     let binary = loader("kinesis-loader");
-    let out = Command::new(env!("CARGO_BIN_EXE_streamload"))
-        .args([
+    let (code, out, err) = streamload_with(
+        &stack,
+        &[
             "run",
             &target,
             "--function",
@@ -202,19 +213,10 @@ async fn a_newest_by_route_sent_out_of_order_is_judged_by_its_merge_rule() {
             "25",
             "--log-dir",
             dir.to_str().unwrap(),
-        ])
-        .env("DATABASE_URL", &stack.database_url)
-        .env("DEDUP_TABLE", &stack.config.dedup_table)
-        .env("OUTPUT_BUCKET", &stack.config.output_bucket)
-        .env("DLQ_URL", &stack.config.dlq_url)
-        .env("STREAMLOAD_CONFIG", &routes)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &[("STREAMLOAD_CONFIG", routes.as_path())],
     );
+    assert_eq!(code, 0, "{out}{err}");
     // Then verify, told the route, finds each key holding its newest revision, every revision
     // once in the lake and the poison dead-lettered
     let verify = |extra: &[&str]| {
@@ -307,8 +309,9 @@ async fn a_keep_first_route_is_judged_as_before() {
     );
     assert_eq!(code, 0, "{out}{err}");
     let binary = loader("kinesis-loader");
-    let out = Command::new(env!("CARGO_BIN_EXE_streamload"))
-        .args([
+    let (code, out, err) = streamload_with(
+        &stack,
+        &[
             "run",
             &target,
             "--function",
@@ -318,19 +321,10 @@ async fn a_keep_first_route_is_judged_as_before() {
             "0",
             "--log-dir",
             dir.to_str().unwrap(),
-        ])
-        .env("DATABASE_URL", &stack.database_url)
-        .env("DEDUP_TABLE", &stack.config.dedup_table)
-        .env("OUTPUT_BUCKET", &stack.config.output_bucket)
-        .env("DLQ_URL", &stack.config.dlq_url)
-        .env("STREAMLOAD_CONFIG", &routes)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &[("STREAMLOAD_CONFIG", routes.as_path())],
     );
+    assert_eq!(code, 0, "{out}{err}");
     let m: streamload_cli::produce::Manifest =
         serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
     // Then verify, told the route (named by the manifest), finds each event's row and each
