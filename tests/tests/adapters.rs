@@ -2,9 +2,10 @@
 
 use streamload_aws::{DynamoDedup, S3Objects, SqsDeadLetters};
 use streamload_core::error::Classify;
-use streamload_core::memory::MemoryDeadLetters;
+use streamload_core::memory::{MemoryDeadLetters, MemoryDedup};
 use streamload_core::ports::{
-    Claim, ClaimAttempt, DeadLetters, DedupStore, Letter, ObjectSink, PutOutcome,
+    Claim, ClaimAttempt, DeadLetters, DedupStore, HolderLease, Letter, ObjectSink, PutOutcome,
+    Renewal, Revocation,
 };
 use streamload_tests::*;
 
@@ -15,6 +16,7 @@ fn claim(owner: &str, expires_at_s: i64) -> Claim {
         lease_until_ms: 1_000,
         object_key: format!("events/x-{owner}.parquet"),
         expires_at_s,
+        renewable: true,
     }
 }
 
@@ -37,6 +39,7 @@ async fn dedup_claims_are_conditional_and_return_the_holder() {
     for (client, dedup) in both_dedup_clients(&TestStack::new("ddb", false).await) {
         eprintln!("dedup client: {client}");
         dedup_contract(&dedup).await;
+        holder_lease_contract(&dedup, client).await;
     }
 }
 
@@ -52,6 +55,7 @@ async fn a_claim_key_and_owner_of_any_text_round_trip_through_both_clients() {
             lease_until_ms: 1_700_000_000_123,
             object_key: "events/dt=2026-12-02/h=05/x.parquet".into(),
             expires_at_s: 1_900_000_000,
+            renewable: false,
         };
         // When it is claimed, then claimed again by someone else
         assert_eq!(
@@ -78,7 +82,81 @@ async fn a_claim_key_and_owner_of_any_text_round_trip_through_both_clients() {
 }
 
 /// Each run leaves the key as it found it (absent), so the next client starts clean.
-async fn dedup_contract(dedup: &DynamoDedup) {
+#[tokio::test]
+async fn the_in_memory_dedup_store_keeps_the_same_contract() {
+    let memory = MemoryDedup::default();
+    dedup_contract(&memory).await;
+    holder_lease_contract(&memory, "memory").await;
+}
+
+/// The holder leases' contract, held by DynamoDB (both clients) and the in-memory store alike:
+/// renewals only move forward and never after a revocation; a revocation only from the lease
+/// as read, or a tombstone where none was. `tag` keeps the owners of one run apart.
+async fn holder_lease_contract<D: DedupStore>(dedup: &D, tag: &str) {
+    let [h1, h2, h3] = [1, 2, 3].map(|n| format!("{tag}-holder-{n}"));
+    // Given no lease for &h1, When a taker revokes it as absent (a tombstone)
+    assert_eq!(
+        dedup.revoke_lease(&h1, None, 2_000_000_000).await.unwrap(),
+        Revocation::Revoked
+    );
+    // Then the holder's first renewal (a creation still in flight) fails: revoked
+    assert_eq!(
+        dedup.renew_lease(&h1, 5_000, 2_000_000_000).await.unwrap(),
+        Renewal::Revoked
+    );
+    // Given &h2 renewed to 5000
+    assert_eq!(
+        dedup.renew_lease(&h2, 5_000, 2_000_000_000).await.unwrap(),
+        Renewal::Renewed
+    );
+    // When an older renewal lands late (4000), Then it counts as renewed and moves nothing back
+    assert_eq!(
+        dedup.renew_lease(&h2, 4_000, 2_000_000_000).await.unwrap(),
+        Renewal::Renewed
+    );
+    let current = dedup.read_lease(&h2).await.unwrap().unwrap();
+    assert_eq!(
+        current,
+        HolderLease {
+            owner: h2.clone(),
+            alive_until_ms: 5_000,
+            revoked: false
+        }
+    );
+    // When a taker revokes from a stale read (4000), Then it is refused with the lease as is
+    let stale = HolderLease {
+        alive_until_ms: 4_000,
+        ..current.clone()
+    };
+    assert_eq!(
+        dedup
+            .revoke_lease(&h2, Some(&stale), 2_000_000_000)
+            .await
+            .unwrap(),
+        Revocation::Changed(Some(current.clone()))
+    );
+    // When it revokes from the current read, Then it is revoked, again and again (a retry after
+    // a lost answer), and no renewal succeeds any more
+    for _ in 0..2 {
+        assert_eq!(
+            dedup
+                .revoke_lease(&h2, Some(&current), 2_000_000_000)
+                .await
+                .unwrap(),
+            Revocation::Revoked
+        );
+    }
+    assert_eq!(
+        dedup.renew_lease(&h2, 9_000, 2_000_000_000).await.unwrap(),
+        Renewal::Revoked
+    );
+    assert!(dedup.read_lease(&h2).await.unwrap().unwrap().revoked);
+    // And a lease never written reads as absent
+    assert_eq!(dedup.read_lease(&h3).await.unwrap(), None);
+}
+
+/// The dedup store's contract, held by DynamoDB (both clients) and the in-memory store alike.
+async fn dedup_contract<D: DedupStore>(dedup: &D) {
     let now = 1_000_000;
     // Given a first claim
     assert_eq!(
@@ -122,6 +200,19 @@ async fn dedup_contract(dedup: &DynamoDedup) {
         .unwrap();
     assert_eq!(again, ClaimAttempt::Held(claim("c", now + 500)));
     assert!(again.is_mine(&claim("c", now + 500)));
+    // A takeover is conditional on the holder and its lease only: a view of the holder that
+    // differs in another attribute still takes it over
+    let seen = Claim {
+        object_key: "events/other-view.parquet".into(),
+        ..claim("c", now + 500)
+    };
+    assert_eq!(
+        dedup
+            .take_over(&claim("c", now + 500), &seen)
+            .await
+            .unwrap(),
+        ClaimAttempt::Claimed
+    );
     // A release by someone else leaves the claim; by the holder it removes it
     dedup.release("ev:evt-1", "b").await.unwrap();
     assert_eq!(

@@ -160,6 +160,7 @@ async fn a_takeover_whose_answer_is_lost_still_loads_the_event() {
         lease_until_ms: now_ms() - 60_000,
         object_key: "events/dt=2024-05-01/hour=10/never-written.parquet".into(),
         expires_at_s: now_ms() / 1000 + 3600,
+        renewable: false,
     };
     dedup.try_claim(&dead, now_ms() / 1000).await.unwrap();
     // And an AWS endpoint that applies the takeover, then loses its answer (a 500)

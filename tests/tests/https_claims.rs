@@ -90,6 +90,7 @@ fn claim(n: usize, owner: &str) -> Claim {
         lease_until_ms: 1_000,
         object_key: format!("events/x-{owner}.parquet"),
         expires_at_s: 2_000_000_000,
+        renewable: true,
     }
 }
 

@@ -72,6 +72,7 @@ async fn a_claim_applied_after_the_record_was_failed_never_lets_its_object_vouch
         lease_until_ms: now_ms() + 120_000,
         object_key: "events/dt=2024-05-01/hour=10/live-holder.parquet".into(),
         expires_at_s: now_ms() / 1000 + 3600,
+        renewable: false,
     };
     dedup.try_claim(&live, now_ms() / 1000).await.unwrap();
     // And an endpoint that takes our first claim write of "a", closes the connection at once

@@ -2,7 +2,9 @@
 //!
 //! Item: `pk` (the claim key: `ev:<event_id>` or `dl:<unit>:<position>:<digest>`),
 //! `claim_owner`, `lease_until` (epoch ms), `object_key`, `expires_at` (epoch s, the table's
-//! TTL attribute). Every conditional write asks for the item it was refused by
+//! TTL attribute), `renewable` (1 when the owner keeps a holder lease). A holder lease is an
+//! item of the same table: `pk` = `lease:<owner>`, `claim_owner`, `lease_until` (the holder's
+//! fence), `revoked` (0 or 1), `expires_at`. Every conditional write asks for the item it was refused by
 //! (`ReturnValuesOnConditionCheckFailure = ALL_OLD`): a duplicate costs no second round trip,
 //! and a write whose answer was lost, retried by the SDK, recognises its own earlier attempt
 //! in the item that refuses the retry.
@@ -24,7 +26,7 @@ use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
 use std::sync::Arc;
 use streamload_core::error::PortError;
-use streamload_core::ports::{Claim, ClaimAttempt, DedupStore};
+use streamload_core::ports::{Claim, ClaimAttempt, DedupStore, HolderLease, Renewal, Revocation};
 use streamload_core::retry::SINK_RETRY;
 
 const PK: &str = "pk";
@@ -32,13 +34,24 @@ const OWNER: &str = "claim_owner";
 const LEASE: &str = "lease_until";
 const OBJECT: &str = "object_key";
 const EXPIRES: &str = "expires_at";
+const RENEWABLE: &str = "renewable";
+const REVOKED: &str = "revoked";
+
+/// The key prefix of holder leases; claim keys start `ev:` or `dl:`, so none collides.
+const LEASE_KEY_PREFIX: &str = "lease:";
 
 /// The longest a request body's text is besides its strings (table, key, owner, object key,
 /// string values): names, conditions, punctuation and three numbers at their widest.
-const BODY_FIXED_BYTES: usize = 448;
+const BODY_FIXED_BYTES: usize = 480;
 
 const CLAIM_CONDITION: &str = "attribute_not_exists(#pk) OR #exp < :now";
 const TAKEOVER_CONDITION: &str = "#owner = :owner AND #lease = :lease";
+/// A renewal creates the lease or moves it forward, never once revoked.
+const RENEW_CONDITION: &str = "attribute_not_exists(#pk) OR (#rev = :zero AND #lease < :until)";
+/// A revocation of a lease as read: unchanged and not revoked.
+const REVOKE_CONDITION: &str = "#lease = :seen AND #rev = :zero";
+/// A revocation of a lease that did not exist: a tombstone, so a creation in flight fails.
+const TOMBSTONE_CONDITION: &str = "attribute_not_exists(#pk)";
 
 #[derive(Clone)]
 pub struct DynamoDedup {
@@ -155,6 +168,7 @@ fn body_of(
         (LEASE, Attr::N(claim.lease_until_ms)),
         (OBJECT, Attr::S(&claim.object_key)),
         (EXPIRES, Attr::N(claim.expires_at_s)),
+        (RENEWABLE, Attr::N(i64::from(claim.renewable))),
     ];
     push_object(&mut out, &item, push_attr)?;
     out.extend_from_slice(br#","ConditionExpression":"#);
@@ -184,6 +198,8 @@ fn claim_of_text(item: &HashMap<String, AttributeText>) -> Result<Claim, PortErr
                 lease_until_ms,
                 object_key,
                 expires_at_s,
+                // Absent on claims written before holder leases existed.
+                renewable: n(RENEWABLE) == Some(1),
             })
         }
         _ => Err(PortError::permanent(
@@ -208,7 +224,57 @@ fn item_of(claim: &Claim) -> HashMap<String, AttributeValue> {
             EXPIRES.to_owned(),
             AttributeValue::N(claim.expires_at_s.to_string()),
         ),
+        (
+            RENEWABLE.to_owned(),
+            AttributeValue::N(i64::from(claim.renewable).to_string()),
+        ),
     ])
+}
+
+fn lease_key(owner: &str) -> String {
+    format!("{LEASE_KEY_PREFIX}{owner}")
+}
+
+fn lease_item(
+    owner: &str,
+    alive_until_ms: i64,
+    revoked: bool,
+    expires_at_s: i64,
+) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        (PK.to_owned(), AttributeValue::S(lease_key(owner))),
+        (OWNER.to_owned(), AttributeValue::S(owner.to_owned())),
+        (
+            LEASE.to_owned(),
+            AttributeValue::N(alive_until_ms.to_string()),
+        ),
+        (
+            REVOKED.to_owned(),
+            AttributeValue::N(i64::from(revoked).to_string()),
+        ),
+        (
+            EXPIRES.to_owned(),
+            AttributeValue::N(expires_at_s.to_string()),
+        ),
+    ])
+}
+
+/// A holder lease from its item; `None` if it lacks the lease's attributes.
+fn lease_of_text(item: &HashMap<String, AttributeText>) -> Result<HolderLease, PortError> {
+    let n = |k: &str| match item.get(k) {
+        Some(AttributeText::N(v)) => v.parse::<i64>().ok(),
+        _ => None,
+    };
+    match (item.get(OWNER), n(LEASE), n(REVOKED)) {
+        (Some(AttributeText::S(owner)), Some(alive_until_ms), Some(revoked)) => Ok(HolderLease {
+            owner: owner.clone(),
+            alive_until_ms,
+            revoked: revoked != 0,
+        }),
+        _ => Err(PortError::permanent(
+            "dedup item is missing holder lease attributes",
+        )),
+    }
 }
 
 /// A conditional PutItem through the SDK, with the SDK's own retries off and
@@ -398,6 +464,103 @@ impl DedupStore for DynamoDedup {
             },
         }
     }
+
+    async fn renew_lease(
+        &self,
+        owner: &str,
+        alive_until_ms: i64,
+        expires_at_s: i64,
+    ) -> Result<Renewal, PortError> {
+        let request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(lease_item(owner, alive_until_ms, false, expires_at_s)))
+            .condition_expression(RENEW_CONDITION)
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#rev", REVOKED)
+            .expression_attribute_names("#lease", LEASE)
+            .expression_attribute_values(":zero", AttributeValue::N("0".into()))
+            .expression_attribute_values(":until", AttributeValue::N(alive_until_ms.to_string()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        match Box::pin(sdk_conditional_put(request)).await?.answer {
+            PutAnswer::Written => Ok(Renewal::Renewed),
+            PutAnswer::Refused(Some(item)) => {
+                let held = lease_of_text(&item)?;
+                Ok(if held.revoked {
+                    Renewal::Revoked
+                } else {
+                    // Not revoked, so refused because it already reaches this far: a later
+                    // renewal of ours was applied first.
+                    Renewal::Renewed
+                })
+            }
+            PutAnswer::Refused(None) => Err(PortError::retryable(
+                "lease renewal refused without the lease's item",
+            )),
+        }
+    }
+
+    async fn read_lease(&self, owner: &str) -> Result<Option<HolderLease>, PortError> {
+        let r = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(lease_key(owner)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify_sdk_error("dynamodb GetItem", &e))?;
+        r.item()
+            .map(|item| lease_of_text(&text_of(item)))
+            .transpose()
+    }
+
+    async fn revoke_lease(
+        &self,
+        owner: &str,
+        seen: Option<&HolderLease>,
+        expires_at_s: i64,
+    ) -> Result<Revocation, PortError> {
+        let mut request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        request = match seen {
+            Some(lease) => request
+                .set_item(Some(lease_item(
+                    owner,
+                    lease.alive_until_ms,
+                    true,
+                    expires_at_s,
+                )))
+                .condition_expression(REVOKE_CONDITION)
+                .expression_attribute_names("#lease", LEASE)
+                .expression_attribute_names("#rev", REVOKED)
+                .expression_attribute_values(
+                    ":seen",
+                    AttributeValue::N(lease.alive_until_ms.to_string()),
+                )
+                .expression_attribute_values(":zero", AttributeValue::N("0".into())),
+            None => request
+                .set_item(Some(lease_item(owner, 0, true, expires_at_s)))
+                .condition_expression(TOMBSTONE_CONDITION)
+                .expression_attribute_names("#pk", PK),
+        };
+        match Box::pin(sdk_conditional_put(request)).await?.answer {
+            PutAnswer::Written => Ok(Revocation::Revoked),
+            PutAnswer::Refused(Some(item)) => {
+                let now = lease_of_text(&item)?;
+                Ok(if now.revoked {
+                    Revocation::Revoked
+                } else {
+                    Revocation::Changed(Some(now))
+                })
+            }
+            PutAnswer::Refused(None) => Ok(Revocation::Changed(None)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -413,6 +576,7 @@ mod tests {
             lease_until_ms: -5,
             object_key: "events/a.parquet".into(),
             expires_at_s: 1_900_000_000,
+            renewable: true,
         };
         // When its takeover body is written
         let body = body_of(
@@ -445,6 +609,7 @@ mod tests {
             lease_until_ms: i64::MIN,
             object_key: String::new(),
             expires_at_s: i64::MIN,
+            renewable: false,
         };
         // When both kinds of body are written
         let claim_body = body_of(
@@ -491,6 +656,7 @@ mod tests {
             lease_until_ms: 1,
             object_key: "events/a.parquet".into(),
             expires_at_s: 1,
+            renewable: false,
         };
         // When the claim futures are made (not run)
         let try_claim = store.try_claim(&claim, 1);

@@ -6,8 +6,8 @@
 
 use crate::error::PortError;
 use crate::ports::{
-    Claim, ClaimAttempt, DeadLetters, DedupStore, Letter, LetterResult, ObjectSink, PutOutcome,
-    Refusal, Row, RowSink,
+    Claim, ClaimAttempt, DeadLetters, DedupStore, HolderLease, Letter, LetterResult, ObjectSink,
+    PutOutcome, Refusal, Renewal, Revocation, Row, RowSink,
 };
 use crate::route::{Merge, Route, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +23,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default, Clone)]
 pub struct MemoryDedup {
     pub claims: Arc<Mutex<BTreeMap<String, Claim>>>,
+    /// Holder leases by owner.
+    pub leases: Arc<Mutex<BTreeMap<String, HolderLease>>>,
     pub writes: Arc<AtomicUsize>,
 }
 
@@ -51,8 +53,13 @@ impl DedupStore for MemoryDedup {
     ) -> impl Future<Output = Result<ClaimAttempt, PortError>> + Send {
         self.writes.fetch_add(1, Ordering::SeqCst);
         let mut claims = lock(&self.claims);
+        // DynamoDB's condition: the holder and its lease unchanged (`#owner = :owner AND
+        // #lease = :lease`), nothing else compared.
         let r = match claims.get(&claim.key) {
-            Some(current) if current == previous => {
+            Some(current)
+                if current.owner == previous.owner
+                    && current.lease_until_ms == previous.lease_until_ms =>
+            {
                 claims.insert(claim.key.clone(), claim.clone());
                 ClaimAttempt::Claimed
             }
@@ -80,6 +87,76 @@ impl DedupStore for MemoryDedup {
             claims.remove(event_id);
         }
         std::future::ready(Ok(()))
+    }
+
+    fn renew_lease(
+        &self,
+        owner: &str,
+        alive_until_ms: i64,
+        _expires_at_s: i64,
+    ) -> impl Future<Output = Result<Renewal, PortError>> + Send {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        let mut leases = lock(&self.leases);
+        let r = match leases.get(owner) {
+            Some(l) if l.revoked => Renewal::Revoked,
+            Some(l) if l.alive_until_ms >= alive_until_ms => Renewal::Renewed,
+            _ => {
+                leases.insert(
+                    owner.to_owned(),
+                    HolderLease {
+                        owner: owner.to_owned(),
+                        alive_until_ms,
+                        revoked: false,
+                    },
+                );
+                Renewal::Renewed
+            }
+        };
+        std::future::ready(Ok(r))
+    }
+
+    fn read_lease(
+        &self,
+        owner: &str,
+    ) -> impl Future<Output = Result<Option<HolderLease>, PortError>> + Send {
+        std::future::ready(Ok(lock(&self.leases).get(owner).cloned()))
+    }
+
+    fn revoke_lease(
+        &self,
+        owner: &str,
+        seen: Option<&HolderLease>,
+        _expires_at_s: i64,
+    ) -> impl Future<Output = Result<Revocation, PortError>> + Send {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        let mut leases = lock(&self.leases);
+        let current = leases.get(owner).cloned();
+        let r = match (&current, seen) {
+            (Some(c), _) if c.revoked => Revocation::Revoked,
+            (None, None) => {
+                leases.insert(
+                    owner.to_owned(),
+                    HolderLease {
+                        owner: owner.to_owned(),
+                        alive_until_ms: 0,
+                        revoked: true,
+                    },
+                );
+                Revocation::Revoked
+            }
+            (Some(c), Some(s)) if c.alive_until_ms == s.alive_until_ms => {
+                leases.insert(
+                    owner.to_owned(),
+                    HolderLease {
+                        revoked: true,
+                        ..c.clone()
+                    },
+                );
+                Revocation::Revoked
+            }
+            _ => Revocation::Changed(current),
+        };
+        std::future::ready(Ok(r))
     }
 }
 
@@ -331,6 +408,11 @@ pub struct FaultSwitch {
     pub crashed: AtomicBool,
     /// Claim releases fail (retryably) before reaching the real store.
     pub fail_releases: AtomicBool,
+    /// Lease renewals fail (retryably) before reaching the real store. Lease calls see only
+    /// this, the `lose_renewal_answers` switch and a crash: the other faults are the claims'.
+    pub fail_renewals: AtomicBool,
+    /// Lease renewals are applied, and their answers lost.
+    pub lose_renewal_answers: AtomicBool,
 }
 
 impl FaultSwitch {
@@ -353,6 +435,13 @@ impl FaultSwitch {
             return Err(PortError::retryable("injected failure"));
         }
         Ok(())
+    }
+
+    /// A crashed sandbox's lease calls never return, like all its calls.
+    async fn lease_gate(&self) {
+        if self.crashed.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
     }
 
     fn read_gate(&self) -> Result<(), PortError> {
@@ -416,6 +505,42 @@ impl<T: DedupStore> DedupStore for Faulty<T> {
             return Err(PortError::retryable("injected release failure"));
         }
         self.inner.release(key, owner).await
+    }
+
+    async fn renew_lease(
+        &self,
+        owner: &str,
+        alive_until_ms: i64,
+        expires_at_s: i64,
+    ) -> Result<Renewal, PortError> {
+        self.switch.lease_gate().await;
+        if self.switch.fail_renewals.load(Ordering::SeqCst) {
+            return Err(PortError::retryable("injected renewal failure"));
+        }
+        let r = self
+            .inner
+            .renew_lease(owner, alive_until_ms, expires_at_s)
+            .await;
+        self.switch.lease_gate().await;
+        if self.switch.lose_renewal_answers.load(Ordering::SeqCst) {
+            return Err(PortError::ambiguous("injected lost renewal answer"));
+        }
+        r
+    }
+
+    async fn read_lease(&self, owner: &str) -> Result<Option<HolderLease>, PortError> {
+        self.switch.lease_gate().await;
+        self.inner.read_lease(owner).await
+    }
+
+    async fn revoke_lease(
+        &self,
+        owner: &str,
+        seen: Option<&HolderLease>,
+        expires_at_s: i64,
+    ) -> Result<Revocation, PortError> {
+        self.switch.lease_gate().await;
+        self.inner.revoke_lease(owner, seen, expires_at_s).await
     }
 }
 

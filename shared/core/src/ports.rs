@@ -25,6 +25,44 @@ pub struct Claim {
     pub object_key: String,
     /// Epoch seconds after which the claim counts as absent (DynamoDB TTL attribute).
     pub expires_at_s: i64,
+    /// Whether the owner keeps a renewable [`HolderLease`]: once `lease_until_ms` is over, the
+    /// holder's lease says whether it is alive. A claim without one (written before leases
+    /// existed) is the holder's own lease, to its end.
+    pub renewable: bool,
+}
+
+/// An invocation's renewable lease: one item per invocation that its claims refer to (by
+/// owner). The holder writes nothing after `alive_until_ms`, by its own clock, unless a
+/// renewal moved it; a taker may revoke it once it is over by more than the lease grace
+/// (docs/exactly-once.md, "Renewable leases").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderLease {
+    /// The invocation (its Lambda request id), as in [`Claim::owner`].
+    pub owner: String,
+    /// Epoch ms: the holder's fence, by its own clock, as of its last applied renewal.
+    pub alive_until_ms: i64,
+    /// A taker declared the holder dead: no renewal can succeed any more.
+    pub revoked: bool,
+}
+
+/// The answer to a renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// The lease now reaches at least the requested time (written now, or by a later renewal
+    /// of ours that was applied first).
+    Renewed,
+    /// A taker revoked the lease: the holder must stop writing at once.
+    Revoked,
+}
+
+/// The answer to a revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// The lease is revoked (now, or already): its holder can write nothing more, and its
+    /// claims may be taken over.
+    Revoked,
+    /// The lease changed since it was read (a renewal landed): it is what the item holds now.
+    Changed(Option<HolderLease>),
 }
 
 /// The answer to a conditional claim.
@@ -88,6 +126,32 @@ pub trait DedupStore: Send + Sync {
         event_id: &str,
         owner: &str,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Moves `owner`'s lease to `alive_until_ms`, creating it if absent, only if it is not
+    /// revoked and the move is forward. A refusal because a later renewal of ours already
+    /// landed counts as [`Renewal::Renewed`]. `expires_at_s` is the item's TTL.
+    fn renew_lease(
+        &self,
+        owner: &str,
+        alive_until_ms: i64,
+        expires_at_s: i64,
+    ) -> impl Future<Output = Result<Renewal, PortError>> + Send;
+
+    /// Strongly consistent read of `owner`'s lease.
+    fn read_lease(
+        &self,
+        owner: &str,
+    ) -> impl Future<Output = Result<Option<HolderLease>, PortError>> + Send;
+
+    /// Revokes `owner`'s lease only if it is still as read: `seen` is the lease read (its
+    /// `alive_until_ms` unchanged and not revoked), or `None` for a lease that did not exist
+    /// (a tombstone is written, so a creation still in flight fails).
+    fn revoke_lease(
+        &self,
+        owner: &str,
+        seen: Option<&HolderLease>,
+        expires_at_s: i64,
+    ) -> impl Future<Output = Result<Revocation, PortError>> + Send;
 }
 
 /// One mapped row for the database: its route (table, columns, key, merge) and its values,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use streamload_core::clock::{Clock, TokioClock};
 use streamload_core::memory::{
     FaultSwitch, Faulty, MemoryDeadLetters, MemoryDedup, MemoryObjects, MemoryRows,
 };
@@ -57,6 +58,7 @@ impl Stack {
         let settings = PipelineSettings {
             lease_grace: Duration::from_millis(50),
             finish_margin: Duration::from_millis(200),
+            clock: clock(),
             in_budget_retry: RetryPolicy {
                 max_attempts: 4,
                 initial_backoff: Duration::from_millis(5),
@@ -154,11 +156,15 @@ fn batch_of(ids: &[&str], first_seq: u64) -> Batch {
     }
 }
 
+/// The tests' one clock: tokio's time, so a paused test moves it without sleeping (shared by
+/// every pipeline and invocation of a test, so they agree).
+fn clock() -> Arc<TokioClock> {
+    static CLOCK: std::sync::OnceLock<Arc<TokioClock>> = std::sync::OnceLock::new();
+    CLOCK.get_or_init(|| Arc::new(TokioClock::new())).clone()
+}
+
 fn invocation(id: &str, budget: Duration) -> Invocation {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = clock().now_ms();
     Invocation {
         attempt_id: id.into(),
         deadline_ms: now + budget.as_millis() as i64,
@@ -512,29 +518,28 @@ async fn a_database_outage_reports_the_lowest_failed_record_and_loses_nothing() 
     assert_eq!(stack.row_count(), 3);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_claim_held_by_a_live_invocation_is_a_transient_failure() {
-    // Given another invocation holds "b" and is still running (long deadline)
+    // Given another invocation holds "b" and is still running and renewing its lease (stuck
+    // in the database, long deadline)
     let stack = Stack::new();
     let (p1, s1) = stack.pipeline();
     s1.rows.crash_before.store(true, Ordering::SeqCst);
-    let held = tokio::time::timeout(
-        Duration::from_millis(200),
-        p1.process(
-            &batch_of(&["b"], 1),
-            &invocation("inv-1", Duration::from_secs(60)),
-        ),
-    )
-    .await;
-    assert!(held.is_err(), "the first invocation is stuck mid-batch");
-    // When a different batch with "a", "b", "c" arrives
+    let b1 = batch_of(&["b"], 1);
+    let inv1 = invocation("inv-1", Duration::from_secs(60));
+    let holder = p1.process(&b1, &inv1);
+    // When a different batch with "a", "b", "c" arrives 200 ms later
     let (p2, _) = stack.pipeline();
-    let report = p2
-        .process(
-            &batch_of(&["a", "b", "c"], 20),
-            &invocation("inv-2", Duration::from_secs(30)),
-        )
-        .await;
+    let b2 = batch_of(&["a", "b", "c"], 20);
+    let taker = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        p2.process(&b2, &invocation("inv-2", Duration::from_secs(30)))
+            .await
+    };
+    let report = tokio::select! {
+        _ = holder => panic!("the first invocation is stuck mid-batch"),
+        report = taker => report,
+    };
     // Then "b" is reported (position 21), "a" and "c" load
     assert_eq!(
         report.outcomes[1],
@@ -542,6 +547,8 @@ async fn a_claim_held_by_a_live_invocation_is_a_transient_failure() {
     );
     assert_eq!(report.failures[0].1.as_str(), "21");
     assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "c"]));
+    // And the holder was never revoked: it renewed all along
+    assert!(!stack.dedup.leases.lock().unwrap()["inv-1"].revoked);
 }
 
 #[tokio::test]

@@ -2,23 +2,79 @@
 //! invocation's cutoff, and the in-budget retries (rounds with back-off, never past the
 //! cutoff, remembering whether any attempt may have been applied).
 
+use super::lease::Fence;
 use super::*;
+use crate::clock::Clock;
 
-/// Runs `call` with the time left until `until_ms` (epoch ms) as its bound. A call cut off
-/// may have taken effect: its error is ambiguous. A call never started is a plain failure.
-pub async fn bounded<T>(
-    until_ms: i64,
+/// Until when a call may run: a fixed time (epoch ms), and, for every call that writes, the
+/// holder's fence, which renewals move while the call runs.
+#[derive(Clone, Copy)]
+pub(crate) struct Until<'a> {
+    clock: &'a dyn Clock,
+    hard_ms: i64,
+    fence: Option<&'a Fence>,
+}
+
+impl<'a> Until<'a> {
+    /// Until `hard_ms`, whatever the lease: reads, and releases of our own claims (a release
+    /// after a takeover finds another owner and changes nothing).
+    pub(crate) fn at(clock: &'a dyn Clock, hard_ms: i64) -> Self {
+        Self {
+            clock,
+            hard_ms,
+            fence: None,
+        }
+    }
+
+    /// Until `hard_ms` or the fence, whichever comes first.
+    pub(crate) fn fenced(clock: &'a dyn Clock, hard_ms: i64, fence: &'a Fence) -> Self {
+        Self {
+            clock,
+            hard_ms,
+            fence: Some(fence),
+        }
+    }
+
+    /// The limit as of now (epoch ms).
+    pub(crate) fn limit_ms(&self) -> i64 {
+        match self.fence {
+            Some(f) => self.hard_ms.min(f.until_ms()),
+            None => self.hard_ms,
+        }
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Whether the limit has passed.
+    pub(crate) fn passed(&self) -> bool {
+        self.now_ms() > self.limit_ms()
+    }
+}
+
+/// Runs `call` until `until`'s limit. The limit is looked at again when reached: a renewal
+/// that moved the fence meanwhile lets the call go on. A call cut off may have taken effect:
+/// its error is ambiguous. A call never started is a plain failure.
+pub(crate) async fn bounded<T>(
+    until: Until<'_>,
     call: impl Future<Output = Result<T, PortError>>,
 ) -> Result<T, PortError> {
-    let left = until_ms - now_ms();
-    if left <= 0 {
-        return Err(PortError::retryable("no time left before the deadline"));
-    }
-    match tokio::time::timeout(Duration::from_millis(left as u64), call).await {
-        Ok(r) => r,
-        Err(_) => Err(PortError::ambiguous(
-            "the call did not answer before the deadline",
-        )),
+    let mut call = std::pin::pin!(call);
+    let mut started = false;
+    loop {
+        let left = until.limit_ms() - until.now_ms();
+        if left <= 0 {
+            return Err(if started {
+                PortError::ambiguous("the call did not answer before the deadline or the fence")
+            } else {
+                PortError::retryable("no time left before the deadline or the fence")
+            });
+        }
+        started = true;
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(left as u64), &mut call).await {
+            return r;
+        }
     }
 }
 
@@ -31,7 +87,7 @@ pub async fn bounded<T>(
 /// written" about a write that may land.
 pub(super) async fn in_budget<T, F, Fut>(
     policy: RetryPolicy,
-    until_ms: i64,
+    until: Until<'_>,
     mut call: F,
 ) -> Result<T, PortError>
 where
@@ -41,13 +97,13 @@ where
     let mut round = 1;
     let mut maybe_applied = false;
     loop {
-        let e = match bounded(until_ms, call()).await {
+        let e = match bounded(until, call()).await {
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
         maybe_applied |= e.ambiguous;
         let pause = if e.is_retryable() {
-            pause_before_retry(policy, round, until_ms)
+            pause_before_retry(policy, round, until)
         } else {
             None
         };
@@ -67,15 +123,15 @@ where
 }
 
 /// The pause before retrying after attempt `round`, or `None` when the policy's attempts are
-/// spent or the pause would end at or after `until_ms`.
+/// spent or the pause would end at or after `until`'s limit.
 pub(super) fn pause_before_retry(
     policy: RetryPolicy,
     round: u32,
-    until_ms: i64,
+    until: Until<'_>,
 ) -> Option<Duration> {
     if round >= policy.max_attempts {
         return None;
     }
     let pause = policy.backoff(round);
-    (now_ms() + (pause.as_millis() as i64) < until_ms).then_some(pause)
+    (until.now_ms() + (pause.as_millis() as i64) < until.limit_ms()).then_some(pause)
 }

@@ -2,6 +2,7 @@
 //! object and lease, waits for a lease ending within the budget, takeovers of dead holders,
 //! and the lost-answer cases (docs/exactly-once.md, "Claim" and "a claim applied late").
 
+use super::lease::{Holder, LIVE_HOLDER_WAIT_MS};
 use super::*;
 
 /// How often the object of a holder we wait for is looked at again.
@@ -29,9 +30,13 @@ pub(super) enum Step {
 pub(super) enum Existing {
     Done,
     Takeover(Claim),
-    Wait(Claim),
+    /// Look again at this time (epoch ms).
+    Wait(Claim, i64),
     Live,
+    /// The holder's object could not be looked at.
     Unreadable,
+    /// The holder's lease could not be read or revoked.
+    HolderUnknown,
 }
 
 impl<D, R, O, Q> Pipeline<D, R, O, Q>
@@ -50,10 +55,16 @@ where
     /// recognises. Only a write still unresolved when the rounds or the time run out taints
     /// its object.
     pub(super) async fn claim_all(&self, work: &mut Work<'_>, indices: &[usize]) {
+        let clock = work.clock;
         let cutoff = work.cutoff_ms(&self.settings);
+        let until = work.until(&self.settings);
+        let started = clock.now_ms();
         // A wait for someone else's lease must leave time to load what it wins: no wait ends
         // later than this (a third of what is left, at least `MIN_LOAD_RESERVE_MS`, stays).
-        let wait_limit = cutoff - ((cutoff - now_ms()) / 3).max(MIN_LOAD_RESERVE_MS);
+        let wait_limit = cutoff - ((cutoff - started) / 3).max(MIN_LOAD_RESERVE_MS);
+        // A holder that keeps renewing is waited for a lease and its grace at most: long
+        // enough to see one that died just before, not the whole budget.
+        let live_wait_limit = wait_limit.min(started + LIVE_HOLDER_WAIT_MS);
         let mut pending: Vec<(usize, Step)> = indices.iter().map(|&i| (i, Step::Claim)).collect();
         // Records with a write of unknown outcome, and the last reason each is not settled.
         let mut maybe_landed: HashSet<usize> = HashSet::new();
@@ -67,8 +78,9 @@ where
         let mut cause: HashMap<usize, FailureCause> = HashMap::new();
         let mut error_rounds: u32 = 0;
         let policy = self.settings.in_budget_retry;
-        while !pending.is_empty() && error_rounds < policy.max_attempts && now_ms() <= cutoff {
-            let now_s = now_ms() / 1000;
+        // A holder whose fence has passed claims nothing more: a taker may have revoked it.
+        while !pending.is_empty() && error_rounds < policy.max_attempts && !until.passed() {
+            let now_s = clock.now_ms() / 1000;
             let (judge, writes): (Pending, Pending) = pending
                 .drain(..)
                 .partition(|(_, step)| matches!(step, Step::Judge(_)));
@@ -81,8 +93,8 @@ where
             .map(|(i, mine, step)| async move {
                 let _in_flight = self.settings.wake_pacer.map(WakePacer::start);
                 let r = match &step {
-                    Step::Takeover(old) => bounded(cutoff, self.dedup.take_over(&mine, old)).await,
-                    _ => bounded(cutoff, self.dedup.try_claim(&mine, now_s)).await,
+                    Step::Takeover(old) => bounded(until, self.dedup.take_over(&mine, old)).await,
+                    _ => bounded(until, self.dedup.try_claim(&mine, now_s)).await,
                 };
                 (i, mine, step, r)
             })
@@ -150,7 +162,9 @@ where
 
             // The lease is judged against a clock read before the existence checks, so a
             // slow HeadObject cannot make a live holder look dead.
-            let verdicts = self.judge_existing(&refused, cutoff, wait_limit).await;
+            let verdicts = self
+                .judge_existing(&refused, until, wait_limit, live_wait_limit)
+                .await;
             let mut wake_at: Option<i64> = None;
             for ((i, old), verdict) in refused.into_iter().zip(verdicts) {
                 match verdict {
@@ -160,17 +174,20 @@ where
                         cause.insert(i, FailureCause::ObjectStore);
                         retry.push((i, Step::Judge(old)));
                     }
+                    Existing::HolderUnknown => {
+                        cause.insert(i, FailureCause::Dedup);
+                        retry.push((i, Step::Judge(old)));
+                    }
                     Existing::Takeover(old) => {
                         cause.insert(i, FailureCause::Contended);
                         pending.push((i, Step::Takeover(old)));
                     }
-                    Existing::Wait(old) => {
+                    Existing::Wait(old, next) => {
                         // A holder whose lease ends within our budget is cheaper to wait for
                         // here than a retry spent by the mapping. Its object is looked at
                         // again every `LEASE_POLL_MS` meanwhile: a holder that finishes makes
                         // the record a duplicate at once, without sleeping to its lease end.
                         cause.insert(i, FailureCause::HeldByLiveInvocation);
-                        let next = (old.lease_until_ms + 1).min(now_ms() + LEASE_POLL_MS);
                         wake_at = Some(wake_at.map_or(next, |t: i64| t.min(next)));
                         pending.push((i, Step::Judge(old)));
                     }
@@ -183,9 +200,9 @@ where
                 policy.backoff(error_rounds).as_millis() as i64
             };
             pending.append(&mut retry);
-            let resume = wake_at.map_or(backoff, |t| (t - now_ms()).max(backoff));
+            let resume = wake_at.map_or(backoff, |t| (t - clock.now_ms()).max(backoff));
             if !pending.is_empty() && resume > 0 {
-                if now_ms() + resume > cutoff {
+                if clock.now_ms() + resume > cutoff {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(resume as u64)).await;
@@ -196,8 +213,7 @@ where
             if maybe_landed.contains(&i) {
                 let key = work.slots[i].claim_key.clone().unwrap_or_default();
                 let owner = work.inv.attempt_id.as_str();
-                let read =
-                    bounded(work.cleanup_until_ms(&self.settings), self.dedup.read(&key)).await;
+                let read = bounded(work.cleanup(&self.settings), self.dedup.read(&key)).await;
                 if matches!(&read, Ok(Some(c)) if c.owner == owner && Some(&c.object_key) == work.slots[i].object_key.as_ref())
                 {
                     work.claimed.push(i);
@@ -223,31 +239,59 @@ where
     }
 
     /// Decides, for claims held by others, whether the event is done (its object exists),
-    /// its holder is certainly dead (lease over), worth waiting for (the lease ends before
-    /// `wait_limit`) or still possibly alive beyond what we can wait.
+    /// its holder is certainly dead (its claim's lease over and, for a renewable claim, its
+    /// holder lease revoked), worth waiting for (the lease ends before `wait_limit`, or a
+    /// renewing holder before `live_wait_limit`) or still possibly alive beyond what we can
+    /// wait.
     pub(super) async fn judge_existing(
         &self,
         refused: &[(usize, Claim)],
-        cutoff: i64,
+        until: Until<'_>,
         wait_limit: i64,
+        live_wait_limit: i64,
     ) -> Vec<Existing> {
-        let now = now_ms();
+        let now = until.now_ms();
         let keys: HashSet<&str> = refused
             .iter()
             .map(|(_, old)| old.object_key.as_str())
             .collect();
         let exists: HashMap<&str, Result<bool, PortError>> = stream::iter(keys)
-            .map(|k| async move { (k, bounded(cutoff, self.objects.exists(k)).await) })
+            .map(|k| async move { (k, bounded(until, self.objects.exists(k)).await) })
             .buffer_unordered(self.settings.claim_concurrency.max(1))
             .collect()
             .await;
+        let absent = |old: &Claim| matches!(exists.get(old.object_key.as_str()), Some(Ok(false)));
+        // Renewable claims whose own lease is over: their holder's lease decides.
+        let owners: HashSet<&str> = refused
+            .iter()
+            .filter(|(_, old)| old.renewable && old.lease_until_ms < now && absent(old))
+            .map(|(_, old)| old.owner.as_str())
+            .collect();
+        let holders = if owners.is_empty() {
+            HashMap::new()
+        } else {
+            self.judge_holders(owners, until).await
+        };
+        let poll = now + LEASE_POLL_MS;
         refused
             .iter()
             .map(|(_, old)| match exists.get(old.object_key.as_str()) {
                 Some(Ok(true)) => Existing::Done,
                 Some(Err(_)) | None => Existing::Unreadable,
-                Some(Ok(false)) if old.lease_until_ms < now => Existing::Takeover(old.clone()),
-                Some(Ok(false)) if old.lease_until_ms < wait_limit => Existing::Wait(old.clone()),
+                Some(Ok(false)) if old.lease_until_ms < now && !old.renewable => {
+                    Existing::Takeover(old.clone())
+                }
+                Some(Ok(false)) if old.lease_until_ms < now => match holders.get(&old.owner) {
+                    Some(Holder::Dead) => Existing::Takeover(old.clone()),
+                    Some(Holder::Alive | Holder::Changed) if poll < live_wait_limit => {
+                        Existing::Wait(old.clone(), poll)
+                    }
+                    Some(Holder::Alive | Holder::Changed) => Existing::Live,
+                    Some(Holder::Unknown) | None => Existing::HolderUnknown,
+                },
+                Some(Ok(false)) if old.lease_until_ms < wait_limit => {
+                    Existing::Wait(old.clone(), (old.lease_until_ms + 1).min(poll))
+                }
                 Some(Ok(false)) => Existing::Live,
             })
             .collect()

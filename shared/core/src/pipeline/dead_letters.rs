@@ -55,8 +55,10 @@ where
     /// Letters travel in batches (up to the queue's batch limits), so a batch with many poison
     /// records costs a request per ten of them rather than one each.
     pub(super) async fn dead_letter_all(&self, work: &mut Work<'_>, claimed: &[usize]) {
-        let cutoff = work.cutoff_ms(&self.settings);
-        let cleanup = work.cleanup_until_ms(&self.settings);
+        let until = work.until(&self.settings);
+        let cleanup = work.cleanup(&self.settings);
+        // The archive is a commit marker: fenced like every write that vouches for records.
+        let archive_until = work.cleanup_fenced(&self.settings);
         let owner = work.inv.attempt_id.as_str();
         let w = &*work;
         let concurrency = self.settings.claim_concurrency.max(1);
@@ -68,11 +70,11 @@ where
                 let (Some(poison), Some(digest)) = (&slot.poison, &slot.digest) else {
                     return (i, Err(FailureCause::DeadLetterQueue));
                 };
-                if now_ms() > cutoff {
+                if until.passed() {
                     return (i, Err(FailureCause::Deadline));
                 }
                 let record = &w.batch.records[i];
-                match self.letter_of(record, poison, digest, cutoff).await {
+                match self.letter_of(record, poison, digest, until).await {
                     Ok(letter) => (i, Ok(letter)),
                     Err(e) => {
                         tracing::warn!(error = %e, position = %record.position, "dead-letter data write failed");
@@ -99,7 +101,7 @@ where
         // (a redelivery waits for the lease instead of sending them again at once) and their
         // archive is held back (it must not vouch for a letter that may not be queued).
         let mut maybe_sent: Vec<usize> = Vec::new();
-        for (i, letter, result) in self.send_letters(ready, cutoff).await {
+        for (i, letter, result) in self.send_letters(ready, until).await {
             match result {
                 Ok(()) => sent.push((i, letter)),
                 Err(e) => {
@@ -160,7 +162,7 @@ where
         stream::iter(archives)
             .for_each_concurrent(concurrency, |(key, body)| async move {
                 let body = bytes::Bytes::from(body);
-                let archived = in_budget(self.settings.in_budget_retry, cleanup, || {
+                let archived = in_budget(self.settings.in_budget_retry, archive_until, || {
                     self.objects
                         .put_new(key, body.clone(), "application/x-ndjson")
                 })
@@ -194,7 +196,7 @@ where
         record: &SourceRecord,
         poison: &Poison,
         digest: &str,
-        until_ms: i64,
+        until: Until<'_>,
     ) -> Result<Letter, PortError> {
         let inline = dead_letter::body(record, poison, digest, DeadLetterData::Inline);
         let body = if inline.len() <= self.dead_letters.max_body_bytes() {
@@ -207,7 +209,7 @@ where
                 digest,
             );
             let bytes = record.data.clone().unwrap_or_default();
-            in_budget(self.settings.in_budget_retry, until_ms, || {
+            in_budget(self.settings.in_budget_retry, until, || {
                 self.objects
                     .put_new(&key, bytes.clone(), "application/octet-stream")
             })
@@ -222,12 +224,12 @@ where
 
     /// Sends `letters` packed into batches within the queue's limits, the batches side by
     /// side. A letter the queue refused retryably, or a batch whose request failed retryably,
-    /// is sent again per the in-budget policy until `until_ms`; each letter ends with its last
+    /// is sent again per the in-budget policy until `until`; each letter ends with its last
     /// result.
     pub(super) async fn send_letters(
         &self,
         letters: Vec<(usize, Letter)>,
-        until_ms: i64,
+        until: Until<'_>,
     ) -> Vec<(usize, Letter, LetterResult)> {
         let batches = pack_letters(
             letters,
@@ -244,18 +246,17 @@ where
                 let mut round = 1;
                 while !pending.is_empty() {
                     let batch: Vec<Letter> = pending.iter().map(|(_, l, _)| l.clone()).collect();
-                    let answers =
-                        match bounded(until_ms, self.dead_letters.send_batch(&batch)).await {
-                            Ok(answers) if answers.len() == batch.len() => answers,
-                            Ok(_) => vec![
-                                Err(PortError::ambiguous(
-                                    "dead-letter batch: answers do not match the letters"
-                                ));
-                                batch.len()
-                            ],
-                            Err(e) => vec![Err(e); batch.len()],
-                        };
-                    let pause = pause_before_retry(policy, round, until_ms);
+                    let answers = match bounded(until, self.dead_letters.send_batch(&batch)).await {
+                        Ok(answers) if answers.len() == batch.len() => answers,
+                        Ok(_) => vec![
+                            Err(PortError::ambiguous(
+                                "dead-letter batch: answers do not match the letters"
+                            ));
+                            batch.len()
+                        ],
+                        Err(e) => vec![Err(e); batch.len()],
+                    };
+                    let pause = pause_before_retry(policy, round, until);
                     let mut again = Vec::new();
                     for ((i, letter, unknown), answer) in pending.into_iter().zip(answers) {
                         let unknown =

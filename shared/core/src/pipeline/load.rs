@@ -88,7 +88,8 @@ where
             return Vec::new();
         }
         let cutoff = work.cutoff_ms(&self.settings);
-        if now_ms() > cutoff {
+        let until = work.until(&self.settings);
+        if until.passed() {
             self.give_up(work, &claimed, FailureCause::Deadline).await;
             return Vec::new();
         }
@@ -103,7 +104,7 @@ where
         // Encode first: a value the Parquet encoder cannot write is found before its row
         // reaches the database, so no event is ever in PostgreSQL and missing from the lake.
         let mark = PhaseMark::now();
-        let ingested_at_us = now_ms() * 1000;
+        let ingested_at_us = work.now_ms() * 1000;
         let mut refused: Vec<(usize, String)> = Vec::new();
         let mut bodies: BTreeMap<String, Result<Vec<u8>, EncodeError>> = BTreeMap::new();
         for (key, members) in &mut by_object {
@@ -155,7 +156,8 @@ where
                 values: &e.values,
             })
             .collect();
-        let upserted = bounded(cutoff + 200, self.rows.upsert(&rows, cutoff)).await;
+        let upsert_until = Until::fenced(work.clock, cutoff + 200, work.fence);
+        let upserted = bounded(upsert_until, self.rows.upsert(&rows, cutoff)).await;
         drop(rows);
         match upserted {
             Ok(refusals) => {
@@ -176,7 +178,7 @@ where
         // object that lacks the event would make it look loaded), and re-encode the object
         // without them. A release that cannot be confirmed holds the object back.
         let refused_set: HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
-        let cleanup = work.cleanup_until_ms(&self.settings);
+        let cleanup = work.cleanup(&self.settings);
         let owner = work.inv.attempt_id.as_str();
         let w = &*work;
         let releases: Vec<(usize, bool)> = stream::iter(&refused)
@@ -220,7 +222,7 @@ where
         }
 
         let mark = work.phases.add(Phase::Database, mark);
-        if now_ms() > cutoff {
+        if until.passed() {
             let all: Vec<usize> = by_object.into_values().flatten().collect();
             self.give_up(work, &all, FailureCause::Deadline).await;
             return refused.into_iter().map(|(i, _)| i).collect();
@@ -245,7 +247,7 @@ where
         }
         let written: Vec<(Vec<usize>, ObjectResult)> = stream::iter(to_write)
             .map(|(key, members, body)| async move {
-                let r = self.write_object(&key, body, cutoff, cleanup).await;
+                let r = self.write_object(&key, body, until, cleanup).await;
                 (members, r)
             })
             .buffer_unordered(4)
@@ -274,16 +276,16 @@ where
         refused.into_iter().map(|(i, _)| i).collect()
     }
 
-    /// Writes one object by `cutoff`; after an error, checks by `cleanup` whether it exists.
+    /// Writes one object by `until`; after an error, checks by `cleanup` whether it exists.
     pub(super) async fn write_object(
         &self,
         key: &str,
         body: Vec<u8>,
-        cutoff: i64,
-        cleanup: i64,
+        until: Until<'_>,
+        cleanup: Until<'_>,
     ) -> ObjectResult {
         let body = bytes::Bytes::from(body);
-        let put = in_budget(self.settings.in_budget_retry, cutoff, || {
+        let put = in_budget(self.settings.in_budget_retry, until, || {
             self.objects
                 .put_new(key, body.clone(), "application/vnd.apache.parquet")
         })

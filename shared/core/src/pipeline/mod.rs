@@ -19,10 +19,13 @@
 //! - `dead_letters`: poison records to the queue, and their archive;
 //! - `load`: encode, upsert, write the objects, take out refused rows;
 //! - `release`: giving claims back for a prompt redelivery;
-//! - `budget`: every outside call bounded by the time left, and the in-budget retries.
+//! - `budget`: every outside call bounded by the time left, and the in-budget retries;
+//! - `lease`: the holder's renewable lease, the fence on its writes, and takers' judgement of
+//!   other holders.
 //!
 //! A record's progress is its `Slot`; the run's shared state is `Work`.
 
+use crate::clock::{Clock, SystemClock};
 use crate::dead_letter::{self, poison_digest, DeadLetterData};
 use crate::encode::{encode_parquet, EncodeError, ParquetRow};
 use crate::error::{Classify, PortError};
@@ -41,17 +44,20 @@ use crate::route::{Mapped, Routes};
 use futures::stream::{self, StreamExt};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 mod budget;
 mod claims;
 mod dead_letters;
+mod lease;
 mod load;
 mod plan;
 mod release;
 
-pub use budget::bounded;
-use budget::{in_budget, pause_before_retry};
+use budget::{bounded, in_budget, pause_before_retry, Until};
+use lease::Fence;
+pub use lease::{HOLDER_LEASE_MS, RENEW_EVERY_MS};
 pub use load::isolate_refusals;
 
 /// Tunables of the pipeline; the defaults suit production.
@@ -66,9 +72,9 @@ pub struct PipelineSettings {
     pub dead_letter_prefix: String,
     /// Conditional writes in flight at once.
     pub claim_concurrency: usize,
-    /// Added to the invocation's cutoff (deadline − finish margin) to form a claim's lease:
-    /// covers clock skew between hosts and a write already on the wire when its call was cut
-    /// off.
+    /// Added to the holder's fence (at most the cutoff: deadline − finish margin) to form a
+    /// claim's lease, and to a holder lease before a taker may revoke it: covers clock skew
+    /// between hosts and a write already on the wire when its call was cut off.
     pub lease_grace: Duration,
     /// No new step starts later than this before the deadline; the rest is reported failed.
     pub finish_margin: Duration,
@@ -77,6 +83,11 @@ pub struct PipelineSettings {
     /// Counts the claim writes in flight for the runtime's park hook ([`crate::pacing`]);
     /// `None` (the default) counts nothing.
     pub wake_pacer: Option<&'static WakePacer>,
+    /// Where the pipeline reads the time ([`SystemClock`]; tests use a [`TokioClock`] and
+    /// paused time).
+    ///
+    /// [`TokioClock`]: crate::clock::TokioClock
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for PipelineSettings {
@@ -88,10 +99,11 @@ impl Default for PipelineSettings {
                 .unwrap_or_else(|e| unreachable!("the built-in route is valid: {e}")),
             dead_letter_prefix: "dead-letter/".into(),
             claim_concurrency: 64,
-            lease_grace: Duration::from_secs(10),
+            lease_grace: Duration::from_secs(5),
             finish_margin: Duration::from_secs(3),
             in_budget_retry: IN_BUDGET_RETRY,
             wake_pacer: None,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -153,13 +165,6 @@ pub struct Pipeline<D, R, O, Q> {
     pub settings: PipelineSettings,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// The dedup key of a poison record: its coordinates for a person reading the table, and its
 /// [`poison_digest`] (source ARN, timestamp, bytes) so that no two poison records share one.
 pub fn poison_claim_key(record: &SourceRecord, digest: &str) -> String {
@@ -212,9 +217,12 @@ struct Work<'b> {
     in_doubt: HashSet<usize>,
     /// Where the time went.
     phases: PhaseTimes,
+    /// No write starts or continues after it: the holder's lease.
+    fence: &'b Fence,
+    clock: &'b dyn Clock,
 }
 
-impl Work<'_> {
+impl<'b> Work<'b> {
     fn fail(&mut self, i: usize, cause: FailureCause) {
         self.slots[i].outcome = Some(RecordOutcome::Failed(cause));
     }
@@ -230,17 +238,41 @@ impl Work<'_> {
         self.inv.deadline_ms - settings.finish_margin.as_millis() as i64 / 3
     }
 
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The bound of a write in the main steps: the cutoff or the fence.
+    fn until(&self, settings: &PipelineSettings) -> Until<'b> {
+        Until::fenced(self.clock, self.cutoff_ms(settings), self.fence)
+    }
+
+    /// The bound of a write that finishes a step (an archive, a check after an error): the
+    /// clean-up time or the fence.
+    fn cleanup_fenced(&self, settings: &PipelineSettings) -> Until<'b> {
+        Until::fenced(self.clock, self.cleanup_until_ms(settings), self.fence)
+    }
+
+    /// The bound of a read or of a release of our own claim (harmless after a takeover: it
+    /// finds another owner): the clean-up time alone.
+    fn cleanup(&self, settings: &PipelineSettings) -> Until<'b> {
+        Until::at(self.clock, self.cleanup_until_ms(settings))
+    }
+
     fn claim_for(&self, i: usize, settings: &PipelineSettings) -> Option<Claim> {
         let slot = &self.slots[i];
         Some(Claim {
             key: slot.claim_key.clone()?,
             owner: self.inv.attempt_id.clone(),
-            // Every write that can make the claim's object appear is bounded by the cutoff
-            // (see `bounded`), so the holder is certainly done writing by then: the lease
-            // ends a grace period after the cutoff, not after the deadline.
-            lease_until_ms: self.cutoff_ms(settings) + settings.lease_grace.as_millis() as i64,
+            // Every write that can make the claim's object appear is bounded by the fence
+            // (see `bounded`), which is never past the cutoff, so the holder is done writing
+            // by then unless a renewal moved it: the claim's own lease ends a grace period
+            // after the fence as it stands now; after that a taker asks the holder's lease.
+            lease_until_ms: self.fence.until_ms().min(self.cutoff_ms(settings))
+                + settings.lease_grace.as_millis() as i64,
             object_key: slot.object_key.clone()?,
-            expires_at_s: now_ms() / 1000 + settings.dedup_ttl_s,
+            expires_at_s: self.now_ms() / 1000 + settings.dedup_ttl_s,
+            renewable: true,
         })
     }
 }
@@ -256,6 +288,22 @@ where
     /// dead-lettered or failed (to be redelivered), and every outside call is bounded by the
     /// time left before `finish_margin`, so the answer always reaches Lambda in time.
     pub async fn process(&self, batch: &Batch, inv: &Invocation) -> BatchReport {
+        let clock = &*self.settings.clock;
+        let cutoff = inv.deadline_ms - self.settings.finish_margin.as_millis() as i64;
+        let fence = Fence::new(clock.now_ms() + HOLDER_LEASE_MS, cutoff);
+        // Boxed: one allocation per batch keeps the callers' future types shallow.
+        let run = Box::pin(self.run(batch, inv, &fence));
+        let renew = std::pin::pin!(self.keep_lease(&inv.attempt_id, &fence));
+        let report = match futures::future::select(run, renew).await {
+            futures::future::Either::Left((report, _)) => report,
+            // The renewer stopped (the fence reached the cutoff, passed, or was revoked):
+            // the batch goes on within the fence as it stands.
+            futures::future::Either::Right(((), run)) => run.await,
+        };
+        report
+    }
+
+    async fn run(&self, batch: &Batch, inv: &Invocation, fence: &Fence) -> BatchReport {
         let started = Instant::now();
         let mark = PhaseMark::now();
         let n = batch.records.len();
@@ -268,6 +316,8 @@ where
             unknown: Vec::new(),
             in_doubt: HashSet::new(),
             phases: PhaseTimes::default(),
+            fence,
+            clock: &*self.settings.clock,
         };
 
         // 1. Route, decode and map.
@@ -355,7 +405,8 @@ where
                     .unwrap_or(RecordOutcome::Failed(FailureCause::Deadline))
             })
             .collect();
-        let mut summary = summarise(batch, &work.slots, &outcomes, started.elapsed());
+        let now = work.now_ms();
+        let mut summary = summarise(batch, &work.slots, &outcomes, started.elapsed(), now);
         summary.phases = work.phases;
         BatchReport {
             failures: lowest_failures(batch, &outcomes),
@@ -387,8 +438,8 @@ fn summarise(
     slots: &[Slot],
     outcomes: &[RecordOutcome],
     elapsed: Duration,
+    now: i64,
 ) -> BatchSummary {
-    let now = now_ms();
     let mut s = BatchSummary {
         received: outcomes.len(),
         duration_ms: elapsed.as_millis() as u64,

@@ -10,13 +10,13 @@ where
     O: ObjectSink,
     Q: DeadLetters,
 {
-    pub(super) async fn release_one(&self, key: &str, owner: &str, until_ms: i64) {
-        self.release_confirmed(key, owner, until_ms).await;
+    pub(super) async fn release_one(&self, key: &str, owner: &str, until: Until<'_>) {
+        self.release_confirmed(key, owner, until).await;
     }
 
-    /// Gives the claim back by `until_ms`; false when that could not be confirmed.
-    pub(super) async fn release_confirmed(&self, key: &str, owner: &str, until_ms: i64) -> bool {
-        match in_budget(self.settings.in_budget_retry, until_ms, || {
+    /// Gives the claim back by `until`; false when that could not be confirmed.
+    pub(super) async fn release_confirmed(&self, key: &str, owner: &str, until: Until<'_>) -> bool {
+        match in_budget(self.settings.in_budget_retry, until, || {
             self.dedup.release(key, owner)
         })
         .await
@@ -38,7 +38,7 @@ where
         cause: FailureCause,
     ) {
         let owner = work.inv.attempt_id.as_str();
-        let cleanup = work.cleanup_until_ms(&self.settings);
+        let cleanup = work.cleanup(&self.settings);
         let slots = &work.slots;
         stream::iter(
             indices
