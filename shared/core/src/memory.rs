@@ -12,7 +12,7 @@ use crate::ports::{
 use crate::route::{Merge, Route, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -25,7 +25,10 @@ pub struct MemoryDedup {
     pub claims: Arc<Mutex<BTreeMap<String, Claim>>>,
     /// Holder leases by owner.
     pub leases: Arc<Mutex<BTreeMap<String, HolderLease>>>,
+    /// Every write, claims and leases alike.
     pub writes: Arc<AtomicUsize>,
+    /// Lease writes (renewals and revocations) by owner.
+    pub lease_writes: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
 impl DedupStore for MemoryDedup {
@@ -96,6 +99,7 @@ impl DedupStore for MemoryDedup {
         _expires_at_s: i64,
     ) -> impl Future<Output = Result<Renewal, PortError>> + Send {
         self.writes.fetch_add(1, Ordering::SeqCst);
+        *lock(&self.lease_writes).entry(owner.to_owned()).or_default() += 1;
         let mut leases = lock(&self.leases);
         let r = match leases.get(owner) {
             Some(l) if l.revoked => Renewal::Revoked,
@@ -413,6 +417,9 @@ pub struct FaultSwitch {
     pub fail_renewals: AtomicBool,
     /// Lease renewals are applied, and their answers lost.
     pub lose_renewal_answers: AtomicBool,
+    /// Every call (lease calls aside) waits this long (ms, tokio time) before it starts: a
+    /// slow dependency.
+    pub delay_ms: AtomicU64,
 }
 
 impl FaultSwitch {
@@ -421,6 +428,10 @@ impl FaultSwitch {
     }
 
     async fn before(&self) -> Result<(), PortError> {
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
         if self.crash_before.load(Ordering::SeqCst) || self.crashed.load(Ordering::SeqCst) {
             self.crashed.store(true, Ordering::SeqCst);
             std::future::pending::<()>().await;
