@@ -17,11 +17,30 @@ use streamload_tests::TestStack;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kinesis_loader_loads_a_stream_once_with_a_sandbox_killed_mid_batch() {
+    kinesis_with_a_sandbox_killed_per_shard("esmkin", Duration::from_secs(5), 30).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_sandboxs_records_load_in_seconds_with_a_fifteen_minute_timeout() {
+    // The killed holder's claims are taken over once its renewable lease is over (seconds),
+    // not after its 900 s timeout: the whole run ends within `max_duration` (120 s). Killed
+    // 1.5 s into the batch, after its claims and its first renewal.
+    kinesis_with_a_sandbox_killed_per_shard("esmkin900", Duration::from_secs(900), 1_500).await;
+}
+
+/// A two-shard stream with 400 events (10% producer retries, 3% poison) loaded by the real
+/// loader with `timeout`, each shard's sandbox killed `kill_after_ms` into its second
+/// invocation: every record checkpointed, each event once in both sinks.
+async fn kinesis_with_a_sandbox_killed_per_shard(tag: &str, timeout: Duration, kill_after_ms: u64) {
     // Given a two-shard stream with 400 events, 10% producer retries and 3% poison
-    let stack = TestStack::new("esmkin", false).await;
+    let stack = TestStack::new(tag, false).await;
     let target = Target::Kinesis(stack.name.clone());
     let (records, manifest) = plan(400, 0.10, 0.03, &target);
     kinesis_stream(&stack.name, 2, &records).await;
+    // And, for a late kill, a database that takes 3 s to commit each batch
+    if kill_after_ms > 100 {
+        slow_commits(&stack).await;
+    }
     // When the mapping runs the real loader until caught up, killing each shard's sandbox
     // during its second invocation
     let mut o = options(
@@ -34,12 +53,13 @@ async fn the_kinesis_loader_loads_a_stream_once_with_a_sandbox_killed_mid_batch(
         MappingSettings {
             batch_size: 100,
             batching_window: Duration::from_millis(100),
-            function_timeout: Duration::from_secs(5),
+            function_timeout: timeout,
             ..MappingSettings::default()
         },
         None,
     );
-    o.kill_mid_batch = Some((2, Duration::from_millis(30)));
+    o.max_duration = Duration::from_secs(120);
+    o.kill_mid_batch = Some((2, Duration::from_millis(kill_after_ms)));
     let stats = run_target(&target, &o, "", quiet()).await.unwrap();
     // Then every record was checkpointed, each sandbox was restarted once,
     assert_eq!(stats.len(), 2);
@@ -53,6 +73,27 @@ async fn the_kinesis_loader_loads_a_stream_once_with_a_sandbox_killed_mid_batch(
     }
     // and each event is once in the table and once in the lake, each poison record dead-lettered
     assert_exactly_once(&stack, &manifest).await;
+}
+
+/// Makes every commit into the events table take 3 s: a trigger deferred to the commit that
+/// sleeps once per transaction, so a kill lands after the claims and before the objects.
+async fn slow_commits(stack: &TestStack) {
+    stack
+        .pg
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION streamload_test_slow() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN
+                    IF coalesce(current_setting('streamload_test.slept', true), '') = '' THEN
+                      PERFORM set_config('streamload_test.slept', '1', true);
+                      PERFORM pg_sleep(3);
+                    END IF;
+                    RETURN NULL;
+                  END $$;
+             CREATE CONSTRAINT TRIGGER streamload_test_slow AFTER INSERT ON events
+               DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION streamload_test_slow();",
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

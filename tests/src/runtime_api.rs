@@ -43,6 +43,16 @@ pub fn serve_one_invocation(
     event: String,
     deadline_in: Duration,
 ) -> (SocketAddr, JoinHandle<Posted>) {
+    serve_one_invocation_as(event, deadline_in, REQUEST_ID)
+}
+
+/// [`serve_one_invocation`] with its own request id: two sandboxes racing for one batch.
+pub fn serve_one_invocation_as(
+    event: String,
+    deadline_in: Duration,
+    request_id: &str,
+) -> (SocketAddr, JoinHandle<Posted>) {
+    let request_id = request_id.to_owned();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the stand-in API");
     let addr = listener.local_addr().expect("its address");
     let handle = std::thread::spawn(move || {
@@ -60,7 +70,7 @@ pub fn serve_one_invocation(
                         .as_millis();
                     let head = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-                         lambda-runtime-aws-request-id: {REQUEST_ID}\r\n\
+                         lambda-runtime-aws-request-id: {request_id}\r\n\
                          lambda-runtime-deadline-ms: {deadline}\r\n\
                          lambda-runtime-invoked-function-arn: arn:aws:lambda:us-east-1:123456789012:function:loader\r\n\
                          content-length: {}\r\n\r\n",

@@ -99,7 +99,9 @@ impl DedupStore for MemoryDedup {
         _expires_at_s: i64,
     ) -> impl Future<Output = Result<Renewal, PortError>> + Send {
         self.writes.fetch_add(1, Ordering::SeqCst);
-        *lock(&self.lease_writes).entry(owner.to_owned()).or_default() += 1;
+        *lock(&self.lease_writes)
+            .entry(owner.to_owned())
+            .or_default() += 1;
         let mut leases = lock(&self.leases);
         let r = match leases.get(owner) {
             Some(l) if l.revoked => Renewal::Revoked,

@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use streamload_core::record::{Batch, Position};
 use streamload_core::pacing::{PacingConfig, WakePacer};
+use streamload_core::record::{Batch, Position};
 use streamload_core::{FailureCause, PoisonKind, RecordOutcome};
 
 #[tokio::test]

@@ -461,10 +461,18 @@ async fn key_stage_types(
     Ok(types)
 }
 
-/// Sets the statement timeout to the time left before `until_ms`, for the transaction.
+/// How long the server keeps a transaction of ours open while waiting for our next command:
+/// a loader frozen mid-transaction (a sandbox paused, a process stopped) would otherwise hold
+/// its row locks, and block the invocation that takes its claims over, for as long as the
+/// frozen process lives — up to its function timeout. A live loader never waits this long
+/// between the statements of one transaction; the lease grace (5 s) is the same order.
+pub const IDLE_IN_TRANSACTION_MS: i64 = 5_000;
+
+/// Sets the statement timeout to the time left before `until_ms`, and the idle-in-transaction
+/// timeout ([`IDLE_IN_TRANSACTION_MS`]), for the transaction.
 fn timeout_sql(until_ms: i64) -> String {
     format!(
-        "SET LOCAL statement_timeout = {}",
+        "SET LOCAL statement_timeout = {}; SET LOCAL idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}",
         (until_ms - epoch_ms()).clamp(1, i64::from(i32::MAX))
     )
 }

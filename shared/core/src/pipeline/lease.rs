@@ -37,7 +37,7 @@ const RENEW_RETRY_MS: i64 = 250;
 
 /// How long a claim phase waits for a live, renewing holder before it reports the record
 /// held: a holder that died just before is shown dead within this (a lease and its grace).
-pub(super) const LIVE_HOLDER_WAIT_MS: i64 = 10_000;
+pub(super) const LIVE_HOLDER_WAIT_MS: i64 = 12_000;
 
 /// How long a lease item is kept (its TTL): long after every claim naming its owner has
 /// lost its meaning.

@@ -11,9 +11,7 @@ use streamload_core::memory::{
 };
 use streamload_core::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
 use streamload_core::retry::RetryPolicy;
-use streamload_core::{
-    Invocation, Pipeline, PipelineSettings,
-};
+use streamload_core::{Invocation, Pipeline, PipelineSettings};
 
 pub type TestPipeline = Pipeline<
     Faulty<MemoryDedup>,
@@ -176,4 +174,3 @@ pub fn expected_ids(ids: &[&str]) -> Vec<String> {
     v.dedup();
     v
 }
-
