@@ -358,6 +358,19 @@ pub type FaultyPipeline = Pipeline<
     Faulty<streamload_aws::SqsDeadLetters>,
 >;
 
+/// Runs `then` while `holder` keeps running: a live invocation stuck mid-batch, still
+/// renewing its lease. (Dropping a holder's future is its death: its claims are then taken
+/// over once its lease is over.) Panics if the holder finishes first.
+pub async fn while_holder_runs<T>(
+    holder: impl std::future::Future,
+    then: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::select! {
+        _ = holder => panic!("the holder was to stay stuck mid-batch"),
+        t = then => t,
+    }
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

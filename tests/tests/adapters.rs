@@ -2,7 +2,7 @@
 
 use streamload_aws::{DynamoDedup, S3Objects, SqsDeadLetters};
 use streamload_core::error::Classify;
-use streamload_core::memory::{MemoryDeadLetters, MemoryDedup};
+use streamload_core::memory::{MemoryDeadLetters, MemoryDedup, MemoryObjects};
 use streamload_core::ports::{
     Claim, ClaimAttempt, DeadLetters, DedupStore, HolderLease, Letter, ObjectSink, PutOutcome,
     Renewal, Revocation,
@@ -227,30 +227,43 @@ async fn dedup_contract<D: DedupStore>(dedup: &D) {
 async fn objects_are_created_once_and_never_overwritten() {
     let stack = TestStack::new("s3", false).await;
     let s3 = S3Objects::new(streamload_aws::s3_client(&stack.sdk), &stack.name);
-    assert!(!s3.exists("events/a.parquet").await.unwrap());
+    object_contract(&s3, async |key| stack.object_bytes(key).await.to_vec()).await;
+    let memory = MemoryObjects::default();
+    let stored = memory.objects.clone();
+    object_contract(&memory, async |key| stored.lock().unwrap()[key].clone()).await;
+}
+
+/// The object store's contract, held by S3 (moto) and the in-memory store alike: an object is
+/// created once, a second create-only put finds it and changes nothing, and `exists` agrees.
+async fn object_contract<O: ObjectSink>(objects: &O, body_of: impl AsyncFn(&str) -> Vec<u8>) {
+    // Given no object at the key
+    assert!(!objects.exists("events/a.parquet").await.unwrap());
+    // When it is put, Then it is created
     assert_eq!(
-        s3.put_new(
-            "events/a.parquet",
-            bytes::Bytes::from_static(b"first"),
-            "application/octet-stream"
-        )
-        .await
-        .unwrap(),
+        objects
+            .put_new(
+                "events/a.parquet",
+                bytes::Bytes::from_static(b"first"),
+                "application/octet-stream"
+            )
+            .await
+            .unwrap(),
         PutOutcome::Created
     );
+    // When it is put again with other bytes, Then it already exists and keeps the first
     assert_eq!(
-        s3.put_new(
-            "events/a.parquet",
-            bytes::Bytes::from_static(b"second"),
-            "application/octet-stream"
-        )
-        .await
-        .unwrap(),
+        objects
+            .put_new(
+                "events/a.parquet",
+                bytes::Bytes::from_static(b"second"),
+                "application/octet-stream"
+            )
+            .await
+            .unwrap(),
         PutOutcome::AlreadyExists
     );
-    assert!(s3.exists("events/a.parquet").await.unwrap());
-    let body = stack.object_bytes("events/a.parquet").await;
-    assert_eq!(&body[..], b"first");
+    assert!(objects.exists("events/a.parquet").await.unwrap());
+    assert_eq!(body_of("events/a.parquet").await, b"first");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! loader frozen (SIGSTOP) mid-transaction for longer than its lease is taken over within
 //! seconds, not its function timeout, and when it wakes it writes nothing more
 //! (docs/exactly-once.md, "Renewable leases"). The lease's logic is tested in paused time in
-//! `shared/core/tests/leases.rs`; this is what lies below the adapters: a frozen process, the
+//! `shared/core/tests/recovery.rs`; this is what lies below the adapters: a frozen process, the
 //! row locks of its open transaction, and the clock of a real host.
 
 use std::process::{Child, Command};

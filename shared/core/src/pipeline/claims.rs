@@ -65,6 +65,10 @@ where
         // A holder that keeps renewing is waited for a lease and its grace at most: long
         // enough to see one that died just before, not the whole budget.
         let live_wait_limit = wait_limit.min(started + LIVE_HOLDER_WAIT_MS);
+        // No claim write starts later than this either: what is claimed by then is loaded in
+        // the time left, even when every write is answered slowly (a throttled or splitting
+        // table). Writes already started run on to the cutoff.
+        let start_limit = wait_limit;
         let mut pending: Vec<(usize, Step)> = indices.iter().map(|&i| (i, Step::Claim)).collect();
         // Records with a write of unknown outcome, and the last reason each is not settled.
         let mut maybe_landed: HashSet<usize> = HashSet::new();
@@ -85,18 +89,26 @@ where
                 .drain(..)
                 .partition(|(_, step)| matches!(step, Step::Judge(_)));
             let w = &*work;
-            let results: Vec<(usize, Claim, Step, Result<ClaimAttempt, PortError>)> = stream::iter(
+            // `None`: not started, the claim phase's time being up.
+            type Written = Option<Result<ClaimAttempt, PortError>>;
+            let results: Vec<(usize, Claim, Step, Written)> = stream::iter(
                 writes
                     .into_iter()
                     .filter_map(|(i, step)| w.claim_for(i, &self.settings).map(|c| (i, c, step))),
             )
             .map(|(i, mine, step)| async move {
+                // Writes start in delivery order, so the records claimed when time is up are
+                // a prefix of each unit's: what they load is checkpointed, and the mapping
+                // redelivers from the first record not started.
+                if clock.now_ms() > start_limit {
+                    return (i, mine, step, None);
+                }
                 let _in_flight = self.settings.wake_pacer.map(WakePacer::start);
                 let r = match &step {
                     Step::Takeover(old) => bounded(until, self.dedup.take_over(&mine, old)).await,
                     _ => bounded(until, self.dedup.try_claim(&mine, now_s)).await,
                 };
-                (i, mine, step, r)
+                (i, mine, step, Some(r))
             })
             .buffer_unordered(self.settings.claim_concurrency.max(1))
             .collect()
@@ -111,6 +123,10 @@ where
                 })
                 .collect();
             for (i, mine, step, result) in results {
+                let Some(result) = result else {
+                    failed.push((i, FailureCause::Deadline));
+                    continue;
+                };
                 match result {
                     Ok(attempt) if attempt.is_mine(&mine) => {
                         maybe_landed.remove(&i);

@@ -1,9 +1,10 @@
-//! The renewable holder lease against in-memory adapters, in tokio's paused time: a dead
-//! holder is taken over within seconds whatever its function timeout, a live one keeps its
-//! claims by renewing, and a holder that cannot renew stops writing at its fence before a
-//! taker could take over. Time is moved, never slept (docs/exactly-once.md, "Renewable
+//! Recovery in seconds and progress under slow dependencies, against in-memory adapters in
+//! tokio's paused time. The renewable holder lease: a dead holder is taken over within
+//! seconds whatever its function timeout, a live one keeps its claims by renewing, and a
+//! holder that cannot renew stops writing at its fence before a taker could take over. The
+//! claim phase sized to the budget: every invocation loads what it claimed. Time is moved, never slept (docs/exactly-once.md, "Renewable
 //! leases"). The same steps against the real binary and endpoint (SIGKILL, SIGSTOP, lost
-//! answers) are in `tests/tests/leases.rs`.
+//! answers) are in `functions/kinesis-loader/tests/leases.rs` and `cli/tests/mapping.rs`.
 
 mod common;
 
@@ -177,4 +178,44 @@ async fn an_invocation_shorter_than_one_renewal_writes_no_lease() {
     assert_eq!(report.outcomes, vec![RecordOutcome::Loaded; 3]);
     assert_eq!(stack.dedup.writes.load(Ordering::SeqCst), 3);
     assert!(stack.dedup.leases.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_invocation_loads_what_it_claimed_when_every_claim_is_answered_late() {
+    // Given a claim table that answers every write 0.8 s late (sustained throttling), and a
+    // 1,000-record batch with a 10 s timeout
+    let stack = Stack::new();
+    let (p, s) = with_production_grace(stack.pipeline());
+    s.dedup.delay_ms.store(800, Ordering::SeqCst);
+    let ids: Vec<String> = (0..1_000).map(|n| format!("e{n:04}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut batch = batch_of(&refs, 1);
+    // When the mapping delivers it, then redelivers from the lowest failed record until done
+    let mut loaded_per_invocation = Vec::new();
+    for n in 0..10 {
+        let report = p
+            .process(
+                &batch,
+                &invocation(&format!("inv-{n}"), Duration::from_secs(10)),
+            )
+            .await;
+        let loaded = report
+            .outcomes
+            .iter()
+            .filter(|o| **o == RecordOutcome::Loaded)
+            .count();
+        loaded_per_invocation.push(loaded);
+        let Some((_, lowest)) = report.failures.first() else {
+            break;
+        };
+        batch.records.retain(|r| r.position >= *lowest);
+    }
+    // Then every invocation loaded part of the batch (none loaded nothing), and every event
+    // is in the lake once
+    assert!(
+        loaded_per_invocation.iter().all(|&n| n > 0),
+        "{loaded_per_invocation:?}"
+    );
+    assert_eq!(loaded_per_invocation.iter().sum::<usize>(), 1_000);
+    assert_eq!(stack.parquet_event_ids(), ids);
 }
