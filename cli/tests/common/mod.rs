@@ -21,7 +21,10 @@ pub fn workspace() -> PathBuf {
 /// crate's tests; run alone, the tests build it if it is missing. (Building it again here
 /// would rebuild its dependencies with `-p`'s feature set: minutes, for nothing.)
 pub fn loader(name: &str) -> PathBuf {
-    let path = workspace().join("target/debug").join(name);
+    let target = option_env!("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    let path = target.join("debug").join(name);
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)

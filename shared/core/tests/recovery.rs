@@ -13,7 +13,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use streamload_core::clock::Clock;
 use streamload_core::pipeline::{HOLDER_LEASE_MS, RENEW_EVERY_MS};
-use streamload_core::{FailureCause, RecordOutcome};
+use streamload_core::record::Batch;
+use streamload_core::{BatchReport, FailureCause, RecordOutcome};
 
 /// Production's lease grace: the tests measure recovery as a deployment would see it.
 const GRACE: Duration = Duration::from_secs(5);
@@ -56,31 +57,52 @@ async fn a_dead_holders_claims_are_taken_over_within_ten_seconds_whatever_its_ti
     assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "b"]));
 }
 
+/// Holder "inv-1" (60 s timeout, switches set by `faults`) processes `b`; from 1 s later
+/// the mapping hands the same records to other invocations, again after each failure, until
+/// one loads them. Returns the holder's report and the loading taker's.
+async fn holder_then_taker(
+    stack: &Stack,
+    b: &Batch,
+    faults: impl FnOnce(&Switches),
+) -> (BatchReport, BatchReport) {
+    let (p1, s1) = with_production_grace(stack.pipeline());
+    faults(&s1);
+    let inv1 = invocation("inv-1", Duration::from_secs(60));
+    let (p2, _) = with_production_grace(stack.pipeline());
+    let taker = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for attempt in 0..4 {
+            let id = format!("inv-2-{attempt}");
+            let report = p2
+                .process(b, &invocation(&id, Duration::from_secs(60)))
+                .await;
+            if report.failures.is_empty() {
+                return report;
+            }
+        }
+        panic!("never loaded");
+    };
+    tokio::join!(p1.process(b, &inv1), taker)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_holder_that_cannot_renew_stops_writing_at_its_fence_before_a_takeover() {
     // Given a holder whose database answers only after 12 s and whose renewals all fail
     let stack = Stack::new();
-    let (p1, s1) = with_production_grace(stack.pipeline());
-    s1.rows.delay_ms.store(12_000, Ordering::SeqCst);
-    s1.dedup.fail_renewals.store(true, Ordering::SeqCst);
     let b = batch_of(&["a"], 1);
-    let inv1 = invocation("inv-1", Duration::from_secs(60));
-    let holder = p1.process(&b, &inv1);
-    // When the same record is redelivered to another invocation 1 s later
-    let (p2, _) = with_production_grace(stack.pipeline());
-    let taker = async {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        p2.process(&b, &invocation("inv-2", Duration::from_secs(60)))
-            .await
-    };
-    let (held, taken) = tokio::join!(holder, taker);
+    // When the same record is redelivered to other invocations from 1 s later
+    let (held, taken) = holder_then_taker(&stack, &b, |s| {
+        s.rows.delay_ms.store(12_000, Ordering::SeqCst);
+        s.dedup.fail_renewals.store(true, Ordering::SeqCst);
+    })
+    .await;
     // Then the holder's database call was cut at its fence and it wrote nothing after
     assert!(
         matches!(held.outcomes[0], RecordOutcome::Failed(_)),
         "{:?}",
         held.outcomes
     );
-    // And the taker loaded the record, which is in the lake exactly once
+    // And a taker loaded the record, which is in the lake exactly once
     assert_eq!(taken.outcomes, vec![RecordOutcome::Loaded]);
     assert_eq!(stack.parquet_event_ids(), expected_ids(&["a"]));
 }
@@ -90,37 +112,21 @@ async fn renewals_applied_with_their_answers_lost_never_extend_the_holders_write
     // Given a holder whose renewals are applied but never answered, and whose database
     // answers only after 12 s
     let stack = Stack::new();
-    let (p1, s1) = with_production_grace(stack.pipeline());
-    s1.rows.delay_ms.store(12_000, Ordering::SeqCst);
-    s1.dedup.lose_renewal_answers.store(true, Ordering::SeqCst);
     let b = batch_of(&["a"], 1);
     let started = now();
-    let inv1 = invocation("inv-1", Duration::from_secs(60));
-    let holder = p1.process(&b, &inv1);
-    // When the record is redelivered 1 s later, and again after each failure (the mapping's
-    // retries)
-    let (p2, _) = with_production_grace(stack.pipeline());
-    let taker = async {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        for attempt in 0..4 {
-            let id = format!("inv-2-{attempt}");
-            let report = p2
-                .process(&b, &invocation(&id, Duration::from_secs(60)))
-                .await;
-            if report.failures.is_empty() {
-                return report;
-            }
-        }
-        panic!("never loaded");
-    };
-    let (held, taken) = tokio::join!(holder, taker);
+    // When the record is redelivered to other invocations from 1 s later
+    let (held, taken) = holder_then_taker(&stack, &b, |s| {
+        s.rows.delay_ms.store(12_000, Ordering::SeqCst);
+        s.dedup.lose_renewal_answers.store(true, Ordering::SeqCst);
+    })
+    .await;
     // Then the stored lease moved, but the holder's fence did not: its database call was cut
     // at its first fence, and it stopped renewing there
     let lease = stack.dedup.leases.lock().unwrap()["inv-1"].clone();
     assert!(lease.alive_until_ms > started + HOLDER_LEASE_MS);
     assert!(lease.alive_until_ms <= started + 2 * HOLDER_LEASE_MS);
     assert!(matches!(held.outcomes[0], RecordOutcome::Failed(_)));
-    // And the record is loaded once, by the taker
+    // And the record is loaded once, by a taker
     assert_eq!(taken.outcomes, vec![RecordOutcome::Loaded]);
     assert_eq!(stack.parquet_event_ids(), expected_ids(&["a"]));
 }

@@ -60,8 +60,10 @@ where
         let until = work.until(&self.settings);
         let started = clock.now_ms();
         // A wait for someone else's lease must leave time to load what it wins: no wait ends
-        // later than this (a third of what is left, at least `MIN_LOAD_RESERVE_MS`, stays).
-        let wait_limit = cutoff - ((cutoff - started) / 3).max(MIN_LOAD_RESERVE_MS);
+        // later than this (a third of what is left, at least `MIN_LOAD_RESERVE_MS`, stays;
+        // never more than half, so a short budget still claims).
+        let left = cutoff - started;
+        let wait_limit = cutoff - (left / 3).max(MIN_LOAD_RESERVE_MS).min(left / 2);
         // A holder that keeps renewing is waited for a lease and its grace at most: long
         // enough to see one that died just before, not the whole budget.
         let live_wait_limit = wait_limit.min(started + LIVE_HOLDER_WAIT_MS);
