@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use super::rng::splitmix64;
-use super::{event, poison, Manifest, Outgoing, Rng, RouteEvent, RouteShape};
+use super::{event, poison, Counters, Manifest, Outgoing, Rng, RouteEvent, RouteShape};
 use crate::{CliError, Target};
 
 /// How many records `--out-of-order` shuffles at a time: within such a window the records (and
@@ -76,8 +76,14 @@ impl Generator {
     /// Makes records of `shape` instead of the seed events.
     pub fn with_shape(mut self, shape: RouteShape) -> Self {
         self.manifest.route = Some(shape.route.name.clone());
+        self.manifest.after = Some(shape.after());
         self.shape = Some(shape);
         self
+    }
+
+    /// With a route, the counters used so far, earlier runs' included: what the ledger keeps.
+    pub fn used(&self) -> Option<Counters> {
+        self.shape.as_ref().map(RouteShape::used)
     }
 
     /// Records left to make (not counting retries).

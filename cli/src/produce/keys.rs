@@ -5,8 +5,8 @@ use streamload_core::route::ColumnType;
 
 use super::rng::{splitmix64, uuid_of};
 use super::values::{
-    date_json, decimal_json, digits_of, pow10, time_json, DAYS_2020_01_01, DAYS_2024_01_01,
-    US_2026_01_01,
+    date_json, decimal_json, pow10, time_json, DAYS_2020_01_01, DAYS_2024_01_01,
+    REVISION_TEXT_DIGITS, US_2026_01_01,
 };
 use super::RouteShape;
 
@@ -57,17 +57,20 @@ pub(super) fn key_value(ty: ColumnType, slot: u64, width: usize, keys: u64) -> s
 }
 
 impl RouteShape {
+    /// A key's `r`-th revision of this run: numbered above the revisions of earlier runs.
     pub(super) fn revision(&self, ty: ColumnType, r: u64) -> serde_json::Value {
+        let top = self.after.revision + self.max_count;
+        let r = self.after.revision + r;
         match ty {
             ColumnType::Integer | ColumnType::Bigint => r.into(),
             ColumnType::Double => (r as f64).into(),
-            ColumnType::Numeric { .. } => self.numeric_count(ty, r),
+            ColumnType::Numeric { .. } => self.numeric_count(ty, r, top),
             ColumnType::Timestamptz { unit } => {
                 time_json(unit, self.start_us - 3_600_000_000 + r as i64 * 1_000_000)
             }
             ColumnType::Date => date_json(DAYS_2024_01_01 + r as i64),
             ColumnType::Uuid => format!("00000000-0000-4000-8000-{r:012x}").into(),
-            _ => format!("r-{r:0width$}", width = digits_of(self.max_count).max(6)).into(),
+            _ => format!("r-{r:0width$}", width = REVISION_TEXT_DIGITS as usize).into(),
         }
     }
 }
@@ -75,8 +78,9 @@ impl RouteShape {
 #[cfg(test)]
 mod tests {
     use crate::produce::test_routes::{doc, sensor_route, shape};
-    use crate::produce::Rng;
-    use std::collections::HashMap;
+    use crate::produce::{Counters, Ledger, Rng, RouteEvent, RouteShape, ShapeOptions};
+    use crate::CliError;
+    use std::collections::{HashMap, HashSet};
 
     #[test]
     fn a_keep_first_route_whose_identity_is_its_key_gets_a_key_per_record() {
@@ -135,7 +139,7 @@ mod tests {
     /// Orders the text of two newest_by values of type `ty` as PostgreSQL would.
     fn newer(ty: &str, a: &str, b: &str) -> bool {
         match ty {
-            "text" => a > b,
+            "text" | "uuid" => a > b,
             _ => a.parse::<f64>().unwrap() > b.parse::<f64>().unwrap(),
         }
     }
@@ -166,6 +170,96 @@ mod tests {
                 // and the identity (key, revision) is unique
                 assert!(ids.insert(id), "{ty}");
             }
+        }
+    }
+
+    /// A run of `events` records over 7 keys, after `after`: its events and what it used.
+    fn run(
+        route: &str,
+        events: u64,
+        after: Counters,
+    ) -> Result<(Vec<RouteEvent>, Counters), CliError> {
+        let options = ShapeOptions {
+            keys: 7,
+            events,
+            after,
+            ..ShapeOptions::default()
+        };
+        let mut shape = RouteShape::from_toml(route, "sensors", &options)?;
+        let mut rng = Rng::from_seed(5);
+        let mut made = Vec::new();
+        for _ in 0..events {
+            made.push(shape.record(&mut rng)?.1);
+        }
+        Ok((made, shape.used()))
+    }
+
+    #[test]
+    fn a_second_run_numbers_its_revisions_and_counters_above_the_first_runs() {
+        for ty in [
+            "integer",
+            "bigint",
+            "double",
+            "timestamptz",
+            "numeric",
+            "date",
+            "text",
+            "uuid",
+        ] {
+            // Given a newest_by route of each orderable type, and a first run over 7 keys
+            let route = sensor_route("text", Some(("rev", ty)));
+            let (first, used) = run(&route, 300, Counters::default()).unwrap();
+            // When a second run of the same seed starts after what the first used
+            let (second, _) = run(&route, 300, used).unwrap();
+            // Then every revision of the second run is newer than every one of the first, key
+            // by key, so no identity (key, revision) repeats
+            let mut newest: HashMap<&[String], &str> = HashMap::new();
+            for e in &first {
+                let r = e.newest_by.as_deref().unwrap();
+                let n = newest.entry(&e.key).or_insert(r);
+                if newer(ty, r, n) {
+                    *n = r;
+                }
+            }
+            for e in &second {
+                let r = e.newest_by.as_deref().unwrap();
+                assert!(newer(ty, r, newest[e.key.as_slice()]), "{ty}: {r}");
+            }
+        }
+        // And a keep-first route's own integer keys are new in the second run too
+        let route = sensor_route("integer", None);
+        let (first, used) = run(&route, 300, Counters::default()).unwrap();
+        let (second, _) = run(&route, 300, used).unwrap();
+        let ids: HashSet<_> = first.iter().map(|e| &e.identity).collect();
+        assert!(second.iter().all(|e| !ids.contains(&e.identity)));
+        assert_eq!(used.record, 300);
+    }
+
+    #[test]
+    fn a_run_that_would_count_past_its_column_says_so_and_names_the_ledger() {
+        // Given earlier runs that counted close to an integer's or a numeric(5, 2)'s end
+        let cases = [
+            (
+                "integer",
+                i32::MAX as u64 - 100,
+                "(integer) cannot count to",
+            ),
+            ("numeric", 900, "holds whole numbers below 1000"),
+        ];
+        for (ty, revision, says) in cases {
+            let route = sensor_route("text", Some(("rev", ty)));
+            let after = Counters {
+                revision,
+                record: 0,
+            };
+            // When a run of 300 records would go past it
+            let err = match run(&route, 300, after) {
+                Ok(_) => panic!("{ty}: a run past the column was made"),
+                Err(e) => e.to_string(),
+            };
+            // Then it is refused, naming the column, the reason and how to start again
+            assert!(err.contains("\"rev\"") && err.contains(says), "{err}");
+            assert!(err.contains(Ledger::DIR), "{err}");
         }
     }
 }

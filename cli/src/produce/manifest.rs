@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Counters;
+
 /// What a run produced: every valid event once (its retries are extra copies of the same
 /// bytes) and each poison record's token (the text `verify` finds in its dead letter).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -26,6 +28,10 @@ pub struct Manifest {
     /// several as a JSON array).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub route_events: Vec<RouteEvent>,
+    /// With a route: the counters earlier runs into the stream had used (from the ledger);
+    /// this run's revisions and record counters are numbered above them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Counters>,
 }
 
 /// What `verify` needs to know of one produced record of a route: the text of each identity

@@ -184,7 +184,7 @@ impl RouteShape {
                 self.seqs[i] += 1;
                 match ty {
                     ColumnType::Text => self.seqs[i].to_string().into(),
-                    _ => self.numeric_count(ty, self.seqs[i]),
+                    _ => self.numeric_count(ty, self.seqs[i], self.max_count),
                 }
             }
             Override::Uuid => rng.uuid().into(),

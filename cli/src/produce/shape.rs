@@ -2,12 +2,12 @@
 //! value goes in the record, and the check that every record maps through the route as the
 //! loader maps it. The values themselves are made in `values.rs`, `keys.rs` and `set.rs`.
 
-use streamload_core::route::{ColumnSource, ColumnType, Merge, Meta, Route, Routes};
+use streamload_core::route::{ColumnSource, Merge, Meta, Route, Routes};
 
 use super::keys::{key_value, partition_key_of, Slot};
 use super::set::{parse_set, Override};
-use super::values::{digits_of, pow10};
-use super::{Outgoing, Rng, RouteEvent};
+use super::values::{counter_fits, digits_of};
+use super::{Counters, Outgoing, Rng, RouteEvent};
 use crate::CliError;
 
 /// Share of records in which an optional column is present.
@@ -38,6 +38,9 @@ pub struct ShapeOptions {
     pub events: u64,
     /// `--set COLUMN=GEN`, as written.
     pub sets: Vec<String>,
+    /// The counters earlier runs into the same stream used (their [`Ledger`](super::Ledger)):
+    /// this run's revisions and record counters are numbered above them.
+    pub after: Counters,
 }
 
 impl Default for ShapeOptions {
@@ -46,6 +49,7 @@ impl Default for ShapeOptions {
             keys: 100,
             events: 1000,
             sets: Vec::new(),
+            after: Counters::default(),
         }
     }
 }
@@ -72,7 +76,8 @@ impl Default for ShapeOptions {
 ///   they are made — `integer`/`bigint`/`double` 1, 2, 3…; `numeric` 1, 2, 3… at the column's
 ///   scale (`"2.00"`), or steps of one unit of the last decimal when whole numbers would not
 ///   fit the precision; `timestamptz` the run's start − 1 h + *r* seconds; `date` 2024-01-01 +
-///   *r* days; `text` zero-padded counters (`"r-000003"`); `uuid` UUIDs ending in the counter.
+///   *r* days; `text` zero-padded counters (`"r-0000000003"`); `uuid` UUIDs ending in the
+///   counter.
 ///   No two revisions of a key are equal. `--out-of-order` sends the records of each window
 ///   of [`OUT_OF_ORDER_WINDOW`](super::OUT_OF_ORDER_WINDOW) in a shuffled order, so later
 ///   revisions of a key often arrive before earlier ones; the set of records is the same.
@@ -94,8 +99,16 @@ impl Default for ShapeOptions {
 ///   `choice:a|b|c` one of the options (each read as JSON when it parses, else as text);
 ///   `seq` 1, 2, 3… (as text for `text`); `uuid` a random UUID; `now` the moment the record is
 ///   made (`timestamptz`, `date`). Key and `newest_by` columns cannot be set.
+/// * **runs after runs**: the revisions *r* and the per-record counters continue above those
+///   of the earlier runs into the same stream and route, which the [`Ledger`](super::Ledger)
+///   keeps (`.streamload/produce/` in the working directory; none yet: from 1). A second run
+///   over the same keys thus makes new identities and newer revisions than any earlier run,
+///   so its records are loaded rather than dropped as duplicates, and win in the table. A
+///   column that cannot hold the next run's counters (an `integer` past 2³¹ − 1, a
+///   `numeric(p, s)` past its whole numbers) is refused before anything is sent, saying how
+///   to start again from 1 (an empty table, the ledger deleted).
 /// * with `--seed`, the same seed makes the same keys, choices, order and retries (times
-///   follow the run's start).
+///   follow the run's start; revisions and counters continue above earlier runs').
 #[derive(Debug, Clone)]
 pub struct RouteShape {
     pub(super) route: Route,
@@ -114,6 +127,8 @@ pub struct RouteShape {
     /// Each record gets a key of its own (the identity is the key: a keep-first route).
     pub(super) fresh_keys: bool,
     pub(super) start_us: i64,
+    /// The counters of earlier runs: this run's are numbered above them.
+    pub(super) after: Counters,
 }
 
 impl RouteShape {
@@ -168,23 +183,12 @@ impl RouteShape {
                 _ => Gen::Typed,
             };
             if matches!(gen, Gen::Revision | Gen::Unique) || fresh_keys && key_part.is_some() {
-                if let ColumnType::Numeric {
-                    precision: Some(p), ..
-                } = c.ty
-                {
-                    if u128::from(max_count) >= pow10(u32::from(p)) {
-                        return Err(usage(format!(
-                            "column {:?} (numeric({p})) cannot hold {max_count} distinct values; produce fewer --events",
-                            c.name
-                        )));
-                    }
-                }
-                if c.ty == ColumnType::Integer && max_count > i32::MAX as u64 {
-                    return Err(usage(format!(
-                        "column {:?} (integer) cannot count to {max_count}",
-                        c.name
-                    )));
-                }
+                let after = match gen {
+                    Gen::Revision => options.after.revision,
+                    _ => options.after.record,
+                };
+                counter_fits(c.ty, after, max_count, matches!(gen, Gen::Revision))
+                    .map_err(|why| usage(format!("column {:?} {why}", c.name)))?;
             }
             always.push(
                 c.required
@@ -235,6 +239,7 @@ impl RouteShape {
             counter: 0,
             max_count,
             start_us,
+            after: options.after,
         };
         // Made before anything is sent: a shape that cannot make loadable records says so now.
         let mut trial = shape.clone();
@@ -248,6 +253,20 @@ impl RouteShape {
     /// The compiled route.
     pub fn route(&self) -> &Route {
         &self.route
+    }
+
+    /// The counters earlier runs used, which this run's start above.
+    pub fn after(&self) -> Counters {
+        self.after
+    }
+
+    /// The counters used so far, earlier runs' included: what the next run starts above.
+    pub fn used(&self) -> Counters {
+        let revisions = self.slots.iter().map(|s| s.revisions).max().unwrap_or(0);
+        Counters {
+            revision: self.after.revision + revisions,
+            record: self.after.record + self.counter,
+        }
     }
 
     fn set(doc: &mut serde_json::Value, pointer: &str, value: serde_json::Value) {

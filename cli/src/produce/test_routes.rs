@@ -100,6 +100,7 @@ pub(super) fn shape(
             keys,
             events: 10_000,
             sets: sets.iter().map(|s| s.to_string()).collect(),
+            ..ShapeOptions::default()
         },
     )
 }

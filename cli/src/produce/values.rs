@@ -93,10 +93,64 @@ pub(super) fn digits_of(n: u64) -> usize {
     n.max(1).to_string().len()
 }
 
+/// The digits of a text revision (`"r-0000000003"`): one width for every run, so the text
+/// order of revisions is their number order across runs too.
+pub(super) const REVISION_TEXT_DIGITS: u32 = 10;
+
+/// Why a column of type `ty` cannot hold a run's counters — numbered above `after` (what
+/// earlier runs used), at most `count` of them — if it cannot.
+pub(super) fn counter_fits(
+    ty: ColumnType,
+    after: u64,
+    count: u64,
+    revision: bool,
+) -> Result<(), String> {
+    let top = after.saturating_add(count);
+    let earlier = if after > 0 {
+        format!(
+            " (earlier runs into this stream counted to {after}; to start again from 1, empty the table and delete its produce ledger in {})",
+            super::Ledger::DIR
+        )
+    } else {
+        String::new()
+    };
+    match ty {
+        ColumnType::Numeric {
+            precision: Some(p),
+            scale,
+        } => {
+            let (p, s) = (u32::from(p), u32::from(scale.unwrap_or(0)));
+            if u128::from(top) >= pow10(p) {
+                return Err(format!(
+                    "(numeric({p})) cannot hold {top} distinct values; produce fewer --events{earlier}"
+                ));
+            }
+            // Past the whole numbers a counter steps by the last decimal: smaller values than
+            // an earlier run's whole numbers, so a later run may not go there.
+            let whole = pow10(p.saturating_sub(s));
+            if after > 0 && u128::from(top) >= whole {
+                return Err(format!(
+                    "(numeric({p}, {s})) holds whole numbers below {whole}, and this run would count to {top}; produce fewer --events{earlier}"
+                ));
+            }
+            Ok(())
+        }
+        ColumnType::Integer if top > i32::MAX as u64 => Err(format!(
+            "(integer) cannot count to {top}; produce fewer --events{earlier}"
+        )),
+        ColumnType::Text if revision && u128::from(top) >= pow10(REVISION_TEXT_DIGITS) => {
+            Err(format!(
+                "(text) cannot number {top} revisions in {REVISION_TEXT_DIGITS} digits{earlier}"
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl RouteShape {
-    /// A numeric counter's value: whole numbers at the column's scale while they fit its
-    /// precision, else steps of one unit of the last decimal.
-    pub(super) fn numeric_count(&self, ty: ColumnType, n: u64) -> serde_json::Value {
+    /// A numeric counter's value: whole numbers at the column's scale while the counter's
+    /// highest value `top` fits its precision, else steps of one unit of the last decimal.
+    pub(super) fn numeric_count(&self, ty: ColumnType, n: u64, top: u64) -> serde_json::Value {
         let ColumnType::Numeric { precision, scale } = ty else {
             return n.into();
         };
@@ -104,7 +158,7 @@ impl RouteShape {
             return n.into();
         };
         let s = u32::from(scale.unwrap_or(0));
-        let whole = u128::from(self.max_count) < pow10(u32::from(p) - s);
+        let whole = u128::from(top) < pow10(u32::from(p) - s);
         let unscaled = if whole {
             i128::from(n) * pow10(s) as i128
         } else {
@@ -113,11 +167,15 @@ impl RouteShape {
         decimal_json(unscaled, s)
     }
 
+    /// The `n`-th record's value of an identity part that is unique per record: numbered
+    /// above the records of earlier runs.
     pub(super) fn unique(&self, ty: ColumnType, n: u64, rng: &mut Rng) -> serde_json::Value {
+        let top = self.after.record + self.max_count;
+        let n = self.after.record + n;
         match ty {
             ColumnType::Integer | ColumnType::Bigint => n.into(),
             ColumnType::Double => (n as f64).into(),
-            ColumnType::Numeric { .. } => self.numeric_count(ty, n),
+            ColumnType::Numeric { .. } => self.numeric_count(ty, n, top),
             ColumnType::Timestamptz { unit } => time_json(
                 unit,
                 self.start_us - 3_600_000_000 + n as i64 * time_step(unit),
