@@ -740,3 +740,107 @@ required = true
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("exists"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orders_example_runs_as_its_readme_says() {
+    // Given the example's route file, reading this test's stream rather than `orders` (and
+    // init given a name of the test's own), and only the stack's database, as the README
+    // starts
+    let stack = TestStack::new("readme", false).await;
+    let dir = test_dir(&stack);
+    let routes = dir.join("streamload.toml");
+    std::fs::write(
+        &routes,
+        include_str!("../../examples/orders/streamload.toml")
+            .replace("kinesis:orders", &format!("kinesis:{}", stack.name)),
+    )
+    .unwrap();
+    let (routes, target) = (
+        routes.to_str().unwrap(),
+        format!("kinesis://{}", stack.name),
+    );
+    let name = format!("{}-orders", stack.name);
+    let database = [("DATABASE_URL".to_string(), stack.database_url.clone())];
+    // When the README's commands run in order, each after the environment init wrote:
+    // init …
+    let (code, out, err) = streamload_in(
+        &dir,
+        &[
+            "init",
+            "--routes",
+            routes,
+            "--create-tables",
+            "--stream",
+            &target,
+            "--name",
+            &name,
+        ],
+        &database,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let env = env_file(&dir.join(format!(".streamload/{name}.env")));
+    // … produce …
+    let (code, out, err) = streamload_in(
+        &dir,
+        &[
+            "produce",
+            &target,
+            "--routes",
+            routes,
+            "--route",
+            "orders",
+            "--events",
+            "1000",
+            "--keys",
+            "100",
+            "--out-of-order",
+            "--duplicates",
+            "0.05",
+            "--poison",
+            "0.01",
+            "--manifest",
+            "orders.json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // … run (the debug loader for the release one, and a bound on the test's time) …
+    let binary = loader("kinesis-loader");
+    let (code, out, err) = streamload_in(
+        &dir,
+        &[
+            "run",
+            &target,
+            "--function",
+            binary.to_str().unwrap(),
+            "--until-caught-up",
+            "--idle-seconds",
+            "3",
+            "--max-duration-seconds",
+            "240",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // … verify
+    let (code, out, err) = streamload_in(
+        &dir,
+        &[
+            "verify",
+            "--manifest",
+            "orders.json",
+            "--routes",
+            routes,
+            "--route",
+            "orders",
+        ],
+        &env,
+    );
+    // Then the verdict is exactly once: each order's row holds its newest revision, every
+    // revision is once in the lake, and the poison is in the dead-letter queue
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("verdict: exactly once") && out.contains("holding their newest revision"),
+        "{out}"
+    );
+}
