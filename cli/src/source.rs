@@ -160,32 +160,35 @@ impl KinesisShard {
         }
     }
 
+    /// An iterator after sequence number `after`, or at the shard's start.
+    async fn shard_iterator(&self, after: Option<&str>) -> Result<Option<String>, CliError> {
+        use aws_sdk_kinesis::types::ShardIteratorType;
+        let req = self
+            .client
+            .get_shard_iterator()
+            .stream_name(&self.stream)
+            .shard_id(&self.shard_id);
+        let req = match after {
+            Some(seq) => req
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq),
+            None => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+        };
+        let out = req
+            .send()
+            .await
+            .map_err(|e| CliError::aws("kinesis GetShardIterator", &e))?;
+        Ok(out.shard_iterator)
+    }
+
     /// Counts the records past the last count, up to the shard's tip (at most a few pages a
     /// call, so a long backlog is counted over several polls).
     async fn count_ahead(&mut self) -> Result<(), CliError> {
         if self.ahead.iterator.is_none() {
-            let req = self
-                .client
-                .get_shard_iterator()
-                .stream_name(&self.stream)
-                .shard_id(&self.shard_id);
-            let req = match &self.ahead.origin {
-                Some(seq) => req
-                    .shard_iterator_type(
-                        aws_sdk_kinesis::types::ShardIteratorType::AfterSequenceNumber,
-                    )
-                    .starting_sequence_number(seq),
-                None => {
-                    req.shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
-                }
-            };
-            let out = req
-                .send()
-                .await
-                .map_err(|e| CliError::aws("kinesis GetShardIterator", &e))?;
+            let iterator = self.shard_iterator(self.ahead.origin.as_deref()).await?;
             // Counted from the origin again: what an earlier iterator counted is dropped.
             self.ahead.counted = 0;
-            self.ahead.iterator = out.shard_iterator;
+            self.ahead.iterator = iterator;
         }
         for _ in 0..5 {
             let Some(iterator) = self.ahead.iterator.clone() else {
@@ -221,26 +224,7 @@ impl Unit for KinesisShard {
             return Ok(());
         }
         if self.iterator.is_none() {
-            let mut req = self
-                .client
-                .get_shard_iterator()
-                .stream_name(&self.stream)
-                .shard_id(&self.shard_id);
-            req = match &self.read_to {
-                Some(seq) => req
-                    .shard_iterator_type(
-                        aws_sdk_kinesis::types::ShardIteratorType::AfterSequenceNumber,
-                    )
-                    .starting_sequence_number(seq),
-                None => {
-                    req.shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
-                }
-            };
-            let out = req
-                .send()
-                .await
-                .map_err(|e| CliError::aws("kinesis GetShardIterator", &e))?;
-            self.iterator = out.shard_iterator;
+            self.iterator = self.shard_iterator(self.read_to.as_deref()).await?;
         }
         let Some(iterator) = self.iterator.clone() else {
             self.closed = true;
