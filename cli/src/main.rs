@@ -58,6 +58,8 @@ enum Command {
     /// Example: streamload produce kinesis://clicks --events 20000 --duplicates 0.1 --poison 0.02 --create --manifest clicks.json
     ///
     /// Example: streamload produce kinesis://orders --routes streamload.toml --route orders --keys 50 --out-of-order --set currency=choice:EUR|USD --manifest orders.json
+    ///
+    /// With a route, each run numbers its newest_by revisions and per-record counters above those of the earlier runs into the same stream and route (kept in .streamload/produce/ in the working directory), so a second run makes new events with newer revisions, and both runs' manifests verify.
     Produce {
         /// kinesis://<stream> or kafka://<topic>
         target: Target,
@@ -102,7 +104,7 @@ enum Command {
         /// With --route: a column's generator, COLUMN=GEN with GEN one of const:<json>, range:<lo>..<hi>, choice:a|b|c, seq, uuid, now (repeatable)
         #[arg(long = "set", value_name = "COLUMN=GEN", requires = "route")]
         sets: Vec<String>,
-        /// Seed of every choice, for a reproducible run (default: drawn, and printed)
+        /// Seed of every choice, for a reproducible run (default: drawn, and printed); with a route, revisions still continue above earlier runs'
         #[arg(long)]
         seed: Option<u64>,
     },
@@ -300,9 +302,10 @@ async fn produce_cmd(
     options: ProduceOptions,
     manifest_path: Option<PathBuf>,
     broker: Option<String>,
-    shape: Option<produce::RouteShape>,
+    shape: Option<(produce::RouteShape, produce::Ledger)>,
 ) -> Result<(), CliError> {
     let mut generator = produce::Generator::new(&options, &target);
+    let (shape, ledger) = shape.unzip();
     if let Some(shape) = shape {
         generator = generator.with_shape(shape);
     }
@@ -333,7 +336,12 @@ async fn produce_cmd(
     let writer = produce::StreamWriter::connect(&target, &broker).await?;
     while generator.left() > 0 {
         pace.wait_for(options.events - generator.left()).await;
-        writer.send(&generator.chunk(chunk)?).await?;
+        let records = generator.chunk(chunk)?;
+        // Kept before sending: an interrupted run's records are counted too.
+        if let (Some(ledger), Some(used)) = (&ledger, generator.used()) {
+            ledger.write(&used)?;
+        }
+        writer.send(&records).await?;
         pb.set_position(options.events - generator.left());
     }
     let manifest = generator.manifest;
@@ -347,8 +355,20 @@ async fn produce_cmd(
         manifest.poison_tokens.len(),
         manifest.records_sent as f64 / secs.max(1e-9)
     );
-    if let Some(seed) = seed {
-        println!("seed: {seed} (--seed {seed} makes the same records again)");
+    match (seed, &ledger, manifest.after) {
+        (Some(seed), Some(ledger), Some(after)) => {
+            println!(
+                "seed: {seed} (--seed {seed} makes the same choices again; revisions and counters continue above earlier runs')"
+            );
+            println!(
+                "revisions numbered above {}, record counters above {} (earlier runs); kept in {}",
+                after.revision,
+                after.record,
+                ledger.path().display()
+            );
+        }
+        (Some(seed), _, _) => println!("seed: {seed} (--seed {seed} makes the same records again)"),
+        _ => {}
     }
     if let Some(path) = manifest_path {
         let text = serde_json::to_string(&manifest).map_err(|e| CliError::Usage(e.to_string()))?;
@@ -461,8 +481,21 @@ async fn main_inner() -> Result<i32, CliError> {
                     let text = std::fs::read_to_string(&file).map_err(|e| {
                         CliError::Usage(format!("route file {}: {e}", file.display()))
                     })?;
-                    let options = produce::ShapeOptions { keys, events, sets };
-                    Some(produce::RouteShape::from_toml(&text, &name, &options)?)
+                    let ledger = produce::Ledger::new(
+                        std::path::Path::new(produce::Ledger::DIR),
+                        &target,
+                        &name,
+                    );
+                    let options = produce::ShapeOptions {
+                        keys,
+                        events,
+                        sets,
+                        after: ledger.read()?,
+                    };
+                    Some((
+                        produce::RouteShape::from_toml(&text, &name, &options)?,
+                        ledger,
+                    ))
                 }
                 _ => None,
             };

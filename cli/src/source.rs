@@ -1,7 +1,8 @@
 //! The two streams as a mapping reads them: a Kinesis shard (GetShardIterator / GetRecords,
 //! checkpointed by sequence number) and a Kafka partition (fetch by offset, checkpointed by the
 //! next offset). Each builds the exact event Lambda would send and names its records the way
-//! the partial-batch response names them.
+//! the partial-batch response names them, and says how many records wait past its checkpoint
+//! (the lag: a partition's high watermark; a shard has none, so it counts them).
 
 use std::collections::VecDeque;
 
@@ -82,6 +83,39 @@ fn on_failure_message(condition: &str, invocations: u64, info_key: &str, info: V
 /// The JSON size overhead of an event around its records.
 pub const EVENT_OVERHEAD: usize = 512;
 
+/// How often a shard behind the stream's tip counts the records past what it has read.
+pub const LAG_COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The records of a shard past what its poller has read, counted with an iterator of their
+/// own that goes on from where the last count stopped (each record is read once more, not
+/// once a count). Both counts run from `origin`, so the records waiting are `counted - read`;
+/// when the poller reads past the count, the count starts again from there.
+#[derive(Debug, Default)]
+struct Ahead {
+    /// The sequence number the counts start after (none: the shard's start).
+    origin: Option<String>,
+    /// The counting iterator, where the last count stopped.
+    iterator: Option<String>,
+    counted: u64,
+    read: u64,
+    last_count: Option<std::time::Instant>,
+}
+
+impl Ahead {
+    fn waiting(&self) -> u64 {
+        self.counted.saturating_sub(self.read)
+    }
+
+    /// Starts the counts again after `seq`: nothing counted past it yet.
+    fn restart(&mut self, seq: Option<String>) {
+        *self = Ahead {
+            origin: seq,
+            last_count: self.last_count,
+            ..Ahead::default()
+        };
+    }
+}
+
 pub struct KinesisShard {
     client: aws_sdk_kinesis::Client,
     stream: String,
@@ -94,7 +128,8 @@ pub struct KinesisShard {
     /// The last sequence number read into `pending`.
     read_to: Option<String>,
     pending: VecDeque<SourceRecord>,
-    millis_behind: Option<i64>,
+    /// The records past `read_to`, for the lag.
+    ahead: Ahead,
     closed: bool,
 }
 
@@ -115,11 +150,67 @@ impl KinesisShard {
             shard_id: shard_id.to_owned(),
             iterator: None,
             read_to: committed.clone(),
+            ahead: Ahead {
+                origin: committed.clone(),
+                ..Ahead::default()
+            },
             committed,
             pending: VecDeque::new(),
-            millis_behind: None,
             closed: false,
         }
+    }
+
+    /// An iterator after sequence number `after`, or at the shard's start.
+    async fn shard_iterator(&self, after: Option<&str>) -> Result<Option<String>, CliError> {
+        use aws_sdk_kinesis::types::ShardIteratorType;
+        let req = self
+            .client
+            .get_shard_iterator()
+            .stream_name(&self.stream)
+            .shard_id(&self.shard_id);
+        let req = match after {
+            Some(seq) => req
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq),
+            None => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+        };
+        let out = req
+            .send()
+            .await
+            .map_err(|e| CliError::aws("kinesis GetShardIterator", &e))?;
+        Ok(out.shard_iterator)
+    }
+
+    /// Counts the records past the last count, up to the shard's tip (at most a few pages a
+    /// call, so a long backlog is counted over several polls).
+    async fn count_ahead(&mut self) -> Result<(), CliError> {
+        if self.ahead.iterator.is_none() {
+            let iterator = self.shard_iterator(self.ahead.origin.as_deref()).await?;
+            // Counted from the origin again: what an earlier iterator counted is dropped.
+            self.ahead.counted = 0;
+            self.ahead.iterator = iterator;
+        }
+        for _ in 0..5 {
+            let Some(iterator) = self.ahead.iterator.clone() else {
+                return Ok(());
+            };
+            let out = self
+                .client
+                .get_records()
+                .shard_iterator(iterator)
+                .limit(10_000)
+                .send()
+                .await
+                .map_err(|e| CliError::aws("kinesis GetRecords", &e))?;
+            let n = out.records.len();
+            self.ahead.counted += n as u64;
+            self.ahead.iterator = out.next_shard_iterator;
+            // A short page with nothing behind it is the tip.
+            if n < 10_000 && out.millis_behind_latest.is_none_or(|ms| ms <= 0) {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -133,26 +224,7 @@ impl Unit for KinesisShard {
             return Ok(());
         }
         if self.iterator.is_none() {
-            let mut req = self
-                .client
-                .get_shard_iterator()
-                .stream_name(&self.stream)
-                .shard_id(&self.shard_id);
-            req = match &self.read_to {
-                Some(seq) => req
-                    .shard_iterator_type(
-                        aws_sdk_kinesis::types::ShardIteratorType::AfterSequenceNumber,
-                    )
-                    .starting_sequence_number(seq),
-                None => {
-                    req.shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
-                }
-            };
-            let out = req
-                .send()
-                .await
-                .map_err(|e| CliError::aws("kinesis GetShardIterator", &e))?;
-            self.iterator = out.shard_iterator;
+            self.iterator = self.shard_iterator(self.read_to.as_deref()).await?;
         }
         let Some(iterator) = self.iterator.clone() else {
             self.closed = true;
@@ -167,7 +239,9 @@ impl Unit for KinesisShard {
             .send()
             .await
             .map_err(|e| CliError::aws("kinesis GetRecords", &e))?;
-        self.millis_behind = out.millis_behind_latest;
+        // Fewer records than asked, and none behind them: this read reached the tip.
+        let at_tip =
+            out.records.len() < limit as usize && out.millis_behind_latest.is_none_or(|ms| ms <= 0);
         self.iterator = out.next_shard_iterator;
         if self.iterator.is_none() {
             self.closed = true;
@@ -202,6 +276,25 @@ impl Unit for KinesisShard {
                 entry,
                 size,
             });
+            self.ahead.read += 1;
+        }
+        if at_tip || self.ahead.read > self.ahead.counted {
+            // Nothing is waiting past what was read, or the read went past the count: count
+            // again from here.
+            self.ahead.restart(self.read_to.clone());
+        }
+        if !at_tip
+            && self
+                .ahead
+                .last_count
+                .is_none_or(|t| t.elapsed() >= LAG_COUNT_INTERVAL)
+        {
+            self.ahead.last_count = Some(std::time::Instant::now());
+            if self.count_ahead().await.is_err() {
+                // The lag is a report, not the load: a count that failed keeps the last one,
+                // and the next count starts from a new iterator.
+                self.ahead.iterator = None;
+            }
         }
         Ok(())
     }
@@ -211,9 +304,9 @@ impl Unit for KinesisShard {
     }
 
     fn lag(&self) -> Option<u64> {
-        // Kinesis reports time behind, not records: the pending records plus "behind or not".
-        let behind = self.millis_behind.unwrap_or(0).max(0) as u64;
-        Some(self.pending.len() as u64 + u64::from(behind > 0))
+        // Kinesis reports time behind, not records: the records read and not checkpointed,
+        // and those counted past them.
+        Some(self.pending.len() as u64 + self.ahead.waiting())
     }
 
     fn event(&self, n: usize) -> String {

@@ -8,7 +8,7 @@
 //! the route's merge rule, key by key: under `keep-first` each produced key's row must exist
 //! and hold one of the events produced for that key; under `newest_by` it must hold the
 //! newest revision produced for the key (compared as the column's type compares, not as
-//! text). The lake must hold every produced event — every revision — exactly once, counted by
+//! text), or a newer one: a later run's, which the merge rule rightly lets win. The lake must hold every produced event — every revision — exactly once, counted by
 //! the identity columns of the objects under the route's lake prefix.
 
 use std::collections::{HashMap, HashSet};
@@ -73,6 +73,9 @@ pub struct Audit {
     pub keys_with_older_revision: usize,
     /// …and those whose row holds a revision or event this run did not produce.
     pub keys_with_unknown_row: usize,
+    /// Under `newest_by`, keys whose row holds a revision newer than any this run produced:
+    /// a later run's (the merge rule at work, not a fault); counted in `keys_in_table` too.
+    pub keys_with_newer_revision: usize,
 }
 
 impl Audit {
@@ -124,7 +127,12 @@ impl Audit {
             Some(merge) => {
                 let (what, wrong) = match merge.strip_prefix("newest_by:") {
                     Some(column) => (
-                        format!("keys in PostgreSQL holding their newest {column}"),
+                        match self.keys_with_newer_revision {
+                            0 => format!("keys in PostgreSQL holding their newest {column}"),
+                            n => format!(
+                                "keys in PostgreSQL holding their newest {column} ({n} a later run's)"
+                            ),
+                        },
                         format!(
                             "{} holding an older revision, {} holding a revision not produced",
                             self.keys_with_older_revision, self.keys_with_unknown_row
@@ -559,6 +567,14 @@ pub fn judge_route(
         };
         match (newest_ty, row.newest_by.as_deref()) {
             (Some(_), Some(held)) if Some(held) == p.newest => audit.keys_in_table += 1,
+            // A later run's revision won, as the merge rule says it should.
+            (Some(ty), Some(held))
+                if !p.revisions.contains(held)
+                    && p.newest.is_some_and(|n| compare(ty, held, n).is_gt()) =>
+            {
+                audit.keys_in_table += 1;
+                audit.keys_with_newer_revision += 1;
+            }
             (Some(_), Some(held)) if p.revisions.contains(held) => {
                 audit.keys_with_older_revision += 1
             }
@@ -811,8 +827,9 @@ mod tests {
         ]);
         let all: Vec<String> = m.event_ids.clone();
         // When the table holds the newest of k-0 and k-3, an older one of k-1, a revision
-        // never produced for k-2 … and nothing of k-4's; and the lake holds every event once
-        let rows = [row("k-0", 3), row("k-1", 1), row("k-2", 7), row("k-3", 10)];
+        // never produced for k-2 (below its newest: a newer one would be a later run's) … and
+        // nothing of k-4's; and the lake holds every event once
+        let rows = [row("k-0", 3), row("k-1", 1), row("k-2", 0), row("k-3", 10)];
         let a = judge_route(&orders_route, &m, &rows, &all).unwrap();
         // Then the older revision and the unknown one are reported, and nothing else
         assert_eq!(a.expected_keys, 4);
@@ -845,6 +862,29 @@ mod tests {
         assert_eq!((a.keys_missing, a.missing_in_table), (1, 1));
         assert_eq!((a.missing_in_lake, a.duplicated_in_lake), (1, 1));
         assert_eq!(a.verdict(), "LOSS OR DUPLICATES");
+    }
+
+    #[test]
+    fn a_key_holding_a_later_runs_newer_revision_is_right() {
+        // Given a first run's orders, and a second run that sent newer revisions of two keys
+        let orders_route = route("orders");
+        let m = orders(&[("k-0", &[1, 2]), ("k-1", &[1, 3]), ("k-2", &[2])]);
+        let all = m.event_ids.clone();
+        // When the table holds the second run's revisions of k-0 and k-1, and k-2's own
+        let rows = [row("k-0", 5), row("k-1", 4), row("k-2", 2)];
+        let a = judge_route(&orders_route, &m, &rows, &all).unwrap();
+        // Then the first run's verdict is exactly once, saying two keys hold a later run's
+        assert!(a.exactly_once(), "{a:?}");
+        assert_eq!((a.keys_in_table, a.keys_with_newer_revision), (3, 2));
+        assert!(a.table().to_string().contains("(2 a later run's)"));
+        // But a revision below the newest that this run never produced is still unknown
+        let rows = [row("k-0", 5), row("k-1", 2), row("k-2", 2)];
+        let a = judge_route(&orders_route, &m, &rows, &all).unwrap();
+        assert_eq!(
+            (a.keys_with_unknown_row, a.keys_with_newer_revision),
+            (1, 1),
+            "{a:?}"
+        );
     }
 
     #[test]

@@ -4,11 +4,20 @@
 mod common;
 
 use common::*;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use streamload_tests::TestStack;
 
 fn streamload(stack: &TestStack, args: &[&str]) -> (i32, String, String) {
     streamload_with(stack, args, &[])
+}
+
+/// The test's own directory. Commands run in it, so what they keep in their working
+/// directory (init's env file, produce's ledger) stays with the test.
+fn test_dir(stack: &TestStack) -> PathBuf {
+    let dir = std::env::temp_dir().join(&stack.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// [`streamload`] with more variables (a route file's `STREAMLOAD_CONFIG`, say).
@@ -18,15 +27,28 @@ fn streamload_with(
     env: &[(&str, &std::path::Path)],
 ) -> (i32, String, String) {
     let c = &stack.config;
-    let out = Command::new(env!("CARGO_BIN_EXE_streamload"))
-        .args(args)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_streamload"));
+    command
         .env("DATABASE_URL", &stack.database_url)
         .env("DEDUP_TABLE", &c.dedup_table)
         .env("OUTPUT_BUCKET", &c.output_bucket)
         .env("DLQ_URL", &c.dlq_url)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run streamload");
+        .envs(env.iter().copied());
+    output(command.args(args).current_dir(test_dir(stack)))
+}
+
+/// `streamload` in `dir` with no environment of the stack's but `env` (and the AWS endpoint
+/// and broker): what a user has after sourcing init's env file.
+fn streamload_in(dir: &Path, args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_streamload"));
+    command
+        .env_remove("DATABASE_URL")
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    output(command.args(args).current_dir(dir))
+}
+
+fn output(command: &mut Command) -> (i32, String, String) {
+    let out = command.output().expect("run streamload");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -38,8 +60,7 @@ fn streamload_with(
 async fn produce_run_status_and_verify_work_as_commands() {
     // Given a fresh stack and a directory for the run's files
     let stack = TestStack::new("commands", false).await;
-    let dir = std::env::temp_dir().join(&stack.name);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = test_dir(&stack);
     let (manifest, state) = (dir.join("manifest.json"), dir.join("state.json"));
     let target = format!("kinesis://{}", stack.name);
 
@@ -140,11 +161,9 @@ async fn produce_run_status_and_verify_work_as_commands() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_newest_by_route_sent_out_of_order_is_judged_by_its_merge_rule() {
-    // Given the example's orders route (newest_by revision) reading this test's stream, and
-    // its table
-    let stack = TestStack::new("shape", false).await;
+/// The example's orders route (newest_by revision) reading this test's stream, and its
+/// tables: the route file and the target.
+async fn orders_route(stack: &TestStack) -> (PathBuf, String) {
     let toml = include_str!("../../examples/orders/streamload.toml")
         .replace("kinesis:orders", &format!("kinesis:{}", stack.name));
     stack
@@ -152,18 +171,24 @@ async fn a_newest_by_route_sent_out_of_order_is_judged_by_its_merge_rule() {
         .batch_execute(include_str!("../../examples/orders/ddl.sql"))
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(&stack.name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (routes, manifest) = (dir.join("streamload.toml"), dir.join("manifest.json"));
+    let routes = test_dir(stack).join("streamload.toml");
     std::fs::write(&routes, &toml).unwrap();
-    let target = format!("kinesis://{}", stack.name);
-    // When 120 orders of 12 keys are produced, their revisions out of order, with producer
-    // retries and poison, and the mapping loads them
+    (routes, format!("kinesis://{}", stack.name))
+}
+
+/// 120 orders of 12 keys (seed 26), revisions out of order, with producer retries and
+/// poison, produced to `target` (one shard); the manifest written to `manifest` and read.
+fn produce_orders(
+    stack: &TestStack,
+    target: &str,
+    routes: &Path,
+    manifest: &Path,
+) -> streamload_cli::produce::Manifest {
     let (code, out, err) = streamload(
-        &stack,
+        stack,
         &[
             "produce",
-            &target,
+            target,
             "--events",
             "120",
             "--keys",
@@ -187,23 +212,17 @@ async fn a_newest_by_route_sent_out_of_order_is_judged_by_its_merge_rule() {
         ],
     );
     assert_eq!(code, 0, "{out}{err}");
-    let m: streamload_cli::produce::Manifest =
-        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
-    let events = m.event_ids.len();
-    assert!(events > 90 && !m.poison_tokens.is_empty(), "{out}");
-    // (the revisions really were sent out of order)
-    let mut last: std::collections::HashMap<&str, i64> = Default::default();
-    let out_of_order = m.route_events.iter().any(|e| {
-        let r: i64 = e.newest_by.as_deref().unwrap().parse().unwrap();
-        last.insert(&e.key[0], r).is_some_and(|prev| prev > r)
-    });
-    assert!(out_of_order);
+    serde_json::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap()
+}
+
+/// The mapping loads `target` through the real loader, configured by `routes`.
+fn load(stack: &TestStack, target: &str, routes: &Path) {
     let binary = loader("kinesis-loader");
     let (code, out, err) = streamload_with(
-        &stack,
+        stack,
         &[
             "run",
-            &target,
+            target,
             "--function",
             binary.to_str().unwrap(),
             "--until-caught-up",
@@ -212,11 +231,103 @@ async fn a_newest_by_route_sent_out_of_order_is_judged_by_its_merge_rule() {
             "--batch-size",
             "25",
             "--log-dir",
-            dir.to_str().unwrap(),
+            test_dir(stack).to_str().unwrap(),
         ],
-        &[("STREAMLOAD_CONFIG", routes.as_path())],
+        &[("STREAMLOAD_CONFIG", routes)],
     );
     assert_eq!(code, 0, "{out}{err}");
+}
+
+/// `verify --json` of `manifest` by the orders route: exit status and the audit.
+fn verify_orders(stack: &TestStack, manifest: &Path, routes: &Path) -> (i32, serde_json::Value) {
+    let (code, out, err) = streamload(
+        stack,
+        &[
+            "verify",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--routes",
+            routes.to_str().unwrap(),
+            "--route",
+            "orders",
+            "--json",
+        ],
+    );
+    let audit = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+    (code, audit)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_into_the_same_route_is_new_and_newer_and_both_manifests_verify() {
+    // Given the orders route and a first run of 120 orders over 12 keys
+    let stack = TestStack::new("rerun", false).await;
+    let (routes, target) = orders_route(&stack).await;
+    let dir = test_dir(&stack);
+    let (first, second) = (dir.join("first.json"), dir.join("second.json"));
+    let m1 = produce_orders(&stack, &target, &routes, &first);
+    // When the same command runs again (the same seed: the same choices), and the mapping
+    // loads both runs
+    let m2 = produce_orders(&stack, &target, &routes, &second);
+    load(&stack, &target, &routes);
+    // Then each key's revisions in the second run are above all of the first run's
+    let revisions = |m: &streamload_cli::produce::Manifest| {
+        let mut by_key: std::collections::HashMap<String, Vec<i64>> = Default::default();
+        for e in &m.route_events {
+            let r = e.newest_by.as_deref().unwrap().parse().unwrap();
+            by_key.entry(e.key[0].clone()).or_default().push(r);
+        }
+        by_key
+    };
+    let (r1, r2) = (revisions(&m1), revisions(&m2));
+    for (key, revs) in &r2 {
+        let first_newest = r1.get(key).and_then(|r| r.iter().max()).copied();
+        assert!(revs.iter().all(|r| Some(*r) > first_newest), "{key}");
+    }
+    // and verify of the second manifest finds each key holding its newest revision, and
+    // every revision of both runs once in the lake
+    let (code, a) = verify_orders(&stack, &second, &routes);
+    assert_eq!(code, 0, "{a}");
+    assert_eq!(
+        (a["expected_keys"].as_u64(), a["keys_in_table"].as_u64()),
+        (Some(12), Some(12)),
+        "{a}"
+    );
+    assert_eq!(a["keys_with_newer_revision"], 0, "{a}");
+    assert_eq!(a["in_lake_once"], m2.event_ids.len(), "{a}");
+    assert_eq!(
+        a["parquet_rows"],
+        m1.event_ids.len() + m2.event_ids.len(),
+        "{a}"
+    );
+    // And verify of the first manifest is right too: its revisions once in the lake, and each
+    // of its keys holding a later run's revision
+    let (code, a) = verify_orders(&stack, &first, &routes);
+    assert_eq!(code, 0, "{a}");
+    assert_eq!(a["keys_in_table"], r1.len(), "{a}");
+    assert_eq!(a["keys_with_newer_revision"], r1.len(), "{a}");
+    assert_eq!(a["in_lake_once"], m1.event_ids.len(), "{a}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newest_by_route_sent_out_of_order_is_judged_by_its_merge_rule() {
+    // Given the example's orders route (newest_by revision) reading this test's stream, and
+    // its table
+    let stack = TestStack::new("shape", false).await;
+    let (routes, target) = orders_route(&stack).await;
+    let manifest = test_dir(&stack).join("manifest.json");
+    // When 120 orders of 12 keys are produced, their revisions out of order, with producer
+    // retries and poison, and the mapping loads them
+    let m = produce_orders(&stack, &target, &routes, &manifest);
+    let events = m.event_ids.len();
+    assert!(events > 90 && !m.poison_tokens.is_empty());
+    // (the revisions really were sent out of order)
+    let mut last: std::collections::HashMap<&str, i64> = Default::default();
+    let out_of_order = m.route_events.iter().any(|e| {
+        let r: i64 = e.newest_by.as_deref().unwrap().parse().unwrap();
+        last.insert(&e.key[0], r).is_some_and(|prev| prev > r)
+    });
+    assert!(out_of_order);
+    load(&stack, &target, &routes);
     // Then verify, told the route, finds each key holding its newest revision, every revision
     // once in the lake and the poison dead-lettered
     let verify = |extra: &[&str]| {
@@ -277,8 +388,7 @@ async fn a_keep_first_route_is_judged_as_before() {
         .batch_execute(include_str!("../../examples/orders/ddl.sql"))
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(&stack.name);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = test_dir(&stack);
     let (routes, manifest) = (dir.join("streamload.toml"), dir.join("manifest.json"));
     std::fs::write(&routes, &toml).unwrap();
     let target = format!("kinesis://{}", stack.name);
@@ -477,8 +587,7 @@ async fn a_route_of_a_new_shape_runs_from_init_alone_as_docs_local_md_says() {
     // Given only a database and a route no example has (IoT readings: numeric(5,2), epoch-ms
     // times, newest by seq), as docs/local.md starts
     let stack = TestStack::new("initpath", false).await;
-    let dir = std::env::temp_dir().join(&stack.name);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = test_dir(&stack);
     let routes = dir.join("iot.toml");
     std::fs::write(
         &routes,
@@ -518,19 +627,7 @@ required = true
         ),
     )
     .unwrap();
-    let run = |args: &[&str], env: &[(String, String)]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_streamload"))
-            .args(args)
-            .env_remove("DATABASE_URL")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .expect("run streamload");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str], env: &[(String, String)]| streamload_in(&dir, args, env);
     // When init makes what the route needs, and its environment is all the later commands get
     let env_path = dir.join("iot.env");
     let target = format!("kinesis://{}", stack.name);
@@ -642,4 +739,108 @@ required = true
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("exists"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orders_example_runs_as_its_readme_says() {
+    // Given the example's route file, reading this test's stream rather than `orders` (and
+    // init given a name of the test's own), and only the stack's database, as the README
+    // starts
+    let stack = TestStack::new("readme", false).await;
+    let dir = test_dir(&stack);
+    let routes = dir.join("streamload.toml");
+    std::fs::write(
+        &routes,
+        include_str!("../../examples/orders/streamload.toml")
+            .replace("kinesis:orders", &format!("kinesis:{}", stack.name)),
+    )
+    .unwrap();
+    let (routes, target) = (
+        routes.to_str().unwrap(),
+        format!("kinesis://{}", stack.name),
+    );
+    let name = format!("{}-orders", stack.name);
+    let database = [("DATABASE_URL".to_string(), stack.database_url.clone())];
+    // When the README's commands run in order, each after the environment init wrote:
+    // init …
+    let (code, out, err) = streamload_in(
+        &dir,
+        &[
+            "init",
+            "--routes",
+            routes,
+            "--create-tables",
+            "--stream",
+            &target,
+            "--name",
+            &name,
+        ],
+        &database,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let env = env_file(&dir.join(format!(".streamload/{name}.env")));
+    // … produce …
+    let (code, out, err) = streamload_in(
+        &dir,
+        &[
+            "produce",
+            &target,
+            "--routes",
+            routes,
+            "--route",
+            "orders",
+            "--events",
+            "1000",
+            "--keys",
+            "100",
+            "--out-of-order",
+            "--duplicates",
+            "0.05",
+            "--poison",
+            "0.01",
+            "--manifest",
+            "orders.json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // … run (the debug loader for the release one, and a bound on the test's time) …
+    let binary = loader("kinesis-loader");
+    let (code, out, err) = streamload_in(
+        &dir,
+        &[
+            "run",
+            &target,
+            "--function",
+            binary.to_str().unwrap(),
+            "--until-caught-up",
+            "--idle-seconds",
+            "3",
+            "--max-duration-seconds",
+            "240",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // … verify
+    let (code, out, err) = streamload_in(
+        &dir,
+        &[
+            "verify",
+            "--manifest",
+            "orders.json",
+            "--routes",
+            routes,
+            "--route",
+            "orders",
+        ],
+        &env,
+    );
+    // Then the verdict is exactly once: each order's row holds its newest revision, every
+    // revision is once in the lake, and the poison is in the dead-letter queue
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("verdict: exactly once") && out.contains("holding their newest revision"),
+        "{out}"
+    );
 }

@@ -408,3 +408,42 @@ async fn a_function_that_cannot_start_is_retried_with_back_off_and_its_init_erro
     );
     assert_eq!(stats[0].records_done, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shards_lag_counts_the_records_waiting_past_its_checkpoint() {
+    use streamload_cli::source::{KinesisShard, Unit, LAG_COUNT_INTERVAL};
+    // Given a one-shard stream holding 300 records, and its poller
+    let stack = TestStack::new("lag", false).await;
+    kinesis_stream(&stack.name, 1, &numbered(300, &[])).await;
+    let (client, _) = streamload_cli::kinesis_client().await;
+    let mut shard = KinesisShard::new(
+        client,
+        &stack.name,
+        "arn:aws:kinesis:us-east-1:000000000000:stream/lag",
+        "us-east-1",
+        "shardId-000000000000",
+        None,
+    );
+    // When the poller reads a batch of 100
+    shard.fill(100).await.unwrap();
+    // Then the lag is every record not checkpointed: the 100 read and the 200 still waiting
+    assert_eq!(shard.pending().len(), 100);
+    assert_eq!(shard.lag(), Some(300));
+    // And as batches are checkpointed and read, it falls by each
+    shard.commit(100);
+    shard.fill(100).await.unwrap();
+    assert_eq!(shard.lag(), Some(200));
+    // and records produced meanwhile count from the next count on
+    kinesis_stream(&stack.name, 1, &numbered(50, &[])).await;
+    shard.commit(100);
+    tokio::time::sleep(LAG_COUNT_INTERVAL).await;
+    shard.fill(100).await.unwrap();
+    assert_eq!(shard.lag(), Some(150));
+    // and once the poller reads to the tip and checkpoints, nothing is waiting
+    shard.commit(100);
+    shard.fill(100).await.unwrap();
+    assert_eq!((shard.pending().len(), shard.lag()), (50, Some(50)));
+    shard.commit(50);
+    shard.fill(100).await.unwrap();
+    assert_eq!(shard.lag(), Some(0));
+}
