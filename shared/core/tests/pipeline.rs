@@ -1,5 +1,7 @@
 //! The claim protocol against in-memory adapters: every crash point, redelivery and
-//! duplicate case, in milliseconds. The same matrix runs against the real stack in `tests/`.
+//! duplicate case, in tokio's paused time (leases, deadlines and back-off cross without a
+//! sleep: 0.1 s for the suite, 5.8 s with real time). The same matrix runs against the real
+//! stack in `tests/`.
 
 mod common;
 
@@ -10,7 +12,7 @@ use streamload_core::pacing::{PacingConfig, WakePacer};
 use streamload_core::record::{Batch, Position};
 use streamload_core::{FailureCause, PoisonKind, RecordOutcome};
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn all_new_batch_loads_every_record_with_one_claim_write_each() {
     // Given an empty stack and a batch of five new events
     let stack = Stack::new();
@@ -36,7 +38,7 @@ async fn all_new_batch_loads_every_record_with_one_claim_write_each() {
     assert_eq!(report.summary.loaded, 5);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn duplicates_inside_a_batch_collapse_to_the_first_copy() {
     let stack = Stack::new();
     let (p, _) = stack.pipeline();
@@ -59,7 +61,7 @@ async fn duplicates_inside_a_batch_collapse_to_the_first_copy() {
     assert_eq!(stack.row_count(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_redelivered_batch_is_recognised_as_duplicates() {
     // Given a batch already loaded by one invocation
     let stack = Stack::new();
@@ -107,7 +109,7 @@ async fn a_redelivered_batch_is_recognised_as_duplicates() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn poison_goes_to_the_dead_letter_queue_without_blocking_the_shard() {
     let stack = Stack::new();
     let (p, _) = stack.pipeline();
@@ -153,7 +155,7 @@ fn poison_batch(n: u64) -> Batch {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn poison_records_go_to_the_queue_ten_to_a_request_each_once() {
     // Given a batch of 25 poison records
     let stack = Stack::new();
@@ -188,7 +190,7 @@ async fn poison_records_go_to_the_queue_ten_to_a_request_each_once() {
     assert_eq!(positions, expected);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_letter_the_queue_refuses_for_now_is_sent_again_alone() {
     // Given a queue that refuses the first letter of the next batch as its own fault
     let stack = Stack::new();
@@ -212,7 +214,7 @@ async fn a_letter_the_queue_refuses_for_now_is_sent_again_alone() {
     assert_eq!(stack.dead_letters.sent.lock().unwrap().len(), 3);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_letter_the_queue_rejects_fails_alone_and_gives_its_claim_back() {
     // Given a queue that rejects the first letter of the next batch for good
     let stack = Stack::new();
@@ -250,7 +252,7 @@ async fn a_letter_the_queue_rejects_fails_alone_and_gives_its_claim_back() {
     assert_eq!(stack.dead_letters.sent.lock().unwrap().len(), 3);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_rejected_letter_whose_claim_stays_holds_the_archive_back_and_nothing_is_lost() {
     // Given a queue that rejects the first letter of the next batch for good, and claim
     // releases that fail
@@ -296,7 +298,7 @@ async fn a_rejected_letter_whose_claim_stays_holds_the_archive_back_and_nothing_
     assert_eq!(archives.values().next().unwrap().len(), 3);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_dead_letter_too_large_for_the_queue_keeps_its_bytes_in_the_object_store() {
     let stack = Stack::new();
     let (mut p, _) = stack.pipeline();
@@ -314,7 +316,7 @@ async fn a_dead_letter_too_large_for_the_queue_keeps_its_bytes_in_the_object_sto
     assert_eq!(stack.objects.objects.lock().unwrap()[key], vec![b'x'; 1000]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_database_outage_reports_the_lowest_failed_record_and_loses_nothing() {
     // Given the database is down
     let stack = Stack::new();
@@ -383,7 +385,7 @@ async fn a_claim_held_by_a_live_invocation_is_a_transient_failure() {
     assert!(!stack.dedup.leases.lock().unwrap()["inv-1"].revoked);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_deadline_stops_new_work_and_reports_the_first_record() {
     let stack = Stack::new();
     let (p, _) = stack.pipeline();
@@ -402,7 +404,7 @@ async fn the_deadline_stops_new_work_and_reports_the_first_record() {
     assert_eq!(stack.row_count(), 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_lost_object_store_answer_still_counts_the_object_once() {
     // Given the store writes the object but the answer is lost
     let stack = Stack::new();
@@ -419,7 +421,7 @@ async fn a_lost_object_store_answer_still_counts_the_object_once() {
     assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "b"]));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_wake_pacer_counts_every_claim_write_and_none_stays_in_flight() {
     // Given a pipeline counting its claim writes for the runtime's park hook, and a claims
     // store whose answers are lost after the write is applied (each write is sent again)
@@ -443,7 +445,7 @@ async fn the_wake_pacer_counts_every_claim_write_and_none_stays_in_flight() {
     assert_eq!(pacer.in_flight(), 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_lost_claim_answer_is_resolved_by_reading_the_claim() {
     let stack = Stack::new();
     let (p, s) = stack.pipeline();
@@ -458,7 +460,7 @@ async fn a_lost_claim_answer_is_resolved_by_reading_the_claim() {
     assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "b"]));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_unknown_claim_keeps_its_object_unwritten() {
     // Given claims that land but whose answers are lost, and claims that cannot be read back
     let stack = Stack::new();
@@ -528,7 +530,7 @@ async fn crash_then_redeliver(arm: impl Fn(&Switches)) {
     assert!(!stack.dead_letters.sent.lock().unwrap().is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn every_crash_point_then_redelivery_is_exactly_once() {
     type CrashPoint = (&'static str, fn(&Switches));
     let points: [CrashPoint; 5] = [
@@ -555,7 +557,7 @@ async fn every_crash_point_then_redelivery_is_exactly_once() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_dead_letter_repeats_only_when_the_sandbox_dies_between_send_and_archive() {
     // Given a batch with one poison record, and a sandbox that dies right after the send
     let stack = Stack::new();
@@ -597,7 +599,7 @@ async fn a_dead_letter_repeats_only_when_the_sandbox_dies_between_send_and_archi
     assert_eq!(archives, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_row_the_database_refuses_is_dead_lettered_and_the_rest_of_the_batch_loads() {
     // Given a table that refuses one user's rows (as a CHECK constraint would)
     let stack = Stack::new();
@@ -651,7 +653,7 @@ async fn a_row_the_database_refuses_is_dead_lettered_and_the_rest_of_the_batch_l
     assert_eq!(stack.dead_letters.sent.lock().unwrap().len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_call_that_never_answers_is_cut_off_before_the_deadline() {
     // Given an object store that never answers (a black-holed connection)
     let stack = Stack::new();
@@ -679,7 +681,7 @@ async fn a_call_that_never_answers_is_cut_off_before_the_deadline() {
     assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "b"]));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn definite_failures_are_retried_inside_the_invocation() {
     // Given a dedup store and an object store that each fail their next three calls
     let stack = Stack::new();
@@ -698,7 +700,7 @@ async fn definite_failures_are_retried_inside_the_invocation() {
     assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "b", "c"]));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_claim_whose_answer_was_lost_is_recognised_by_its_retry() {
     // Given claims whose first answer is lost after they landed
     let stack = Stack::new();
@@ -716,7 +718,7 @@ async fn a_claim_whose_answer_was_lost_is_recognised_by_its_retry() {
     assert_eq!(stack.parquet_event_ids(), expected_ids(&["a", "b"]));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn two_poison_records_at_the_same_coordinates_are_both_dead_lettered() {
     // Given a poison record at position 5, then (a re-created stream) other poison bytes at 5
     let stack = Stack::new();
