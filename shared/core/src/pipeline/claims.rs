@@ -140,7 +140,9 @@ where
                         {
                             in_doubt.insert(i);
                         }
-                        work.claimed.push(i);
+                        work.slots[i].progress = Progress::Claimed {
+                            in_doubt: in_doubt.contains(&i),
+                        };
                     }
                     // Refused by someone else's live claim: our earlier attempts did not land
                     // *yet* (nobody can replace our claim within its lease), but a plain one
@@ -186,7 +188,7 @@ where
             let mut wake_at: Option<i64> = None;
             for ((i, old), verdict) in refused.into_iter().zip(verdicts) {
                 match verdict {
-                    Existing::Done => work.slots[i].outcome = Some(RecordOutcome::Duplicate),
+                    Existing::Done => work.finish(i, RecordOutcome::Duplicate),
                     Existing::Live => failed.push((i, FailureCause::HeldByLiveInvocation)),
                     Existing::Unreadable => {
                         cause.insert(i, FailureCause::ObjectStore);
@@ -234,14 +236,15 @@ where
                 let read = bounded(work.cleanup(&self.settings), self.dedup.read(&key)).await;
                 if matches!(&read, Ok(Some(c)) if c.owner == owner && Some(&c.object_key) == work.slots[i].object_key.as_ref())
                 {
-                    work.claimed.push(i);
+                    work.slots[i].progress = Progress::Claimed {
+                        in_doubt: in_doubt.contains(&i),
+                    };
                     continue;
                 }
             }
             let c = cause.get(&i).copied().unwrap_or(FailureCause::Deadline);
             failed.push((i, c));
         }
-        work.in_doubt.extend(in_doubt.iter().copied());
         for (i, c) in failed {
             if maybe_landed.contains(&i) || in_doubt.contains(&i) {
                 // Truly unknown: the claim may name its object (now or later), which must
@@ -249,7 +252,7 @@ where
                 if let Some(key) = &work.slots[i].object_key {
                     work.tainted.insert(key.clone());
                 }
-                work.unknown.push(i);
+                work.slots[i].progress = Progress::ClaimUnknown;
             } else {
                 work.fail(i, c);
             }

@@ -124,7 +124,7 @@ where
                     Some(key) => self.release_confirmed(key, owner, cleanup).await,
                     None => true,
                 };
-                (i, released && !w.in_doubt.contains(&i))
+                (i, released && !w.in_doubt(i))
             })
             .buffer_unordered(concurrency)
             .collect()
@@ -176,10 +176,13 @@ where
         let sent: Vec<usize> = sent.into_iter().map(|(i, _)| i).collect();
         for i in sent {
             let kind = work.slots[i].poison.as_ref().map(|p| p.kind);
-            work.slots[i].outcome = Some(match kind {
-                Some(kind) => RecordOutcome::DeadLettered(kind),
-                None => RecordOutcome::Failed(FailureCause::DeadLetterQueue),
-            });
+            work.finish(
+                i,
+                match kind {
+                    Some(kind) => RecordOutcome::DeadLettered(kind),
+                    None => RecordOutcome::Failed(FailureCause::DeadLetterQueue),
+                },
+            );
         }
         for (i, cause) in failed {
             work.fail(i, cause);

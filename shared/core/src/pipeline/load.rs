@@ -72,8 +72,11 @@ where
     /// Steps 4 and 5 for every event this invocation holds the claim of. Returns the
     /// records a sink refused: their claims are released, and they are poison now.
     pub(super) async fn load_claimed(&self, work: &mut Work<'_>) -> Vec<usize> {
-        let mut claimed = std::mem::take(&mut work.claimed);
-        claimed.sort_unstable();
+        let claimed: Vec<usize> = work
+            .claimed()
+            .into_iter()
+            .filter(|&i| work.slots[i].event.is_some())
+            .collect();
         // Records whose object is tainted cannot be completed in this invocation.
         let (mut blocked, claimed): (Vec<usize>, Vec<usize>) =
             claimed.into_iter().partition(|&i| {
@@ -82,7 +85,7 @@ where
                     .as_ref()
                     .is_some_and(|k| work.tainted.contains(k))
             });
-        blocked.append(&mut work.unknown);
+        blocked.extend(work.unknown());
         self.give_up(work, &blocked, FailureCause::Dedup).await;
         if claimed.is_empty() {
             return Vec::new();
@@ -191,7 +194,7 @@ where
                     .is_ok(),
                     None => true,
                 };
-                (*i, released && !w.in_doubt.contains(i))
+                (*i, released && !w.in_doubt(*i))
             })
             .buffer_unordered(self.settings.claim_concurrency.max(1))
             .collect()
@@ -219,6 +222,8 @@ where
                 reason: reason.clone(),
             });
             slot.event = None;
+            // Its event claim is given back: it waits for a poison claim of its own.
+            slot.progress = Progress::Pending;
         }
 
         let mark = work.phases.add(Phase::Database, mark);
@@ -257,7 +262,7 @@ where
             match result {
                 ObjectResult::Written => {
                     for i in members {
-                        work.slots[i].outcome = Some(RecordOutcome::Loaded);
+                        work.finish(i, RecordOutcome::Loaded);
                     }
                 }
                 ObjectResult::NotWritten => {

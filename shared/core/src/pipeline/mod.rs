@@ -23,7 +23,8 @@
 //! - `lease`: the holder's renewable lease, the fence on its writes, and takers' judgement of
 //!   other holders.
 //!
-//! A record's progress is its `Slot`; the run's shared state is `Work`.
+//! A record's progress is one typed state (`Progress`: pending, claimed, claim unknown, done
+//! with its outcome) in its `Slot`; the run's shared state is `Work`.
 
 use crate::clock::{Clock, SystemClock};
 use crate::dead_letter::{self, poison_digest, DeadLetterData};
@@ -181,7 +182,26 @@ pub const IN_BUDGET_RETRY: RetryPolicy = RetryPolicy {
     max_backoff: Duration::from_millis(1600),
 };
 
-/// Progress of one delivered record through the pipeline.
+/// Where one record is: exactly one state at a time, ending in `Done`. A record the run
+/// leaves in another state is reported failed (the deadline came first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Progress {
+    /// Not claimed (yet): being decoded, waiting to be claimed, or refused by a sink and
+    /// waiting for its poison claim.
+    #[default]
+    Pending,
+    /// Our claim is written. `in_doubt`: a plain write of ours whose answer was lost may still
+    /// land after we release the claim, recreating it; such a release never counts as
+    /// confirmed (docs/exactly-once.md, "a claim applied late").
+    Claimed { in_doubt: bool },
+    /// Our claim write's outcome is unknown: it may name the record's object, now or later,
+    /// so that object is held back (`Work::tainted`).
+    ClaimUnknown,
+    /// Final.
+    Done(RecordOutcome),
+}
+
+/// One delivered record: what it is, what its claim names, and its [`Progress`].
 #[derive(Debug, Default)]
 struct Slot {
     /// The mapped record; `None` for a poison record.
@@ -196,7 +216,7 @@ struct Slot {
     /// The object whose existence proves the record done: the Parquet object of an event,
     /// the archived dead-letter message of a poison record.
     object_key: Option<String>,
-    outcome: Option<RecordOutcome>,
+    progress: Progress,
 }
 
 /// Working state of one run.
@@ -204,17 +224,8 @@ struct Work<'b> {
     batch: &'b Batch,
     inv: &'b Invocation,
     slots: Vec<Slot>,
-    /// Indices whose claim this invocation holds, not yet loaded.
-    claimed: Vec<usize>,
     /// Object keys that must not be written: a claim naming them is in an unknown state.
     tainted: HashSet<String>,
-    /// Indices whose claim write has an unknown outcome: it may have landed, so it is
-    /// released too.
-    unknown: Vec<usize>,
-    /// Indices with a plain claim write whose answer was lost and which may still land —
-    /// even after we hold (and release) the claim. A release of their claim is never taken
-    /// as confirmed: the late write would recreate it, naming an object that lacks the record.
-    in_doubt: HashSet<usize>,
     /// Where the time went.
     phases: PhaseTimes,
     /// No write starts or continues after it: the holder's lease.
@@ -224,7 +235,32 @@ struct Work<'b> {
 
 impl<'b> Work<'b> {
     fn fail(&mut self, i: usize, cause: FailureCause) {
-        self.slots[i].outcome = Some(RecordOutcome::Failed(cause));
+        self.finish(i, RecordOutcome::Failed(cause));
+    }
+
+    fn finish(&mut self, i: usize, outcome: RecordOutcome) {
+        self.slots[i].progress = Progress::Done(outcome);
+    }
+
+    /// The records whose claim we hold, not yet finished, in delivery order.
+    fn claimed(&self) -> Vec<usize> {
+        self.in_progress(|p| matches!(p, Progress::Claimed { .. }))
+    }
+
+    /// The records whose claim write has an unknown outcome, in delivery order.
+    fn unknown(&self) -> Vec<usize> {
+        self.in_progress(|p| matches!(p, Progress::ClaimUnknown))
+    }
+
+    fn in_progress(&self, state: impl Fn(Progress) -> bool) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&i| state(self.slots[i].progress))
+            .collect()
+    }
+
+    /// Whether a release of `i`'s claim can never be taken as confirmed ([`Progress::Claimed`]).
+    fn in_doubt(&self, i: usize) -> bool {
+        matches!(self.slots[i].progress, Progress::Claimed { in_doubt: true })
     }
 
     /// No new step starts after this (epoch ms).
@@ -311,10 +347,7 @@ where
             batch,
             inv,
             slots: Vec::with_capacity(n),
-            claimed: Vec::new(),
             tainted: HashSet::new(),
-            unknown: Vec::new(),
-            in_doubt: HashSet::new(),
             phases: PhaseTimes::default(),
             fence,
             clock: &*self.settings.clock,
@@ -355,7 +388,7 @@ where
         }
         drop(first_copy);
         for &(i, _) in &copy_of {
-            work.slots[i].outcome = Some(RecordOutcome::DuplicateInBatch);
+            work.finish(i, RecordOutcome::DuplicateInBatch);
         }
         self.plan_objects(&mut work, &winners);
         let poisoned: Vec<usize> = (0..n).filter(|&i| work.slots[i].poison.is_some()).collect();
@@ -369,11 +402,11 @@ where
         let mark = work.phases.add(Phase::Claims, mark);
 
         // 4 and 5: database then Parquet objects for events; the queue for poison records.
-        let claimed = std::mem::take(&mut work.claimed);
-        let (events, poison): (Vec<usize>, Vec<usize>) = claimed
+        let poison: Vec<usize> = work
+            .claimed()
             .into_iter()
-            .partition(|&i| work.slots[i].event.is_some());
-        work.claimed = events;
+            .filter(|&i| work.slots[i].event.is_none())
+            .collect();
         self.dead_letter_all(&mut work, &poison).await;
         work.phases.add(Phase::DeadLetters, mark);
         let refused = self.load_claimed(&mut work).await;
@@ -384,25 +417,25 @@ where
         if !refused.is_empty() {
             self.plan_dead_letters(&mut work, &refused);
             self.claim_all(&mut work, &refused).await;
-            let claimed = std::mem::take(&mut work.claimed);
+            let claimed = work.claimed();
             self.dead_letter_all(&mut work, &claimed).await;
-            let unknown = std::mem::take(&mut work.unknown);
+            let unknown = work.unknown();
             self.give_up(&mut work, &unknown, FailureCause::Dedup).await;
             work.phases.add(Phase::DeadLetters, mark);
         }
 
         // A copy follows its first copy's failure, so it is redelivered with it.
         for &(i, w) in &copy_of {
-            if let Some(RecordOutcome::Failed(c)) = work.slots[w].outcome {
-                work.slots[i].outcome = Some(RecordOutcome::Failed(c));
+            if let Progress::Done(RecordOutcome::Failed(c)) = work.slots[w].progress {
+                work.fail(i, c);
             }
         }
         let outcomes: Vec<RecordOutcome> = work
             .slots
             .iter()
-            .map(|s| {
-                s.outcome
-                    .unwrap_or(RecordOutcome::Failed(FailureCause::Deadline))
+            .map(|s| match s.progress {
+                Progress::Done(outcome) => outcome,
+                _ => RecordOutcome::Failed(FailureCause::Deadline),
             })
             .collect();
         let now = work.now_ms();
