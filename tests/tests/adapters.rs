@@ -375,3 +375,109 @@ async fn dead_letters_go_in_batches_answered_per_letter_in_sqs_and_in_memory() {
     })
     .await;
 }
+
+/// A row of the built-in events route.
+fn event_row(id: &str, user: &str) -> Vec<streamload_core::route::Value> {
+    use streamload_core::route::Value;
+    vec![
+        Value::Text(id.into()),
+        Value::Text(user.into()),
+        Value::Text("click".into()),
+        Value::Json(r#"{"n":1}"#.into()),
+        Value::Timestamp(0),
+        Value::Null,
+        Value::Null,
+    ]
+}
+
+/// The database's contract, held by PostgreSQL and the in-memory rows alike: a batch commits
+/// every row but those refused for reasons of their own (each refusal names its row's index),
+/// the same rows again change nothing, and the same event again rewrites its own row (the
+/// built-in route: key and identity are the event id).
+/// `refusing_user` is a user the sink refuses (a CHECK constraint on the real table).
+async fn row_contract<R: streamload_core::ports::RowSink>(
+    rows: &R,
+    routes: &streamload_core::Routes,
+    refusing_user: &str,
+    stored_users: impl AsyncFn() -> Vec<(String, String)>,
+) {
+    use streamload_core::ports::Row;
+    let route = routes.get(0);
+    // Given three rows, the second carrying the refused user
+    let values = [
+        event_row("c1", "u-1"),
+        event_row("c2", refusing_user),
+        event_row("c3", "u-3"),
+    ];
+    let batch: Vec<Row<'_>> = values.iter().map(|v| Row { route, values: v }).collect();
+    // When they are upserted, Then only the second is refused, by its index
+    let refused = rows.upsert(&batch, now_ms() + 10_000).await.unwrap();
+    assert_eq!(refused.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1]);
+    // When the first again, and the third with another value, are upserted (a redelivery)
+    let again = [event_row("c1", "u-1"), event_row("c3", "u-changed")];
+    let batch: Vec<Row<'_>> = again.iter().map(|v| Row { route, values: v }).collect();
+    assert!(rows
+        .upsert(&batch, now_ms() + 10_000)
+        .await
+        .unwrap()
+        .is_empty());
+    // Then the table holds the two rows once each, the third as last written
+    let mut stored = stored_users().await;
+    stored.sort();
+    assert_eq!(
+        stored,
+        vec![
+            ("c1".to_owned(), "u-1".to_owned()),
+            ("c3".to_owned(), "u-changed".to_owned())
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_commit_all_but_the_refused_in_postgres_and_in_memory() {
+    let routes = streamload_core::Routes::builtin("events", "events/").unwrap();
+    // PostgreSQL, with a CHECK constraint refusing the user
+    let stack = TestStack::new("pgcontract", false).await;
+    stack
+        .pg
+        .batch_execute("ALTER TABLE events ADD CONSTRAINT no_refused CHECK (user_id <> 'refused')")
+        .await
+        .unwrap();
+    let pg = streamload_postgres::PgRows::new(
+        streamload_postgres::ConnectOptions::parse(&stack.database_url).unwrap(),
+        &routes,
+    );
+    row_contract(&pg, &routes, "refused", async || {
+        stack
+            .pg
+            .query("SELECT event_id, user_id FROM events", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    })
+    .await;
+    // The in-memory rows, refusing the same user
+    let memory = streamload_core::memory::MemoryRows::default();
+    memory
+        .refused_users
+        .lock()
+        .unwrap()
+        .insert("refused".to_owned());
+    let stored = memory.clone();
+    row_contract(&memory, &routes, "refused", async || {
+        stored
+            .table("events")
+            .into_values()
+            .map(|row| match (&row.values[0], &row.values[1]) {
+                (
+                    streamload_core::route::Value::Text(id),
+                    streamload_core::route::Value::Text(user),
+                ) => (id.to_string(), user.to_string()),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    })
+    .await;
+}
