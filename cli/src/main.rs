@@ -133,12 +133,14 @@ enum Command {
         /// SQS queue URL: the on-failure destination
         #[arg(long)]
         on_failure: Option<String>,
-        /// Stop when every shard/partition has no lag
+        /// Stop when every shard/partition has no lag (exit code 3 if --max-duration-seconds
+        /// ends the run first)
         #[arg(long)]
         until_caught_up: bool,
         /// With --until-caught-up: only after no record arrived for this long
         #[arg(long, default_value_t = 0)]
         idle_seconds: u64,
+        /// Stop after this long in any case
         #[arg(long, default_value_t = 3600)]
         max_duration_seconds: u64,
         /// Kill each unit's sandbox mid-batch during its Nth invocation (chaos)
@@ -617,6 +619,20 @@ async fn main_inner() -> Result<i32, CliError> {
                     "{target}: {done} records in {secs:.1} s ({:.0} records/s)",
                     done as f64 / secs.max(1e-9)
                 );
+            }
+            // Asked to catch up and stopped by the time limit instead: not a success (a
+            // function that never started, or a lag that never closed, must not read as one).
+            let behind: Vec<&str> = stats
+                .iter()
+                .filter(|s| s.stopped_by_max_duration)
+                .map(|s| s.unit.as_str())
+                .collect();
+            if until_caught_up && !behind.is_empty() {
+                eprintln!(
+                    "{target}: not caught up: --max-duration-seconds ended the run first ({}); see the last results above and the sandbox logs",
+                    behind.join(", ")
+                );
+                return Ok(3);
             }
             Ok(0)
         }

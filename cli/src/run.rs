@@ -28,6 +28,8 @@ pub struct UnitStats {
     pub sandboxes_started: u32,
     pub lag: u64,
     pub last_result: String,
+    /// The run reached `--max-duration` before this unit caught up.
+    pub stopped_by_max_duration: bool,
 }
 
 /// How a run stops, and what it injects.
@@ -208,6 +210,7 @@ pub async fn run_unit<U: Unit>(
     loop {
         if started.elapsed() > options.max_duration {
             stats.last_result = format!("stopped: --max-duration ({})", stats.last_result);
+            stats.stopped_by_max_duration = true;
             break;
         }
         // A source read that fails (a GetRecords or Fetch that timed out, a broker restarting)

@@ -407,6 +407,8 @@ async fn a_function_that_cannot_start_is_retried_with_back_off_and_its_init_erro
         stats[0]
     );
     assert_eq!(stats[0].records_done, 0);
+    // And the run says it was stopped by its time limit, not caught up (the CLI exits 3)
+    assert!(stats[0].stopped_by_max_duration, "{:?}", stats[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
