@@ -32,7 +32,9 @@
 //! `|VAR=value` pairs are extra function environment), and optionally
 //! `INVOCATION_RECORDS` (per batch, 1000), `INVOCATION_BATCHES` (per round, 3),
 //! `INVOCATION_ROUNDS` (2), `INVOCATION_BIG` (records of the CPU-limited batch, 10000; 0
-//! skips it), `INVOCATION_CPUS` (`0.25,1`). Run by `make bench` (scripts/bench.sh), which
+//! skips it), `INVOCATION_CPUS` (`0.25,1`), `INVOCATION_SPREAD_HOURS` (late data: event
+//! times spread over this many hours, one object per hour; 0), `INVOCATION_POISON_SHARE`
+//! (0.02). Run by `make bench` (scripts/bench.sh), which
 //! builds both binaries.
 
 use std::collections::BTreeMap;
@@ -49,8 +51,12 @@ const INVOCATION_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Share of each batch that repeats events of the previous batch (a redelivery).
 const DUPLICATE_SHARE: f64 = 0.10;
-/// Share of each batch that is poison.
+/// Share of each batch that is poison, unless `INVOCATION_POISON_SHARE` says otherwise.
 const POISON_SHARE: f64 = 0.02;
+
+fn poison_share() -> f64 {
+    env_or("INVOCATION_POISON_SHARE", POISON_SHARE)
+}
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -276,6 +282,10 @@ struct Feed {
     previous: Vec<Vec<u8>>,
     /// Every event id sent, once each: what the sinks must hold at the end.
     expected: Vec<String>,
+    /// Fresh events' times spread over this many hours before now (`INVOCATION_SPREAD_HOURS`,
+    /// 0: all now): late data, one object per hour a batch holds.
+    spread_hours: u64,
+    poison_share: f64,
 }
 
 impl Feed {
@@ -286,7 +296,24 @@ impl Feed {
             poisons: 0,
             previous: Vec::new(),
             expected: Vec::new(),
+            spread_hours: env_or("INVOCATION_SPREAD_HOURS", 0),
+            poison_share: poison_share(),
         }
+    }
+
+    /// `bytes` (one event's JSON) with its time moved back a random number of whole hours
+    /// within the spread.
+    fn spread(&mut self, bytes: Vec<u8>) -> Vec<u8> {
+        if self.spread_hours == 0 {
+            return bytes;
+        }
+        let hours = self.rng.below(self.spread_hours) as i64;
+        let mut doc: serde_json::Value = serde_json::from_slice(&bytes).expect("an event");
+        let at = chrono::Utc::now() - chrono::Duration::hours(hours);
+        doc["created_at"] = at
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            .into();
+        doc.to_string().into_bytes()
     }
 
     fn batch(&mut self, records: usize) -> String {
@@ -294,7 +321,7 @@ impl Feed {
         let mut fresh = Vec::new();
         for _ in 0..records {
             self.sequence += 1;
-            let bytes = if self.rng.chance(POISON_SHARE) {
+            let bytes = if self.rng.chance(self.poison_share) {
                 self.poisons += 1;
                 produce::poison(&mut self.rng, self.poisons).1.bytes
             } else if !self.previous.is_empty() && self.rng.chance(DUPLICATE_SHARE) {
@@ -302,9 +329,10 @@ impl Feed {
                 self.previous[i].clone()
             } else {
                 let (event_id, record) = produce::event(&mut self.rng, 1000);
+                let bytes = self.spread(record.bytes);
                 self.expected.push(event_id);
-                fresh.push(record.bytes.clone());
-                record.bytes
+                fresh.push(bytes.clone());
+                bytes
             };
             out.push((self.sequence, bytes));
         }
@@ -354,6 +382,14 @@ fn last_done(log: &Path, offset: &mut u64) -> Option<Done> {
         })
 }
 
+/// One big batch under a CPU quota: its wall (s), its CPU (s, where the quota could be
+/// set) and the loader's phase split (wall ms / CPU ms per phase).
+struct Big {
+    wall: f64,
+    cpu: Option<f64>,
+    done: Option<Done>,
+}
+
 /// Totals of one variant over its measured batches.
 #[derive(Default)]
 struct Tally {
@@ -368,7 +404,7 @@ struct Tally {
     peak_kb: u64,
     /// Context switches of the process's threads (voluntary: it slept waiting for I/O).
     switches: u64,
-    big: Vec<(f64, Option<f64>)>,
+    big: Vec<Big>,
 }
 
 /// One variant's function: its resources, proxy, sandbox and meter.
@@ -535,18 +571,22 @@ impl Function {
     }
 
     /// The 10,000-record batch under a CPU limit: its wall time and its CPU (s).
-    async fn limited_batch(&mut self, records: usize, cpus: f64) -> (f64, Option<f64>) {
+    async fn limited_batch(&mut self, records: usize, cpus: f64) -> Big {
         let limited = self.meter.as_ref().is_some_and(|m| m.limit(cpus));
         let event = self.feed.batch(records);
         let cpu_before = self.cpu();
         let started = Instant::now();
-        self.deliver(event).await;
+        let (_, done) = self.deliver(event).await;
         let wall = started.elapsed().as_secs_f64();
         let (user_us, sys_us) = self.cpu().since(&cpu_before);
         if let Some(m) = &self.meter {
             m.limit_off();
         }
-        (wall, limited.then_some((user_us + sys_us) as f64 / 1e6))
+        Big {
+            wall,
+            cpu: limited.then_some((user_us + sys_us) as f64 / 1e6),
+            done,
+        }
     }
 }
 
@@ -596,7 +636,7 @@ async fn main() {
                 let r = f.limited_batch(big, c).await;
                 eprintln!(
                     "{}: {big} records at {c} vCPU: {:.1} s",
-                    variants[n].label, r.0
+                    variants[n].label, r.wall
                 );
                 tallies[n].big.push(r);
             }
@@ -618,7 +658,7 @@ async fn main() {
         "\nwhole invocation, warm release loader under the Runtime API stand-in, {rounds} rounds × \
          {batches} batches × {records} records (≈{:.0}% duplicates, {:.0}% poison); CPU from {meter}",
         DUPLICATE_SHARE * 100.0,
-        POISON_SHARE * 100.0
+        poison_share() * 100.0
     );
     println!(
         "{:<28} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>7}",
@@ -678,12 +718,24 @@ async fn main() {
             let parts: Vec<String> = cpus
                 .iter()
                 .zip(&t.big)
-                .map(|(c, (wall, cpu))| match cpu {
-                    Some(cpu) => format!("{c} vCPU {wall:.1} s (CPU {cpu:.2} s)"),
-                    None => format!("{c} vCPU: no cgroup here, unlimited {wall:.1} s"),
+                .map(|(c, b)| match b.cpu {
+                    Some(cpu) => format!("{c} vCPU {:.2} s (CPU {cpu:.2} s)", b.wall),
+                    None => format!("{c} vCPU: no cgroup here, unlimited {:.2} s", b.wall),
                 })
                 .collect();
             println!("  {:<26} {}", v.label, parts.join("; "));
+        }
+        println!("\nthat batch's phases, wall ms / process CPU ms (the loader's own line):");
+        for (v, t) in variants.iter().zip(&tallies) {
+            for (c, b) in cpus.iter().zip(&t.big) {
+                let parts: Vec<String> = b
+                    .done
+                    .iter()
+                    .flat_map(|d| d.phases.iter())
+                    .map(|(p, (w, cpu))| format!("{p} {w:.0}/{cpu:.0}"))
+                    .collect();
+                println!("  {:<26} {c} vCPU: {}", v.label, parts.join(", "));
+            }
         }
     }
     println!(

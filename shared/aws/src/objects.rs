@@ -15,6 +15,10 @@ use streamload_core::retry::SINK_RETRY;
 #[derive(Clone)]
 pub struct S3Objects {
     client: Client,
+    /// The same client with the SDK's retries off, for the create-only writes whose
+    /// attempts `put_new` makes itself (built once: a per-call config override costs every
+    /// put a merge of the client's configuration).
+    put_client: Client,
     bucket: String,
     /// Longest attempt of a create-only write ([`OBJECT_CALL_ATTEMPT_TIMEOUT`]).
     attempt_timeout: std::time::Duration,
@@ -22,8 +26,16 @@ pub struct S3Objects {
 
 impl S3Objects {
     pub fn new(client: Client, bucket: impl Into<String>) -> Self {
+        let put_client = Client::from_conf(
+            client
+                .config()
+                .to_builder()
+                .retry_config(RetryConfig::disabled())
+                .build(),
+        );
         Self {
             client,
+            put_client,
             bucket: bucket.into(),
             attempt_timeout: OBJECT_CALL_ATTEMPT_TIMEOUT,
         }
@@ -53,18 +65,13 @@ impl ObjectSink for S3Objects {
             let body = body.clone();
             async move {
                 let r = self
-                    .client
+                    .put_client
                     .put_object()
                     .bucket(&self.bucket)
                     .key(key)
                     .if_none_match("*")
                     .content_type(content_type)
                     .body(ByteStream::from(body))
-                    .customize()
-                    .config_override(
-                        aws_sdk_s3::config::Builder::default()
-                            .retry_config(RetryConfig::disabled()),
-                    )
                     .send()
                     .await;
                 match r {

@@ -50,9 +50,9 @@ const SIGNING_NAME: &str = "dynamodb";
 const REQUEST_HEAD_BYTES: usize = 256;
 /// Credentials this close to their expiry are fetched again before signing.
 const CREDENTIALS_REFRESH_MARGIN: Duration = Duration::from_secs(300);
-/// Kept-alive connections per endpoint: the pipeline's claim concurrency (64) plus room for
-/// the existence checks and releases running beside it.
-pub const POOL_IDLE_PER_HOST: usize = 72;
+/// Kept-alive connections per endpoint: the pipeline's claim concurrency plus room for the
+/// existence checks and releases running beside it.
+pub const POOL_IDLE_PER_HOST: usize = streamload_core::CLAIM_CONCURRENCY + 8;
 
 /// One attribute value as DynamoDB's JSON carries it; only the kinds a claim holds.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

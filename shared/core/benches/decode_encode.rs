@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use streamload_core::encode::{encode_parquet, ParquetRow};
 use streamload_core::event::DEFAULT_MAX_RECORD_BYTES;
-use streamload_core::record::Batch;
+use streamload_core::record::{Batch, SourceRecord};
 use streamload_core::route::{Mapped, Routes};
 use streamload_core::source::{EventSource, Kafka, Kinesis};
 
@@ -123,9 +123,13 @@ fn to_parquet(events: &[Mapped], batch: &Batch) -> usize {
 }
 
 fn parquet_of(routes: &Routes, events: &[Mapped], batch: &Batch) -> usize {
+    parquet_of_rows(routes, events, &batch.records)
+}
+
+fn parquet_of_rows(routes: &Routes, events: &[Mapped], records: &[SourceRecord]) -> usize {
     let rows: Vec<ParquetRow<'_>> = events
         .iter()
-        .zip(&batch.records)
+        .zip(records)
         .map(|(e, r)| ParquetRow {
             values: &e.values,
             source_unit: &r.unit.label,
@@ -296,6 +300,26 @@ fn bench(c: &mut Criterion) {
         cpu_median(runs, || kinesis_run(&capped_event)),
     );
 
+    // Late data: the same 1,000 events as one object, and as 100 objects of 10 events (event
+    // times spread over two days: one object per route and hour), CPU per object.
+    let late_event = kinesis_event_json(&records[..1000]);
+    let late_batch = Kinesis::decode(&late_event).unwrap();
+    let late_events = valid_events(&late_batch);
+    let one = cpu_median(runs, || to_parquet(&late_events, &late_batch));
+    let hundred = cpu_median(runs, || {
+        late_events
+            .chunks(10)
+            .zip(late_batch.records.chunks(10))
+            .map(|(e, r)| parquet_of_rows(builtin(), e, r))
+            .sum()
+    });
+    eprintln!(
+        "late data, 1,000 events: one object {:.0} µs; 100 objects of 10 {:.0} µs ({:.0} µs per object beyond the one)",
+        one.as_secs_f64() * 1e6,
+        hundred.as_secs_f64() * 1e6,
+        (hundred.as_secs_f64() - one.as_secs_f64()) * 1e6 / 99.0
+    );
+
     let mut g = c.benchmark_group("batch_10k");
     g.throughput(Throughput::Bytes(json_bytes as u64));
     g.sample_size(20);
@@ -357,6 +381,17 @@ fn run_path(path: &str, kinesis: &str, kafka: &str, records: &[Vec<u8>]) {
             kinesis_event_json(&(0..RECORDS).map(wide_record).collect::<Vec<_>>()).len()
         }
         "kinesis_envelope" => Kinesis::decode(kinesis).unwrap().records.len(),
+        // 1,000 events as 100 objects of 10 (late data): the fixed cost per object.
+        "late_objects" => {
+            let event = kinesis_event_json(&records[..1000]);
+            let batch = Kinesis::decode(&event).unwrap();
+            let events = valid_events(&batch);
+            events
+                .chunks(10)
+                .zip(batch.records.chunks(10))
+                .map(|(e, r)| parquet_of_rows(builtin(), e, r))
+                .sum()
+        }
         other => panic!("DECODE_ENCODE_ONCE: unknown path {other}"),
     };
     black_box(bytes);

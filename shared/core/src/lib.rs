@@ -33,6 +33,7 @@ pub use error::{Classify, ErrorClass};
 pub use event::{Poison, PoisonKind};
 pub use pipeline::{
     BatchReport, FailureCause, Invocation, Pipeline, PipelineSettings, RecordOutcome,
+    CLAIM_CONCURRENCY,
 };
 pub use route::{Mapped, Route, Routes};
 

@@ -56,6 +56,12 @@ where
     }
 }
 
+/// Object writes in flight at once. Late data writes one object per hour its events span
+/// (100 objects for 1,000 events over two days are common); a write takes tens of ms, so
+/// four at a time made such a batch wait for 25 round trips. S3 takes thousands of writes a
+/// second per prefix, far above this.
+pub const OBJECT_WRITE_CONCURRENCY: usize = 16;
+
 pub(super) enum ObjectResult {
     Written,
     NotWritten,
@@ -255,7 +261,7 @@ where
                 let r = self.write_object(&key, body, until, cleanup).await;
                 (members, r)
             })
-            .buffer_unordered(4)
+            .buffer_unordered(OBJECT_WRITE_CONCURRENCY)
             .collect()
             .await;
         for (members, result) in written {

@@ -257,8 +257,24 @@ pub struct Route {
     root: Node,
     slots: usize,
     lake_schema: SchemaRef,
-    lake_properties: WriterProperties,
+    lake_properties: LakeProperties,
 }
+
+/// The writer properties of a route's objects: zstd, and the same uncompressed for objects
+/// too small for compression to pay ([`SMALL_OBJECT_BYTES`]).
+#[derive(Debug, Clone)]
+struct LakeProperties {
+    zstd: WriterProperties,
+    plain: WriterProperties,
+}
+
+/// An object whose values add up to fewer bytes than this is written uncompressed. zstd
+/// makes a compression and a decompression context per column of every object, and each
+/// creation asks the CPU for its features (`cpuid`, which a virtual machine traps): about
+/// 150 µs for a 12-column object on the bench host, against a few KB saved on a few KB
+/// (late data spread over many hours writes one small object per hour). Larger objects, the
+/// stream's own hour, stay zstd.
+pub const SMALL_OBJECT_BYTES: usize = 32 * 1024;
 
 /// A record mapped by its route: ready for both sinks.
 #[derive(Debug, Clone, PartialEq)]
@@ -844,7 +860,7 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
 fn lake_schema(
     columns: &[Column],
     identity: &[usize],
-) -> Result<(SchemaRef, WriterProperties), parquet::errors::ParquetError> {
+) -> Result<(SchemaRef, LakeProperties), parquet::errors::ParquetError> {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     let mut fields: Vec<Field> = columns
         .iter()
@@ -873,9 +889,7 @@ fn lake_schema(
     fields.push(Field::new("source_headers", DataType::Utf8, true));
     fields.push(Field::new("ingested_at", ts, false));
 
-    let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
-        .set_dictionary_enabled(false);
+    let mut b = WriterProperties::builder().set_dictionary_enabled(false);
     for (i, c) in columns.iter().enumerate() {
         if c.ty == ColumnType::Text && !identity.contains(&i) {
             b = b.set_column_dictionary_enabled(ColumnPath::from(c.name.as_str()), true);
@@ -891,7 +905,14 @@ fn lake_schema(
     for unfiltered in ["source_headers", "source_key", "source_position"] {
         b = b.set_column_statistics_enabled(ColumnPath::from(unfiltered), EnabledStatistics::None);
     }
-    Ok((Arc::new(Schema::new(fields)), b.build()))
+    let properties = LakeProperties {
+        zstd: b
+            .clone()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
+            .build(),
+        plain: b.set_compression(Compression::UNCOMPRESSED).build(),
+    };
+    Ok((Arc::new(Schema::new(fields)), properties))
 }
 
 impl Route {
@@ -916,8 +937,14 @@ impl Route {
         &self.lake_schema
     }
 
-    pub fn lake_properties(&self) -> &WriterProperties {
-        &self.lake_properties
+    /// The writer properties for an object whose values add up to `raw_bytes`: uncompressed
+    /// under [`SMALL_OBJECT_BYTES`], zstd otherwise.
+    pub fn lake_properties(&self, raw_bytes: usize) -> &WriterProperties {
+        if raw_bytes < SMALL_OBJECT_BYTES {
+            &self.lake_properties.plain
+        } else {
+            &self.lake_properties.zstd
+        }
     }
 
     /// Columns written to the table, with their indices.
