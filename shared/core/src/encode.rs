@@ -253,6 +253,19 @@ mod tests {
         ]
     }
 
+    /// One lake row per value list, from one position of one shard.
+    fn rows_of<'a>(all: &'a [Vec<Value>], key: Option<&'a str>) -> Vec<ParquetRow<'a>> {
+        all.iter()
+            .map(|v| ParquetRow {
+                values: v,
+                source_unit: "s/shard-1",
+                source_position: "42",
+                source_key: key,
+                source_headers: None,
+            })
+            .collect()
+    }
+
     fn compression_of(rows: usize, payload: &str) -> Compression {
         let routes = Routes::builtin("events", "events/").unwrap();
         let all: Vec<Vec<Value>> = (0..rows)
@@ -262,17 +275,7 @@ mod tests {
                 v
             })
             .collect();
-        let rows: Vec<_> = all
-            .iter()
-            .map(|v| ParquetRow {
-                values: v,
-                source_unit: "s/shard-1",
-                source_position: "42",
-                source_key: None,
-                source_headers: None,
-            })
-            .collect();
-        let bytes = encode_parquet(routes.get(0), &rows, 1).unwrap();
+        let bytes = encode_parquet(routes.get(0), &rows_of(&all, None), 1).unwrap();
         let reader = SerializedFileReader::new(Bytes::from(bytes)).unwrap();
         let meta = reader.metadata();
         assert_eq!(meta.file_metadata().num_rows(), all.len() as i64);
@@ -297,17 +300,8 @@ mod tests {
         // Given three events of the built-in route
         let routes = Routes::builtin("events", "events/").unwrap();
         let all = [values("a"), values("b"), values("c")];
-        let rows: Vec<_> = all
-            .iter()
-            .map(|v| ParquetRow {
-                values: v,
-                source_unit: "s/shard-1",
-                source_position: "42",
-                source_key: Some("pk"),
-                source_headers: None,
-            })
-            .collect();
         // When they are encoded
+        let rows = rows_of(&all, Some("pk"));
         let bytes = encode_parquet(routes.get(0), &rows, 1_700_000_001_000_000).unwrap();
         // Then the file holds three rows in the twelve columns of the first release
         let reader = SerializedFileReader::new(Bytes::from(bytes)).unwrap();
