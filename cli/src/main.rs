@@ -107,6 +107,9 @@ enum Command {
         /// Seed of every choice, for a reproducible run (default: drawn, and printed); with a route, revisions still continue above earlier runs'
         #[arg(long)]
         seed: Option<u64>,
+        /// Kinesis: pack the records into KPL aggregates (AWS's aggregation format, grouped per shard, at most 51,200 bytes of records each), as the Kinesis Producer Library sends them
+        #[arg(long)]
+        kpl: bool,
     },
     /// Run a local event-source mapping: poll each shard/partition and invoke the real function binary through the Lambda Runtime API.
     ///
@@ -335,7 +338,7 @@ async fn produce_cmd(
             }
         }
     }
-    let writer = produce::StreamWriter::connect(&target, &broker).await?;
+    let writer = produce::StreamWriter::connect(&target, &broker, options.kpl).await?;
     while generator.left() > 0 {
         pace.wait_for(options.events - generator.left()).await;
         let records = generator.chunk(chunk)?;
@@ -477,6 +480,7 @@ async fn main_inner() -> Result<i32, CliError> {
             out_of_order,
             sets,
             seed,
+            kpl,
         } => {
             let shape = match (routes, route) {
                 (Some(file), Some(name)) => {
@@ -511,6 +515,7 @@ async fn main_inner() -> Result<i32, CliError> {
                 partitions,
                 seed,
                 out_of_order,
+                kpl,
             };
             produce_cmd(target, options, manifest, broker, shape).await?;
             Ok(0)

@@ -131,7 +131,7 @@ impl Writers {
         }
         let key = target.to_string();
         if !self.0.contains_key(&key) {
-            let writer = StreamWriter::connect(target, broker).await?;
+            let writer = StreamWriter::connect(target, broker, false).await?;
             self.0.insert(key.clone(), writer);
         }
         match self.0.get(&key) {

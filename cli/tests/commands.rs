@@ -57,6 +57,79 @@ fn output(command: &mut Command) -> (i32, String, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kpl_aggregated_records_load_each_user_record_once() {
+    // Given events with retries and poison produced to a two-shard stream as the KPL sends
+    // them: packed per shard into aggregates
+    let stack = TestStack::new("kpl", false).await;
+    let dir = test_dir(&stack);
+    let manifest = dir.join("manifest.json");
+    let target = format!("kinesis://{}", stack.name);
+    let (code, out, err) = streamload(
+        &stack,
+        &[
+            "produce",
+            &target,
+            "--events",
+            "400",
+            "--duplicates",
+            "0.1",
+            "--poison",
+            "0.05",
+            "--create",
+            "--partitions",
+            "2",
+            "--kpl",
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let produced: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    let user_records = produced["records_sent"].as_u64().unwrap();
+    // When the mapping runs the real loader until caught up
+    let binary = loader("kinesis-loader");
+    let (code, out, err) = streamload(
+        &stack,
+        &[
+            "run",
+            &target,
+            "--function",
+            binary.to_str().unwrap(),
+            "--until-caught-up",
+            "--batching-window-ms",
+            "0",
+            "--log-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // Then the stream held aggregates (far fewer Kinesis records than user records)
+    let kinesis_records: u64 = out
+        .lines()
+        .find_map(|l| l.split(": ").nth(1)?.strip_suffix(" records")?.parse().ok())
+        .or_else(|| {
+            out.lines().find_map(|l| {
+                let (_, rest) = l.split_once(": ")?;
+                rest.split(" records in ").next()?.parse().ok()
+            })
+        })
+        .unwrap_or_else(|| panic!("no record count in {out}"));
+    assert!(
+        kinesis_records * 10 < user_records,
+        "{kinesis_records} Kinesis records for {user_records} user records"
+    );
+    // And verify finds each event once in both sinks and each poison user record
+    // dead-lettered
+    let (code, out, err) = streamload(
+        &stack,
+        &["verify", "--manifest", manifest.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verdict: exactly once"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_run_status_and_verify_work_as_commands() {
     // Given a fresh stack and a directory for the run's files
     let stack = TestStack::new("commands", false).await;

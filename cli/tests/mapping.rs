@@ -106,7 +106,7 @@ async fn the_kafka_loader_loads_a_topic_once_across_partitions() {
         .await
         .unwrap();
     let (records, manifest) = plan(300, 0.10, 0.03, &target);
-    produce::StreamWriter::connect(&target, &broker)
+    produce::StreamWriter::connect(&target, &broker, false)
         .await
         .unwrap()
         .send(&records)

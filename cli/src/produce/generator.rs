@@ -28,6 +28,8 @@ pub struct ProduceOptions {
     pub seed: Option<u64>,
     /// Shuffle the sending order within windows of [`OUT_OF_ORDER_WINDOW`] records.
     pub out_of_order: bool,
+    /// Kinesis: send the records packed into KPL aggregates.
+    pub kpl: bool,
 }
 
 /// A record made but not sent yet.

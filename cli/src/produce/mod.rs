@@ -35,7 +35,10 @@ mod writer;
 
 pub use generator::{plan, plan_route, Generator, ProduceOptions, OUT_OF_ORDER_WINDOW};
 pub use kafka::{create_kafka, partition_of};
-pub use kinesis::{create_kinesis, send_kinesis, KINESIS_PUT_RECORDS_MAX};
+pub use kinesis::{
+    create_kinesis, pack_kpl, send_kinesis, shard_hash_ranges, KinesisEntry,
+    KINESIS_PUT_RECORDS_MAX, KPL_AGGREGATION_MAX_BYTES,
+};
 pub use ledger::{Counters, Ledger};
 pub use manifest::{Manifest, RouteEvent};
 pub use rng::Rng;

@@ -389,6 +389,7 @@ impl RouteShape {
             key: Some(key.to_owned()),
             headers_json: None,
             arrival_ms: Some(chrono::Utc::now().timestamp_millis()),
+            undecodable: None,
             origin: Origin::Kinesis {
                 stream_arn: "arn:aws:kinesis:us-east-1:000000000000:stream/produce".into(),
                 shard_id: "shardId-000000000000".into(),

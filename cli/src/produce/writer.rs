@@ -2,7 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::{partition_of, send_kinesis, Outgoing, KINESIS_PUT_RECORDS_MAX};
+use super::{
+    pack_kpl, partition_of, send_kinesis, shard_hash_ranges, KinesisEntry, Outgoing,
+    KINESIS_PUT_RECORDS_MAX,
+};
 use crate::{CliError, Target};
 
 /// A connected writer to a stream or topic, made once and used for every send: the Kinesis
@@ -12,6 +15,9 @@ pub enum StreamWriter {
     Kinesis {
         client: aws_sdk_kinesis::Client,
         stream: String,
+        /// `--kpl`: the open shards' hash key ranges, to pack records per shard as the KPL
+        /// does; `None` puts each record as it is.
+        kpl_shards: Option<Vec<(u128, u128)>>,
     },
     Kafka {
         partitions: Vec<rskafka::client::partition::PartitionClient>,
@@ -19,12 +25,26 @@ pub enum StreamWriter {
 }
 
 impl StreamWriter {
-    pub async fn connect(target: &Target, broker: &str) -> Result<Self, CliError> {
+    /// `kpl`: pack Kinesis records into KPL aggregates (refused for Kafka).
+    pub async fn connect(target: &Target, broker: &str, kpl: bool) -> Result<Self, CliError> {
         Ok(match target {
-            Target::Kinesis(stream) => StreamWriter::Kinesis {
-                client: crate::kinesis_client().await.0,
-                stream: stream.clone(),
-            },
+            Target::Kinesis(stream) => {
+                let client = crate::kinesis_client().await.0;
+                let kpl_shards = match kpl {
+                    true => Some(shard_hash_ranges(&client, stream).await?),
+                    false => None,
+                };
+                StreamWriter::Kinesis {
+                    client,
+                    stream: stream.clone(),
+                    kpl_shards,
+                }
+            }
+            Target::Kafka(_) if kpl => {
+                return Err(CliError::Usage(
+                    "--kpl: KPL aggregation is a Kinesis record format; a Kafka topic takes records as they are".into(),
+                ))
+            }
             Target::Kafka(topic) => {
                 let client = crate::kafka_client(broker).await?;
                 let mut partitions = Vec::new();
@@ -39,8 +59,16 @@ impl StreamWriter {
     /// Sends `records`, in order per key.
     pub async fn send(&self, records: &[Outgoing]) -> Result<(), CliError> {
         match self {
-            StreamWriter::Kinesis { client, stream } => {
-                for part in records.chunks(KINESIS_PUT_RECORDS_MAX) {
+            StreamWriter::Kinesis {
+                client,
+                stream,
+                kpl_shards,
+            } => {
+                let entries: Vec<KinesisEntry> = match kpl_shards {
+                    Some(shards) => pack_kpl(records, shards),
+                    None => records.iter().map(KinesisEntry::from).collect(),
+                };
+                for part in entries.chunks(KINESIS_PUT_RECORDS_MAX) {
                     send_kinesis(client, stream, part).await?;
                 }
             }

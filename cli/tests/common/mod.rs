@@ -110,7 +110,9 @@ pub async fn kinesis_stream(name: &str, shards: u32, records: &[Outgoing]) {
     produce::create_kinesis(&client, name, shards)
         .await
         .unwrap();
-    for part in records.chunks(produce::KINESIS_PUT_RECORDS_MAX) {
+    let entries: Vec<produce::KinesisEntry> =
+        records.iter().map(produce::KinesisEntry::from).collect();
+    for part in entries.chunks(produce::KINESIS_PUT_RECORDS_MAX) {
         produce::send_kinesis(&client, name, part).await.unwrap();
     }
 }

@@ -27,7 +27,7 @@ pub const POISON_DIGEST_HEX_CHARS: usize = 32;
 /// #     unit: std::sync::Arc::new(SourceUnit { label: "orders/0".into(), topic_partition: Some(("orders".into(), 0)) }),
 /// #     position: Position::from_offset(7),
 /// #     data: Some(bytes::Bytes::from_static(data)),
-/// #     key: None, headers_json: None, arrival_ms: None,
+/// #     key: None, headers_json: None, arrival_ms: None, undecodable: None,
 /// #     origin: Origin::Kafka { cluster: "arn:aws:kafka:us-east-1:1:cluster/a/1".into(), timestamp: Some(1), value_schema_id: None },
 /// # };
 /// assert_eq!(poison_digest(&record(b"x")), poison_digest(&record(b"x")));
@@ -64,6 +64,11 @@ pub fn poison_digest(record: &SourceRecord) -> String {
     }
     field(record.unit.label.as_bytes());
     field(record.position.as_str().as_bytes());
+    // A KPL user record's place in its aggregate (a record of its own adds nothing, so its
+    // digest is what it was before aggregates were read).
+    if let Some(n) = record.position.sub_sequence() {
+        field(&n.to_be_bytes());
+    }
     match &record.data {
         Some(bytes) => field(bytes),
         None => field(b"\xfftombstone"),
@@ -142,6 +147,7 @@ mod tests {
             key: key.map(str::to_owned),
             headers_json: None,
             arrival_ms: None,
+            undecodable: None,
             origin: Origin::Kinesis {
                 stream_arn: "arn:aws:kinesis:us-east-1:1:stream/s".into(),
                 shard_id: "shard-1".into(),
@@ -210,6 +216,7 @@ mod identity_tests {
             key: None,
             headers_json: None,
             arrival_ms: Some(1),
+            undecodable: None,
             origin: Origin::Kafka {
                 cluster: cluster.into(),
                 timestamp: Some(1),

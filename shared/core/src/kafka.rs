@@ -388,6 +388,7 @@ fn assemble(
             key: r.key.map(Cow::into_owned),
             headers_json: r.headers_json,
             arrival_ms: r.timestamp,
+            undecodable: None,
             origin: Origin::Kafka {
                 cluster: cluster.clone(),
                 timestamp: r.timestamp,

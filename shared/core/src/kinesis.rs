@@ -1,9 +1,12 @@
 //! Decoding a Kinesis event-source-mapping batch and naming its failures.
 //!
 //! The event is `{"Records":[{"kinesis":{...},"eventID":"shardId-…:seq","eventSourceARN":…}]}`;
-//! one batch is one shard, in sequence order.
+//! one batch is one shard, in sequence order. A KPL aggregate becomes its user records, each
+//! with its sub-sequence number ([`crate::kpl`]); a failure among them names the aggregate,
+//! the only record the mapping knows, and its redelivery finds the siblings already claimed.
 
 use crate::json_cursor::{base64_into, optional_string, set_once, Bail, Cursor};
+use crate::kpl;
 use crate::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
 use crate::text::JsonStr;
 use bytes::Bytes;
@@ -246,6 +249,7 @@ impl BatchBuilder {
             key: fields.partition_key.map(str::to_owned),
             headers_json: None,
             arrival_ms: arrival.map(|s| (s * 1000.0) as i64),
+            undecodable: None,
         };
         self.records.push((record, span));
         Ok(())
@@ -269,14 +273,35 @@ impl BatchBuilder {
 
     fn finish(self) -> Batch {
         let arena = Bytes::from(self.arena);
-        let records = self
-            .records
-            .into_iter()
-            .map(|(mut record, span)| {
-                record.data = Some(arena.slice(span));
-                record
-            })
-            .collect();
+        let mut records = Vec::with_capacity(self.records.len());
+        for (mut record, span) in self.records {
+            match kpl::deaggregate(&arena[span.clone()]) {
+                kpl::Aggregate::Plain => {
+                    record.data = Some(arena.slice(span));
+                    records.push(record);
+                }
+                // Each user record is a record of its own: its bytes a view of the
+                // aggregate's, its partition key from the aggregate's table, its position
+                // the aggregate's sequence number and its sub-sequence number.
+                kpl::Aggregate::Records(users) => {
+                    records.reserve(users.len());
+                    for (n, user) in users.into_iter().enumerate() {
+                        let mut r = record.clone();
+                        r.position = record.position.with_sub_sequence(n as u32);
+                        r.key = Some(user.partition_key);
+                        r.data = Some(
+                            arena.slice(span.start + user.data.start..span.start + user.data.end),
+                        );
+                        records.push(r);
+                    }
+                }
+                kpl::Aggregate::Corrupt(reason) => {
+                    record.data = Some(arena.slice(span));
+                    record.undecodable = Some(reason.into());
+                    records.push(record);
+                }
+            }
+        }
         Batch { records }
     }
 }

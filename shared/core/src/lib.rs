@@ -16,6 +16,7 @@ pub mod heap;
 mod json_cursor;
 pub mod kafka;
 pub mod kinesis;
+pub mod kpl;
 pub mod memory;
 pub mod metrics;
 pub mod object_key;

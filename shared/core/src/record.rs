@@ -10,36 +10,62 @@ use std::cmp::Ordering;
 use std::ops::Range;
 use std::sync::Arc;
 
-/// A record's position inside its ordering unit: a Kinesis sequence number or a Kafka offset.
+/// A record's position inside its ordering unit: a Kinesis sequence number or a Kafka offset,
+/// and for a user record of a KPL aggregate its sub-sequence number inside that record.
 ///
 /// Both are non-negative decimal integers; Kinesis sequence numbers exceed 64 bits, so the
 /// value is kept as its decimal text and compared numerically.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Position(String);
+pub struct Position {
+    sequence: String,
+    sub_sequence: Option<u32>,
+}
 
 impl Position {
     /// Accepts a non-empty string of ASCII digits without superfluous leading zeros.
     pub fn parse(text: &str) -> Option<Self> {
         let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
         let canonical = text == "0" || !text.starts_with('0');
-        (digits && canonical).then(|| Self(text.to_owned()))
+        (digits && canonical).then(|| Self {
+            sequence: text.to_owned(),
+            sub_sequence: None,
+        })
     }
 
     pub fn from_offset(offset: u64) -> Self {
-        Self(offset.to_string())
+        Self {
+            sequence: offset.to_string(),
+            sub_sequence: None,
+        }
     }
 
+    /// The `n`th user record of the aggregated record at this position.
+    pub fn with_sub_sequence(&self, n: u32) -> Self {
+        Self {
+            sequence: self.sequence.clone(),
+            sub_sequence: Some(n),
+        }
+    }
+
+    /// The sequence number or offset the source knows: what a failure names to the mapping
+    /// (for a user record of an aggregate, the aggregated record's).
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.sequence
+    }
+
+    /// The user record's place inside its KPL aggregate; `None` for a record of its own.
+    pub fn sub_sequence(&self) -> Option<u32> {
+        self.sub_sequence
     }
 }
 
 impl Ord for Position {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.0
+        self.sequence
             .len()
-            .cmp(&other.0.len())
-            .then_with(|| self.0.cmp(&other.0))
+            .cmp(&other.sequence.len())
+            .then_with(|| self.sequence.cmp(&other.sequence))
+            .then_with(|| self.sub_sequence.cmp(&other.sub_sequence))
     }
 }
 
@@ -49,9 +75,16 @@ impl PartialOrd for Position {
     }
 }
 
+/// The sequence number, and for a user record of an aggregate `.` and its sub-sequence
+/// number: distinct for every record, so object keys, poison claim keys and logs tell the
+/// user records of one aggregate apart.
 impl std::fmt::Display for Position {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.sequence)?;
+        match self.sub_sequence {
+            Some(n) => write!(f, ".{n}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -101,6 +134,9 @@ pub struct SourceRecord {
     /// When the source accepted the record, in milliseconds since the epoch.
     pub arrival_ms: Option<i64>,
     pub origin: Origin,
+    /// Why the record cannot be read at all, found while decoding the batch (a corrupt KPL
+    /// aggregate): poison with this reason, whatever its route.
+    pub undecodable: Option<Arc<str>>,
 }
 
 impl SourceRecord {
@@ -115,6 +151,7 @@ impl SourceRecord {
                 "stream_arn": &**stream_arn,
                 "shard_id": &**shard_id,
                 "sequence_number": self.position.as_str(),
+                "sub_sequence_number": self.position.sub_sequence(),
                 "partition_key": self.key,
                 "approximate_arrival": approximate_arrival,
             }),
@@ -191,6 +228,19 @@ mod tests {
         // Then the longer one is larger even though it sorts lower as text
         assert!(short < long);
         assert!(Position::parse("10").unwrap() > Position::parse("9").unwrap());
+    }
+
+    #[test]
+    fn user_records_of_an_aggregate_sort_after_it_and_before_the_next_record() {
+        // Given an aggregated record's position and the next record's
+        let agg = Position::parse("99").unwrap();
+        let next = Position::parse("100").unwrap();
+        // Then its user records sort in sub-sequence order between the two, print apart,
+        // and name the aggregate's sequence number to the mapping
+        let (a0, a1) = (agg.with_sub_sequence(0), agg.with_sub_sequence(1));
+        assert!(a0 < a1 && a1 < next && Position::parse("98").unwrap() < a0);
+        assert_eq!((a1.to_string(), a1.as_str()), ("99.1".to_owned(), "99"));
+        assert_eq!(agg.to_string(), "99");
     }
 
     #[test]

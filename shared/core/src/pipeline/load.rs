@@ -17,14 +17,24 @@ pub(super) fn encode_members(
     else {
         return Ok(Vec::new());
     };
+    // A KPL user record's lineage names its place in the aggregate too (`<seq>.<sub>`); a
+    // record of its own borrows its sequence number or offset.
+    let sub_positions: Vec<Option<String>> = members
+        .iter()
+        .map(|&i| {
+            let p = &work.batch.records[i].position;
+            p.sub_sequence().map(|_| p.to_string())
+        })
+        .collect();
     let rows: Vec<ParquetRow<'_>> = members
         .iter()
-        .filter_map(|&i| {
+        .zip(&sub_positions)
+        .filter_map(|(&i, sub_position)| {
             let r = &work.batch.records[i];
             work.slots[i].event.as_ref().map(|event| ParquetRow {
                 values: &event.values,
                 source_unit: &r.unit.label,
-                source_position: r.position.as_str(),
+                source_position: sub_position.as_deref().unwrap_or(r.position.as_str()),
                 source_key: r.key.as_deref(),
                 source_headers: r.headers_json.as_deref(),
             })

@@ -165,6 +165,8 @@ pub enum Meta {
     Stream,
     Shard,
     Sequence,
+    /// A KPL user record's place in its aggregate (null for a record of its own).
+    SubSequence,
     PartitionKey,
     Arrival,
     SchemaId,
@@ -181,6 +183,7 @@ impl Meta {
             "@stream" => Meta::Stream,
             "@shard" => Meta::Shard,
             "@sequence" => Meta::Sequence,
+            "@sub_sequence" => Meta::SubSequence,
             "@partition_key" => Meta::PartitionKey,
             "@arrival" => Meta::Arrival,
             "@schema_id" => Meta::SchemaId,
@@ -195,6 +198,7 @@ impl Meta {
             Meta::Partition => matches!(ty, T::Integer | T::Bigint | T::Text),
             Meta::Offset => matches!(ty, T::Bigint | T::Numeric { .. } | T::Text),
             Meta::Sequence => matches!(ty, T::Numeric { .. } | T::Text),
+            Meta::SubSequence => matches!(ty, T::Integer | T::Bigint | T::Text),
             Meta::Timestamp | Meta::Arrival => matches!(ty, T::Timestamptz { .. } | T::Bigint),
             _ => matches!(ty, T::Text),
         }
@@ -444,6 +448,12 @@ impl Routes {
         records
             .iter()
             .map(|record| {
+                if let Some(reason) = &record.undecodable {
+                    return Err(Poison {
+                        kind: PoisonKind::Decode,
+                        reason: reason.to_string(),
+                    });
+                }
                 let route = match last {
                     Some((unit, route)) if Arc::ptr_eq(unit, &record.unit) => route,
                     _ => {
@@ -1121,8 +1131,9 @@ fn meta_value(meta: Meta, ty: ColumnType, r: &SourceRecord) -> Result<Value, val
         Meta::Key | Meta::PartitionKey if !kafka => text(r.key.as_deref()),
         Meta::Topic => text(r.unit.topic_partition.as_ref().map(|(t, _)| t.as_str())),
         Meta::Partition => number(r.unit.topic_partition.as_ref().map(|(_, p)| p.to_string())),
-        Meta::Offset if kafka => number(Some(r.position.to_string())),
-        Meta::Sequence if !kafka => number(Some(r.position.to_string())),
+        Meta::Offset if kafka => number(Some(r.position.as_str().to_owned())),
+        Meta::Sequence if !kafka => number(Some(r.position.as_str().to_owned())),
+        Meta::SubSequence if !kafka => number(r.position.sub_sequence().map(|n| n.to_string())),
         Meta::Timestamp => match &r.origin {
             Origin::Kafka { timestamp, .. } => millis(*timestamp),
             Origin::Kinesis { .. } => Ok(Value::Null),
@@ -1164,6 +1175,7 @@ mod tests {
             key: Some("pk-1".into()),
             headers_json: None,
             arrival_ms: Some(1_700_000_000_000),
+            undecodable: None,
             origin: Origin::Kinesis {
                 stream_arn: format!("arn:aws:kinesis:us-east-1:1:stream/{stream}").into(),
                 shard_id: "shardId-000000000000".into(),

@@ -98,6 +98,11 @@ impl Stack {
 
     /// Event ids across all Parquet objects, with multiplicity.
     pub fn parquet_event_ids(&self) -> Vec<String> {
+        self.parquet_column("event_id")
+    }
+
+    /// A text column's values across all Parquet objects, sorted, with multiplicity.
+    pub fn parquet_column(&self, name: &str) -> Vec<String> {
         use arrow_array::cast::AsArray;
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let mut ids = Vec::new();
@@ -111,7 +116,7 @@ impl Stack {
                 .unwrap();
             for batch in reader {
                 let batch = batch.unwrap();
-                let col = batch.column_by_name("event_id").unwrap().as_string::<i32>();
+                let col = batch.column_by_name(name).unwrap().as_string::<i32>();
                 ids.extend(col.iter().map(|v| v.unwrap().to_owned()));
             }
         }
@@ -135,6 +140,7 @@ pub fn record(seq: u64, data: Option<Vec<u8>>) -> SourceRecord {
         key: Some("pk".into()),
         headers_json: None,
         arrival_ms: None,
+        undecodable: None,
         origin: Origin::Kinesis {
             stream_arn: "arn:aws:kinesis:us-east-1:1:stream/orders".into(),
             shard_id: "shardId-000000000000".into(),
