@@ -25,6 +25,9 @@ if command -v valgrind >/dev/null; then
     n=$(count "$path")
     awk -v p="$path" -v n="$n" -v s="$setup" 'BEGIN { printf "  %-30s %6.1f M\n", p, (n - s) / 1e6 }'
   done
+  # The same 10,000 records in 100 KPL aggregates (its own set-up subtracted).
+  n=$(count kinesis_kpl); k=$(count kinesis_kpl_setup)
+  awk -v n="$n" -v s="$k" 'BEGIN { printf "  %-30s %6.1f M\n", "kinesis in 100 KPL aggregates", (n - s) / 1e6 }'
   # The 20-column route builds its own batch: its set-up is subtracted too.
   n=$(count wide); w=$(count wide_setup)
   awk -v n="$n" -v s="$w" 'BEGIN { printf "  %-30s %6.1f M\n", "wide route (20 columns)", (n - s) / 1e6 }'

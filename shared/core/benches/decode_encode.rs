@@ -49,6 +49,19 @@ fn kinesis_event_json(records: &[Vec<u8>]) -> String {
     serde_json::json!({ "Records": recs }).to_string()
 }
 
+/// The same records packed as a KPL producer sends them: aggregates of 100 user records
+/// (≈50 KB, the KPL's default size limit), one Kinesis record each.
+fn kinesis_kpl_event_json(records: &[Vec<u8>]) -> String {
+    let aggregates: Vec<Vec<u8>> = records
+        .chunks(100)
+        .map(|chunk| {
+            let users: Vec<(&str, &[u8])> = chunk.iter().map(|r| ("pk", r.as_slice())).collect();
+            streamload_core::kpl::aggregate(&users)
+        })
+        .collect();
+    kinesis_event_json(&aggregates)
+}
+
 fn kafka_event_json(records: &[Vec<u8>]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
     let recs: Vec<serde_json::Value> = records
@@ -272,6 +285,13 @@ fn bench(c: &mut Criterion) {
         json_bytes,
         cpu_median(runs, || kafka_run(&kafka)),
     );
+    let kpl = kinesis_kpl_event_json(&records);
+    cpu_report(
+        "kinesis 10k in 100 KPL aggregates",
+        kpl.len(),
+        json_bytes,
+        cpu_median(runs, || kinesis_run(&kpl)),
+    );
     cpu_report(
         "kinesis 10k, lambda_runtime parse first",
         kinesis.len(),
@@ -381,6 +401,8 @@ fn run_path(path: &str, kinesis: &str, kafka: &str, records: &[Vec<u8>]) {
             kinesis_event_json(&(0..RECORDS).map(wide_record).collect::<Vec<_>>()).len()
         }
         "kinesis_envelope" => Kinesis::decode(kinesis).unwrap().records.len(),
+        "kinesis_kpl" => shipped::<Kinesis>(kinesis_kpl_event_json(records).as_bytes()),
+        "kinesis_kpl_setup" => kinesis_kpl_event_json(records).len(),
         // 1,000 events as 100 objects of 10 (late data): the fixed cost per object.
         "late_objects" => {
             let event = kinesis_event_json(&records[..1000]);
