@@ -56,6 +56,58 @@ fn output(command: &mut Command) -> (i32, String, String) {
     )
 }
 
+/// `produce` of `events` with 10% producer retries and 5% poison to a Kinesis stream of
+/// `shards` it creates, with `extra` options; the manifest at `manifest`.
+fn produce_retries_and_poison(
+    stack: &TestStack,
+    target: &str,
+    events: &str,
+    shards: &str,
+    manifest: &Path,
+    extra: &[&str],
+) -> (i32, String, String) {
+    let mut args = vec![
+        "produce",
+        target,
+        "--events",
+        events,
+        "--duplicates",
+        "0.1",
+        "--poison",
+        "0.05",
+        "--create",
+        "--partitions",
+        shards,
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    streamload(stack, &args)
+}
+
+/// `run` of the debug Kinesis loader until caught up, logs in `dir`, with `extra` options.
+fn run_kinesis_loader(
+    stack: &TestStack,
+    target: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> (i32, String, String) {
+    let binary = loader("kinesis-loader");
+    let mut args = vec![
+        "run",
+        target,
+        "--function",
+        binary.to_str().unwrap(),
+        "--until-caught-up",
+        "--batching-window-ms",
+        "0",
+        "--log-dir",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    streamload(stack, &args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kpl_aggregated_records_load_each_user_record_once() {
     // Given events with retries and poison produced to a two-shard stream as the KPL sends
@@ -64,55 +116,21 @@ async fn kpl_aggregated_records_load_each_user_record_once() {
     let dir = test_dir(&stack);
     let manifest = dir.join("manifest.json");
     let target = format!("kinesis://{}", stack.name);
-    let (code, out, err) = streamload(
-        &stack,
-        &[
-            "produce",
-            &target,
-            "--events",
-            "400",
-            "--duplicates",
-            "0.1",
-            "--poison",
-            "0.05",
-            "--create",
-            "--partitions",
-            "2",
-            "--kpl",
-            "--manifest",
-            manifest.to_str().unwrap(),
-        ],
-    );
+    let (code, out, err) =
+        produce_retries_and_poison(&stack, &target, "400", "2", &manifest, &["--kpl"]);
     assert_eq!(code, 0, "{out}{err}");
     let produced: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
     let user_records = produced["records_sent"].as_u64().unwrap();
     // When the mapping runs the real loader until caught up
-    let binary = loader("kinesis-loader");
-    let (code, out, err) = streamload(
-        &stack,
-        &[
-            "run",
-            &target,
-            "--function",
-            binary.to_str().unwrap(),
-            "--until-caught-up",
-            "--batching-window-ms",
-            "0",
-            "--log-dir",
-            dir.to_str().unwrap(),
-        ],
-    );
+    let (code, out, err) = run_kinesis_loader(&stack, &target, &dir, &[]);
     assert_eq!(code, 0, "{out}{err}");
     // Then the stream held aggregates (far fewer Kinesis records than user records)
     let kinesis_records: u64 = out
         .lines()
-        .find_map(|l| l.split(": ").nth(1)?.strip_suffix(" records")?.parse().ok())
-        .or_else(|| {
-            out.lines().find_map(|l| {
-                let (_, rest) = l.split_once(": ")?;
-                rest.split(" records in ").next()?.parse().ok()
-            })
+        .find_map(|l| {
+            let (_, rest) = l.split_once(": ")?;
+            rest.split(" records in ").next()?.parse().ok()
         })
         .unwrap_or_else(|| panic!("no record count in {out}"));
     assert!(
@@ -138,45 +156,13 @@ async fn produce_run_status_and_verify_work_as_commands() {
     let target = format!("kinesis://{}", stack.name);
 
     // When events are produced, with retries and poison, to a stream the command creates
-    let (code, out, err) = streamload(
-        &stack,
-        &[
-            "produce",
-            &target,
-            "--events",
-            "150",
-            "--duplicates",
-            "0.1",
-            "--poison",
-            "0.05",
-            "--create",
-            "--partitions",
-            "1",
-            "--manifest",
-            manifest.to_str().unwrap(),
-        ],
-    );
+    let (code, out, err) = produce_retries_and_poison(&stack, &target, "150", "1", &manifest, &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("events") && manifest.exists(), "{out}");
 
     // and the mapping runs the real loader until caught up
-    let binary = loader("kinesis-loader");
-    let (code, out, err) = streamload(
-        &stack,
-        &[
-            "run",
-            &target,
-            "--function",
-            binary.to_str().unwrap(),
-            "--until-caught-up",
-            "--batching-window-ms",
-            "0",
-            "--state",
-            state.to_str().unwrap(),
-            "--log-dir",
-            dir.to_str().unwrap(),
-        ],
-    );
+    let (code, out, err) =
+        run_kinesis_loader(&stack, &target, &dir, &["--state", state.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("shardId-000000000000"), "{out}");
 

@@ -8,7 +8,6 @@ mod common;
 
 use base64::Engine;
 use common::*;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use streamload_core::record::Batch;
 use streamload_core::{FailureCause, PoisonKind, RecordOutcome};
@@ -112,23 +111,9 @@ async fn a_failure_inside_an_aggregate_names_it_and_its_redelivery_loads_only_wh
     // Given another invocation holding the claim of the second user record's event (kpl-0002),
     // alive and renewing, stuck in the database
     let stack = Stack::new();
-    let (p1, s1) = stack.pipeline();
-    s1.rows.crash_before.store(true, Ordering::SeqCst);
-    let held = batch_of(&["kpl-0002"], 1);
-    let inv1 = invocation("inv-1", Duration::from_secs(60));
-    let holder = p1.process(&held, &inv1);
     // When the fixture batch arrives 200 ms later
-    let (p2, _) = stack.pipeline();
     let batch = fixture();
-    let taker = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        p2.process(&batch, &invocation("inv-2", Duration::from_secs(30)))
-            .await
-    };
-    let report = tokio::select! {
-        _ = holder => panic!("the first invocation is stuck mid-batch"),
-        report = taker => report,
-    };
+    let report = beside_a_live_holder_of(&stack, "kpl-0002", &batch).await;
     // Then that user record fails, and the failure names its aggregate: the only record the
     // mapping knows
     assert_eq!(

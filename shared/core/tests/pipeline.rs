@@ -357,23 +357,8 @@ async fn a_claim_held_by_a_live_invocation_is_a_transient_failure() {
     // Given another invocation holds "b" and is still running and renewing its lease (stuck
     // in the database, long deadline)
     let stack = Stack::new();
-    let (p1, s1) = stack.pipeline();
-    s1.rows.crash_before.store(true, Ordering::SeqCst);
-    let b1 = batch_of(&["b"], 1);
-    let inv1 = invocation("inv-1", Duration::from_secs(60));
-    let holder = p1.process(&b1, &inv1);
     // When a different batch with "a", "b", "c" arrives 200 ms later
-    let (p2, _) = stack.pipeline();
-    let b2 = batch_of(&["a", "b", "c"], 20);
-    let taker = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        p2.process(&b2, &invocation("inv-2", Duration::from_secs(30)))
-            .await
-    };
-    let report = tokio::select! {
-        _ = holder => panic!("the first invocation is stuck mid-batch"),
-        report = taker => report,
-    };
+    let report = beside_a_live_holder_of(&stack, "b", &batch_of(&["a", "b", "c"], 20)).await;
     // Then "b" is reported (position 21), "a" and "c" load
     assert_eq!(
         report.outcomes[1],

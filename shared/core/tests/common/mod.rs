@@ -11,7 +11,7 @@ use streamload_core::memory::{
 };
 use streamload_core::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
 use streamload_core::retry::RetryPolicy;
-use streamload_core::{Invocation, Pipeline, PipelineSettings};
+use streamload_core::{BatchReport, Invocation, Pipeline, PipelineSettings};
 
 pub type TestPipeline = Pipeline<
     Faulty<MemoryDedup>,
@@ -179,4 +179,28 @@ pub fn expected_ids(ids: &[&str]) -> Vec<String> {
     v.sort();
     v.dedup();
     v
+}
+
+/// `batch` processed by a fresh sandbox 200 ms after another invocation ("inv-1", 60 s)
+/// claimed `held` and got stuck in the database, alive and renewing its lease: what the
+/// taker reports. The holder is dropped afterwards (its sandbox died).
+#[allow(dead_code)] // not every suite holds a claim
+pub async fn beside_a_live_holder_of(stack: &Stack, held: &str, batch: &Batch) -> BatchReport {
+    let (p1, s1) = stack.pipeline();
+    s1.rows
+        .crash_before
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let b1 = batch_of(&[held], 1);
+    let inv1 = invocation("inv-1", Duration::from_secs(60));
+    let holder = p1.process(&b1, &inv1);
+    let (p2, _) = stack.pipeline();
+    let taker = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        p2.process(batch, &invocation("inv-2", Duration::from_secs(30)))
+            .await
+    };
+    tokio::select! {
+        _ = holder => panic!("the first invocation is stuck mid-batch"),
+        report = taker => report,
+    }
 }
