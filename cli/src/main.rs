@@ -339,6 +339,7 @@ async fn produce_cmd(
         }
     }
     let writer = produce::StreamWriter::connect(&target, &broker, options.kpl).await?;
+    let mut stream_records = 0;
     while generator.left() > 0 {
         pace.wait_for(options.events - generator.left()).await;
         let records = generator.chunk(chunk)?;
@@ -346,7 +347,7 @@ async fn produce_cmd(
         if let (Some(ledger), Some(used)) = (&ledger, generator.used()) {
             ledger.write(&used)?;
         }
-        writer.send(&records).await?;
+        stream_records += writer.send(&records).await?;
         pb.set_position(options.events - generator.left());
     }
     let manifest = generator.manifest;
@@ -360,6 +361,12 @@ async fn produce_cmd(
         manifest.poison_tokens.len(),
         manifest.records_sent as f64 / secs.max(1e-9)
     );
+    if options.kpl {
+        println!(
+            "packed into {stream_records} KPL aggregates (≤ {} bytes of records each, grouped per shard)",
+            produce::KPL_AGGREGATION_MAX_BYTES
+        );
+    }
     match (seed, &ledger, manifest.after) {
         (Some(seed), Some(ledger), Some(after)) => {
             println!(

@@ -135,7 +135,7 @@ impl Writers {
             self.0.insert(key.clone(), writer);
         }
         match self.0.get(&key) {
-            Some(writer) => writer.send(records).await,
+            Some(writer) => writer.send(records).await.map(|_| ()),
             None => Ok(()),
         }
     }

@@ -56,8 +56,9 @@ impl StreamWriter {
         })
     }
 
-    /// Sends `records`, in order per key.
-    pub async fn send(&self, records: &[Outgoing]) -> Result<(), CliError> {
+    /// Sends `records`, in order per key; returns how many records the stream or topic took
+    /// (with `--kpl`, the aggregates).
+    pub async fn send(&self, records: &[Outgoing]) -> Result<usize, CliError> {
         match self {
             StreamWriter::Kinesis {
                 client,
@@ -71,6 +72,7 @@ impl StreamWriter {
                 for part in entries.chunks(KINESIS_PUT_RECORDS_MAX) {
                     send_kinesis(client, stream, part).await?;
                 }
+                return Ok(entries.len());
             }
             StreamWriter::Kafka { partitions } => {
                 let mut by_partition: Vec<Vec<rskafka::record::Record>> =
@@ -94,7 +96,7 @@ impl StreamWriter {
                 }
             }
         }
-        Ok(())
+        Ok(records.len())
     }
 }
 
