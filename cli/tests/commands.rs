@@ -149,10 +149,12 @@ async fn kpl_aggregated_records_load_each_user_record_once() {
     );
     // And verify finds each event once in both sinks and each poison user record
     // dead-lettered
-    let (code, out, err) = streamload(
-        &stack,
-        &["verify", "--manifest", manifest.to_str().unwrap()],
-    );
+    verify_says_exactly_once(&stack, &manifest);
+}
+
+/// `verify` of `manifest`: exit 0 and the verdict "exactly once".
+fn verify_says_exactly_once(stack: &TestStack, manifest: &Path) {
+    let (code, out, err) = streamload(stack, &["verify", "--manifest", manifest.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("verdict: exactly once"), "{out}");
 }
@@ -206,12 +208,7 @@ async fn produce_run_status_and_verify_work_as_commands() {
     );
 
     // and verify finds each event once in both sinks and each poison record dead-lettered
-    let (code, out, err) = streamload(
-        &stack,
-        &["verify", "--manifest", manifest.to_str().unwrap()],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("verdict: exactly once"), "{out}");
+    verify_says_exactly_once(&stack, &manifest);
 
     // But when a row goes missing, verify says so and exits non-zero
     stack

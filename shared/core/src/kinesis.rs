@@ -285,6 +285,8 @@ impl BatchBuilder {
                 // the aggregate's sequence number and its sub-sequence number.
                 kpl::Aggregate::Records(users) => {
                     records.reserve(users.len());
+                    // The aggregate's own partition key gives way to each user record's.
+                    record.key = None;
                     for (n, user) in users.into_iter().enumerate() {
                         let mut r = record.clone();
                         r.position = record.position.with_sub_sequence(n as u32);

@@ -17,24 +17,31 @@ pub(super) fn encode_members(
     else {
         return Ok(Vec::new());
     };
-    // A KPL user record's lineage names its place in the aggregate too (`<seq>.<sub>`); a
-    // record of its own borrows its sequence number or offset.
-    let sub_positions: Vec<Option<String>> = members
+    // A KPL user record's lineage names its place in the aggregate too (`<seq>.<sub>`), text
+    // made only for objects holding such records; a record of its own borrows its sequence
+    // number or offset.
+    let position = |i: usize| &work.batch.records[i].position;
+    let sub_positions: Vec<Option<String>> = if members
         .iter()
-        .map(|&i| {
-            let p = &work.batch.records[i].position;
-            p.sub_sequence().map(|_| p.to_string())
-        })
-        .collect();
+        .any(|&i| position(i).sub_sequence().is_some())
+    {
+        members
+            .iter()
+            .map(|&i| position(i).sub_sequence().map(|_| position(i).to_string()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let rows: Vec<ParquetRow<'_>> = members
         .iter()
-        .zip(&sub_positions)
-        .filter_map(|(&i, sub_position)| {
+        .enumerate()
+        .filter_map(|(m, &i)| {
             let r = &work.batch.records[i];
+            let sub_position = sub_positions.get(m).and_then(Option::as_deref);
             work.slots[i].event.as_ref().map(|event| ParquetRow {
                 values: &event.values,
                 source_unit: &r.unit.label,
-                source_position: sub_position.as_deref().unwrap_or(r.position.as_str()),
+                source_position: sub_position.unwrap_or(r.position.as_str()),
                 source_key: r.key.as_deref(),
                 source_headers: r.headers_json.as_deref(),
             })

@@ -181,6 +181,29 @@ pub fn expected_ids(ids: &[&str]) -> Vec<String> {
     v
 }
 
+/// `batch` delivered again to a fresh sandbox (`id` its invocation, 30 s), which must find
+/// every record done already: each outcome `Duplicate`. Returns its report.
+#[allow(dead_code)] // not every suite redelivers
+pub async fn redeliver_expecting_only_duplicates(
+    stack: &Stack,
+    batch: &Batch,
+    id: &str,
+) -> BatchReport {
+    let (p, _) = stack.pipeline();
+    let again = p
+        .process(batch, &invocation(id, Duration::from_secs(30)))
+        .await;
+    assert!(
+        again
+            .outcomes
+            .iter()
+            .all(|o| *o == streamload_core::RecordOutcome::Duplicate),
+        "{:?}",
+        again.outcomes
+    );
+    again
+}
+
 /// `batch` processed by a fresh sandbox 200 ms after another invocation ("inv-1", 60 s)
 /// claimed `held` and got stuck in the database, alive and renewing its lease: what the
 /// taker reports. The holder is dropped afterwards (its sandbox died).
