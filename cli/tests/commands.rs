@@ -92,6 +92,17 @@ fn run_kinesis_loader(
     dir: &Path,
     extra: &[&str],
 ) -> (i32, String, String) {
+    run_kinesis_loader_with(stack, target, dir, extra, &[])
+}
+
+/// [`run_kinesis_loader`] with environment for the function (`STREAMLOAD_CONFIG`, say).
+fn run_kinesis_loader_with(
+    stack: &TestStack,
+    target: &str,
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &Path)],
+) -> (i32, String, String) {
     let binary = loader("kinesis-loader");
     let mut args = vec![
         "run",
@@ -105,7 +116,7 @@ fn run_kinesis_loader(
         dir.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    streamload(stack, &args)
+    streamload_with(stack, &args, env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,22 +294,11 @@ fn produce_orders(
 
 /// The mapping loads `target` through the real loader, configured by `routes`.
 fn load(stack: &TestStack, target: &str, routes: &Path) {
-    let binary = loader("kinesis-loader");
-    let (code, out, err) = streamload_with(
+    let (code, out, err) = run_kinesis_loader_with(
         stack,
-        &[
-            "run",
-            target,
-            "--function",
-            binary.to_str().unwrap(),
-            "--until-caught-up",
-            "--batching-window-ms",
-            "0",
-            "--batch-size",
-            "25",
-            "--log-dir",
-            test_dir(stack).to_str().unwrap(),
-        ],
+        target,
+        &test_dir(stack),
+        &["--batch-size", "25"],
         &[("STREAMLOAD_CONFIG", routes)],
     );
     assert_eq!(code, 0, "{out}{err}");
