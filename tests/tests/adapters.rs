@@ -226,24 +226,43 @@ async fn dedup_contract<D: DedupStore>(dedup: &D) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_are_created_once_and_never_overwritten() {
     let stack = TestStack::new("s3", false).await;
-    let s3 = S3Objects::new(streamload_aws::s3_client(&stack.sdk), &stack.name);
-    object_contract(&s3, async |key| stack.object_bytes(key).await.to_vec()).await;
+    // Through the SDK, and through the direct create-only client, on keys of their own
+    let sdk_puts = S3Objects::new(streamload_aws::s3_client(&stack.sdk), &stack.name);
+    object_contract(&sdk_puts, "sdk/", async |key| {
+        stack.object_bytes(key).await.to_vec()
+    })
+    .await;
+    let direct_puts = S3Objects::new(streamload_aws::s3_client(&stack.sdk), &stack.name)
+        .with_direct_puts(
+            streamload_aws::PutObjectClient::from_sdk(&stack.sdk, &stack.name)
+                .expect("moto is a plain endpoint and the bucket a plain name"),
+        );
+    object_contract(&direct_puts, "direct/", async |key| {
+        stack.object_bytes(key).await.to_vec()
+    })
+    .await;
     let memory = MemoryObjects::default();
     let stored = memory.objects.clone();
-    object_contract(&memory, async |key| stored.lock().unwrap()[key].clone()).await;
+    object_contract(&memory, "", async |key| stored.lock().unwrap()[key].clone()).await;
 }
 
 /// The object store's contract, held by S3 (moto) and the in-memory store alike: an object is
 /// created once, a second create-only put finds it and changes nothing, and `exists` agrees.
-async fn object_contract<O: ObjectSink>(objects: &O, body_of: impl AsyncFn(&str) -> Vec<u8>) {
-    // Given no object at the key
-    assert!(!objects.exists("events/a.parquet").await.unwrap());
+async fn object_contract<O: ObjectSink>(
+    objects: &O,
+    prefix: &str,
+    body_of: impl AsyncFn(&str) -> Vec<u8>,
+) {
+    // Given no object at a key shaped like the loader's (with `=`, which S3 wants encoded)
+    let key = format!("{prefix}events/dt=2026-12-05/hour=13/shard-0_1-2=3.parquet");
+    assert!(!objects.exists(&key).await.unwrap());
     // When it is put, Then it is created
+    let first: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(
         objects
             .put_new(
-                "events/a.parquet",
-                bytes::Bytes::from_static(b"first"),
+                &key,
+                bytes::Bytes::from(first.clone()),
                 "application/octet-stream"
             )
             .await
@@ -254,7 +273,7 @@ async fn object_contract<O: ObjectSink>(objects: &O, body_of: impl AsyncFn(&str)
     assert_eq!(
         objects
             .put_new(
-                "events/a.parquet",
+                &key,
                 bytes::Bytes::from_static(b"second"),
                 "application/octet-stream"
             )
@@ -262,8 +281,8 @@ async fn object_contract<O: ObjectSink>(objects: &O, body_of: impl AsyncFn(&str)
             .unwrap(),
         PutOutcome::AlreadyExists
     );
-    assert!(objects.exists("events/a.parquet").await.unwrap());
-    assert_eq!(body_of("events/a.parquet").await, b"first");
+    assert!(objects.exists(&key).await.unwrap());
+    assert!(body_of(&key).await == first, "the first body, whole");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 use streamload_core::ports::{Claim, DedupStore};
 use streamload_core::{FailureCause, PoisonKind, RecordOutcome};
-use streamload_runtime::DedupClient;
+use streamload_runtime::CallClient;
 use streamload_tests::fault_proxy::{Fault, Rule};
 use streamload_tests::*;
 
@@ -394,7 +394,7 @@ async fn sustained_throttling_keeps_exactly_once_and_most_of_the_batch_in_one_in
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_applied_then_lost_then_throttled_to_the_end_is_never_taken_for_unwritten() {
-    for client in [DedupClient::Direct, DedupClient::Sdk] {
+    for client in [CallClient::Direct, CallClient::Sdk] {
         // Given an endpoint that applies the first claim write of "a" and closes the
         // connection without an answer, then throttles every later write of "a"
         let mut stack = TestStack::new("lostthrottled", false).await;

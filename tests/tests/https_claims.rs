@@ -1,4 +1,5 @@
-//! The direct conditional `PutItem` over verified TLS, as it reaches DynamoDB in AWS: an HTTPS
+//! The direct conditional `PutItem` and create-only `PutObject` over verified TLS, as they
+//! reach DynamoDB and S3 in AWS: an HTTPS
 //! front (the stack's server certificate for "localhost", signed by the CA `scripts/stack.sh`
 //! made) before the fault proxy (which keeps connections alive, as AWS does) before moto.
 //!
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use streamload_aws::{DynamoDedup, PutItemClient};
 use streamload_core::error::Classify;
-use streamload_core::ports::{Claim, ClaimAttempt, DedupStore};
+use streamload_core::ports::{Claim, ClaimAttempt, DedupStore, ObjectSink, PutOutcome};
 use streamload_tests::fault_proxy::FaultProxy;
 use streamload_tests::*;
 use tokio::net::{TcpListener, TcpStream};
@@ -95,7 +96,8 @@ fn claim(n: usize, owner: &str) -> Claim {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claims_travel_over_verified_tls_on_kept_alive_connections_and_a_stranger_ca_is_refused() {
+async fn claims_and_objects_travel_over_verified_tls_on_kept_alive_connections_and_a_stranger_ca_is_refused(
+) {
     assert!(
         std::env::var("AWS_ENDPOINT_URL_DYNAMODB").is_err(),
         "the test routes DynamoDB by the SDK config's endpoint"
@@ -127,6 +129,48 @@ async fn claims_travel_over_verified_tls_on_kept_alive_connections_and_a_strange
     assert_eq!(dedup.read("ev:tls-11").await.unwrap(), Some(claim(11, "a")));
     assert_eq!(proxy.counts()["DynamoDB.PutItem"].0, 13);
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    // Given the direct object client on the same front, trusting the stack's CA
+    let sdk = stack.sdk.to_builder().endpoint_url(&endpoint).build();
+    let objects =
+        streamload_aws::S3Objects::new(streamload_aws::s3_client(&stack.sdk), &stack.name)
+            .with_direct_puts(
+                streamload_aws::PutObjectClient::from_sdk(&sdk, &stack.name)
+                    .expect("an https endpoint with readable roots"),
+            );
+    // When five objects are created one after another, and the first again
+    for n in 0..5 {
+        let put = objects
+            .put_new(
+                &format!("events/tls-{n}.parquet"),
+                bytes::Bytes::from(vec![n as u8; 40_000]),
+                "application/vnd.apache.parquet",
+            )
+            .await
+            .unwrap();
+        assert_eq!(put, PutOutcome::Created);
+    }
+    let again = objects
+        .put_new(
+            "events/tls-0.parquet",
+            bytes::Bytes::from_static(b"other"),
+            "application/vnd.apache.parquet",
+        )
+        .await
+        .unwrap();
+    // Then they are in S3 whole (read through the SDK, not the front), the second put found
+    // the first, and one more TLS connection carried all six
+    assert_eq!(again, PutOutcome::AlreadyExists);
+    assert_eq!(
+        stack.object_bytes("events/tls-4.parquet").await.to_vec(),
+        vec![4u8; 40_000]
+    );
+    assert_eq!(
+        stack.object_bytes("events/tls-0.parquet").await.to_vec(),
+        vec![0u8; 40_000]
+    );
+    assert_eq!(proxy.counts()["S3.PutObject"].0, 6);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 
     // Given a client that trusts another CA only
     let stranger = direct_dedup(&stack, &endpoint, tls_dir().join("other-ca.pem"));

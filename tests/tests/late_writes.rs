@@ -108,30 +108,38 @@ async fn a_claim_applied_after_the_record_was_failed_never_lets_its_object_vouch
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_write_that_timed_out_then_was_throttled_stays_maybe_written() {
     // Given an S3 endpoint that holds the first PutObject 1.5 s (past a 0.5 s attempt) and
-    // then applies it, and throttles every later attempt (S2)
+    // then applies it, and throttles every later attempt (S2); through the SDK and through
+    // the direct client
     let stack = TestStack::new("s2put", false).await;
     let proxy = stack.fault_proxy().await;
-    proxy.add(Rule::once("S3.PutObject", Fault::SlowForward(1_500)));
-    proxy.add(Rule::always("S3.PutObject", Fault::Throttle));
     let sdk = streamload_aws::sdk_config_with_endpoint(Some(&proxy.endpoint())).await;
-    let s3 = streamload_aws::S3Objects::new(streamload_aws::s3_client(&sdk), &stack.name)
-        .with_attempt_timeout(Duration::from_millis(500));
-    // When one object is written
-    let put = s3
-        .put_new(
-            "events/late.parquet",
-            bytes::Bytes::from_static(b"body"),
-            "application/octet-stream",
-        )
-        .await;
-    // Then the write fails as "maybe applied", not as a plain throttle (which would release
-    // the claims and let a redelivery write the events into a second object)
-    let e = put.expect_err("every later attempt was throttled");
-    assert!(e.ambiguous, "{e}");
-    // And the first attempt did land
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    proxy.clear();
-    assert!(s3.exists("events/late.parquet").await.unwrap());
+    let through_sdk = streamload_aws::S3Objects::new(streamload_aws::s3_client(&sdk), &stack.name);
+    let direct = through_sdk.clone().with_direct_puts(
+        streamload_aws::PutObjectClient::from_sdk(&sdk, &stack.name).expect("a plain endpoint"),
+    );
+    for (client, s3) in [("sdk", through_sdk), ("direct", direct)] {
+        proxy.clear();
+        proxy.add(Rule::once("S3.PutObject", Fault::SlowForward(1_500)));
+        proxy.add(Rule::always("S3.PutObject", Fault::Throttle));
+        let s3 = s3.with_attempt_timeout(Duration::from_millis(500));
+        let key = format!("events/{client}/late.parquet");
+        // When one object is written
+        let put = s3
+            .put_new(
+                &key,
+                bytes::Bytes::from_static(b"body"),
+                "application/octet-stream",
+            )
+            .await;
+        // Then the write fails as "maybe applied", not as a plain throttle (which would
+        // release the claims and let a redelivery write the events into a second object)
+        let e = put.expect_err("every later attempt was throttled");
+        assert!(e.ambiguous, "{client}: {e}");
+        // And the first attempt did land
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        proxy.clear();
+        assert!(s3.exists(&key).await.unwrap(), "{client}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

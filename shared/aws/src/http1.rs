@@ -413,6 +413,32 @@ pub fn tls_connector() -> Result<TlsConnector, String> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+/// Where to connect for an endpoint's scheme and authority (`host`, `host:port`,
+/// `[v6]:port`); `None` for a scheme other than http and https, an unreadable port, or
+/// when the platform's root certificates cannot be read.
+pub(crate) fn connect_to(scheme: &str, authority: &str) -> Option<Endpoint> {
+    let (default_port, tls) = match scheme {
+        "http" => (80, false),
+        "https" => (443, true),
+        _ => return None,
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, port.parse().ok()?),
+        _ => (authority, default_port),
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let tls = if tls {
+        let name = rustls::pki_types::ServerName::try_from(host.clone()).ok()?;
+        Some((tls_connector().ok()?, name))
+    } else {
+        None
+    };
+    Some(Endpoint { host, port, tls })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,5 +575,25 @@ mod tests {
         // When a request is sent, then it never left
         let err = pool.send(REQUEST).await.unwrap_err();
         assert!(matches!(err, Http1Error::Connect(_)), "{err}");
+    }
+    #[test]
+    fn an_endpoint_connects_to_its_host_and_port_with_tls_only_for_https() {
+        let plain = connect_to("http", "127.0.0.1:5050").unwrap();
+        assert_eq!(
+            (plain.host.as_str(), plain.port, plain.tls.is_none()),
+            ("127.0.0.1", 5050, true)
+        );
+        let v6 = connect_to("http", "[::1]:8000").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 8000));
+        let bare_v6 = connect_to("http", "[::1]").unwrap();
+        assert_eq!((bare_v6.host.as_str(), bare_v6.port), ("::1", 80));
+        assert_eq!(connect_to("http", "localhost").unwrap().port, 80);
+        assert!(connect_to("ftp", "localhost").is_none());
+        assert!(connect_to("http", "localhost:port").is_none());
+        // https verifies the endpoint's name against the platform's roots
+        let tls = connect_to("https", "dynamodb.eu-west-1.amazonaws.com")
+            .expect("the platform's root certificates are readable here");
+        assert_eq!(tls.port, 443);
+        assert!(tls.tls.is_some());
     }
 }

@@ -19,15 +19,18 @@ mod error;
 mod http1;
 mod objects;
 mod put_item;
+mod put_object;
 mod queue;
 mod rds_iam;
 mod secrets;
+mod signing_keys;
 mod sigv4;
 
 pub use dedup::DynamoDedup;
 pub use error::{classify_sdk_error, AwsError};
 pub use objects::{read_object, S3Objects, MAX_CONFIG_OBJECT_BYTES};
 pub use put_item::{Answered, AttributeText, PutAnswer, PutItemClient, POOL_IDLE_PER_HOST};
+pub use put_object::{PutObjectClient, OBJECT_POOL_IDLE};
 pub use queue::{SqsDeadLetters, SQS_MAX_BATCH_ENTRIES, SQS_MAX_MESSAGE_BYTES};
 pub use rds_iam::{rds_auth_token, RdsIamToken};
 pub use secrets::{database_secret, secrets_client, DatabaseSecret};

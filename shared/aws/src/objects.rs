@@ -1,7 +1,12 @@
 //! Objects in S3: create-only puts (`If-None-Match: *`) and existence checks.
+//!
+//! The puts go through streamload's own signed client ([`PutObjectClient`]) where one is
+//! given and through the SDK otherwise; either way their attempts are made here, under the
+//! one retry policy.
 
 use crate::error::classify_sdk_error;
 use crate::put_item::conditional_write_attempts;
+use crate::put_object::PutObjectClient;
 use crate::OBJECT_CALL_ATTEMPT_TIMEOUT;
 use aws_config::retry::RetryConfig;
 use aws_sdk_s3::operation::head_object::HeadObjectError;
@@ -19,6 +24,8 @@ pub struct S3Objects {
     /// attempts `put_new` makes itself (built once: a per-call config override costs every
     /// put a merge of the client's configuration).
     put_client: Client,
+    /// The direct client of the create-only writes, where the endpoint allows one.
+    direct: Option<std::sync::Arc<PutObjectClient>>,
     bucket: String,
     /// Longest attempt of a create-only write ([`OBJECT_CALL_ATTEMPT_TIMEOUT`]).
     attempt_timeout: std::time::Duration,
@@ -36,9 +43,17 @@ impl S3Objects {
         Self {
             client,
             put_client,
+            direct: None,
             bucket: bucket.into(),
             attempt_timeout: OBJECT_CALL_ATTEMPT_TIMEOUT,
         }
+    }
+
+    /// The same sink with its create-only writes sent by `direct` (the SDK keeps the
+    /// existence checks).
+    pub fn with_direct_puts(mut self, direct: PutObjectClient) -> Self {
+        self.direct = Some(std::sync::Arc::new(direct));
+        self
     }
 
     /// The same sink with a different attempt bound for writes (tests shorten it).
@@ -64,6 +79,9 @@ impl ObjectSink for S3Objects {
         let written = conditional_write_attempts(SINK_RETRY, self.attempt_timeout, || {
             let body = body.clone();
             async move {
+                if let Some(direct) = &self.direct {
+                    return direct.put_attempt(key, &body, content_type).await;
+                }
                 let r = self
                     .put_client
                     .put_object()

@@ -24,16 +24,14 @@
 //! is used (as it is with `STREAMLOAD_DEDUP_CLIENT=sdk`).
 
 use crate::error::RETRYABLE_CODES;
-use crate::http1::{Endpoint, Http1Error, Http1Pool};
-use crate::sigv4::{FixedShapeSigner, Keys};
+use crate::http1::{connect_to, Http1Error, Http1Pool};
+use crate::signing_keys::SigningKeys;
+use crate::sigv4::FixedShapeSigner;
 use crate::SMALL_CALL_ATTEMPT_TIMEOUT;
 use aws_config::SdkConfig;
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use aws_credential_types::Credentials;
 use bytes::Bytes;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use streamload_core::error::PortError;
 use streamload_core::retry::{RetryPolicy, SINK_RETRY};
@@ -48,8 +46,6 @@ const SIGNING_NAME: &str = "dynamodb";
 /// Room for the request head's fixed text (method, header names, the content type, target,
 /// date and length) beside its variable parts.
 const REQUEST_HEAD_BYTES: usize = 256;
-/// Credentials this close to their expiry are fetched again before signing.
-const CREDENTIALS_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// Kept-alive connections per endpoint: the pipeline's claim concurrency plus room for the
 /// existence checks and releases running beside it.
 pub const POOL_IDLE_PER_HOST: usize = streamload_core::CLAIM_CONCURRENCY + 8;
@@ -105,34 +101,6 @@ where
     }))
 }
 
-/// The parts of a credential the signer needs, and when to fetch a new one.
-struct CachedKeys {
-    access_key_id: String,
-    secret_access_key: String,
-    session_token: Option<String>,
-    expiry: Option<SystemTime>,
-}
-
-impl From<&Credentials> for CachedKeys {
-    fn from(c: &Credentials) -> Self {
-        Self {
-            access_key_id: c.access_key_id().to_owned(),
-            secret_access_key: c.secret_access_key().to_owned(),
-            session_token: c.session_token().map(str::to_owned),
-            expiry: c.expiry(),
-        }
-    }
-}
-
-impl CachedKeys {
-    fn fresh(&self, now: SystemTime) -> bool {
-        self.expiry.is_none_or(|at| {
-            at.duration_since(now)
-                .is_ok_and(|left| left > CREDENTIALS_REFRESH_MARGIN)
-        })
-    }
-}
-
 /// A conditional-`PutItem` sender for one table's endpoint.
 pub struct PutItemClient {
     http: Http1Pool,
@@ -142,8 +110,7 @@ pub struct PutItemClient {
     host: String,
     region: String,
     signer: FixedShapeSigner,
-    credentials: SharedCredentialsProvider,
-    cached: Mutex<Option<Arc<CachedKeys>>>,
+    keys: SigningKeys,
     retry: RetryPolicy,
     attempt_timeout: Duration,
 }
@@ -177,32 +144,6 @@ fn endpoint(sdk: &SdkConfig, region: &str) -> Option<String> {
     Some(format!("https://dynamodb.{region}.{suffix}/"))
 }
 
-/// Where to connect for an endpoint's scheme and authority (`host`, `host:port`,
-/// `[v6]:port`); `None` for a scheme other than http and https, an unreadable port, or
-/// when the platform's root certificates cannot be read.
-fn connect_to(scheme: &str, authority: &str) -> Option<Endpoint> {
-    let (default_port, tls) = match scheme {
-        "http" => (80, false),
-        "https" => (443, true),
-        _ => return None,
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') => (host, port.parse().ok()?),
-        _ => (authority, default_port),
-    };
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let tls = if tls {
-        let name = rustls::pki_types::ServerName::try_from(host.clone()).ok()?;
-        Some((crate::http1::tls_connector().ok()?, name))
-    } else {
-        None
-    };
-    Some(Endpoint { host, port, tls })
-}
-
 impl PutItemClient {
     /// The client for `sdk`'s region, endpoint and credentials; `None` when the endpoint is
     /// one only the SDK's rules resolve (FIPS, dual-stack, GovCloud), or no region is set.
@@ -223,41 +164,16 @@ impl PutItemClient {
             host,
             url,
             region,
-            credentials,
-            cached: Mutex::new(None),
+            keys: SigningKeys::new(credentials),
             retry: SINK_RETRY,
             attempt_timeout: SMALL_CALL_ATTEMPT_TIMEOUT,
         })
     }
 
-    /// The signing keys, fetched from the provider only when none are cached or the cached
-    /// ones near their expiry (an `Arc` clone per request otherwise).
-    async fn credentials(&self) -> Result<Arc<CachedKeys>, PortError> {
-        if let Ok(cached) = self.cached.lock() {
-            if let Some(keys) = cached.as_ref().filter(|k| k.fresh(SystemTime::now())) {
-                return Ok(keys.clone());
-            }
-        }
-        let c = self
-            .credentials
-            .provide_credentials()
-            .await
-            .map_err(|e| PortError::retryable(format!("dynamodb PutItem: credentials: {e}")))?;
-        let keys = Arc::new(CachedKeys::from(&c));
-        if let Ok(mut cached) = self.cached.lock() {
-            *cached = Some(keys.clone());
-        }
-        Ok(keys)
-    }
-
     /// One signed attempt. `Err` carries whether the request may have been applied.
     async fn attempt(&self, body: &Bytes) -> Result<PutAnswer, PortError> {
-        let credentials = self.credentials().await?;
-        let keys = Keys {
-            access_key_id: &credentials.access_key_id,
-            secret_access_key: &credentials.secret_access_key,
-            session_token: credentials.session_token.as_deref(),
-        };
+        let credentials = self.keys.get("dynamodb PutItem").await?;
+        let keys = credentials.keys();
         let signed = self.signer.sign(
             &keys,
             &self.host,
@@ -416,6 +332,7 @@ mod tests {
     use super::*;
     use aws_config::Region;
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
 
     const QUICK: RetryPolicy = RetryPolicy {
         max_attempts: 4,
@@ -526,27 +443,6 @@ mod tests {
             .use_fips(true)
             .build();
         assert_eq!(endpoint(&fips, "us-east-1"), None);
-    }
-
-    #[test]
-    fn an_endpoint_connects_to_its_host_and_port_with_tls_only_for_https() {
-        let plain = connect_to("http", "127.0.0.1:5050").unwrap();
-        assert_eq!(
-            (plain.host.as_str(), plain.port, plain.tls.is_none()),
-            ("127.0.0.1", 5050, true)
-        );
-        let v6 = connect_to("http", "[::1]:8000").unwrap();
-        assert_eq!((v6.host.as_str(), v6.port), ("::1", 8000));
-        let bare_v6 = connect_to("http", "[::1]").unwrap();
-        assert_eq!((bare_v6.host.as_str(), bare_v6.port), ("::1", 80));
-        assert_eq!(connect_to("http", "localhost").unwrap().port, 80);
-        assert!(connect_to("ftp", "localhost").is_none());
-        assert!(connect_to("http", "localhost:port").is_none());
-        // https verifies the endpoint's name against the platform's roots
-        let tls = connect_to("https", "dynamodb.eu-west-1.amazonaws.com")
-            .expect("the platform's root certificates are readable here");
-        assert_eq!(tls.port, 443);
-        assert!(tls.tls.is_some());
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub use error::{Classify, ErrorClass};
 pub use event::{Poison, PoisonKind};
 pub use pipeline::{
     BatchReport, FailureCause, Invocation, Pipeline, PipelineSettings, RecordOutcome,
-    CLAIM_CONCURRENCY,
+    CLAIM_CONCURRENCY, OBJECT_WRITE_CONCURRENCY,
 };
 pub use route::{Mapped, Route, Routes};
 

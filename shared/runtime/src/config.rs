@@ -97,17 +97,33 @@ pub struct Config {
     pub max_record_bytes: usize,
     pub finish_margin: Duration,
     /// How the claims' conditional writes reach DynamoDB (`STREAMLOAD_DEDUP_CLIENT`).
-    pub dedup_client: DedupClient,
+    pub dedup_client: CallClient,
+    /// How the objects' create-only writes reach S3 (`STREAMLOAD_OBJECTS_CLIENT`).
+    pub objects_client: CallClient,
 }
 
-/// How the claims' conditional writes reach DynamoDB.
+/// How a hot call (the claims' conditional `PutItem`, the objects' create-only `PutObject`)
+/// reaches AWS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DedupClient {
-    /// `direct` (default): streamload's own signed PutItem over kept-alive connections
-    /// (`streamload_aws::PutItemClient`); the SDK where the endpoint needs its rules.
+pub enum CallClient {
+    /// `direct` (default): streamload's own signed request over kept-alive connections
+    /// (`streamload_aws::PutItemClient`, `streamload_aws::PutObjectClient`); the SDK where
+    /// the endpoint needs its rules.
     Direct,
     /// `sdk`: every call through the AWS SDK client.
     Sdk,
+}
+
+/// A [`CallClient`] variable: `direct` (the default) or `sdk`.
+fn call_client(name: &'static str, value: Option<String>) -> Result<CallClient, ConfigError> {
+    match value.as_deref().map(str::trim) {
+        None | Some("direct") => Ok(CallClient::Direct),
+        Some("sdk") => Ok(CallClient::Sdk),
+        Some(_) => Err(ConfigError::Invalid {
+            name,
+            why: "must be direct or sdk".into(),
+        }),
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -318,18 +334,14 @@ impl Config {
                 ),
             });
         }
-        let dedup_client = match get("STREAMLOAD_DEDUP_CLIENT").as_deref().map(str::trim) {
-            None | Some("direct") => DedupClient::Direct,
-            Some("sdk") => DedupClient::Sdk,
-            Some(_) => {
-                return Err(ConfigError::Invalid {
-                    name: "STREAMLOAD_DEDUP_CLIENT",
-                    why: "must be direct or sdk".into(),
-                })
-            }
-        };
+        let dedup_client = call_client("STREAMLOAD_DEDUP_CLIENT", get("STREAMLOAD_DEDUP_CLIENT"))?;
+        let objects_client = call_client(
+            "STREAMLOAD_OBJECTS_CLIENT",
+            get("STREAMLOAD_OBJECTS_CLIENT"),
+        )?;
         Ok(Config {
             dedup_client,
+            objects_client,
             database,
             database_env,
             routes: routes_source(get("STREAMLOAD_CONFIG"))?,

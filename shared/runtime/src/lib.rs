@@ -7,7 +7,7 @@ pub mod database;
 pub mod logging;
 pub mod raw_body;
 
-pub use config::{Config, ConfigError, DatabaseEnv, DatabaseSource, DedupClient, RoutesSource};
+pub use config::{CallClient, Config, ConfigError, DatabaseEnv, DatabaseSource, RoutesSource};
 pub use raw_body::RawBodies;
 
 use lambda_runtime::{Context, LambdaEvent};
@@ -205,7 +205,7 @@ pub async fn build_pipeline_with(
     Ok(Pipeline {
         dedup: dedup_store(config, &sdk),
         rows,
-        objects: S3Objects::new(streamload_aws::s3_client(&sdk), &config.output_bucket),
+        objects: object_store(config, &sdk),
         dead_letters: SqsDeadLetters::new(streamload_aws::sqs_client(&sdk), &config.dlq_url),
         settings: PipelineSettings {
             max_record_bytes: config.max_record_bytes,
@@ -223,13 +223,31 @@ pub async fn build_pipeline_with(
 /// endpoint needs the SDK's rules.
 fn dedup_store(config: &Config, sdk: &aws_config::SdkConfig) -> DynamoDedup {
     let store = DynamoDedup::new(streamload_aws::dynamodb_client(sdk), &config.dedup_table);
-    if config.dedup_client == DedupClient::Sdk {
+    if config.dedup_client == CallClient::Sdk {
         return store;
     }
     match streamload_aws::PutItemClient::from_sdk(sdk) {
         Some(direct) => store.with_direct_writes(direct),
         None => {
             tracing::info!("claims go through the SDK client: its endpoint rules apply here");
+            store
+        }
+    }
+}
+
+/// The objects' store: create-only writes sent directly unless configured otherwise or the
+/// endpoint or bucket needs the SDK's rules.
+fn object_store(config: &Config, sdk: &aws_config::SdkConfig) -> S3Objects {
+    let store = S3Objects::new(streamload_aws::s3_client(sdk), &config.output_bucket);
+    if config.objects_client == CallClient::Sdk {
+        return store;
+    }
+    match streamload_aws::PutObjectClient::from_sdk(sdk, &config.output_bucket) {
+        Some(direct) => store.with_direct_puts(direct),
+        None => {
+            tracing::info!(
+                "object writes go through the SDK client: its endpoint rules apply here"
+            );
             store
         }
     }

@@ -59,7 +59,7 @@ mod release;
 use budget::{bounded, in_budget, pause_before_retry, Until};
 use lease::Fence;
 pub use lease::{HOLDER_LEASE_MS, RENEW_EVERY_MS};
-pub use load::isolate_refusals;
+pub use load::{isolate_refusals, OBJECT_WRITE_CONCURRENCY};
 
 /// Conditional writes in flight at once by default. A partition's throughput is one batch at
 /// a time, and a claim takes one round trip (≈5–10 ms to DynamoDB): 64 in flight capped a
