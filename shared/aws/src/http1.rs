@@ -202,6 +202,16 @@ impl Http1Pool {
     /// Sends `request` (a whole HTTP/1.1 request: head and body) and reads its answer. The
     /// caller bounds the time; dropping the future closes the connection it was using.
     pub async fn send(&self, request: &[u8]) -> Result<Answer, Http1Error> {
+        self.exchange(request, false).await
+    }
+
+    /// [`Http1Pool::send`] for a `HEAD` request, whose answer has no body whatever its
+    /// `content-length` says (RFC 9110, 9.3.2).
+    pub async fn send_head(&self, request: &[u8]) -> Result<Answer, Http1Error> {
+        self.exchange(request, true).await
+    }
+
+    async fn exchange(&self, request: &[u8], head: bool) -> Result<Answer, Http1Error> {
         let mut connection = match self.checkout() {
             Some(c) => c,
             // Boxed: a connection is made rarely, and its TLS handshake's future is larger
@@ -213,7 +223,7 @@ impl Http1Pool {
             .write_all(request)
             .await
             .map_err(|err| Http1Error::Lost(format!("write: {}", err.kind())))?;
-        let (answer, keep_alive) = read_answer(&mut connection).await?;
+        let (answer, keep_alive) = read_answer(&mut connection, head).await?;
         if keep_alive {
             self.checkin(connection);
         }
@@ -228,8 +238,9 @@ enum Framing {
     UntilClose,
 }
 
-/// Reads one answer; returns it and whether the connection may carry another request.
-async fn read_answer(c: &mut Connection) -> Result<(Answer, bool), Http1Error> {
+/// Reads one answer (to a `HEAD` request if `head`); returns it and whether the connection
+/// may carry another request.
+async fn read_answer(c: &mut Connection, head: bool) -> Result<(Answer, bool), Http1Error> {
     c.buf.clear();
     let (head_len, status, framing, mut keep_alive) = loop {
         if let Some(head) = parse_head(&c.buf)? {
@@ -244,8 +255,9 @@ async fn read_answer(c: &mut Connection) -> Result<(Answer, bool), Http1Error> {
     if (100..200).contains(&status) {
         return Err(Http1Error::Lost(format!("unexpected HTTP {status}")));
     }
-    // 204 and 304 answers have no body whatever their headers say (RFC 9112, 6.3).
-    let framing = if status == 204 || status == 304 {
+    // Answers to HEAD, 204 and 304 answers have no body whatever their headers say (RFC
+    // 9112, 6.3).
+    let framing = if head || status == 204 || status == 304 {
         Framing::Length(0)
     } else {
         framing
@@ -509,6 +521,31 @@ mod tests {
         // Then both answers are whole, and one connection carried both
         assert_eq!((first.status, &first.body[..]), (200, &b"hello"[..]));
         assert_eq!((second.status, &second.body[..]), (400, &b"abcde"[..]));
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_to_head_has_no_body_whatever_its_length_says() {
+        // Given a server answering two HEADs with the object's length and no body, back to
+        // back on one connection
+        let (endpoint, accepted) = server(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 40000\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 120\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ])
+        .await;
+        let pool = Http1Pool::new(endpoint, 4);
+        let head = b"HEAD /b/k HTTP/1.1\r\nhost: x\r\n\r\n";
+        // When they are sent, Then each answer ends at its head and the connection is reused
+        // (waiting for 40,000 bytes that never come would hang here)
+        let found = tokio::time::timeout(Duration::from_secs(5), pool.send_head(head))
+            .await
+            .expect("the answer ends at its head")
+            .unwrap();
+        assert_eq!((found.status, found.body.len()), (200, 0));
+        let missing = pool.send_head(head).await.unwrap();
+        assert_eq!((missing.status, missing.body.len()), (404, 0));
+        pool.send(REQUEST).await.unwrap();
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 

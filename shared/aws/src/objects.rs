@@ -7,7 +7,7 @@
 use crate::error::classify_sdk_error;
 use crate::put_item::conditional_write_attempts;
 use crate::put_object::PutObjectClient;
-use crate::OBJECT_CALL_ATTEMPT_TIMEOUT;
+use crate::{OBJECT_CALL_ATTEMPT_TIMEOUT, SMALL_CALL_ATTEMPT_TIMEOUT};
 use aws_config::retry::RetryConfig;
 use aws_sdk_s3::operation::head_object::HeadObjectError;
 use aws_sdk_s3::primitives::ByteStream;
@@ -49,8 +49,7 @@ impl S3Objects {
         }
     }
 
-    /// The same sink with its create-only writes sent by `direct` (the SDK keeps the
-    /// existence checks).
+    /// The same sink with its create-only writes and existence checks sent by `direct`.
     pub fn with_direct_puts(mut self, direct: PutObjectClient) -> Self {
         self.direct = Some(std::sync::Arc::new(direct));
         self
@@ -108,6 +107,15 @@ impl ObjectSink for S3Objects {
     }
 
     async fn exists(&self, key: &str) -> Result<bool, PortError> {
+        if let Some(direct) = &self.direct {
+            // The same attempts as a write's; a read is never ambiguous, so only the retries
+            // and the bound per attempt matter here.
+            return conditional_write_attempts(SINK_RETRY, SMALL_CALL_ATTEMPT_TIMEOUT, || {
+                direct.exists_attempt(key)
+            })
+            .await
+            .map(|checked| checked.answer);
+        }
         match self
             .client
             .head_object()

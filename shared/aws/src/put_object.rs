@@ -1,5 +1,5 @@
-//! The objects' one hot call — a create-only S3 `PutObject` — sent without the SDK's
-//! orchestrator.
+//! The objects' hot calls — the create-only S3 `PutObject` and the `HeadObject` of a
+//! redelivered event's object — sent without the SDK's orchestrator.
 //!
 //! Every batch writes one Parquet object per source unit and event-time hour, so late data
 //! spread over many hours writes many small objects, and the SDK's fixed cost per request (its
@@ -9,6 +9,8 @@
 //! fixed-shape signer (`sigv4`, checked against `aws-sigv4` under S3's rules), with the body's
 //! SHA-256 as `x-amz-content-sha256` (S3 checks it, so a body damaged on the way is refused,
 //! never stored), sent as one buffer over kept-alive connections (`http1`).
+//!
+//! The existence checks of redelivered events (`HeadObject`) go the same way.
 //!
 //! One attempt per call; [`crate::S3Objects`] runs the attempts with the same ambiguity rules
 //! as every conditional write. An answer means:
@@ -29,7 +31,7 @@
 use crate::error::RETRYABLE_CODES;
 use crate::http1::{connect_to, Http1Error, Http1Pool};
 use crate::signing_keys::SigningKeys;
-use crate::sigv4::{encode_path, sha256_hex, FixedShapeSigner};
+use crate::sigv4::{encode_path, sha256_hex, FixedShapeSigner, ObjectRequest, EMPTY_SHA256};
 use aws_config::SdkConfig;
 use bytes::Bytes;
 use std::time::SystemTime;
@@ -167,16 +169,18 @@ impl PutObjectClient {
     ) -> Result<PutOutcome, PortError> {
         let credentials = self.keys.get("s3 PutObject").await?;
         let keys = credentials.keys();
-        let mut path = String::with_capacity(self.path_prefix.len() + key.len() + 16);
-        path.push_str(&self.path_prefix);
-        path.push_str(&encode_path(key));
+        let path = self.path_of(key);
         let payload_sha256 = sha256_hex(body);
-        let signed = self.signer.sign_create_only_put(
+        let signed = self.signer.sign_object_request(
             &keys,
             &self.host,
-            &path,
-            content_type,
-            &payload_sha256,
+            &ObjectRequest {
+                method: "PUT",
+                path: &path,
+                content_type: Some(content_type),
+                create_only: true,
+                payload_sha256: &payload_sha256,
+            },
             SystemTime::now(),
         );
         let token = keys.session_token;
@@ -225,6 +229,90 @@ impl PutObjectClient {
             Http1Error::Lost(why) => PortError::ambiguous(format!("s3 PutObject: {why}")),
         })?;
         answer_of(answer.status, &answer.body)
+    }
+
+    /// One signed `HeadObject` attempt: whether `key` exists. The caller bounds its time and
+    /// runs the retries.
+    pub async fn exists_attempt(&self, key: &str) -> Result<bool, PortError> {
+        let credentials = self.keys.get("s3 HeadObject").await?;
+        let keys = credentials.keys();
+        let path = self.path_of(key);
+        let signed = self.signer.sign_object_request(
+            &keys,
+            &self.host,
+            &ObjectRequest {
+                method: "HEAD",
+                path: &path,
+                content_type: None,
+                create_only: false,
+                payload_sha256: EMPTY_SHA256,
+            },
+            SystemTime::now(),
+        );
+        let token = keys.session_token;
+        let mut request = Vec::with_capacity(
+            REQUEST_HEAD_BYTES
+                + path.len()
+                + self.host.len()
+                + signed.authorization.len()
+                + token.map_or(0, str::len),
+        );
+        for part in [
+            "HEAD ",
+            &path,
+            " HTTP/1.1\r\nhost: ",
+            &self.host,
+            "\r\nx-amz-content-sha256: ",
+            EMPTY_SHA256,
+            "\r\nx-amz-date: ",
+            &signed.amz_date,
+            "\r\nauthorization: ",
+            &signed.authorization,
+            "\r\n",
+        ] {
+            request.extend_from_slice(part.as_bytes());
+        }
+        if let Some(token) = token {
+            request.extend_from_slice(b"x-amz-security-token: ");
+            request.extend_from_slice(token.as_bytes());
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"\r\n");
+        let answer = self.http.send_head(&request).await.map_err(|e| match e {
+            Http1Error::Connect(why) => {
+                PortError::retryable(format!("s3 HeadObject: connect failed: {why}"))
+            }
+            Http1Error::Lost(why) => PortError::retryable(format!("s3 HeadObject: {why}")),
+        })?;
+        existence_of(answer.status)
+    }
+
+    /// `key`'s path: the bucket's prefix and the key, encoded.
+    fn path_of(&self, key: &str) -> String {
+        let mut path = String::with_capacity(self.path_prefix.len() + key.len() + 16);
+        path.push_str(&self.path_prefix);
+        path.push_str(&encode_path(key));
+        path
+    }
+}
+
+/// What an answer to `HeadObject` means: 200 found, 404 not; an answer to a `HEAD` has no
+/// body, so errors are known by their status alone. A read applies nothing, so no error of it
+/// is ambiguous.
+fn existence_of(status: u16) -> Result<bool, PortError> {
+    match status {
+        200..=299 => Ok(true),
+        404 => Ok(false),
+        // Without s3:ListBucket S3 answers a missing key with 403, not 404.
+        403 => Err(PortError::permanent(
+            "s3 HeadObject: HTTP 403 (AccessDenied; a missing key reads so without s3:ListBucket)",
+        )),
+        408 | 409 | 429 | 500..=599 => Err(PortError::retryable(format!(
+            "s3 HeadObject: HTTP {status}"
+        ))),
+        _ => Err(PortError::permanent(format!(
+            "s3 HeadObject: HTTP {status}"
+        ))),
     }
 }
 
@@ -328,6 +416,21 @@ mod tests {
                 "lake"
             ),
             None
+        );
+    }
+
+    #[test]
+    fn existence_answers_mean_found_missing_retry_or_refused() {
+        assert!(matches!(existence_of(200), Ok(true)));
+        assert!(matches!(existence_of(404), Ok(false)));
+        for status in [500, 503, 429] {
+            let e = existence_of(status).unwrap_err();
+            assert!(e.is_retryable() && !e.ambiguous, "{status}: {e:?}");
+        }
+        let e = existence_of(403).unwrap_err();
+        assert!(
+            !e.is_retryable() && e.message.contains("ListBucket"),
+            "{e:?}"
         );
     }
 

@@ -2,10 +2,10 @@
 //! - the claims' `PutItem`: `POST /`, no query, the headers `content-type`, `host`,
 //!   `x-amz-date`, `x-amz-security-token` (with temporary credentials) and `x-amz-target`, a
 //!   JSON body;
-//! - the objects' create-only `PutObject`: `PUT <path>`, no query, the headers `content-type`,
-//!   `host`, `if-none-match`, `x-amz-content-sha256` (the body's SHA-256, which S3 checks),
-//!   `x-amz-date` and `x-amz-security-token`; S3's rules (the path encoded once, not
-//!   normalised).
+//! - the objects' create-only `PutObject` and `HeadObject`: `PUT`/`HEAD <path>`, no query,
+//!   the headers `content-type` and `if-none-match` (the put), `host`, `x-amz-content-sha256`
+//!   (the body's SHA-256, which S3 checks), `x-amz-date` and `x-amz-security-token`; S3's
+//!   rules (the path encoded once, not normalised).
 //!
 //! `aws-sigv4`'s general signer builds the canonical request from any request — parsing the
 //! url, normalising and sorting headers, allocating each piece — and derives the signing key
@@ -31,6 +31,21 @@ pub(crate) struct Keys<'a> {
     pub secret_access_key: &'a str,
     pub session_token: Option<&'a str>,
 }
+
+/// An S3 object request as signed: `path` already encoded by [`encode_path`], the body's
+/// SHA-256 as lower hex (`x-amz-content-sha256`; [`EMPTY_SHA256`] without a body).
+pub(crate) struct ObjectRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub content_type: Option<&'a str>,
+    /// `if-none-match: *`: a create-only write.
+    pub create_only: bool,
+    pub payload_sha256: &'a str,
+}
+
+/// The SHA-256 of no bytes, the payload hash of a request without a body.
+pub(crate) const EMPTY_SHA256: &str =
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 /// Signs requests of a fixed shape for one service in one region, keeping the day's signing
 /// key.
@@ -139,50 +154,51 @@ impl FixedShapeSigner {
         self.finish(keys, amz_date, &canonical, signed_headers)
     }
 
-    /// The `x-amz-date` and `authorization` of a create-only `PUT` of `path` (already
-    /// encoded by [`encode_path`]) to `host`, whose body's SHA-256 is `payload_sha256` (lower
-    /// hex, sent as `x-amz-content-sha256`), at `at`.
-    pub fn sign_create_only_put(
+    /// The `x-amz-date` and `authorization` of an S3 object request to `host` at `at`.
+    pub fn sign_object_request(
         &self,
         keys: &Keys<'_>,
         host: &str,
-        path: &str,
-        content_type: &str,
-        payload_sha256: &str,
+        request: &ObjectRequest<'_>,
         at: SystemTime,
     ) -> Signed {
         let amz_date = amz_date(at);
-        let signed_headers = match keys.session_token {
-            Some(_) => "content-type;host;if-none-match;x-amz-content-sha256;x-amz-date;x-amz-security-token",
-            None => "content-type;host;if-none-match;x-amz-content-sha256;x-amz-date",
-        };
+        // The signed headers in their canonical (sorted) order; absent ones left out.
+        let headers: [(&str, Option<&str>); 6] = [
+            ("content-type", request.content_type),
+            ("host", Some(host)),
+            ("if-none-match", request.create_only.then_some("*")),
+            ("x-amz-content-sha256", Some(request.payload_sha256)),
+            ("x-amz-date", Some(&amz_date)),
+            ("x-amz-security-token", keys.session_token),
+        ];
         let mut canonical = String::with_capacity(
-            320 + path.len()
-                + content_type.len()
+            320 + request.path.len()
+                + request.content_type.map_or(0, str::len)
                 + host.len()
                 + keys.session_token.map_or(0, str::len),
         );
-        canonical.push_str("PUT\n");
-        canonical.push_str(path);
-        canonical.push_str("\n\ncontent-type:");
-        canonical.push_str(content_type);
-        canonical.push_str("\nhost:");
-        canonical.push_str(host);
-        canonical.push_str("\nif-none-match:*\nx-amz-content-sha256:");
-        canonical.push_str(payload_sha256);
-        canonical.push_str("\nx-amz-date:");
-        canonical.push_str(&amz_date);
+        let mut signed_headers = String::with_capacity(96);
+        canonical.push_str(request.method);
         canonical.push('\n');
-        if let Some(token) = keys.session_token {
-            canonical.push_str("x-amz-security-token:");
-            canonical.push_str(token);
+        canonical.push_str(request.path);
+        canonical.push_str("\n\n");
+        for (name, value) in headers {
+            let Some(value) = value else { continue };
+            canonical.push_str(name);
+            canonical.push(':');
+            canonical.push_str(value);
             canonical.push('\n');
+            if !signed_headers.is_empty() {
+                signed_headers.push(';');
+            }
+            signed_headers.push_str(name);
         }
         canonical.push('\n');
-        canonical.push_str(signed_headers);
+        canonical.push_str(&signed_headers);
         canonical.push('\n');
-        canonical.push_str(payload_sha256);
-        self.finish(keys, amz_date, &canonical, signed_headers)
+        canonical.push_str(request.payload_sha256);
+        self.finish(keys, amz_date, &canonical, &signed_headers)
     }
 
     /// The signature of a canonical request: the string to sign over the day's scope, signed
@@ -372,9 +388,11 @@ mod tests {
         }
     }
 
-    /// What `aws-sigv4` puts on a create-only PUT under S3's settings.
-    fn reference_put(
+    /// What `aws-sigv4` puts on an object request under S3's settings (a PUT create-only
+    /// with a content type, anything else bare).
+    fn reference_object(
         creds: &Credentials,
+        method: &str,
         url: &str,
         body: &[u8],
         at: SystemTime,
@@ -395,12 +413,13 @@ mod tests {
             .settings(settings)
             .build()
             .unwrap();
-        let headers = [
+        let put = [
             ("content-type", "application/vnd.apache.parquet"),
             ("if-none-match", "*"),
         ];
+        let headers: &[(&str, &str)] = if method == "PUT" { &put } else { &[] };
         let signable = SignableRequest::new(
-            "PUT",
+            method,
             url,
             headers.iter().copied(),
             SignableBody::Bytes(body),
@@ -422,7 +441,7 @@ mod tests {
     }
 
     #[test]
-    fn create_only_puts_are_signed_as_the_sdk_signs_them_under_s3s_rules() {
+    fn object_puts_and_heads_are_signed_as_the_sdk_signs_them_under_s3s_rules() {
         let signer = FixedShapeSigner::new("eu-west-1", "s3");
         let body = b"PAR1 not really parquet PAR1";
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
@@ -454,19 +473,31 @@ mod tests {
             };
             let path = format!("/{}", encode_path(key));
             let payload = sha256_hex(body);
-            let ours = signer.sign_create_only_put(
-                &keys,
-                host,
-                &path,
-                "application/vnd.apache.parquet",
-                &payload,
-                at,
-            );
-            let (date, authorization, sha) =
-                reference_put(&creds, &format!("http://{host}{path}"), body, at);
+            let put = ObjectRequest {
+                method: "PUT",
+                path: &path,
+                content_type: Some("application/vnd.apache.parquet"),
+                create_only: true,
+                payload_sha256: &payload,
+            };
+            let ours = signer.sign_object_request(&keys, host, &put, at);
+            let url = format!("http://{host}{path}");
+            let (date, authorization, sha) = reference_object(&creds, "PUT", &url, body, at);
             assert_eq!(ours.amz_date, date);
             assert_eq!(payload, sha);
             assert_eq!(ours.authorization, authorization, "key {key}");
+            // And the existence check of the same key
+            let head = ObjectRequest {
+                method: "HEAD",
+                path: &path,
+                content_type: None,
+                create_only: false,
+                payload_sha256: EMPTY_SHA256,
+            };
+            let ours = signer.sign_object_request(&keys, host, &head, at);
+            let (_, authorization, sha) = reference_object(&creds, "HEAD", &url, b"", at);
+            assert_eq!(EMPTY_SHA256, sha);
+            assert_eq!(ours.authorization, authorization, "HEAD {key}");
         }
     }
 
