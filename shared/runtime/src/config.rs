@@ -411,6 +411,43 @@ mod tests {
     }
 
     #[test]
+    fn the_hot_calls_go_direct_unless_told_sdk_and_anything_else_is_refused_by_name() {
+        // Given nothing said, Then both hot calls go through streamload's own clients
+        let c = with(BASE).unwrap();
+        assert_eq!(
+            (c.dedup_client, c.objects_client),
+            (CallClient::Direct, CallClient::Direct)
+        );
+        for name in ["STREAMLOAD_DEDUP_CLIENT", "STREAMLOAD_OBJECTS_CLIENT"] {
+            // Given `sdk` for one of them, Then that one alone goes through the SDK
+            let mut pairs = BASE.to_vec();
+            pairs.push((name, " sdk "));
+            let c = with(&pairs).unwrap();
+            let sdk = |n| {
+                if n == name {
+                    CallClient::Sdk
+                } else {
+                    CallClient::Direct
+                }
+            };
+            assert_eq!(
+                (c.dedup_client, c.objects_client),
+                (
+                    sdk("STREAMLOAD_DEDUP_CLIENT"),
+                    sdk("STREAMLOAD_OBJECTS_CLIENT")
+                )
+            );
+            // Given a word that is neither, Then start-up fails naming the variable
+            let mut pairs = BASE.to_vec();
+            pairs.push((name, "hyper"));
+            match with(&pairs) {
+                Err(ConfigError::Invalid { name: named, .. }) => assert_eq!(named, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn each_missing_variable_is_named() {
         for name in ["DEDUP_TABLE", "OUTPUT_BUCKET", "DLQ_URL"] {
             let without: Vec<_> = BASE.iter().copied().filter(|(k, _)| *k != name).collect();
