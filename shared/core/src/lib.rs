@@ -27,6 +27,7 @@ pub mod record;
 pub mod response;
 pub mod retry;
 pub mod route;
+pub mod search;
 pub mod source;
 pub mod text;
 

@@ -76,6 +76,9 @@ pub struct RouteSpec {
     /// A table column set to `now()` whenever a row is replaced.
     #[serde(default)]
     pub updated_at_column: Option<String>,
+    /// `[route.index]`: the search index the route's events also go to.
+    #[serde(default)]
+    pub index: Option<crate::search::IndexSpec>,
     #[serde(rename = "column", default)]
     pub columns: Vec<ColumnSpec>,
 }
@@ -258,6 +261,8 @@ pub struct Route {
     pub event_time: Option<usize>,
     pub updated_at_column: Option<String>,
     pub auto_migrate: bool,
+    /// The search index the route's events also go to (`[route.index]`).
+    pub search: Option<crate::search::IndexPlan>,
     root: Node,
     slots: usize,
     lake_schema: SchemaRef,
@@ -516,6 +521,7 @@ pub fn builtin_spec(table: &str, lake_prefix: &str) -> RouteSpec {
         auto_migrate: None,
         claim_prefix: Some("ev:".into()),
         updated_at_column: Some("updated_at".into()),
+        index: None,
         columns: vec![
             col("event_id", "text", true, false),
             col("user_id", "text", true, false),
@@ -833,6 +839,20 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
             false
         }
     };
+    let search = spec.index.as_ref().and_then(|index| {
+        let facts = crate::search::RouteFacts {
+            columns: &columns,
+            key: &key,
+            identity: &identity,
+            merge,
+            event_time,
+        };
+        crate::search::IndexPlan::compile(index, &facts)
+            .map_err(|p| {
+                problems.extend(p.into_iter().map(|what| format!("route {route:?}: {what}")))
+            })
+            .ok()
+    });
     let lake = lake_schema(&columns, &identity);
     if !problems.is_empty() {
         return Err(problems);
@@ -856,6 +876,7 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
         event_time,
         updated_at_column: spec.updated_at_column.clone(),
         auto_migrate,
+        search,
         root,
         slots,
         lake_schema,
