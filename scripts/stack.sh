@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real local stack: PostgreSQL, an AWS endpoint (moto server) and a Kafka-protocol broker
-# (tansu), all on 127.0.0.1.
+# (tansu), an OpenSearch-compatible search server (osmem-server, plain HTTP), all on 127.0.0.1.
 #
 #   scripts/stack.sh up     start what is not running, wait until each answers, write .stack/env
 #   scripts/stack.sh down   stop only what `up` started (pids in .stack/)
@@ -51,6 +51,7 @@ running() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/nu
 MOTO_PORT=$(choose_port moto 5050)
 PGTLS_PORT=$(choose_port pgtls 55433)
 KAFKA_PORT=$(choose_port kafka 19092)
+SEARCH_PORT=$(choose_port search 19200)
 
 start_bg() { # name port command...
   local name=$1 port=$2
@@ -166,6 +167,7 @@ export STREAMLOAD_TANSU='$TANSU'
 export STREAMLOAD_PG_TLS_URL='postgres://postgres:$(cat "$STATE/tls/password" 2>/dev/null)@localhost:$PGTLS_PORT'
 export STREAMLOAD_PG_TLS_CA='$STATE/tls/ca.pem'
 export STREAMLOAD_PG_TLS_OTHER_CA='$STATE/tls/other-ca.pem'
+export STREAMLOAD_SEARCH_URL='http://127.0.0.1:$SEARCH_PORT'
 ENV
 }
 
@@ -182,11 +184,15 @@ case "${1:-up}" in
       --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --storage-engine memory://tansu/
+    # --no-ja: no Japanese dictionary (starts in ms, not a second); --no-stdin-watch: stays
+    # up in the background (it otherwise exits when its stdin closes).
+    OSMEM=$(ls "$VENV"/lib/python3*/site-packages/osmem_server/bin/osmem-server | head -1)
+    start_bg search "$SEARCH_PORT" "$OSMEM" --addr "127.0.0.1:$SEARCH_PORT" --no-stdin-watch --no-ja
     write_env
-    echo "stack: postgres $(pg_url | sed 's#//.*@#//#'), TLS-only postgres localhost:$PGTLS_PORT, aws http://127.0.0.1:$MOTO_PORT, kafka 127.0.0.1:$KAFKA_PORT"
+    echo "stack: postgres $(pg_url | sed 's#//.*@#//#'), TLS-only postgres localhost:$PGTLS_PORT, aws http://127.0.0.1:$MOTO_PORT, kafka 127.0.0.1:$KAFKA_PORT, search http://127.0.0.1:$SEARCH_PORT"
     ;;
   down)
-    for name in kafka moto; do
+    for name in search kafka moto; do
       if running "$name"; then kill "$(cat "$STATE/$name.pid")" 2>/dev/null || true; fi
       rm -f "$STATE/$name.pid"
     done

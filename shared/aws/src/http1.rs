@@ -132,6 +132,8 @@ pub struct Http1Pool {
     endpoint: Endpoint,
     idle: Mutex<Vec<Connection>>,
     max_idle: usize,
+    /// The longest answer body read ([`MAX_BODY_BYTES`] unless set otherwise).
+    max_body: usize,
 }
 
 impl std::fmt::Debug for Http1Pool {
@@ -147,7 +149,15 @@ impl Http1Pool {
             endpoint,
             idle: Mutex::new(Vec::with_capacity(max_idle)),
             max_idle,
+            max_body: MAX_BODY_BYTES,
         }
+    }
+
+    /// The same pool reading answers of up to `max_body` bytes (a `_bulk` answer holds an
+    /// item per document).
+    pub fn with_max_body(mut self, max_body: usize) -> Self {
+        self.max_body = max_body;
+        self
     }
 
     fn checkout(&self) -> Option<Connection> {
@@ -223,7 +233,7 @@ impl Http1Pool {
             .write_all(request)
             .await
             .map_err(|err| Http1Error::Lost(format!("write: {}", err.kind())))?;
-        let (answer, keep_alive) = read_answer(&mut connection, head).await?;
+        let (answer, keep_alive) = read_answer(&mut connection, head, self.max_body).await?;
         if keep_alive {
             self.checkin(connection);
         }
@@ -240,7 +250,11 @@ enum Framing {
 
 /// Reads one answer (to a `HEAD` request if `head`); returns it and whether the connection
 /// may carry another request.
-async fn read_answer(c: &mut Connection, head: bool) -> Result<(Answer, bool), Http1Error> {
+async fn read_answer(
+    c: &mut Connection,
+    head: bool,
+    max_body: usize,
+) -> Result<(Answer, bool), Http1Error> {
     c.buf.clear();
     let (head_len, status, framing, mut keep_alive) = loop {
         if let Some(head) = parse_head(&c.buf)? {
@@ -264,7 +278,7 @@ async fn read_answer(c: &mut Connection, head: bool) -> Result<(Answer, bool), H
     };
     let body = match framing {
         Framing::Length(len) => {
-            if len > MAX_BODY_BYTES {
+            if len > max_body {
                 return Err(Http1Error::Lost("answer body too long".into()));
             }
             while c.buf.len() < head_len + len {
@@ -277,7 +291,7 @@ async fn read_answer(c: &mut Connection, head: bool) -> Result<(Answer, bool), H
             c.buf[head_len..head_len + len].to_vec()
         }
         Framing::Chunked => {
-            let (body, end) = read_chunked(c, head_len).await?;
+            let (body, end) = read_chunked(c, head_len, max_body).await?;
             if c.buf.len() > end {
                 // As with a length: bytes past the answer put the connection out of step.
                 keep_alive = false;
@@ -287,7 +301,7 @@ async fn read_answer(c: &mut Connection, head: bool) -> Result<(Answer, bool), H
         Framing::UntilClose => {
             keep_alive = false;
             loop {
-                if c.buf.len() > head_len + MAX_BODY_BYTES {
+                if c.buf.len() > head_len + max_body {
                     return Err(Http1Error::Lost("answer body too long".into()));
                 }
                 match c.stream.read_buf(&mut c.buf).await {
@@ -352,7 +366,11 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, u16, Framing, bool)>, Http1Er
 
 /// Decodes a chunked body that starts at `start` in the connection's buffer, reading until
 /// its last chunk and trailers are in; returns it and where the answer ends in the buffer.
-async fn read_chunked(c: &mut Connection, start: usize) -> Result<(Vec<u8>, usize), Http1Error> {
+async fn read_chunked(
+    c: &mut Connection,
+    start: usize,
+    max_body: usize,
+) -> Result<(Vec<u8>, usize), Http1Error> {
     let mut body = Vec::new();
     let mut at = start;
     loop {
@@ -385,7 +403,7 @@ async fn read_chunked(c: &mut Connection, start: usize) -> Result<(Vec<u8>, usiz
                 }
             }
         }
-        if body.len() + size > MAX_BODY_BYTES {
+        if body.len() + size > max_body {
             return Err(Http1Error::Lost("answer body too long".into()));
         }
         while c.buf.len() < at + size + 2 {

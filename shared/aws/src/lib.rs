@@ -22,6 +22,7 @@ mod put_item;
 mod put_object;
 mod queue;
 mod rds_iam;
+mod search_index;
 mod secrets;
 mod signing_keys;
 mod sigv4;
@@ -33,6 +34,7 @@ pub use put_item::{Answered, AttributeText, PutAnswer, PutItemClient, POOL_IDLE_
 pub use put_object::{PutObjectClient, OBJECT_POOL_IDLE};
 pub use queue::{SqsDeadLetters, SQS_MAX_BATCH_ENTRIES, SQS_MAX_MESSAGE_BYTES};
 pub use rds_iam::{rds_auth_token, RdsIamToken};
+pub use search_index::{SearchAuth, SearchClient, SEARCH_ATTEMPT_TIMEOUT};
 pub use secrets::{database_secret, secrets_client, DatabaseSecret};
 
 use aws_config::retry::RetryConfig;

@@ -31,7 +31,7 @@
 use crate::error::RETRYABLE_CODES;
 use crate::http1::{connect_to, Http1Error, Http1Pool};
 use crate::signing_keys::SigningKeys;
-use crate::sigv4::{encode_path, sha256_hex, FixedShapeSigner, ObjectRequest, EMPTY_SHA256};
+use crate::sigv4::{encode_path, sha256_hex, FixedShapeSigner, PathRequest, EMPTY_SHA256};
 use aws_config::SdkConfig;
 use bytes::Bytes;
 use std::time::SystemTime;
@@ -174,7 +174,7 @@ impl PutObjectClient {
         let signed = self.signer.sign_object_request(
             &keys,
             &self.host,
-            &ObjectRequest {
+            &PathRequest {
                 method: "PUT",
                 path: &path,
                 content_type: Some(content_type),
@@ -240,7 +240,7 @@ impl PutObjectClient {
         let signed = self.signer.sign_object_request(
             &keys,
             &self.host,
-            &ObjectRequest {
+            &PathRequest {
                 method: "HEAD",
                 path: &path,
                 content_type: None,

@@ -32,9 +32,10 @@ pub(crate) struct Keys<'a> {
     pub session_token: Option<&'a str>,
 }
 
-/// An S3 object request as signed: `path` already encoded by [`encode_path`], the body's
+/// A request to a path (S3 objects, a search index's `_bulk`) as signed: `path` already
+/// encoded by [`encode_path`], the body's
 /// SHA-256 as lower hex (`x-amz-content-sha256`; [`EMPTY_SHA256`] without a body).
-pub(crate) struct ObjectRequest<'a> {
+pub(crate) struct PathRequest<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub content_type: Option<&'a str>,
@@ -159,7 +160,7 @@ impl FixedShapeSigner {
         &self,
         keys: &Keys<'_>,
         host: &str,
-        request: &ObjectRequest<'_>,
+        request: &PathRequest<'_>,
         at: SystemTime,
     ) -> Signed {
         let amz_date = amz_date(at);
@@ -473,7 +474,7 @@ mod tests {
             };
             let path = format!("/{}", encode_path(key));
             let payload = sha256_hex(body);
-            let put = ObjectRequest {
+            let put = PathRequest {
                 method: "PUT",
                 path: &path,
                 content_type: Some("application/vnd.apache.parquet"),
@@ -487,7 +488,7 @@ mod tests {
             assert_eq!(payload, sha);
             assert_eq!(ours.authorization, authorization, "key {key}");
             // And the existence check of the same key
-            let head = ObjectRequest {
+            let head = PathRequest {
                 method: "HEAD",
                 path: &path,
                 content_type: None,

@@ -238,3 +238,42 @@ pub trait DeadLetters: Send + Sync {
     /// Most letters one request may carry.
     fn max_batch_len(&self) -> usize;
 }
+
+/// A stored search document, as read back (verification, the contract suite).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDocument {
+    /// Its version (the external version written; 1 for a create-only document).
+    pub version: u64,
+    pub source: serde_json::Value,
+}
+
+/// A search index (OpenSearch, Elasticsearch): the sink searched by people. Every write is
+/// versioned or create-only, so a request sent again, whole or in part, changes nothing.
+pub trait SearchIndex: Send + Sync {
+    /// Sends one `_bulk` request carrying `documents` documents (made by
+    /// [`crate::search::bulk::encode`]) and reads the index's answer for each. An error is
+    /// the whole request's; after the request was sent it may have been applied, which is
+    /// harmless here.
+    fn bulk(
+        &self,
+        body: bytes::Bytes,
+        documents: usize,
+    ) -> impl Future<Output = Result<Vec<crate::search::bulk::ItemOutcome>, PortError>> + Send;
+
+    /// Makes sure `plan`'s index (or, for a time pattern, its index template) exists with the
+    /// field types the route writes, creating it when `create` allows. A mismatch or a missing
+    /// index is a permanent error: one line naming `route` and the field.
+    fn prepare(
+        &self,
+        route: &str,
+        plan: &crate::search::IndexPlan,
+        create: bool,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// One document, read back.
+    fn document(
+        &self,
+        index: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<StoredDocument>, PortError>> + Send;
+}

@@ -172,6 +172,14 @@ pub fn read_answer(body: &[u8], sent: usize) -> Result<Vec<ItemOutcome>, String>
         .collect())
 }
 
+/// A refusal of the document's own, naming the error type and the field (never a value).
+pub fn refused(kind: &str, field: Option<&str>) -> ItemOutcome {
+    ItemOutcome::Refused(match field {
+        Some(field) => format!("the search index refused the document: {kind} (field {field})"),
+        None => format!("the search index refused the document: {kind}"),
+    })
+}
+
 fn outcome(item: Item) -> ItemOutcome {
     let (kind, reason) = item.error.map(|e| (e.kind, e.reason)).unwrap_or_default();
     match item.status {

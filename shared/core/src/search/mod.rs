@@ -30,6 +30,7 @@
 //! ```
 
 pub mod bulk;
+pub mod memory;
 pub mod version;
 
 use crate::route::{value::uuid_text, Column, ColumnType, Merge, Value};
