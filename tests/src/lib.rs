@@ -199,6 +199,7 @@ impl TestStack {
             rows: Faulty::new(p.rows, s.rows.clone()),
             objects: Faulty::new(p.objects, s.objects.clone()),
             dead_letters: Faulty::new(p.dead_letters, s.dead_letters.clone()),
+            search: p.search,
             settings: p.settings,
         };
         (faulty, s)

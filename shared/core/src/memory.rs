@@ -599,3 +599,33 @@ impl<T: DeadLetters> DeadLetters for Faulty<T> {
         self.inner.max_batch_len()
     }
 }
+
+impl<T: crate::ports::SearchIndex> crate::ports::SearchIndex for Faulty<T> {
+    async fn bulk(
+        &self,
+        body: bytes::Bytes,
+        documents: usize,
+    ) -> Result<Vec<crate::search::bulk::ItemOutcome>, PortError> {
+        self.switch.before().await?;
+        let r = self.inner.bulk(body, documents).await;
+        self.switch.after(r).await
+    }
+
+    async fn prepare(
+        &self,
+        route: &str,
+        plan: &crate::search::IndexPlan,
+        create: bool,
+    ) -> Result<(), PortError> {
+        self.inner.prepare(route, plan, create).await
+    }
+
+    async fn document(
+        &self,
+        index: &str,
+        id: &str,
+    ) -> Result<Option<crate::ports::StoredDocument>, PortError> {
+        self.switch.read_gate()?;
+        self.inner.document(index, id).await
+    }
+}

@@ -42,16 +42,19 @@ pub enum Phase {
     Database,
     /// Parquet object writes.
     Objects,
+    /// Search index `_bulk` requests (routes with `[route.index]`).
+    Index,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Decode,
         Phase::Claims,
         Phase::DeadLetters,
         Phase::Encode,
         Phase::Database,
         Phase::Objects,
+        Phase::Index,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +65,7 @@ impl Phase {
             Phase::Encode => "encode",
             Phase::Database => "database",
             Phase::Objects => "objects",
+            Phase::Index => "index",
         }
     }
 }
@@ -115,8 +119,8 @@ impl PhaseMark {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PhaseTimes {
-    wall_us: [u64; 6],
-    cpu_us: [u64; 6],
+    wall_us: [u64; 7],
+    cpu_us: [u64; 7],
 }
 
 impl PhaseTimes {

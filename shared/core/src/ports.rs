@@ -277,3 +277,26 @@ pub trait SearchIndex: Send + Sync {
         id: &str,
     ) -> impl Future<Output = Result<Option<StoredDocument>, PortError>> + Send;
 }
+
+/// A future of a [`DynSearchIndex`] call.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// [`SearchIndex`] as a trait object, so the pipeline holds an index only when a route names
+/// one: one boxed future per `_bulk` request, nothing when none is configured.
+pub trait DynSearchIndex: Send + Sync {
+    fn bulk_dyn(
+        &self,
+        body: bytes::Bytes,
+        documents: usize,
+    ) -> BoxFuture<'_, Result<Vec<crate::search::bulk::ItemOutcome>, PortError>>;
+}
+
+impl<T: SearchIndex> DynSearchIndex for T {
+    fn bulk_dyn(
+        &self,
+        body: bytes::Bytes,
+        documents: usize,
+    ) -> BoxFuture<'_, Result<Vec<crate::search::bulk::ItemOutcome>, PortError>> {
+        Box::pin(self.bulk(body, documents))
+    }
+}

@@ -207,6 +207,7 @@ pub async fn build_pipeline_with(
         rows,
         objects: object_store(config, &sdk),
         dead_letters: SqsDeadLetters::new(streamload_aws::sqs_client(&sdk), &config.dlq_url),
+        search: None,
         settings: PipelineSettings {
             max_record_bytes: config.max_record_bytes,
             dedup_ttl_s: config.dedup_ttl_seconds,

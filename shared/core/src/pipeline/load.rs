@@ -200,6 +200,46 @@ where
             }
         }
 
+        // 4b. The search documents of the rows the database took; a document the index
+        // refuses is a refused row like the database's, and an object holding a document not
+        // known written is not written (its records are redelivered).
+        let mark = if self.search.is_some() {
+            let mark = work.phases.add(Phase::Database, mark);
+            let db_refused: HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
+            let routes = &self.settings.routes;
+            let members: Vec<usize> = to_load
+                .iter()
+                .copied()
+                .filter(|i| !db_refused.contains(i))
+                .filter(|&i| {
+                    work.slots[i]
+                        .event
+                        .as_ref()
+                        .is_some_and(|e| routes.get(e.route).search.is_some())
+                })
+                .collect();
+            let result = self.write_documents(work, &members, until).await;
+            refused.extend(result.refused);
+            if !result.failed.is_empty() {
+                let failed: HashSet<usize> = result.failed.into_iter().collect();
+                let refused_now: HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
+                let mut not_written = Vec::new();
+                by_object.retain(|_, members| {
+                    let keep = !members.iter().any(|i| failed.contains(i));
+                    if !keep {
+                        not_written
+                            .extend(members.iter().copied().filter(|i| !refused_now.contains(i)));
+                    }
+                    keep
+                });
+                self.give_up(work, &not_written, FailureCause::SearchIndex)
+                    .await;
+            }
+            work.phases.add(Phase::Index, mark)
+        } else {
+            mark
+        };
+
         // Refused rows leave their objects: release their event claims (a claim naming an
         // object that lacks the event would make it look loaded), and re-encode the object
         // without them. A release that cannot be confirmed holds the object back.

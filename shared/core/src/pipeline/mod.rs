@@ -6,7 +6,8 @@
 //! 3. claim each new `event_id` with one conditional write that names the Parquet object
 //!    the event will live in; a refused claim returns the holder's claim, and the holder's
 //!    object existing proves the event is already in both sinks;
-//! 4. upsert all claimed rows into the database in one transaction;
+//! 4. upsert all claimed rows into the database in one transaction, then write their search
+//!    documents (routes with an index; versioned or create-only, so idempotent);
 //! 5. write each Parquet object whole, create-only.
 //!
 //! The object is the commit marker, so the happy path costs one DynamoDB write per new event.
@@ -18,6 +19,7 @@
 //! - `claims`: step 3, the conditional writes, refusals, waits and takeovers;
 //! - `dead_letters`: poison records to the queue, and their archive;
 //! - `load`: encode, upsert, write the objects, take out refused rows;
+//! - `index`: the search index's documents, after the database and before the objects;
 //! - `release`: giving claims back for a prompt redelivery;
 //! - `budget`: every outside call bounded by the time left, and the in-budget retries;
 //! - `lease`: the holder's renewable lease, the fence on its writes, and takers' judgement of
@@ -51,6 +53,7 @@ use std::time::{Duration, Instant};
 mod budget;
 mod claims;
 mod dead_letters;
+mod index;
 mod lease;
 mod load;
 mod plan;
@@ -136,6 +139,8 @@ pub enum FailureCause {
     Database,
     ObjectStore,
     DeadLetterQueue,
+    /// The search index did not take a document in time (refused for now, or no answer).
+    SearchIndex,
     /// Not enough time left before the deadline.
     Deadline,
 }
@@ -170,6 +175,9 @@ pub struct Pipeline<D, R, O, Q> {
     pub rows: R,
     pub objects: O,
     pub dead_letters: Q,
+    /// The search index of routes with `[route.index]`; `None` when no route names one
+    /// (nothing is encoded or sent then).
+    pub search: Option<Arc<dyn crate::ports::DynSearchIndex>>,
     pub settings: PipelineSettings,
 }
 

@@ -433,16 +433,24 @@ impl IndexPlan {
         serde_json::json!({"dynamic": "strict", "properties": properties})
     }
 
-    /// Appends the document of `values` (its fields, as JSON) to `out`.
+    /// Appends the document of `values` (its fields, as JSON) to `out`. A null field is left
+    /// out, as the engines index nothing for it: the document is smaller, and a field added
+    /// to the route later does not fail the documents that lack it against an older mapping.
     pub fn write_document(&self, values: &[Value], out: &mut Vec<u8>) {
         out.push(b'{');
-        for (n, (i, name, ty)) in self.fields.iter().enumerate() {
-            if n > 0 {
+        let mut first = true;
+        for (i, name, ty) in &self.fields {
+            let value = values.get(*i).unwrap_or(&Value::Null);
+            if value.is_null() {
+                continue;
+            }
+            if !first {
                 out.push(b',');
             }
+            first = false;
             push_json_string(out, name);
             out.push(b':');
-            write_value(values.get(*i).unwrap_or(&Value::Null), ty, out);
+            write_value(value, ty, out);
         }
         out.push(b'}');
     }

@@ -11,6 +11,7 @@ use streamload_core::memory::{
 };
 use streamload_core::record::{Batch, Origin, Position, SourceRecord, SourceUnit};
 use streamload_core::retry::RetryPolicy;
+use streamload_core::search::memory::MemoryIndex;
 use streamload_core::{BatchReport, Invocation, Pipeline, PipelineSettings};
 
 pub type TestPipeline = Pipeline<
@@ -25,6 +26,7 @@ pub struct Stack {
     pub rows: MemoryRows,
     pub objects: MemoryObjects,
     pub dead_letters: MemoryDeadLetters,
+    pub search: MemoryIndex,
 }
 
 pub struct Switches {
@@ -32,6 +34,7 @@ pub struct Switches {
     pub rows: Arc<FaultSwitch>,
     pub objects: Arc<FaultSwitch>,
     pub dead_letters: Arc<FaultSwitch>,
+    pub search: Arc<FaultSwitch>,
 }
 
 impl Stack {
@@ -41,6 +44,7 @@ impl Stack {
             rows: MemoryRows::default(),
             objects: MemoryObjects::default(),
             dead_letters: MemoryDeadLetters::default(),
+            search: MemoryIndex::default(),
         }
     }
 
@@ -51,6 +55,7 @@ impl Stack {
             rows: FaultSwitch::new(),
             objects: FaultSwitch::new(),
             dead_letters: FaultSwitch::new(),
+            search: FaultSwitch::new(),
         };
         let settings = PipelineSettings {
             lease_grace: Duration::from_millis(50),
@@ -68,6 +73,7 @@ impl Stack {
             rows: Faulty::new(self.rows.clone(), s.rows.clone()),
             objects: Faulty::new(self.objects.clone(), s.objects.clone()),
             dead_letters: Faulty::new(self.dead_letters.clone(), s.dead_letters.clone()),
+            search: Some(Arc::new(Faulty::new(self.search.clone(), s.search.clone()))),
             settings,
         };
         (p, s)

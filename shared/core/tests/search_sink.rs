@@ -1,0 +1,196 @@
+//! The search index as the third sink, through the whole pipeline (in-memory stores with
+//! fault switches): each event once in its newest version, written after the database and
+//! before the object, faults retried within the budget or redelivered, refusals dead-lettered.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use streamload_core::ports::SearchIndex;
+use streamload_core::record::Batch;
+use streamload_core::route::{ConfigFile, Routes};
+use streamload_core::{FailureCause, PoisonKind, RecordOutcome};
+
+/// Orders, newest revision wins, indexed under the order id; `note` only if `with_note`.
+fn routes(with_note: bool) -> Routes {
+    let mut columns = vec![
+        json!({"name": "order_id", "from": "/order_id", "type": "text", "required": true}),
+        json!({"name": "revision", "from": "/revision", "type": "bigint", "required": true}),
+        json!({"name": "qty", "from": "/qty", "type": "integer"}),
+        json!({"name": "placed_at", "from": "/placed_at", "type": "timestamptz", "required": true}),
+    ];
+    if with_note {
+        columns.push(json!({"name": "note", "from": "/note", "type": "text"}));
+    }
+    let file: ConfigFile = serde_json::from_value(json!({"route": [{
+        "name": "orders", "source": "kinesis:orders", "table": "orders",
+        "event_time": "/placed_at", "key": ["order_id"], "merge": {"newest_by": "revision"},
+        "index": {"name": "orders"}, "column": columns
+    }]}))
+    .unwrap();
+    Routes::compile(&file).unwrap()
+}
+
+/// A batch of orders `(id, revision, qty, note)` from sequence number `first_seq`.
+fn orders(items: &[(&str, i64, i64, Option<&str>)], first_seq: u64) -> Batch {
+    Batch {
+        records: items
+            .iter()
+            .enumerate()
+            .map(|(n, (id, revision, qty, note))| {
+                let mut o = json!({"order_id": id, "revision": revision, "qty": qty,
+                                   "placed_at": "2026-12-04T10:00:00Z"});
+                if let Some(note) = note {
+                    o["note"] = json!(note);
+                }
+                record(first_seq + n as u64, Some(o.to_string().into_bytes()))
+            })
+            .collect(),
+    }
+}
+
+/// Runs `batch` in a fresh sandbox over `stack` with the orders route.
+async fn run(stack: &Stack, batch: &Batch, id: &str) -> streamload_core::BatchReport {
+    run_with(stack, batch, id, |_| {}).await
+}
+
+async fn run_with(
+    stack: &Stack,
+    batch: &Batch,
+    id: &str,
+    faults: impl FnOnce(&Switches),
+) -> streamload_core::BatchReport {
+    let (mut p, s) = stack.pipeline();
+    p.settings.routes = routes(true);
+    faults(&s);
+    p.process(batch, &invocation(id, Duration::from_secs(30)))
+        .await
+}
+
+/// The stored document of an order: (version, revision, qty).
+async fn document(stack: &Stack, id: &str) -> Option<(u64, i64, i64)> {
+    let d = stack.search.document("orders", id).await.unwrap()?;
+    Some((
+        d.version,
+        d.source["revision"].as_i64().unwrap(),
+        d.source["qty"].as_i64().unwrap(),
+    ))
+}
+
+fn parquet_orders(stack: &Stack) -> Vec<String> {
+    stack.parquet_column("order_id")
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_order_is_in_the_index_once_in_its_newest_revision_whatever_the_order_of_arrival() {
+    let stack = Stack::new();
+    // Given two orders loaded, then a newer revision of the first
+    let first = orders(&[("o-1", 1, 10, None), ("o-2", 1, 20, None)], 1);
+    assert!(run(&stack, &first, "a")
+        .await
+        .outcomes
+        .iter()
+        .all(|o| *o == RecordOutcome::Loaded));
+    run(&stack, &orders(&[("o-1", 3, 30, None)], 3), "b").await;
+    // When an older revision arrives late, and the first batch is delivered again
+    let late = run(&stack, &orders(&[("o-1", 2, 99, None)], 4), "c").await;
+    assert_eq!(late.outcomes, vec![RecordOutcome::Loaded]);
+    let again = run(&stack, &first, "d").await;
+    assert_eq!(again.outcomes, vec![RecordOutcome::Duplicate; 2]);
+    // Then the index holds each order once, in its newest revision (version = revision + 1)
+    assert_eq!(document(&stack, "o-1").await, Some((4, 3, 30)));
+    assert_eq!(document(&stack, "o-2").await, Some((2, 1, 20)));
+    assert_eq!(stack.search.documents.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_index_refusing_for_now_is_retried_within_the_budget_and_a_lost_answer_is_harmless() {
+    let stack = Stack::new();
+    // Given an index that refuses the first two requests, then loses the next answer
+    let batch = orders(&[("o-1", 1, 10, None), ("o-2", 1, 20, None)], 1);
+    let report = run_with(&stack, &batch, "a", |s| {
+        s.search.fail_next.store(2, Ordering::SeqCst);
+        s.search.lose_next.store(1, Ordering::SeqCst);
+    })
+    .await;
+    // Then the batch loads in this invocation, each order once in every sink
+    assert_eq!(report.outcomes, vec![RecordOutcome::Loaded; 2]);
+    assert_eq!(document(&stack, "o-1").await, Some((2, 1, 10)));
+    assert_eq!(parquet_orders(&stack), vec!["o-1", "o-2"]);
+    assert_eq!(stack.row_count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_index_down_fails_the_records_before_their_object_and_the_redelivery_loads_them_once() {
+    let stack = Stack::new();
+    // Given an index that refuses every request
+    let batch = orders(&[("o-1", 1, 10, None), ("o-2", 1, 20, None)], 1);
+    let report = run_with(&stack, &batch, "a", |s| {
+        s.search.fail.store(true, Ordering::SeqCst)
+    })
+    .await;
+    // Then the records fail, and no object vouches for them (the rows are in the database,
+    // idempotently)
+    assert_eq!(
+        report.outcomes,
+        vec![RecordOutcome::Failed(FailureCause::SearchIndex); 2]
+    );
+    assert!(parquet_orders(&stack).is_empty());
+    assert_eq!(document(&stack, "o-1").await, None);
+    // When the index is back and the batch is delivered again
+    let again = run(&stack, &batch, "b").await;
+    // Then each order is loaded once in every sink
+    assert_eq!(again.outcomes, vec![RecordOutcome::Loaded; 2]);
+    assert_eq!(parquet_orders(&stack), vec!["o-1", "o-2"]);
+    assert_eq!(document(&stack, "o-2").await, Some((2, 1, 20)));
+    assert_eq!(stack.row_count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_document_the_index_refuses_is_dead_lettered_naming_the_index_while_the_rest_loads() {
+    let stack = Stack::new();
+    // Given an index whose strict mapping was made for the route without `note`
+    let narrow = routes(false);
+    stack
+        .search
+        .prepare("orders", narrow.get(0).search.as_ref().unwrap(), true)
+        .await
+        .unwrap();
+    // When a batch holds one order with a note
+    let batch = orders(
+        &[
+            ("o-1", 1, 10, None),
+            ("o-2", 1, 20, Some("gift")),
+            ("o-3", 1, 30, None),
+        ],
+        1,
+    );
+    let report = run(&stack, &batch, "a").await;
+    // Then that order is dead-lettered with the index's reason, naming the field, not the
+    // value; the others are loaded into every sink
+    assert_eq!(
+        report.outcomes,
+        vec![
+            RecordOutcome::Loaded,
+            RecordOutcome::DeadLettered(PoisonKind::Refused),
+            RecordOutcome::Loaded
+        ]
+    );
+    let letters: Vec<serde_json::Value> = stack.archives().into_values().flatten().collect();
+    assert_eq!(letters.len(), 1);
+    let reason = letters[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("search index")
+            && reason.contains("field note")
+            && !reason.contains("gift"),
+        "{reason}"
+    );
+    assert_eq!(parquet_orders(&stack), vec!["o-1", "o-3"]);
+    assert_eq!(document(&stack, "o-2").await, None);
+    // And a redelivery finds every record done
+    let again = run(&stack, &batch, "b").await;
+    assert_eq!(again.outcomes, vec![RecordOutcome::Duplicate; 3]);
+    assert_eq!(stack.archives().into_values().flatten().count(), 1);
+}
