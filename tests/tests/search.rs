@@ -261,3 +261,152 @@ async fn the_search_index_contract_holds_for_the_real_adapter_and_the_memory_ind
     contract(&real, &unique("real")).await;
     contract(&MemoryIndex::default(), "memory").await;
 }
+
+const EXAMPLE: &str = include_str!("../../examples/orders/streamload.toml");
+const ORDERS_DDL: &str = include_str!("../../examples/orders/ddl.sql");
+
+/// The example deployment with its orders route also indexed into `index`.
+fn example_with_index(index: &str) -> String {
+    let orders = EXAMPLE.match_indices("[[route]]").nth(1).unwrap().0;
+    let columns = orders + EXAMPLE[orders..].find("[[route.column]]").unwrap();
+    format!(
+        "{}[route.index]\nname = \"{index}\"\n\n{}",
+        &EXAMPLE[..columns],
+        &EXAMPLE[columns..]
+    )
+}
+
+fn example_order(id: &str, revision: i64, total: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "order_id": id, "revision": revision,
+        "customer": {"id": "6F9619FF-8B86-D011-B42D-00C04FC964FF"},
+        "amount": {"total": total, "currency": "EUR"},
+        "paid": true, "placed_at": 1_714_557_600_000i64,
+        "shipping": {"ship_by": "2024-05-03", "weight_kg": 1.25},
+        "items": []
+    }))
+    .unwrap()
+}
+
+/// A stack whose loader indexes orders into a fresh index (created at start-up from the
+/// route), reaching the search server at `url`.
+async fn indexed_stack(tag: &str, index: &str, url: &str) -> streamload_tests::TestStack {
+    let mut stack = streamload_tests::TestStack::new(tag, false).await;
+    stack.pg.batch_execute(ORDERS_DDL).await.unwrap();
+    stack.use_routes(&example_with_index(index));
+    stack.config.search = Some(streamload_runtime::SearchSettings {
+        url: url.to_owned(),
+        auth: streamload_runtime::SearchAuthSource::None,
+    });
+    stack
+}
+
+async fn revision_in_index(index: &str, id: &str) -> Option<(u64, serde_json::Value)> {
+    let client = SearchClient::new(&search_url(), SearchAuth::None, None).unwrap();
+    client
+        .document(index, id)
+        .await
+        .unwrap()
+        .map(|d| (d.version, d.source["revision"].clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loader_indexes_each_order_once_in_its_newest_revision_on_a_real_search_server() {
+    use std::time::Duration;
+    use streamload_core::RecordOutcome;
+    use streamload_tests::{invocation, kinesis_batch};
+    // Given the loader started with an orders route that names a fresh index
+    let index = unique("orders");
+    let stack = indexed_stack("srch", &index, &search_url()).await;
+    let p = stack.pipeline().await;
+    // When two revisions of one order and another order arrive, then an older revision late
+    let first = kinesis_batch(&[
+        (1, example_order("o-1", 1, "10.50")),
+        (2, example_order("o-1", 3, "30.50")),
+        (3, example_order("o-2", 1, "20.00")),
+    ]);
+    let r = p
+        .process(&first, &invocation("s-1", Duration::from_secs(30)))
+        .await;
+    assert!(
+        r.outcomes.iter().all(|o| *o == RecordOutcome::Loaded),
+        "{:?}",
+        r.outcomes
+    );
+    let late = kinesis_batch(&[(4, example_order("o-1", 2, "99.00"))]);
+    let r = p
+        .process(&late, &invocation("s-2", Duration::from_secs(30)))
+        .await;
+    assert_eq!(r.outcomes, vec![RecordOutcome::Loaded]);
+    // And the first batch is delivered again
+    let r = p
+        .process(&first, &invocation("s-3", Duration::from_secs(30)))
+        .await;
+    assert!(
+        r.outcomes.iter().all(|o| *o == RecordOutcome::Duplicate),
+        "{:?}",
+        r.outcomes
+    );
+    // Then the index holds each order once, in its newest revision, as PostgreSQL does
+    assert_eq!(revision_in_index(&index, "o-1").await, Some((4, json!(3))));
+    assert_eq!(revision_in_index(&index, "o-2").await, Some((2, json!(1))));
+    assert_eq!(
+        stack.table_column("sales.orders", "revision").await,
+        vec!["1".to_owned(), "3".to_owned()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_answer_lost_after_it_was_applied_and_a_call_that_hangs_still_load_each_order_once()
+{
+    use std::time::Duration;
+    use streamload_core::RecordOutcome;
+    use streamload_tests::fault_proxy::{Fault, FaultProxy, Rule};
+    use streamload_tests::{invocation, kinesis_batch};
+    // Given the search server behind a fault proxy that applies the first _bulk and answers
+    // it with a 500, then holds the second without answering
+    let proxy = FaultProxy::start(&search_url()).await;
+    let index = unique("faults");
+    let stack = indexed_stack("srchf", &index, &proxy.endpoint()).await;
+    let p = stack.pipeline().await;
+    proxy.add(Rule::once("*", Fault::LoseAnswer500));
+    // When a batch is loaded
+    let batch = kinesis_batch(&[
+        (1, example_order("o-1", 1, "10.50")),
+        (2, example_order("o-2", 1, "20.00")),
+    ]);
+    let r = p
+        .process(&batch, &invocation("f-1", Duration::from_secs(30)))
+        .await;
+    // Then the re-sent request found both documents there and the batch loaded
+    assert_eq!(r.outcomes, vec![RecordOutcome::Loaded; 2]);
+    let faulted: usize = proxy.counts().values().map(|(_, f)| f).sum();
+    assert_eq!(faulted, 1, "{:?}", proxy.counts());
+    assert_eq!(revision_in_index(&index, "o-1").await, Some((2, json!(1))));
+    // Given a request that never answers, within an invocation of 6 s
+    proxy.clear();
+    proxy.add(Rule::always("*", Fault::Hang));
+    let more = kinesis_batch(&[(3, example_order("o-3", 1, "1.00"))]);
+    let started = std::time::Instant::now();
+    let r = p
+        .process(&more, &invocation("f-2", Duration::from_secs(6)))
+        .await;
+    // Then it is cut off before the deadline and the record is redelivered, not lost
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        r.outcomes,
+        vec![RecordOutcome::Failed(
+            streamload_core::FailureCause::SearchIndex
+        )]
+    );
+    proxy.clear();
+    let r = p
+        .process(&more, &invocation("f-3", Duration::from_secs(30)))
+        .await;
+    assert_eq!(r.outcomes, vec![RecordOutcome::Loaded]);
+    assert_eq!(revision_in_index(&index, "o-3").await, Some((2, json!(1))));
+}

@@ -35,7 +35,7 @@ pub use put_object::{PutObjectClient, OBJECT_POOL_IDLE};
 pub use queue::{SqsDeadLetters, SQS_MAX_BATCH_ENTRIES, SQS_MAX_MESSAGE_BYTES};
 pub use rds_iam::{rds_auth_token, RdsIamToken};
 pub use search_index::{SearchAuth, SearchClient, SEARCH_ATTEMPT_TIMEOUT};
-pub use secrets::{database_secret, secrets_client, DatabaseSecret};
+pub use secrets::{database_secret, search_secret, secrets_client, DatabaseSecret};
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;

@@ -131,6 +131,48 @@ pub async fn database_secret(
     DatabaseSecret::parse(text).map_err(err)
 }
 
+/// Fetches a search cluster's credentials secret (`STREAMLOAD_SEARCH_SECRET_ARN`):
+/// `{"username": …, "password": …}` for basic authentication, or `{"api_key": …}` (the
+/// base64 `id:key` an API key's `encoded` field holds). Errors name the ARN and the field.
+pub async fn search_secret(
+    client: &aws_sdk_secretsmanager::Client,
+    arn: &str,
+) -> Result<crate::SearchAuth, AwsError> {
+    let err = |message: String| AwsError::Secret {
+        arn: arn.to_owned(),
+        message,
+    };
+    let out = client
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|e| err(crate::classify_sdk_error("secretsmanager GetSecretValue", &e).message))?;
+    let text = out
+        .secret_string()
+        .ok_or_else(|| err("secret has no string value".into()))?;
+    search_auth_of(text).map_err(err)
+}
+
+/// The authentication a search secret's text holds; an error names the field only.
+fn search_auth_of(text: &str) -> Result<crate::SearchAuth, String> {
+    let object: Map<String, Value> = match serde_json::from_str(text) {
+        Ok(Value::Object(o)) => o,
+        _ => return Err("not a JSON object (expected username and password, or api_key)".into()),
+    };
+    let field = |name: &str| match object.get(name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        None => Ok(None),
+        Some(_) => Err(format!("field {name:?} is not a non-empty string")),
+    };
+    match (field("api_key")?, field("username")?, field("password")?) {
+        (Some(key), None, None) => Ok(crate::SearchAuth::ApiKey(key)),
+        (None, Some(user), Some(password)) => Ok(crate::SearchAuth::Basic { user, password }),
+        (None, Some(_), None) => Err("field \"password\" is missing".into()),
+        _ => Err("expected username and password, or api_key alone".into()),
+    }
+}
+
 /// A Secrets Manager client over the shared configuration.
 pub fn secrets_client(config: &aws_config::SdkConfig) -> aws_sdk_secretsmanager::Client {
     aws_sdk_secretsmanager::Client::new(config)
@@ -139,6 +181,27 @@ pub fn secrets_client(config: &aws_config::SdkConfig) -> aws_sdk_secretsmanager:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_secret_holds_basic_credentials_or_an_api_key_and_problems_name_the_field() {
+        assert!(matches!(
+            search_auth_of(r#"{"username":"u","password":"hunter2"}"#),
+            Ok(crate::SearchAuth::Basic { .. })
+        ));
+        assert!(matches!(
+            search_auth_of(r#"{"api_key":"aWQ6a2V5"}"#),
+            Ok(crate::SearchAuth::ApiKey(_))
+        ));
+        for text in [
+            r#"{"username":"u"}"#,
+            "hunter2",
+            r#"{"password":"hunter2"}"#,
+            r#"{"api_key":7}"#,
+        ] {
+            let e = search_auth_of(text).unwrap_err();
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
 
     #[test]
     fn the_rotation_template_shape_is_read_whole() {

@@ -100,6 +100,28 @@ pub struct Config {
     pub dedup_client: CallClient,
     /// How the objects' create-only writes reach S3 (`STREAMLOAD_OBJECTS_CLIENT`).
     pub objects_client: CallClient,
+    /// The search cluster of routes with `[route.index]` (`STREAMLOAD_SEARCH_URL`).
+    pub search: Option<SearchSettings>,
+}
+
+/// Where the search index is and how requests to it are authorised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchSettings {
+    /// `https://host[:port]` (`http://` on loopback only).
+    pub url: String,
+    /// `STREAMLOAD_SEARCH_AUTH`.
+    pub auth: SearchAuthSource,
+}
+
+/// How search requests are authorised (`STREAMLOAD_SEARCH_AUTH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchAuthSource {
+    /// `none`: a cluster without authentication (the default).
+    None,
+    /// `sigv4`: the function's role, SigV4 service `es` (Amazon OpenSearch Service).
+    SigV4,
+    /// `secret`: basic credentials or an API key from `STREAMLOAD_SEARCH_SECRET_ARN`.
+    Secret(String),
 }
 
 /// How a hot call (the claims' conditional `PutItem`, the objects' create-only `PutObject`)
@@ -339,9 +361,33 @@ impl Config {
             "STREAMLOAD_OBJECTS_CLIENT",
             get("STREAMLOAD_OBJECTS_CLIENT"),
         )?;
+        let search = match get("STREAMLOAD_SEARCH_URL") {
+            None => None,
+            Some(url) => {
+                let auth = match get("STREAMLOAD_SEARCH_AUTH").as_deref().map(str::trim) {
+                    None | Some("none") => SearchAuthSource::None,
+                    Some("sigv4") => SearchAuthSource::SigV4,
+                    Some("secret") => SearchAuthSource::Secret(
+                        get("STREAMLOAD_SEARCH_SECRET_ARN")
+                            .ok_or(ConfigError::Missing("STREAMLOAD_SEARCH_SECRET_ARN"))?,
+                    ),
+                    Some(_) => {
+                        return Err(ConfigError::Invalid {
+                            name: "STREAMLOAD_SEARCH_AUTH",
+                            why: "must be none, sigv4 or secret".into(),
+                        })
+                    }
+                };
+                Some(SearchSettings {
+                    url: url.trim().to_owned(),
+                    auth,
+                })
+            }
+        };
         Ok(Config {
             dedup_client,
             objects_client,
+            search,
             database,
             database_env,
             routes: routes_source(get("STREAMLOAD_CONFIG"))?,

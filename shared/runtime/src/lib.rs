@@ -7,7 +7,10 @@ pub mod database;
 pub mod logging;
 pub mod raw_body;
 
-pub use config::{CallClient, Config, ConfigError, DatabaseEnv, DatabaseSource, RoutesSource};
+pub use config::{
+    CallClient, Config, ConfigError, DatabaseEnv, DatabaseSource, RoutesSource, SearchAuthSource,
+    SearchSettings,
+};
 pub use raw_body::RawBodies;
 
 use lambda_runtime::{Context, LambdaEvent};
@@ -39,6 +42,10 @@ pub enum StartError {
     Routes(#[from] RouteErrors),
     #[error("{0}")]
     Database(#[from] PgError),
+    /// The search index: unreachable configuration, a missing index or a field that
+    /// differs (one line naming the route and the field).
+    #[error("{0}")]
+    Search(String),
 }
 
 /// Parses a route file's TOML text and compiles it.
@@ -207,7 +214,7 @@ pub async fn build_pipeline_with(
         rows,
         objects: object_store(config, &sdk),
         dead_letters: SqsDeadLetters::new(streamload_aws::sqs_client(&sdk), &config.dlq_url),
-        search: None,
+        search: search_index(config, &sdk, &routes).await?,
         settings: PipelineSettings {
             max_record_bytes: config.max_record_bytes,
             dedup_ttl_s: config.dedup_ttl_seconds,
@@ -218,6 +225,51 @@ pub async fn build_pipeline_with(
             ..PipelineSettings::default()
         },
     })
+}
+
+/// The search index of the routes that name one, checked (or created, with the route's
+/// `auto_migrate`) at start-up; `None` when no route names one.
+async fn search_index(
+    config: &Config,
+    sdk: &aws_config::SdkConfig,
+    routes: &Routes,
+) -> Result<Option<std::sync::Arc<dyn streamload_core::ports::DynSearchIndex>>, StartError> {
+    use streamload_core::ports::SearchIndex;
+    use streamload_core::Classify;
+    let indexed: Vec<_> = routes.iter().filter(|r| r.search.is_some()).collect();
+    let Some(first) = indexed.first() else {
+        return Ok(None);
+    };
+    let Some(settings) = &config.search else {
+        return Err(StartError::Search(format!(
+            "configuration: STREAMLOAD_SEARCH_URL is required: route {:?} names a search index",
+            first.name
+        )));
+    };
+    let auth = match &settings.auth {
+        SearchAuthSource::None => streamload_aws::SearchAuth::None,
+        SearchAuthSource::SigV4 => streamload_aws::SearchAuth::SigV4 { service: "es" },
+        SearchAuthSource::Secret(arn) => {
+            streamload_aws::search_secret(&streamload_aws::secrets_client(sdk), arn)
+                .await
+                .map_err(|e| StartError::Search(format!("STREAMLOAD_SEARCH_SECRET_ARN: {e}")))?
+        }
+    };
+    let client = streamload_aws::SearchClient::new(&settings.url, auth, Some(sdk))
+        .map_err(|why| StartError::Search(format!("STREAMLOAD_SEARCH_URL: {why}")))?;
+    for route in indexed {
+        let Some(plan) = &route.search else { continue };
+        match client.prepare(&route.name, plan, route.auto_migrate).await {
+            Ok(()) => {}
+            // Unreachable now is not a mistake in the configuration: the first batches fail
+            // their records (redelivered) until it answers.
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, route = %route.name, "search index unreachable at start-up; not checked");
+            }
+            Err(e) => return Err(StartError::Search(e.message)),
+        }
+    }
+    Ok(Some(std::sync::Arc::new(client)))
 }
 
 /// The claims' store: conditional writes sent directly unless configured otherwise or the
