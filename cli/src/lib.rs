@@ -15,6 +15,7 @@ pub mod run;
 pub mod sandbox;
 pub mod source;
 pub mod verify;
+pub mod verify_index;
 
 use std::sync::Arc;
 

@@ -811,10 +811,22 @@ async fn main_inner() -> Result<i32, CliError> {
                 dead_letter_prefix,
                 id_column,
             };
-            let audit = match &route {
+            let mut audit = match &route {
                 Some(route) => verify::audit_route(&manifest, route, &sinks, &s3).await?,
                 None => verify::audit(&manifest, &sinks, &s3).await?,
             };
+            if let Some(route) = route.as_ref().filter(|r| r.search.is_some()) {
+                let index = search_client(&route.name, &sdk)?;
+                audit.index = Some(
+                    streamload_cli::verify_index::audit_index(
+                        &manifest,
+                        route,
+                        &index,
+                        &audit.index_refused,
+                    )
+                    .await?,
+                );
+            }
             if json {
                 println!(
                     "{}",
@@ -827,6 +839,30 @@ async fn main_inner() -> Result<i32, CliError> {
             Ok(if audit.exactly_once() { 0 } else { 1 })
         }
     }
+}
+
+/// The search cluster `verify` reads a route's index from: `STREAMLOAD_SEARCH_URL`, with
+/// `STREAMLOAD_SEARCH_AUTH` `none` (the default) or `sigv4`.
+fn search_client(
+    route: &str,
+    sdk: &aws_config::SdkConfig,
+) -> Result<streamload_aws::SearchClient, CliError> {
+    let url = std::env::var("STREAMLOAD_SEARCH_URL").map_err(|_| {
+        CliError::Usage(format!(
+            "route {route:?} names a search index: set STREAMLOAD_SEARCH_URL so verify can audit it"
+        ))
+    })?;
+    let auth = match std::env::var("STREAMLOAD_SEARCH_AUTH").as_deref() {
+        Err(_) | Ok("none") => streamload_aws::SearchAuth::None,
+        Ok("sigv4") => streamload_aws::SearchAuth::SigV4 { service: "es" },
+        Ok(other) => {
+            return Err(CliError::Usage(format!(
+                "STREAMLOAD_SEARCH_AUTH {other:?}: verify takes none or sigv4"
+            )))
+        }
+    };
+    streamload_aws::SearchClient::new(&url, auth, Some(sdk))
+        .map_err(|why| CliError::Usage(format!("STREAMLOAD_SEARCH_URL: {why}")))
 }
 
 /// The route `verify --routes FILE [--route NAME]` judges: NAME, or the manifest's route.

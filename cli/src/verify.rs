@@ -76,6 +76,13 @@ pub struct Audit {
     /// Under `newest_by`, keys whose row holds a revision newer than any this run produced:
     /// a later run's (the merge rule at work, not a fault); counted in `keys_in_table` too.
     pub keys_with_newer_revision: usize,
+    /// The search index of a route with `[route.index]`, judged per key like the table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<crate::verify_index::IndexAudit>,
+    /// The records of dead letters whose reason says the search index refused their document
+    /// (parsed JSON), to tell a refused document from a lost one.
+    #[serde(skip)]
+    pub index_refused: Vec<serde_json::Value>,
 }
 
 impl Audit {
@@ -89,6 +96,7 @@ impl Audit {
             && self.keys_missing == 0
             && self.keys_with_older_revision == 0
             && self.keys_with_unknown_row == 0
+            && self.index.as_ref().is_none_or(|i| i.exactly_once())
     }
 
     /// The verdict in words.
@@ -108,6 +116,9 @@ impl Audit {
         }
         if self.keys_with_older_revision > 0 || self.keys_with_unknown_row > 0 {
             problems.push("WRONG ROWS IN THE TABLE");
+        }
+        if self.index.as_ref().is_some_and(|i| !i.exactly_once()) {
+            problems.push("WRONG OR MISSING DOCUMENTS IN THE SEARCH INDEX");
         }
         problems.join(", ")
     }
@@ -178,6 +189,9 @@ impl Audit {
                 ),
                 "".into(),
             ]);
+        }
+        if let Some(index) = &self.index {
+            t.add_row(index.row());
         }
         t.add_row(vec![
             "poison records dead-lettered".to_string(),
@@ -393,6 +407,15 @@ async fn dead_letters(
                 .and_then(|d| d.as_str())
                 .and_then(|d| b64.decode(d).ok())
                 .unwrap_or_default();
+            let refused_by_index = doc
+                .get("reason")
+                .and_then(|r| r.as_str())
+                .is_some_and(|r| r.starts_with("the search index refused"));
+            if refused_by_index {
+                if let Ok(record) = serde_json::from_slice(&raw) {
+                    audit.index_refused.push(record);
+                }
+            }
             let text = String::from_utf8_lossy(&raw);
             let Some(token) = tokens.iter().find(|t| text.contains(**t)) else {
                 continue;

@@ -910,3 +910,57 @@ async fn the_orders_example_runs_as_its_readme_says() {
         "{out}"
     );
 }
+
+/// Sends `DELETE path` to the local search server (a document lost behind the loader's back).
+fn delete_in_search_index(path: &str) -> String {
+    use std::io::{Read, Write};
+    let url = std::env::var("STREAMLOAD_SEARCH_URL").expect("STREAMLOAD_SEARCH_URL (make stack)");
+    let authority = url.trim_start_matches("http://");
+    let mut tcp = std::net::TcpStream::connect(authority).unwrap();
+    write!(
+        tcp,
+        "DELETE {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_audits_the_search_index_of_an_indexed_route_and_finds_a_missing_document() {
+    // Given the orders route also indexed (the index made at start-up from the route), and
+    // 120 orders of 12 keys produced out of order with retries and poison, loaded
+    let stack = TestStack::new("vsrch", false).await;
+    let (routes, target) = orders_route(&stack).await;
+    let index = format!("{}-orders", stack.name);
+    let text = std::fs::read_to_string(&routes).unwrap();
+    let orders = text.match_indices("[[route]]").nth(1).unwrap().0;
+    let columns = orders + text[orders..].find("[[route.column]]").unwrap();
+    let indexed = format!(
+        "{}[route.index]\nname = \"{index}\"\n\n{}",
+        &text[..columns],
+        &text[columns..]
+    );
+    std::fs::write(&routes, indexed).unwrap();
+    let manifest = test_dir(&stack).join("manifest.json");
+    produce_orders(&stack, &target, &routes, &manifest);
+    load(&stack, &target, &routes);
+    // When verify audits the route
+    let (code, a) = verify_orders(&stack, &manifest, &routes);
+    // Then each key's document holds its newest revision, once
+    assert_eq!(code, 0, "{a}");
+    assert_eq!(a["index"]["index"], index.as_str(), "{a}");
+    assert_eq!(a["index"]["expected_keys"], 12, "{a}");
+    assert_eq!(a["index"]["documents_ok"], 12, "{a}");
+    // When a document disappears from the index
+    let key = a["index"].clone();
+    let m: streamload_cli::produce::Manifest =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    let answer = delete_in_search_index(&format!("/{index}/_doc/{}", m.route_events[0].key[0]));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Then verify says it is missing and exits non-zero
+    let (code, a) = verify_orders(&stack, &manifest, &routes);
+    assert_eq!(code, 1, "{a} (before: {key})");
+    assert_eq!(a["index"]["documents_missing"], 1, "{a}");
+}
