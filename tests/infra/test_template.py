@@ -901,6 +901,8 @@ CONFIGURATION_CHANGES = {
     "DatabaseCaBundleUri": "s3://certs-bucket/ca.pem", "TargetTable": "sales.events", "DedupTtlSeconds": "86400",
     "ExistingDedupTableName": "claims", "ExistingBucketName": "lake-bucket", "OutputPrefix": "lake/",
     "DeadLetterPrefix": "dlq/",
+    "SearchEndpoint": "https://search-orders-abc.us-east-1.es.amazonaws.com", "SearchAuth": "none",
+    "SearchSecretArn": "arn:aws:secretsmanager:us-east-1:111122223333:secret:search-AbCdEf",
 }
 
 
@@ -1087,3 +1089,38 @@ def test_stateful_resources_are_retained_and_queues_and_topic_refuse_plain_http(
     assert deny["Resource"] == [{"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}, {"Fn::GetAtt": ["OnFailureQueue", "Arn"]}]
     topic = {s["Sid"]: s for s in template["Resources"]["AlarmTopicPolicy"]["Properties"]["PolicyDocument"]["Statement"]}
     assert topic["TlsOnly"]["Effect"] == "Deny" and topic["TlsOnly"]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+SEARCH = {"SearchEndpoint": "https://search-orders-abc.us-east-1.es.amazonaws.com",
+          "SearchDomainArn": "arn:aws:es:us-east-1:111122223333:domain/orders"}
+
+
+def test_a_search_domain_gets_only_the_http_verbs_the_loaders_use_on_that_domain(template):
+    # Given an Amazon OpenSearch Service domain, signed with the functions' role
+    sink = statements_by_sid(resolve(template, **SEARCH, **PASSWORD_DB), "SinkPolicy")
+    # Then the role may POST, GET, HEAD and PUT on that domain's paths, nothing else
+    domain = sink["SearchDomain"]
+    assert sorted(domain["Action"]) == ["es:ESHttpGet", "es:ESHttpHead", "es:ESHttpPost", "es:ESHttpPut"]
+    assert domain["Resource"] == {"Fn::Sub": "${SearchDomainArn}/*"}
+    assert "SearchCredentials" not in sink
+    # and the functions are told where and how
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["STREAMLOAD_SEARCH_URL"] == {"Ref": "SearchEndpoint"}
+    assert env["STREAMLOAD_SEARCH_AUTH"] == {"Ref": "SearchAuth"}
+    # Given no search endpoint, Then no grant at all
+    sink = statements_by_sid(resolve(template, **PASSWORD_DB), "SinkPolicy")
+    assert "SearchDomain" not in sink and "SearchCredentials" not in sink
+    # Given a self-managed cluster with a secret, Then the secret alone is readable
+    secret = "arn:aws:secretsmanager:us-east-1:111122223333:secret:search-AbCdEf"
+    sink = statements_by_sid(resolve(template, SearchEndpoint="https://search.internal", SearchAuth="secret",
+                                     SearchSecretArn=secret, **PASSWORD_DB), "SinkPolicy")
+    assert sink["SearchCredentials"]["Resource"] == {"Ref": "SearchSecretArn"}
+    assert "SearchDomain" not in sink
+
+
+def test_the_rules_refuse_a_search_endpoint_the_functions_cannot_sign_in_to(template):
+    assert rule_failures(template, SearchEndpoint=SEARCH["SearchEndpoint"], **PASSWORD_DB) == [
+        "SearchAuth=sigv4 needs SearchDomainArn (the functions' role may reach that domain only)."]
+    assert rule_failures(template, SearchEndpoint="https://s", SearchAuth="secret", **PASSWORD_DB) == [
+        "SearchAuth=secret needs SearchSecretArn."]
+    assert rule_failures(template, **SEARCH, **PASSWORD_DB) == []
