@@ -118,6 +118,11 @@ impl SearchClient {
                 "search endpoint {url:?}: https (or http on loopback) with a valid host and port"
             )
         })?;
+        if endpoint.host.ends_with(".aoss.amazonaws.com") {
+            return Err(format!(
+                "search endpoint {url:?}: OpenSearch Serverless (aoss) is not supported: its TIMESERIES and VECTORSEARCH collections refuse custom document ids and its external versions are unconfirmed, so exactly once cannot be promised there; use an OpenSearch Service domain"
+            ));
+        }
         if scheme != "https" && !loopback(&endpoint.host) {
             return Err(format!(
                 "search endpoint {url:?}: must be https (plain http only to a loopback address)"
@@ -445,6 +450,13 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("no path"), "{e}");
         assert!(SearchClient::new("https://search.internal", SearchAuth::None, None).is_ok());
+        let e = SearchClient::new(
+            "https://abc123.us-east-1.aoss.amazonaws.com",
+            SearchAuth::None,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("Serverless"), "{e}");
         let e = SearchClient::new(
             "https://search.internal",
             SearchAuth::SigV4 { service: "es" },

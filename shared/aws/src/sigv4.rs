@@ -510,4 +510,82 @@ mod tests {
         );
         assert_eq!(encode_path("a b+%ü"), "a%20b%2B%25%C3%BC");
     }
+
+    #[test]
+    fn search_requests_are_signed_as_the_sdk_signs_them_for_amazon_opensearch_service() {
+        use aws_sigv4::http_request::PayloadChecksumKind;
+        let signer = FixedShapeSigner::new("eu-west-1", "es");
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+        let host = "search-orders-abc.eu-west-1.es.amazonaws.com";
+        let bulk = b"{\"index\":{\"_index\":\"orders\",\"_id\":\"o-1\"}}\n{\"qty\":1}\n";
+        for (token, method, path, body, content_type) in [
+            (
+                None,
+                "POST",
+                "/_bulk",
+                &bulk[..],
+                Some("application/x-ndjson"),
+            ),
+            (
+                Some("FwoGZXIvYXdzEJr//token+/="),
+                "GET",
+                "/orders/_mapping",
+                &b""[..],
+                None,
+            ),
+        ] {
+            let creds = Credentials::new(
+                "AKIDEXAMPLE",
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                token.map(str::to_owned),
+                None,
+                "test",
+            );
+            let keys = Keys {
+                access_key_id: "AKIDEXAMPLE",
+                secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                session_token: token,
+            };
+            let payload = sha256_hex(body);
+            let ours = signer.sign_object_request(
+                &keys,
+                host,
+                &PathRequest {
+                    method,
+                    path,
+                    content_type,
+                    create_only: false,
+                    payload_sha256: &payload,
+                },
+                at,
+            );
+            // The SDK's signer with its defaults for a non-S3 service, sending the payload hash
+            let identity: Identity = creds.clone().into();
+            let mut settings = SigningSettings::default();
+            settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+            let params = v4::SigningParams::builder()
+                .identity(&identity)
+                .region("eu-west-1")
+                .name("es")
+                .time(at)
+                .settings(settings)
+                .build()
+                .unwrap();
+            let headers: Vec<(&str, &str)> = content_type
+                .map(|c| ("content-type", c))
+                .into_iter()
+                .collect();
+            let url = format!("https://{host}{path}");
+            let signable =
+                SignableRequest::new(method, &url, headers.into_iter(), SignableBody::Bytes(body))
+                    .unwrap();
+            let (instructions, _) = sign(signable, &params.into()).unwrap().into_parts();
+            let authorization = instructions
+                .headers()
+                .find(|(n, _)| *n == "authorization")
+                .map(|(_, v)| v.to_owned())
+                .unwrap();
+            assert_eq!(ours.authorization, authorization, "{method} {path}");
+        }
+    }
 }
