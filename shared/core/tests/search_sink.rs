@@ -123,6 +123,32 @@ async fn an_index_refusing_for_now_is_retried_within_the_budget_and_a_lost_answe
 }
 
 #[tokio::test(start_paused = true)]
+async fn documents_rejected_under_load_are_sent_again_alone_and_the_batch_loads() {
+    let stack = Stack::new();
+    // Given an index that rejects three documents of the first request (429 per item) and
+    // applies the others
+    stack.search.reject_next_items.store(3, Ordering::SeqCst);
+    let batch = orders(
+        &[
+            ("o-1", 1, 10, None),
+            ("o-2", 1, 20, None),
+            ("o-3", 1, 30, None),
+            ("o-4", 1, 40, None),
+        ],
+        1,
+    );
+    // When the batch is loaded
+    let report = run(&stack, &batch, "a").await;
+    // Then the rejected documents were sent again within the invocation, and every order is
+    // in every sink once
+    assert_eq!(report.outcomes, vec![RecordOutcome::Loaded; 4]);
+    for (id, qty) in [("o-1", 10), ("o-2", 20), ("o-3", 30), ("o-4", 40)] {
+        assert_eq!(document(&stack, id).await, Some((2, 1, qty)), "{id}");
+    }
+    assert_eq!(parquet_orders(&stack), vec!["o-1", "o-2", "o-3", "o-4"]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_index_down_fails_the_records_before_their_object_and_the_redelivery_loads_them_once() {
     let stack = Stack::new();
     // Given an index that refuses every request

@@ -21,6 +21,9 @@ pub struct MemoryIndex {
     pub documents: Arc<Mutex<BTreeMap<(String, String), StoredDocument>>>,
     /// (index name or template pattern, its field types)
     mappings: Arc<Mutex<Vec<(String, FieldTypes)>>>,
+    /// The next this-many documents are rejected for now, as a cluster under load rejects
+    /// items (429 `es_rejected_execution_exception`) while the rest of the request is applied.
+    pub reject_next_items: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -55,6 +58,16 @@ fn fits(ty: &str, value: &Json) -> bool {
 
 impl MemoryIndex {
     fn write(&self, action: &Json, source: Option<&Json>) -> ItemOutcome {
+        use std::sync::atomic::Ordering;
+        if self
+            .reject_next_items
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return ItemOutcome::Retry(
+                "the search index answered 429 es_rejected_execution_exception".into(),
+            );
+        }
         let (op, meta) = match action.as_object().and_then(|o| o.iter().next()) {
             Some((op, meta)) => (op.as_str(), meta),
             None => return ItemOutcome::Retry("a malformed action".into()),
