@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: a real stream through streamload on this machine, with AWS's semantics.
 #
-#   1. the local stack (PostgreSQL, moto, tansu) and this run's resources;
+#   1. the local stack (PostgreSQL, moto, tansu, osmem-server) and this run's resources: the
+#      built-in events contract as a route file that also writes a search index;
 #   2. the release build of both loaders and of the `streamload` command;
 #   3. `streamload run` for a Kinesis stream and a Kafka topic: local event-source mappings
 #      invoking the release loaders through the Lambda Runtime API, one sandbox per
@@ -48,6 +49,19 @@ SL=target/debug/streamload
 
 # What the loaders read: the function environment of a deployment, pointed at the local stack.
 export DATABASE_URL="$DB_URL?sslmode=disable" DEDUP_TABLE="$RUN" OUTPUT_BUCKET="$RUN" DLQ_URL="$QUEUE_URL"
+# The events contract spelled out (examples/orders/streamload.toml's events route, for every
+# stream), fanned out to the search index "$RUN-events", which the loaders create at start-up.
+"$PY" - "$RUN" "$LOGS/routes.toml" <<'PY'
+import sys
+run, out = sys.argv[1], sys.argv[2]
+text = open("examples/orders/streamload.toml").read()
+first = text.index("[[route]]")
+events = text[first:text.index("[[route]]", first + 1)].replace('source = "kinesis:clickstream"', 'source = "*"')
+events = events.replace('claim_prefix = "ev:"', 'claim_prefix = "ev:"\nauto_migrate = "add-columns"')
+columns = events.index("[[route.column]]")
+open(out, "w").write(events[:columns] + f'[route.index]\nname = "{run}-events"\n\n' + events[columns:])
+PY
+export STREAMLOAD_CONFIG="$ROOT/$LOGS/routes.toml"
 RATE=${DEMO_RATE:-100}
 echo "== 3/5 creating a 2-shard stream and a 3-partition topic; starting both mappings"
 $SL produce "kinesis://$RUN" --events 0 --create --partitions 2 >/dev/null
@@ -103,6 +117,11 @@ archives = [k for k in keys if k.startswith('dead-letter/') and k.endswith('.jso
 letters = sum(len(s3.get_object(Bucket=name, Key=k)["Body"].read().splitlines()) for k in archives)
 print(f"Dead letters: {letters} archived in {len(archives)} objects under s3://{name}/dead-letter/ (and in the SQS queue {name})")
 PY
+rows=$(psql "$DB_URL" -qAtc 'SELECT count(*) FROM events')
+docs=$("$PY" -c 'import json,sys,urllib.request; print(json.load(urllib.request.urlopen(sys.argv[1]))["count"])' "$STREAMLOAD_SEARCH_URL/$RUN-events/_count")
+echo "Search     : $docs documents in index $RUN-events ($rows rows in PostgreSQL), e.g."
+echo "             curl -s '$STREAMLOAD_SEARCH_URL/$RUN-events/_search?q=event_type:click&size=3'"
+[ "$docs" = "$rows" ] || { echo "             the index and the table differ"; status=1; }
 echo "Logs       : $LOGS/ (one file per function sandbox: JSON lines with requestId, coldStart)"
 if [ "$status" = 0 ]; then echo "RESULT: exactly once, both sources"; else echo "RESULT: LOSS OR DUPLICATES (see above)"; fi
 exit $status

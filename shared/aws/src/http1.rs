@@ -49,6 +49,67 @@ pub enum Http1Error {
     Lost(String),
 }
 
+impl Http1Error {
+    /// The port's error for `operation`: not sent is retryable, lost may have been applied
+    /// (ambiguous). The reason names the failure (an I/O kind, a TLS alert), never request
+    /// text.
+    pub fn into_port_error(self, operation: &str) -> streamload_core::error::PortError {
+        use streamload_core::error::PortError;
+        match self {
+            Http1Error::Connect(why) => {
+                PortError::retryable(format!("{operation}: connect failed: {why}"))
+            }
+            Http1Error::Lost(why) => PortError::ambiguous(format!("{operation}: {why}")),
+        }
+    }
+}
+
+/// One HTTP/1.1 request written into a single buffer: the request line and headers, then
+/// [`RequestBuf::finish`] adds the length and the body. Every part is appended to a buffer
+/// sized once.
+pub(crate) struct RequestBuf {
+    bytes: Vec<u8>,
+}
+
+impl RequestBuf {
+    /// `method path HTTP/1.1` and `host`, with room for `room` more bytes (headers, body).
+    pub fn new(method: &str, path: &str, host: &str, room: usize) -> Self {
+        let mut bytes = Vec::with_capacity(32 + method.len() + path.len() + host.len() + room);
+        for part in [method, " ", path, " HTTP/1.1\r\nhost: ", host, "\r\n"] {
+            bytes.extend_from_slice(part.as_bytes());
+        }
+        Self { bytes }
+    }
+
+    pub fn header(&mut self, name: &str, value: &str) -> &mut Self {
+        for part in [name, ": ", value, "\r\n"] {
+            self.bytes.extend_from_slice(part.as_bytes());
+        }
+        self
+    }
+
+    /// The signature's headers: `x-amz-date`, `authorization`, and the session token of
+    /// temporary credentials.
+    pub fn signed(&mut self, signed: &crate::sigv4::Signed, token: Option<&str>) -> &mut Self {
+        self.header("x-amz-date", &signed.amz_date)
+            .header("authorization", &signed.authorization);
+        if let Some(token) = token {
+            self.header("x-amz-security-token", token);
+        }
+        self
+    }
+
+    /// The whole request: `content-length`, the blank line and `body`.
+    pub fn finish(mut self, body: &[u8]) -> Vec<u8> {
+        self.bytes.extend_from_slice(b"content-length: ");
+        self.bytes
+            .extend_from_slice(body.len().to_string().as_bytes());
+        self.bytes.extend_from_slice(b"\r\n\r\n");
+        self.bytes.extend_from_slice(body);
+        self.bytes
+    }
+}
+
 /// An answer: its status and its whole body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {

@@ -24,7 +24,7 @@
 //! is used (as it is with `STREAMLOAD_DEDUP_CLIENT=sdk`).
 
 use crate::error::RETRYABLE_CODES;
-use crate::http1::{connect_to, Http1Error, Http1Pool};
+use crate::http1::{connect_to, Http1Pool, RequestBuf};
 use crate::signing_keys::SigningKeys;
 use crate::sigv4::FixedShapeSigner;
 use crate::SMALL_CALL_ATTEMPT_TIMEOUT;
@@ -185,45 +185,25 @@ impl PutItemClient {
         // The request as one buffer: the head, with the headers the signature covers and
         // the body's length, then the body.
         let token = keys.session_token;
-        let mut request = Vec::with_capacity(
+        let mut request = RequestBuf::new(
+            "POST",
+            "/",
+            &self.host,
             REQUEST_HEAD_BYTES
-                + self.host.len()
                 + signed.authorization.len()
                 + token.map_or(0, str::len)
                 + body.len(),
         );
-        for part in [
-            "POST / HTTP/1.1\r\nhost: ",
-            &self.host,
-            "\r\ncontent-type: ",
-            CONTENT_TYPE,
-            "\r\nx-amz-target: ",
-            TARGET,
-            "\r\nx-amz-date: ",
-            &signed.amz_date,
-            "\r\nauthorization: ",
-            &signed.authorization,
-            "\r\n",
-        ] {
-            request.extend_from_slice(part.as_bytes());
-        }
-        if let Some(token) = token {
-            request.extend_from_slice(b"x-amz-security-token: ");
-            request.extend_from_slice(token.as_bytes());
-            request.extend_from_slice(b"\r\n");
-        }
-        request.extend_from_slice(b"content-length: ");
-        request.extend_from_slice(body.len().to_string().as_bytes());
-        request.extend_from_slice(b"\r\n\r\n");
-        request.extend_from_slice(body);
-
-        // The reasons name the failure (an I/O kind, a TLS alert), never request text.
-        let answer = self.http.send(&request).await.map_err(|e| match e {
-            Http1Error::Connect(why) => {
-                PortError::retryable(format!("dynamodb PutItem: connect failed: {why}"))
-            }
-            Http1Error::Lost(why) => PortError::ambiguous(format!("dynamodb PutItem: {why}")),
-        })?;
+        request
+            .header("content-type", CONTENT_TYPE)
+            .header("x-amz-target", TARGET)
+            .signed(&signed, token);
+        let request = request.finish(body);
+        let answer = self
+            .http
+            .send(&request)
+            .await
+            .map_err(|e| e.into_port_error("dynamodb PutItem"))?;
         let status = answer.status;
         let bytes = answer.body;
         if (200..300).contains(&status) {

@@ -29,7 +29,7 @@
 //! directory buckets, ARNs and dotted bucket names, whose rules only the SDK knows.
 
 use crate::error::RETRYABLE_CODES;
-use crate::http1::{connect_to, Http1Error, Http1Pool};
+use crate::http1::{connect_to, Http1Pool, RequestBuf};
 use crate::signing_keys::SigningKeys;
 use crate::sigv4::{encode_path, sha256_hex, FixedShapeSigner, PathRequest, EMPTY_SHA256};
 use aws_config::SdkConfig;
@@ -184,50 +184,29 @@ impl PutObjectClient {
             SystemTime::now(),
         );
         let token = keys.session_token;
-        let mut request = Vec::with_capacity(
+        let mut request = RequestBuf::new(
+            "PUT",
+            &path,
+            &self.host,
             REQUEST_HEAD_BYTES
-                + path.len()
-                + self.host.len()
                 + content_type.len()
                 + signed.authorization.len()
                 + token.map_or(0, str::len)
                 + body.len(),
         );
-        for part in [
-            "PUT ",
-            &path,
-            " HTTP/1.1\r\nhost: ",
-            &self.host,
-            "\r\ncontent-type: ",
-            content_type,
-            "\r\nif-none-match: *\r\nx-amz-content-sha256: ",
-            &payload_sha256,
-            "\r\nx-amz-date: ",
-            &signed.amz_date,
-            "\r\nauthorization: ",
-            &signed.authorization,
-            "\r\n",
-        ] {
-            request.extend_from_slice(part.as_bytes());
-        }
-        if let Some(token) = token {
-            request.extend_from_slice(b"x-amz-security-token: ");
-            request.extend_from_slice(token.as_bytes());
-            request.extend_from_slice(b"\r\n");
-        }
-        request.extend_from_slice(b"content-length: ");
-        request.extend_from_slice(body.len().to_string().as_bytes());
-        request.extend_from_slice(b"\r\n\r\n");
-        request.extend_from_slice(body);
-
+        request
+            .header("content-type", content_type)
+            .header("if-none-match", "*")
+            .header("x-amz-content-sha256", &payload_sha256)
+            .signed(&signed, token);
+        let request = request.finish(body);
         // The reasons name the failure (an I/O kind, a TLS alert, S3's code), never the key
         // or the body.
-        let answer = self.http.send(&request).await.map_err(|e| match e {
-            Http1Error::Connect(why) => {
-                PortError::retryable(format!("s3 PutObject: connect failed: {why}"))
-            }
-            Http1Error::Lost(why) => PortError::ambiguous(format!("s3 PutObject: {why}")),
-        })?;
+        let answer = self
+            .http
+            .send(&request)
+            .await
+            .map_err(|e| e.into_port_error("s3 PutObject"))?;
         answer_of(answer.status, &answer.body)
     }
 
@@ -250,39 +229,21 @@ impl PutObjectClient {
             SystemTime::now(),
         );
         let token = keys.session_token;
-        let mut request = Vec::with_capacity(
-            REQUEST_HEAD_BYTES
-                + path.len()
-                + self.host.len()
-                + signed.authorization.len()
-                + token.map_or(0, str::len),
-        );
-        for part in [
-            "HEAD ",
+        let mut request = RequestBuf::new(
+            "HEAD",
             &path,
-            " HTTP/1.1\r\nhost: ",
             &self.host,
-            "\r\nx-amz-content-sha256: ",
-            EMPTY_SHA256,
-            "\r\nx-amz-date: ",
-            &signed.amz_date,
-            "\r\nauthorization: ",
-            &signed.authorization,
-            "\r\n",
-        ] {
-            request.extend_from_slice(part.as_bytes());
-        }
-        if let Some(token) = token {
-            request.extend_from_slice(b"x-amz-security-token: ");
-            request.extend_from_slice(token.as_bytes());
-            request.extend_from_slice(b"\r\n");
-        }
-        request.extend_from_slice(b"\r\n");
-        let answer = self.http.send_head(&request).await.map_err(|e| match e {
-            Http1Error::Connect(why) => {
-                PortError::retryable(format!("s3 HeadObject: connect failed: {why}"))
-            }
-            Http1Error::Lost(why) => PortError::retryable(format!("s3 HeadObject: {why}")),
+            REQUEST_HEAD_BYTES + signed.authorization.len() + token.map_or(0, str::len),
+        );
+        request
+            .header("x-amz-content-sha256", EMPTY_SHA256)
+            .signed(&signed, token);
+        let request = request.finish(b"");
+        // A read applies nothing: a lost answer is only worth another attempt.
+        let answer = self.http.send_head(&request).await.map_err(|e| {
+            let mut e = e.into_port_error("s3 HeadObject");
+            e.ambiguous = false;
+            e
         })?;
         existence_of(answer.status)
     }

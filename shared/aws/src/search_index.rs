@@ -8,7 +8,7 @@
 //! [`SINK_RETRY`]: a `_bulk` request may be sent again whole, since every action in it is
 //! versioned or create-only.
 
-use crate::http1::{connect_to, Answer, Http1Error, Http1Pool};
+use crate::http1::{connect_to, Answer, Http1Pool, RequestBuf};
 use crate::signing_keys::SigningKeys;
 use crate::sigv4::{encode_path, sha256_hex, FixedShapeSigner, PathRequest};
 use aws_config::SdkConfig;
@@ -174,21 +174,15 @@ impl SearchClient {
     ) -> Result<Answer, PortError> {
         let what = format!("search {method} {}", path.split('/').nth(1).unwrap_or(""));
         let payload_sha256 = sha256_hex(body);
-        let mut request = Vec::with_capacity(REQUEST_HEAD_BYTES + path.len() + body.len());
-        for part in [method, " ", path, " HTTP/1.1\r\nhost: ", &self.host, "\r\n"] {
-            request.extend_from_slice(part.as_bytes());
-        }
+        let mut request =
+            RequestBuf::new(method, path, &self.host, REQUEST_HEAD_BYTES + body.len());
         if !body.is_empty() {
-            request.extend_from_slice(b"content-type: ");
-            request.extend_from_slice(content_type.as_bytes());
-            request.extend_from_slice(b"\r\n");
+            request.header("content-type", content_type);
         }
         match &self.authorize {
             Authorize::None => {}
             Authorize::Header(value) => {
-                request.extend_from_slice(b"authorization: ");
-                request.extend_from_slice(value.as_bytes());
-                request.extend_from_slice(b"\r\n");
+                request.header("authorization", value);
             }
             Authorize::SigV4(sigv4) => {
                 let SigV4Keys { signer, keys } = sigv4.as_ref();
@@ -206,35 +200,16 @@ impl SearchClient {
                     },
                     SystemTime::now(),
                 );
-                for part in [
-                    "x-amz-content-sha256: ",
-                    &payload_sha256,
-                    "\r\nx-amz-date: ",
-                    &signed.amz_date,
-                    "\r\nauthorization: ",
-                    &signed.authorization,
-                    "\r\n",
-                ] {
-                    request.extend_from_slice(part.as_bytes());
-                }
-                if let Some(token) = keys.session_token {
-                    request.extend_from_slice(b"x-amz-security-token: ");
-                    request.extend_from_slice(token.as_bytes());
-                    request.extend_from_slice(b"\r\n");
-                }
+                request
+                    .header("x-amz-content-sha256", &payload_sha256)
+                    .signed(&signed, keys.session_token);
             }
         }
-        request.extend_from_slice(b"content-length: ");
-        request.extend_from_slice(body.len().to_string().as_bytes());
-        request.extend_from_slice(b"\r\n\r\n");
-        request.extend_from_slice(body);
+        let request = request.finish(body);
         let sent = tokio::time::timeout(self.attempt_timeout, self.http.send(&request)).await;
         match sent {
             Err(_) => Err(PortError::ambiguous(format!("{what}: timed out"))),
-            Ok(Err(Http1Error::Connect(why))) => Err(PortError::retryable(format!(
-                "{what}: connect failed: {why}"
-            ))),
-            Ok(Err(Http1Error::Lost(why))) => Err(PortError::ambiguous(format!("{what}: {why}"))),
+            Ok(Err(e)) => Err(e.into_port_error(&what)),
             Ok(Ok(answer)) if answer.status == 429 => Err(PortError::retryable(format!(
                 "{what}: HTTP 429 {}",
                 error_type(&answer.body)
@@ -357,16 +332,7 @@ impl SearchIndex for SearchClient {
     }
 
     async fn prepare(&self, route: &str, plan: &IndexPlan, create: bool) -> Result<(), PortError> {
-        let wanted: HashMap<String, String> = plan
-            .fields
-            .iter()
-            .map(|(_, n, ty)| {
-                (
-                    n.clone(),
-                    ty.mapping()["type"].as_str().unwrap_or("").to_owned(),
-                )
-            })
-            .collect();
+        let wanted = plan.field_types();
         let name = plan.template_pattern();
         let (path, held) = if plan.is_pattern() {
             let path = format!("/_index_template/{}", template_name(route));

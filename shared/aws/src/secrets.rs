@@ -115,20 +115,36 @@ pub async fn database_secret(
     client: &aws_sdk_secretsmanager::Client,
     arn: &str,
 ) -> Result<DatabaseSecret, AwsError> {
-    let err = |message: String| AwsError::Secret {
+    let text = secret_text(client, arn).await?;
+    DatabaseSecret::parse(&text).map_err(|message| secret_error(arn, message))
+}
+
+fn secret_error(arn: &str, message: String) -> AwsError {
+    AwsError::Secret {
         arn: arn.to_owned(),
         message,
-    };
+    }
+}
+
+/// A secret's string value; an error names the ARN, never the text.
+async fn secret_text(
+    client: &aws_sdk_secretsmanager::Client,
+    arn: &str,
+) -> Result<String, AwsError> {
     let out = client
         .get_secret_value()
         .secret_id(arn)
         .send()
         .await
-        .map_err(|e| err(crate::classify_sdk_error("secretsmanager GetSecretValue", &e).message))?;
-    let text = out
-        .secret_string()
-        .ok_or_else(|| err("secret has no string value".into()))?;
-    DatabaseSecret::parse(text).map_err(err)
+        .map_err(|e| {
+            secret_error(
+                arn,
+                crate::classify_sdk_error("secretsmanager GetSecretValue", &e).message,
+            )
+        })?;
+    out.secret_string()
+        .map(str::to_owned)
+        .ok_or_else(|| secret_error(arn, "secret has no string value".into()))
 }
 
 /// Fetches a search cluster's credentials secret (`STREAMLOAD_SEARCH_SECRET_ARN`):
@@ -138,20 +154,8 @@ pub async fn search_secret(
     client: &aws_sdk_secretsmanager::Client,
     arn: &str,
 ) -> Result<crate::SearchAuth, AwsError> {
-    let err = |message: String| AwsError::Secret {
-        arn: arn.to_owned(),
-        message,
-    };
-    let out = client
-        .get_secret_value()
-        .secret_id(arn)
-        .send()
-        .await
-        .map_err(|e| err(crate::classify_sdk_error("secretsmanager GetSecretValue", &e).message))?;
-    let text = out
-        .secret_string()
-        .ok_or_else(|| err("secret has no string value".into()))?;
-    search_auth_of(text).map_err(err)
+    let text = secret_text(client, arn).await?;
+    search_auth_of(&text).map_err(|message| secret_error(arn, message))
 }
 
 /// The authentication a search secret's text holds; an error names the field only.

@@ -144,16 +144,7 @@ impl SearchIndex for MemoryIndex {
         create: bool,
     ) -> impl Future<Output = Result<(), PortError>> + Send {
         let name = plan.template_pattern();
-        let wanted: HashMap<String, String> = plan
-            .fields
-            .iter()
-            .map(|(_, n, ty)| {
-                (
-                    n.clone(),
-                    ty.mapping()["type"].as_str().unwrap_or("").to_owned(),
-                )
-            })
-            .collect();
+        let wanted = plan.field_types();
         let mut mappings = lock(&self.mappings);
         let answer = match mappings.iter().find(|(p, _)| *p == name) {
             Some((_, held)) => compare(route, &name, held, &wanted),

@@ -422,6 +422,20 @@ impl IndexPlan {
         Ok(())
     }
 
+    /// Each field's index type name (`keyword`, `long`, …), as a mapping reads back.
+    pub fn field_types(&self) -> std::collections::HashMap<String, String> {
+        self.fields
+            .iter()
+            .map(|(_, name, ty)| {
+                let mapping = ty.mapping();
+                (
+                    name.clone(),
+                    mapping["type"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+
     /// The mapping of an index made for this route: its fields, `dynamic: strict` (a field
     /// the route does not name is a mistake, refused, not guessed).
     pub fn mapping(&self) -> serde_json::Value {
