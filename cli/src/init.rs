@@ -96,7 +96,7 @@ pub fn table_ddl(route: &Route) -> String {
         .map(|&i| quote(&route.columns[i].name))
         .collect();
     columns.push(format!("PRIMARY KEY ({})", key.join(", ")));
-    let schema = match &route.table.0 {
+    let schema = match route.table.as_ref().and_then(|t| t.0.as_ref()) {
         Some(s) => format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote(s)),
         None => String::new(),
     };
@@ -222,7 +222,7 @@ pub async fn init(options: &InitOptions) -> Result<Made, CliError> {
             )
         })?;
         let client = connect(url).await?;
-        for route in routes.iter() {
+        for route in routes.iter().filter(|r| r.has_table()) {
             client.batch_execute(&table_ddl(route)).await.map_err(|e| {
                 CliError::Postgres(format!(
                     "create table {} of route {:?}: {}",

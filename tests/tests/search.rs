@@ -410,3 +410,68 @@ async fn a_bulk_answer_lost_after_it_was_applied_and_a_call_that_hangs_still_loa
     assert_eq!(r.outcomes, vec![RecordOutcome::Loaded]);
     assert_eq!(revision_in_index(&index, "o-3").await, Some((2, json!(1))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_a_table_loads_the_index_and_the_lake_from_the_real_loader() {
+    use std::time::Duration;
+    use streamload_core::RecordOutcome;
+    use streamload_tests::{invocation, kinesis_batch};
+    // Given a route that names an index and no table (no table exists for it either)
+    let index = unique("clicks");
+    let mut stack = streamload_tests::TestStack::new("notable", false).await;
+    stack.use_routes(&format!(
+        r#"
+[[route]]
+name = "clicks"
+source = "kinesis:orders"
+key = ["click_id"]
+auto_migrate = "add-columns"
+
+[route.index]
+name = "{index}"
+
+[[route.column]]
+name = "click_id"
+from = "/click_id"
+type = "text"
+required = true
+
+[[route.column]]
+name = "page"
+from = "/page"
+type = "text"
+"#
+    ));
+    stack.config.search = Some(streamload_runtime::SearchSettings {
+        url: search_url(),
+        auth: streamload_runtime::SearchAuthSource::None,
+    });
+    let p = stack.pipeline().await;
+    // When clicks arrive, one of them twice
+    let click = |id: &str| serde_json::to_vec(&json!({"click_id": id, "page": "/home"})).unwrap();
+    let batch = kinesis_batch(&[(1, click("c-1")), (2, click("c-2")), (3, click("c-1"))]);
+    let r = p
+        .process(&batch, &invocation("n-1", Duration::from_secs(30)))
+        .await;
+    // Then each is in the index once and in the lake once
+    assert_eq!(
+        r.outcomes,
+        vec![
+            RecordOutcome::Loaded,
+            RecordOutcome::Loaded,
+            RecordOutcome::DuplicateInBatch
+        ]
+    );
+    let client = SearchClient::new(&search_url(), SearchAuth::None, None).unwrap();
+    for id in ["c-1", "c-2"] {
+        let doc = client.document(&index, id).await.unwrap().expect(id);
+        assert_eq!(doc.source["page"], "/home");
+    }
+    let objects: Vec<String> = stack
+        .object_keys()
+        .await
+        .into_iter()
+        .filter(|k| k.starts_with("clicks/") && k.ends_with(".parquet"))
+        .collect();
+    assert_eq!(objects.len(), 1, "{objects:?}");
+}

@@ -15,6 +15,11 @@ use streamload_core::{FailureCause, PoisonKind, RecordOutcome};
 
 /// Orders, newest revision wins, indexed under the order id; `note` only if `with_note`.
 fn routes(with_note: bool) -> Routes {
+    routes_with(with_note, true)
+}
+
+/// [`routes`], writing the table `orders` only if `table`.
+fn routes_with(with_note: bool, table: bool) -> Routes {
     let mut columns = vec![
         json!({"name": "order_id", "from": "/order_id", "type": "text", "required": true}),
         json!({"name": "revision", "from": "/revision", "type": "bigint", "required": true}),
@@ -24,12 +29,15 @@ fn routes(with_note: bool) -> Routes {
     if with_note {
         columns.push(json!({"name": "note", "from": "/note", "type": "text"}));
     }
-    let file: ConfigFile = serde_json::from_value(json!({"route": [{
+    let mut route = json!({
         "name": "orders", "source": "kinesis:orders", "table": "orders",
         "event_time": "/placed_at", "key": ["order_id"], "merge": {"newest_by": "revision"},
         "index": {"name": "orders"}, "column": columns
-    }]}))
-    .unwrap();
+    });
+    if !table {
+        route.as_object_mut().unwrap().remove("table");
+    }
+    let file: ConfigFile = serde_json::from_value(json!({ "route": [route] })).unwrap();
     Routes::compile(&file).unwrap()
 }
 
@@ -219,4 +227,29 @@ async fn a_document_the_index_refuses_is_dead_lettered_naming_the_index_while_th
     let again = run(&stack, &batch, "b").await;
     assert_eq!(again.outcomes, vec![RecordOutcome::Duplicate; 3]);
     assert_eq!(stack.archives().into_values().flatten().count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_route_without_a_table_loads_its_index_and_lake_and_never_the_database() {
+    let stack = Stack::new();
+    // Given a route that names an index and no table, and the database failing every call
+    let (mut p, s) = stack.pipeline();
+    p.settings.routes = routes_with(false, false);
+    s.rows.fail.store(true, Ordering::SeqCst);
+    // When orders arrive, then an older revision late
+    let batch = orders(&[("o-1", 2, 20, None), ("o-2", 1, 10, None)], 1);
+    let report = p
+        .process(&batch, &invocation("a", Duration::from_secs(30)))
+        .await;
+    let late = orders(&[("o-1", 1, 99, None)], 3);
+    let late_report = p
+        .process(&late, &invocation("b", Duration::from_secs(30)))
+        .await;
+    // Then everything loads without the database: the index holds the newest revisions and
+    // the lake every event once
+    assert_eq!(report.outcomes, vec![RecordOutcome::Loaded; 2]);
+    assert_eq!(late_report.outcomes, vec![RecordOutcome::Loaded]);
+    assert_eq!(stack.row_count(), 0);
+    assert_eq!(document(&stack, "o-1").await, Some((3, 2, 20)));
+    assert_eq!(parquet_orders(&stack), vec!["o-1", "o-1", "o-2"]);
 }

@@ -65,7 +65,20 @@ struct Session {
     client: Client,
     /// Per route (by index): its stage and statements, with text keys staged in the table's
     /// own type and collation (read from the catalogue when the session opened).
-    statements: Vec<RouteSql>,
+    statements: RouteStatements,
+}
+
+/// Each route's statements by the route's index; none for a route without a table.
+struct RouteStatements(Vec<Option<RouteSql>>);
+
+impl RouteStatements {
+    fn get(&self, route: usize) -> Option<&RouteSql> {
+        self.0.get(route).and_then(Option::as_ref)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &RouteSql> {
+        self.0.iter().flatten()
+    }
 }
 
 /// Longest wait for a connection (TCP, TLS, authentication): an RDS instance answers in
@@ -324,9 +337,14 @@ impl PgRows {
     async fn session_from(&self, client: Client) -> Result<Session, tokio_postgres::Error> {
         let mut statements = Vec::new();
         for route in self.routes.iter() {
+            if !route.has_table() {
+                statements.push(None);
+                continue;
+            }
             let key_types = key_stage_types(&client, route).await?;
-            statements.push(RouteSql::with_key_types(route, &key_types));
+            statements.push(Some(RouteSql::with_key_types(route, &key_types)));
         }
+        let statements = RouteStatements(statements);
         let ddl: Vec<&str> = statements
             .iter()
             .map(|r| r.stage_ddl.as_str())
@@ -522,7 +540,7 @@ async fn upsert_isolating(
 /// of [`sql::ISOLATION_CHUNK_ROWS`] rows, and one per row in a chunk holding a refused row.
 async fn isolate_refusals(
     client: &mut Client,
-    statements: &[RouteSql],
+    statements: &RouteStatements,
     rows: &[Row<'_>],
     until_ms: i64,
 ) -> Result<Vec<Refusal>, tokio_postgres::Error> {
@@ -660,7 +678,7 @@ fn copy_line(context: &str) -> Option<usize> {
 /// merge rounds).
 async fn bisect_refusals(
     client: &mut Client,
-    statements: &[RouteSql],
+    statements: &RouteStatements,
     rows: &[Row<'_>],
     until_ms: i64,
 ) -> Result<Vec<Refusal>, tokio_postgres::Error> {
@@ -733,7 +751,7 @@ async fn copy_rows(
 /// its table.
 async fn copy_and_upsert(
     tx: &tokio_postgres::Transaction<'_>,
-    statements: &[RouteSql],
+    statements: &RouteStatements,
     rows: &[Row<'_>],
 ) -> Result<(), tokio_postgres::Error> {
     let mut routes: Vec<usize> = rows.iter().map(|r| r.route.index).collect();
@@ -758,7 +776,7 @@ async fn copy_and_upsert(
     Ok(())
 }
 
-fn truncate_stages(statements: &[RouteSql], rows: &[Row<'_>]) -> String {
+fn truncate_stages(statements: &RouteStatements, rows: &[Row<'_>]) -> String {
     let mut routes: Vec<usize> = rows.iter().map(|r| r.route.index).collect();
     routes.sort_unstable();
     routes.dedup();

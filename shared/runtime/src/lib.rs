@@ -195,7 +195,14 @@ pub async fn build_pipeline_with(
     let pg_options = database::connect_options(config, &sdk).await?;
     let routes = load_routes(config, &sdk).await?;
     let rows = PgRows::new(pg_options, &routes);
-    match rows.check_routes(&routes).await {
+    // Routes without a table (index and lake only) never reach the database: with none, it
+    // is not connected to at all.
+    let checked = if routes.iter().any(|r| r.has_table()) {
+        rows.check_routes(&routes).await
+    } else {
+        Ok(Vec::new())
+    };
+    match checked {
         Ok(done) => {
             for ddl in done {
                 tracing::info!(statement = %ddl, "schema migrated at start-up");

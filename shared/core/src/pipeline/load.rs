@@ -174,23 +174,39 @@ where
             .collect();
 
         let mark = work.phases.add(Phase::Encode, mark);
-        let rows: Vec<Row<'_>> = to_load
+        // Rows of routes with a table; a route without one writes its index and lake only.
+        let routes = &self.settings.routes;
+        let to_table: Vec<usize> = to_load
+            .iter()
+            .copied()
+            .filter(|&i| {
+                work.slots[i]
+                    .event
+                    .as_ref()
+                    .is_some_and(|e| routes.get(e.route).has_table())
+            })
+            .collect();
+        let rows: Vec<Row<'_>> = to_table
             .iter()
             .filter_map(|&i| work.slots[i].event.as_ref())
             .map(|e| Row {
-                route: self.settings.routes.get(e.route),
+                route: routes.get(e.route),
                 values: &e.values,
             })
             .collect();
         let upsert_until = Until::fenced(work.clock, cutoff + 200, work.fence);
-        let upserted = bounded(upsert_until, self.rows.upsert(&rows, cutoff)).await;
+        let upserted = if rows.is_empty() {
+            Ok(Vec::new())
+        } else {
+            bounded(upsert_until, self.rows.upsert(&rows, cutoff)).await
+        };
         drop(rows);
         match upserted {
             Ok(refusals) => {
                 refused.extend(
                     refusals
                         .into_iter()
-                        .filter_map(|r| to_load.get(r.index).map(|&i| (i, r.reason))),
+                        .filter_map(|r| to_table.get(r.index).map(|&i| (i, r.reason))),
                 );
             }
             Err(e) => {

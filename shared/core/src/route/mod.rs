@@ -57,7 +57,9 @@ pub struct ConfigFile {
 pub struct RouteSpec {
     pub name: String,
     pub source: String,
-    pub table: String,
+    /// The PostgreSQL table; a route without one writes its search index and the lake only.
+    #[serde(default)]
+    pub table: Option<String>,
     #[serde(default)]
     pub lake_prefix: Option<String>,
     #[serde(default)]
@@ -246,8 +248,9 @@ pub struct Route {
     pub index: usize,
     pub name: String,
     pub source: SourceMatch,
-    /// Schema (optional) and table name, unquoted.
-    pub table: (Option<String>, String),
+    /// Schema (optional) and table name, unquoted; `None`: the route writes no table (its
+    /// search index and the lake only).
+    pub table: Option<(Option<String>, String)>,
     /// Ends in `/` (or is empty).
     pub lake_prefix: String,
     pub claim_prefix: String,
@@ -512,7 +515,7 @@ pub fn builtin_spec(table: &str, lake_prefix: &str) -> RouteSpec {
     RouteSpec {
         name: "events".into(),
         source: "*".into(),
-        table: table.into(),
+        table: Some(table.into()),
         lake_prefix: Some(lake_prefix.into()),
         event_time: Some("/created_at".into()),
         identity: Some(vec!["/event_id".into()]),
@@ -555,17 +558,27 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
             spec.source
         ));
     }
-    let table = match spec.table.split('.').collect::<Vec<_>>()[..] {
-        [t] if is_identifier(t) => Some((None, t.to_owned())),
-        [s, t] if is_identifier(s) && is_identifier(t) => Some((Some(s.to_owned()), t.to_owned())),
-        _ => {
-            bad(format!(
-                "table {:?} is not an identifier (letters, digits, _; optionally schema.table)",
-                spec.table
-            ));
-            None
-        }
+    let table = match spec
+        .table
+        .as_deref()
+        .map(|t| t.split('.').collect::<Vec<_>>())
+    {
+        None => None,
+        Some(parts) => match parts[..] {
+            [t] if is_identifier(t) => Some((None, t.to_owned())),
+            [s, t] if is_identifier(s) && is_identifier(t) => {
+                Some((Some(s.to_owned()), t.to_owned()))
+            }
+            _ => {
+                bad(format!(
+                    "table {:?} is not an identifier (letters, digits, _; optionally schema.table)",
+                    spec.table.as_deref().unwrap_or("")
+                ));
+                None
+            }
+        },
     };
+    let table_given = spec.table.is_some();
     let lake_prefix =
         match check_prefix(spec.lake_prefix.as_deref().unwrap_or(&format!("{route}/"))) {
             Ok(p) => p,
@@ -853,13 +866,24 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
             })
             .ok()
     });
+    if spec.table.is_none() && spec.index.is_none() {
+        problems.push(format!(
+            "route {route:?}: names no table and no [route.index]: give it a table, an index or both (the lake is always written: its objects are the commit markers)"
+        ));
+    }
+    if spec.table.is_none() && spec.updated_at_column.is_some() {
+        problems.push(format!("route {route:?}: updated_at_column needs a table"));
+    }
     let lake = lake_schema(&columns, &identity);
     if !problems.is_empty() {
         return Err(problems);
     }
-    let (Some(source), Some(table)) = (source, table) else {
+    let Some(source) = source else {
         return Err(vec![format!("route {route:?}: invalid")]);
     };
+    if table_given && table.is_none() {
+        return Err(vec![format!("route {route:?}: invalid")]);
+    }
     let (lake_schema, lake_properties) =
         lake.map_err(|e| vec![format!("route {route:?}: the lake schema: {e}")])?;
     Ok(Route {
@@ -947,19 +971,27 @@ fn lake_schema(
 }
 
 impl Route {
-    /// The schema-qualified table name, each part quoted.
+    /// Whether the route writes a PostgreSQL table.
+    pub fn has_table(&self) -> bool {
+        self.table.is_some()
+    }
+
+    /// The schema-qualified table name, each part quoted (empty for a route without a
+    /// table: callers keep to routes with one).
     pub fn quoted_table(&self) -> String {
         match &self.table {
-            (Some(s), t) => format!("{}.{}", quote(s), quote(t)),
-            (None, t) => quote(t),
+            Some((Some(s), t)) => format!("{}.{}", quote(s), quote(t)),
+            Some((None, t)) => quote(t),
+            None => String::new(),
         }
     }
 
-    /// The table name as written (`schema.table` or `table`).
+    /// The table name as written (`schema.table` or `table`; `-` without a table).
     pub fn table_name(&self) -> String {
         match &self.table {
-            (Some(s), t) => format!("{s}.{t}"),
-            (None, t) => t.clone(),
+            Some((Some(s), t)) => format!("{s}.{t}"),
+            Some((None, t)) => t.clone(),
+            None => "-".to_owned(),
         }
     }
 

@@ -289,3 +289,41 @@ fn the_mapping_is_strict_with_each_columns_index_type() {
         "lake_only columns stay out of the index"
     );
 }
+
+#[test]
+fn a_route_names_a_table_an_index_or_both() {
+    let route = |table: bool, index: bool, updated_at: bool| {
+        let mut r = json!({
+            "name": "clicks", "source": "kafka:clicks", "key": ["id"],
+            "column": [{"name": "id", "from": "/id", "type": "text", "required": true}]
+        });
+        if table {
+            r["table"] = json!("clicks");
+        }
+        if index {
+            r["index"] = json!({"name": "clicks"});
+        }
+        if updated_at {
+            r["updated_at_column"] = json!("updated_at");
+        }
+        let file: ConfigFile = serde_json::from_value(json!({ "route": [r] })).unwrap();
+        Routes::compile(&file).map_err(|e| e.0)
+    };
+    // An index and the lake only: no table
+    let routes = route(false, true, false).unwrap();
+    assert!(!routes.get(0).has_table() && routes.get(0).search.is_some());
+    assert!(route(true, false, false).unwrap().get(0).has_table());
+    // Neither: one line saying what to give
+    let problems = route(false, false, false).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("names no table and no [route.index]"),
+        "{problems:?}"
+    );
+    // A table's own setting without a table
+    let problems = route(false, true, true).unwrap_err();
+    assert!(
+        problems[0].contains("updated_at_column needs a table"),
+        "{problems:?}"
+    );
+}
