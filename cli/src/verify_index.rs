@@ -185,3 +185,97 @@ pub async fn audit_index<I: SearchIndex>(
     }
     Ok(audit)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::produce::RouteEvent;
+    use bytes::Bytes;
+    use streamload_core::search::bulk::{encode, Doc};
+    use streamload_core::search::memory::MemoryIndex;
+
+    /// The example's orders route (newest_by revision) with an index "orders".
+    fn route() -> Route {
+        let text = include_str!("../../examples/orders/streamload.toml");
+        let at = text.match_indices("[[route]]").nth(1).unwrap().0;
+        let columns = at + text[at..].find("[[route.column]]").unwrap();
+        let text = format!(
+            "{}[route.index]\nname = \"orders\"\n\n{}",
+            &text[..columns],
+            &text[columns..]
+        );
+        let file: streamload_core::route::ConfigFile = toml::from_str(&text).unwrap();
+        let routes = streamload_core::Routes::compile(&file).unwrap();
+        let route = routes.iter().find(|r| r.name == "orders").unwrap().clone();
+        route
+    }
+
+    fn manifest(orders: &[(&str, &[i64])]) -> Manifest {
+        let mut m = Manifest {
+            route: Some("orders".into()),
+            ..Manifest::default()
+        };
+        for (order, revisions) in orders {
+            for r in *revisions {
+                m.route_events.push(RouteEvent {
+                    identity: vec![order.to_string(), r.to_string()],
+                    key: vec![order.to_string()],
+                    newest_by: Some(r.to_string()),
+                });
+            }
+        }
+        m
+    }
+
+    /// Writes `order` at `revision` into `index` as the loader does.
+    async fn index_order(index: &MemoryIndex, route: &Route, order: &str, revision: i64) {
+        let mut values = vec![Value::Null; route.columns.len()];
+        values[route.key[0]] = Value::Text(order.into());
+        let Merge::NewestBy(r) = route.merge else {
+            panic!("newest_by route")
+        };
+        values[r] = Value::Int(revision);
+        let plan = route.search.as_ref().unwrap();
+        let request = encode(
+            &[Doc {
+                plan,
+                values: &values,
+            }],
+            1 << 20,
+        )
+        .remove(0);
+        index.bulk(Bytes::from(request.body), 1).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn each_key_is_judged_present_newest_older_missing_or_refused() {
+        // Given four orders produced; the index holds o-1 newest, o-2 older, o-3 not at all
+        // (the index refused it: a dead letter carries it), o-4 not at all
+        let route = route();
+        let index = MemoryIndex::default();
+        index_order(&index, &route, "o-1", 3).await;
+        index_order(&index, &route, "o-2", 1).await;
+        let m = manifest(&[
+            ("o-1", &[1, 3]),
+            ("o-2", &[1, 2]),
+            ("o-3", &[1]),
+            ("o-4", &[1]),
+        ]);
+        let refused = vec![serde_json::json!({"order_id": "o-3", "revision": 1})];
+        // When the index is audited
+        let a = audit_index(&m, &route, &index, &refused).await.unwrap();
+        // Then
+        assert_eq!(a.expected_keys, 4);
+        assert_eq!(a.documents_ok, 1);
+        assert_eq!(a.documents_with_older_revision, 1);
+        assert_eq!(a.documents_refused, 1);
+        assert_eq!(a.documents_missing, 1);
+        assert!(!a.exactly_once());
+        // And a later run's newer revision counts as present
+        index_order(&index, &route, "o-2", 9).await;
+        index_order(&index, &route, "o-4", 1).await;
+        let a = audit_index(&m, &route, &index, &refused).await.unwrap();
+        assert_eq!((a.documents_ok, a.documents_newer), (3, 1));
+        assert!(a.exactly_once());
+    }
+}
