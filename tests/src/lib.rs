@@ -354,7 +354,7 @@ pub struct Switches {
 
 pub type FaultyPipeline = Pipeline<
     Faulty<streamload_aws::DynamoDedup>,
-    Faulty<streamload_postgres::PgRows>,
+    Faulty<streamload_runtime::Rows>,
     Faulty<streamload_aws::S3Objects>,
     Faulty<streamload_aws::SqsDeadLetters>,
 >;

@@ -446,6 +446,8 @@ type = "text"
         url: search_url(),
         auth: streamload_runtime::SearchAuthSource::None,
     });
+    // and no database configured at all
+    stack.config.database = streamload_runtime::DatabaseSource::Unset;
     let p = stack.pipeline().await;
     // When clicks arrive, one of them twice
     let click = |id: &str| serde_json::to_vec(&json!({"click_id": id, "page": "/home"})).unwrap();
@@ -474,4 +476,20 @@ type = "text"
         .filter(|k| k.starts_with("clicks/") && k.ends_with(".parquet"))
         .collect();
     assert_eq!(objects.len(), 1, "{objects:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_with_a_table_and_no_database_configured_fails_at_start_up_naming_it() {
+    // Given the example orders route (a table) and no database variables
+    let mut stack = indexed_stack("nodb", &unique("nodb"), &search_url()).await;
+    stack.config.database = streamload_runtime::DatabaseSource::Unset;
+    // When the loader starts, Then one line names what is missing and the route
+    let e = match streamload_runtime::build_pipeline_with(&stack.config, &stack.sdk).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("started without a database"),
+    };
+    assert!(
+        e.contains("DATABASE_URL") && e.contains("route \"events\"") && !e.contains('\n'),
+        "{e}"
+    );
 }

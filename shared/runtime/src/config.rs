@@ -21,6 +21,9 @@ pub enum DatabaseSource {
     /// role; the coordinates from `DATABASE_URL` (without a password) or from
     /// `DATABASE_HOST` / `DATABASE_PORT` / `DATABASE_NAME` / `DATABASE_USER`.
     Iam { url: Option<String> },
+    /// None of them: allowed only when no route writes a table (index and lake only);
+    /// refused at start-up otherwise, naming the route.
+    Unset,
 }
 
 impl std::fmt::Debug for DatabaseSource {
@@ -28,6 +31,7 @@ impl std::fmt::Debug for DatabaseSource {
         match self {
             DatabaseSource::Url(_) => f.write_str("Url(<redacted>)"),
             DatabaseSource::SecretArn(a) => write!(f, "SecretArn({a})"),
+            DatabaseSource::Unset => f.write_str("Unset"),
             DatabaseSource::Iam { url } => {
                 write!(
                     f,
@@ -307,11 +311,9 @@ impl Config {
                         why: "not an ARN".into(),
                     })
                 }
-                (None, None) => {
-                    return Err(ConfigError::Missing(
-                        "DATABASE_URL, DATABASE_SECRET_ARN or DATABASE_IAM_AUTH",
-                    ))
-                }
+                // Checked against the routes at start-up: only routes without a table may go
+                // without a database.
+                (None, None) => DatabaseSource::Unset,
             }
         };
         let target_table = get("TARGET_TABLE").unwrap_or_else(|| "events".into());
@@ -499,15 +501,13 @@ mod tests {
             let without: Vec<_> = BASE.iter().copied().filter(|(k, _)| *k != name).collect();
             assert_eq!(with(&without).unwrap_err(), ConfigError::Missing(name));
         }
+        // No database at all is left to the start-up, which knows whether a route has a table
         let no_db: Vec<_> = BASE
             .iter()
             .copied()
             .filter(|(k, _)| *k != "DATABASE_URL")
             .collect();
-        assert_eq!(
-            with(&no_db).unwrap_err(),
-            ConfigError::Missing("DATABASE_URL, DATABASE_SECRET_ARN or DATABASE_IAM_AUTH")
-        );
+        assert_eq!(with(&no_db).unwrap().database, DatabaseSource::Unset);
     }
 
     #[test]

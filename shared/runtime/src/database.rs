@@ -210,6 +210,9 @@ pub async fn connect_options(
     }
     let env = &env;
     match &config.database {
+        DatabaseSource::Unset => Err(StartError::Config(ConfigError::Missing(
+            "DATABASE_URL, DATABASE_SECRET_ARN or DATABASE_IAM_AUTH",
+        ))),
         DatabaseSource::Url(url) => {
             Ok(
                 ConnectOptions::parse(url).map_err(|e| ConfigError::Invalid {

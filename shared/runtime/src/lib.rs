@@ -26,7 +26,7 @@ use streamload_core::{Invocation, Pipeline, PipelineSettings};
 use streamload_postgres::{PgError, PgRows};
 
 /// The pipeline as deployed: DynamoDB, PostgreSQL, S3 and SQS.
-pub type AwsPipeline = Pipeline<DynamoDedup, PgRows, S3Objects, SqsDeadLetters>;
+pub type AwsPipeline = Pipeline<DynamoDedup, Rows, S3Objects, SqsDeadLetters>;
 
 /// Why a function could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,9 @@ pub enum StartError {
     /// differs (one line naming the route and the field).
     #[error("{0}")]
     Search(String),
+    /// A route writes a table and no database is configured.
+    #[error("{0}")]
+    NoDatabase(String),
 }
 
 /// Parses a route file's TOML text and compiles it.
@@ -192,30 +195,26 @@ pub async fn build_pipeline_with(
     sdk: &aws_config::SdkConfig,
 ) -> Result<AwsPipeline, StartError> {
     let sdk = sdk.clone();
-    let pg_options = database::connect_options(config, &sdk).await?;
     let routes = load_routes(config, &sdk).await?;
-    let rows = PgRows::new(pg_options, &routes);
-    // Routes without a table (index and lake only) never reach the database: with none, it
-    // is not connected to at all.
-    let checked = if routes.iter().any(|r| r.has_table()) {
-        rows.check_routes(&routes).await
-    } else {
-        Ok(Vec::new())
+    // Routes without a table (index and lake only) never reach the database: with none, no
+    // database is needed, and none is connected to.
+    let table_route = routes.iter().find(|r| r.has_table());
+    let rows = match (table_route, &config.database) {
+        (None, _) => Rows::NoTables,
+        (Some(route), DatabaseSource::Unset) => {
+            return Err(StartError::NoDatabase(format!(
+                "configuration: DATABASE_URL, DATABASE_SECRET_ARN or DATABASE_IAM_AUTH is required: route {:?} writes table {}",
+                route.name,
+                route.table_name()
+            )))
+        }
+        (Some(_), _) => {
+            let pg_options = database::connect_options(config, &sdk).await?;
+            Rows::Postgres(Box::new(
+                check_tables(PgRows::new(pg_options, &routes), &routes).await?,
+            ))
+        }
     };
-    match checked {
-        Ok(done) => {
-            for ddl in done {
-                tracing::info!(statement = %ddl, "schema migrated at start-up");
-            }
-        }
-        // Unreachable now is not a mistake in the configuration: the first connection
-        // runs the checks before any row is written.
-        Err(PgError::Connect(why)) => {
-            tracing::warn!(error = %why, "database unreachable at start-up; checking routes on first connect");
-            rows.check_on_first_connect();
-        }
-        Err(e) => return Err(e.into()),
-    }
     Ok(Pipeline {
         dedup: dedup_store(config, &sdk),
         rows,
@@ -232,6 +231,49 @@ pub async fn build_pipeline_with(
             ..PipelineSettings::default()
         },
     })
+}
+
+/// The route tables' start-up checks (and `auto_migrate`); a database unreachable now is
+/// checked on its first connection instead.
+async fn check_tables(rows: PgRows, routes: &Routes) -> Result<PgRows, StartError> {
+    match rows.check_routes(routes).await {
+        Ok(done) => {
+            for ddl in done {
+                tracing::info!(statement = %ddl, "schema migrated at start-up");
+            }
+        }
+        // Unreachable now is not a mistake in the configuration: the first connection
+        // runs the checks before any row is written.
+        Err(PgError::Connect(why)) => {
+            tracing::warn!(error = %why, "database unreachable at start-up; checking routes on first connect");
+            rows.check_on_first_connect();
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(rows)
+}
+
+/// The table sink: PostgreSQL, or none when no route writes a table.
+pub enum Rows {
+    Postgres(Box<PgRows>),
+    /// No route writes a table: nothing is ever upserted, and no database is configured.
+    NoTables,
+}
+
+impl RowSink for Rows {
+    async fn upsert(
+        &self,
+        rows: &[streamload_core::ports::Row<'_>],
+        until_ms: i64,
+    ) -> Result<Vec<streamload_core::ports::Refusal>, streamload_core::error::PortError> {
+        match self {
+            Rows::Postgres(pg) => pg.upsert(rows, until_ms).await,
+            Rows::NoTables if rows.is_empty() => Ok(Vec::new()),
+            Rows::NoTables => Err(streamload_core::error::PortError::permanent(
+                "no route writes a table, and rows were sent for one",
+            )),
+        }
+    }
 }
 
 /// The search index of the routes that name one, checked (or created, with the route's
