@@ -253,3 +253,38 @@ async fn a_route_without_a_table_loads_its_index_and_lake_and_never_the_database
     assert_eq!(document(&stack, "o-1").await, Some((3, 2, 20)));
     assert_eq!(parquet_orders(&stack), vec!["o-1", "o-1", "o-2"]);
 }
+
+/// A sandbox over the orders route dies at the armed point; a new one gets the batch again.
+async fn crash_then_redeliver(arm: impl Fn(&Switches)) {
+    let stack = Stack::new();
+    let batch = orders(&[("o-1", 1, 10, None), ("o-2", 1, 20, None)], 1);
+    // Given a sandbox that dies at the armed point (Lambda stops it after 300 ms)
+    let (mut p1, s1) = stack.pipeline();
+    p1.settings.routes = routes(true);
+    arm(&s1);
+    let crashed = tokio::time::timeout(
+        Duration::from_millis(300),
+        p1.process(&batch, &invocation("crashed", Duration::from_millis(1000))),
+    )
+    .await;
+    assert!(crashed.is_err(), "the first invocation must have crashed");
+    drop(p1);
+    // When the batch is delivered to a new sandbox
+    let report = run(&stack, &batch, "retry").await;
+    // Then each order is in every sink once
+    assert!(report.failures.is_empty(), "{:?}", report.outcomes);
+    assert_eq!(parquet_orders(&stack), vec!["o-1", "o-2"]);
+    assert_eq!(stack.row_count(), 2);
+    assert_eq!(document(&stack, "o-1").await, Some((2, 1, 10)));
+    assert_eq!(stack.search.documents.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_after_the_database_before_the_bulk_loads_once_on_redelivery() {
+    crash_then_redeliver(|s| s.search.crash_before.store(true, Ordering::SeqCst)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_after_the_bulk_was_applied_before_the_object_loads_once_on_redelivery() {
+    crash_then_redeliver(|s| s.search.crash_after.store(true, Ordering::SeqCst)).await;
+}
