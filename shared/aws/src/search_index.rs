@@ -21,8 +21,7 @@ use streamload_core::error::PortError;
 use streamload_core::ports::{SearchIndex, StoredDocument};
 use streamload_core::retry::{retry, SINK_RETRY};
 use streamload_core::search::bulk::{read_answer, ItemOutcome, MAX_REQUEST_DOCUMENTS};
-use streamload_core::search::memory::compare;
-use streamload_core::search::IndexPlan;
+use streamload_core::search::{compare_fields, IndexPlan};
 
 /// Longest attempt of one request: a 10 MiB `_bulk` takes a few seconds on a busy cluster.
 pub const SEARCH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -155,12 +154,6 @@ impl SearchClient {
             authorize,
             attempt_timeout: SEARCH_ATTEMPT_TIMEOUT,
         })
-    }
-
-    /// The same client with a different bound per attempt (tests shorten it).
-    pub fn with_attempt_timeout(mut self, attempt_timeout: Duration) -> Self {
-        self.attempt_timeout = attempt_timeout;
-        self
     }
 
     /// One attempt of `method path` with `body` (JSON or NDJSON). `Err`: the request may
@@ -355,7 +348,7 @@ impl SearchIndex for SearchClient {
             (path, held)
         };
         match held {
-            Some(held) => compare(route, &name, &held, &wanted),
+            Some(held) => compare_fields(route, &name, &held, &wanted),
             None if create => {
                 if plan.is_pattern() {
                     let body = serde_json::json!({

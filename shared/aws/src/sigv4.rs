@@ -299,6 +299,18 @@ mod tests {
     use aws_smithy_runtime_api::client::identity::Identity;
     use std::time::Duration;
 
+    /// AWS's documentation example keys, as the SDK's credentials and as ours.
+    fn example_keys(token: Option<&str>) -> (Credentials, Keys<'_>) {
+        let (id, secret) = ("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
+        let creds = Credentials::new(id, secret, token.map(str::to_owned), None, "test");
+        let keys = Keys {
+            access_key_id: id,
+            secret_access_key: secret,
+            session_token: token,
+        };
+        (creds, keys)
+    }
+
     /// What `aws-sigv4` (the SDK's signer) puts on the same request.
     fn reference(creds: &Credentials, url: &str, body: &[u8], at: SystemTime) -> (String, String) {
         let identity: Identity = creds.clone().into();
@@ -360,18 +372,7 @@ mod tests {
                 "https://dynamodb.eu-west-1.amazonaws.com/",
             ),
         ] {
-            let creds = Credentials::new(
-                "AKIDEXAMPLE",
-                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-                token.map(str::to_owned),
-                None,
-                "test",
-            );
-            let keys = Keys {
-                access_key_id: "AKIDEXAMPLE",
-                secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-                session_token: token,
-            };
+            let (creds, keys) = example_keys(token);
             let ours = signer.sign(
                 &keys,
                 host,
@@ -460,18 +461,7 @@ mod tests {
                 "out/a b+c~d%e/ünï.parquet",
             ),
         ] {
-            let creds = Credentials::new(
-                "AKIDEXAMPLE",
-                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-                token.map(str::to_owned),
-                None,
-                "test",
-            );
-            let keys = Keys {
-                access_key_id: "AKIDEXAMPLE",
-                secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-                session_token: token,
-            };
+            let (creds, keys) = example_keys(token);
             let path = format!("/{}", encode_path(key));
             let payload = sha256_hex(body);
             let put = PathRequest {
@@ -534,18 +524,7 @@ mod tests {
                 None,
             ),
         ] {
-            let creds = Credentials::new(
-                "AKIDEXAMPLE",
-                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-                token.map(str::to_owned),
-                None,
-                "test",
-            );
-            let keys = Keys {
-                access_key_id: "AKIDEXAMPLE",
-                secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-                session_token: token,
-            };
+            let (creds, keys) = example_keys(token);
             let payload = sha256_hex(body);
             let ours = signer.sign_object_request(
                 &keys,

@@ -71,10 +71,7 @@ pub fn encode(docs: &[Doc<'_>], max_bytes: usize) -> Vec<BulkRequest> {
 
 /// Appends a document's action line and source line; `false` when the plan refuses it.
 fn write_pair(doc: &Doc<'_>, out: &mut Vec<u8>) -> bool {
-    if doc.plan.check(doc.values).is_err() {
-        return false;
-    }
-    let Ok(version) = doc.plan.version(doc.values) else {
+    let Ok((id, version)) = doc.plan.action(doc.values) else {
         return false;
     };
     let op: &[u8] = match doc.plan.write {
@@ -84,7 +81,7 @@ fn write_pair(doc: &Doc<'_>, out: &mut Vec<u8>) -> bool {
     out.extend_from_slice(op);
     push_json_string(out, &doc.plan.index_name(doc.values));
     out.extend_from_slice(b",\"_id\":");
-    push_json_string(out, &doc.plan.document_id(doc.values));
+    push_json_string(out, &id);
     if let Some(v) = version {
         out.extend_from_slice(b",\"version\":");
         out.extend_from_slice(v.to_string().as_bytes());

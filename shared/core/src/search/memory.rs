@@ -4,7 +4,7 @@
 //! behaviour. It reads the `_bulk` bodies the encoder writes, so it checks them too.
 
 use super::bulk::{refused, ItemOutcome};
-use super::IndexPlan;
+use super::{compare_fields, IndexPlan};
 use crate::error::PortError;
 use crate::ports::{SearchIndex, StoredDocument};
 use serde_json::Value as Json;
@@ -147,7 +147,7 @@ impl SearchIndex for MemoryIndex {
         let wanted = plan.field_types();
         let mut mappings = lock(&self.mappings);
         let answer = match mappings.iter().find(|(p, _)| *p == name) {
-            Some((_, held)) => compare(route, &name, held, &wanted),
+            Some((_, held)) => compare_fields(route, &name, held, &wanted),
             None if create => {
                 mappings.push((name, wanted));
                 Ok(())
@@ -169,32 +169,4 @@ impl SearchIndex for MemoryIndex {
             .cloned();
         std::future::ready(Ok(doc))
     }
-}
-
-/// The first field whose type in the index differs from the route's, as one line.
-pub fn compare(
-    route: &str,
-    index: &str,
-    held: &HashMap<String, String>,
-    wanted: &HashMap<String, String>,
-) -> Result<(), PortError> {
-    let mut names: Vec<&String> = wanted.keys().collect();
-    names.sort();
-    for name in names {
-        let want = &wanted[name];
-        match held.get(name) {
-            Some(have) if have == want => {}
-            Some(have) => {
-                return Err(PortError::permanent(format!(
-                    "route {route:?}: search index {index:?} field {name:?} is {have}, the route writes {want}"
-                )))
-            }
-            None => {
-                return Err(PortError::permanent(format!(
-                    "route {route:?}: search index {index:?} has no field {name:?} (the route writes {want}); add it to the index's mapping"
-                )))
-            }
-        }
-    }
-    Ok(())
 }

@@ -118,6 +118,20 @@ impl FieldType {
         }
     }
 
+    /// The mapping type's name, as a mapping reads back.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            FieldType::Keyword => "keyword",
+            FieldType::Integer => "integer",
+            FieldType::Long => "long",
+            FieldType::Double => "double",
+            FieldType::ScaledFloat(_) => "scaled_float",
+            FieldType::Boolean => "boolean",
+            FieldType::Date | FieldType::DateOnly => "date",
+            FieldType::Opaque => "object",
+        }
+    }
+
     /// The field's mapping, as JSON.
     pub fn mapping(&self) -> serde_json::Value {
         use serde_json::json;
@@ -408,6 +422,12 @@ impl IndexPlan {
     /// an empty id, a version out of range), checked before any sink sees the event: such an
     /// action would fail its whole `_bulk` request, not itself alone.
     pub fn check(&self, values: &[Value]) -> Result<(), String> {
+        self.action(values).map(|_| ())
+    }
+
+    /// The document id and version of an event's action, or why it has none
+    /// ([`IndexPlan::check`]).
+    pub fn action(&self, values: &[Value]) -> Result<(String, Option<u64>), String> {
         let id = self.document_id(values);
         if id.is_empty() {
             return Err("the index document id is empty".to_owned());
@@ -418,21 +438,15 @@ impl IndexPlan {
                 id.len()
             ));
         }
-        self.version(values).map_err(str::to_owned)?;
-        Ok(())
+        let version = self.version(values).map_err(str::to_owned)?;
+        Ok((id, version))
     }
 
     /// Each field's index type name (`keyword`, `long`, …), as a mapping reads back.
     pub fn field_types(&self) -> std::collections::HashMap<String, String> {
         self.fields
             .iter()
-            .map(|(_, name, ty)| {
-                let mapping = ty.mapping();
-                (
-                    name.clone(),
-                    mapping["type"].as_str().unwrap_or("").to_owned(),
-                )
-            })
+            .map(|(_, name, ty)| (name.clone(), ty.type_name().to_owned()))
             .collect()
     }
 
@@ -468,6 +482,34 @@ impl IndexPlan {
         }
         out.push(b'}');
     }
+}
+
+/// The first field whose type in the index differs from the route's, as one line.
+pub fn compare_fields(
+    route: &str,
+    index: &str,
+    held: &std::collections::HashMap<String, String>,
+    wanted: &std::collections::HashMap<String, String>,
+) -> Result<(), crate::error::PortError> {
+    let mut names: Vec<&String> = wanted.keys().collect();
+    names.sort();
+    for name in names {
+        let want = &wanted[name];
+        match held.get(name) {
+            Some(have) if have == want => {}
+            Some(have) => {
+                return Err(crate::error::PortError::permanent(format!(
+                    "route {route:?}: search index {index:?} field {name:?} is {have}, the route writes {want}"
+                )))
+            }
+            None => {
+                return Err(crate::error::PortError::permanent(format!(
+                    "route {route:?}: search index {index:?} has no field {name:?} (the route writes {want}); add it to the index's mapping"
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Appends `s` as a JSON string.
