@@ -26,6 +26,39 @@ pub struct ParquetRow<'a> {
     pub source_headers: Option<&'a str>,
 }
 
+/// One line of a lake-less route's commit marker: which record it proves loaded, and the
+/// claim key of its event (what `streamload verify` counts). No value of the event beyond its
+/// identity, which the claim key already holds.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct MarkerLine<'a> {
+    pub source_unit: &'a str,
+    pub source_position: &'a str,
+    pub claim_key: &'a str,
+}
+
+/// A commit marker's body: one JSON object per line, in the order given.
+///
+/// ```
+/// use streamload_core::encode::{encode_markers, MarkerLine};
+/// let body = encode_markers(&[MarkerLine {
+///     source_unit: "orders/shardId-0", source_position: "7", claim_key: "rt:orders:o-1",
+/// }]);
+/// assert_eq!(
+///     String::from_utf8(body).unwrap(),
+///     "{\"source_unit\":\"orders/shardId-0\",\"source_position\":\"7\",\"claim_key\":\"rt:orders:o-1\"}\n"
+/// );
+/// ```
+pub fn encode_markers(lines: &[MarkerLine<'_>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(lines.len() * 96);
+    for line in lines {
+        // Serialising three strings into a Vec cannot fail.
+        if serde_json::to_writer(&mut out, line).is_ok() {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
     #[error("arrow: {0}")]

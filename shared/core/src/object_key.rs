@@ -56,6 +56,38 @@ pub fn data_object_key(
     )
 }
 
+/// The folder under a lake-less route's prefix where its commit markers live. The leading `_`
+/// keeps query engines (Hive, Spark, Athena, Trino) from reading it as data.
+pub const MARKER_FOLDER: &str = "_markers/";
+
+/// The commit marker of a route without a lake (`lake = false`): one per invocation and unit,
+/// `<prefix>_markers/<unit>-<first>-<last>-<attempt>.jsonl`. It stands where the Parquet object
+/// would: its existence proves every claim that names it loaded, exactly as an object does.
+pub fn marker_object_key(
+    prefix: &str,
+    unit_label: &str,
+    first: &Position,
+    last: &Position,
+    attempt: &str,
+) -> String {
+    format!(
+        "{prefix}{MARKER_FOLDER}{}-{first}-{last}-{}.jsonl",
+        sanitize(unit_label),
+        sanitize(attempt)
+    )
+}
+
+/// The content type an object of the loaders is written with, by its key's extension.
+pub fn content_type(key: &str) -> &'static str {
+    if key.ends_with(".parquet") {
+        "application/vnd.apache.parquet"
+    } else if key.ends_with(".jsonl") {
+        "application/x-ndjson"
+    } else {
+        "application/octet-stream"
+    }
+}
+
 /// Where a record too large for the queue keeps its raw bytes. `digest` is the record's
 /// poison digest (hex): the unit label may be cut and coordinates repeat across clusters.
 pub fn dead_letter_key(
@@ -125,6 +157,23 @@ mod tests {
         assert_eq!(
             key,
             "events/dt=2024-03-01/hour=10/orders_shardId-1-5-9-req-1.parquet"
+        );
+    }
+
+    #[test]
+    fn a_lake_less_routes_markers_sit_apart_from_data() {
+        let key = marker_object_key(
+            "orders/",
+            "orders/shardId-1",
+            &Position::parse("5").unwrap(),
+            &Position::parse("9").unwrap(),
+            "req-1",
+        );
+        assert_eq!(key, "orders/_markers/orders_shardId-1-5-9-req-1.jsonl");
+        assert_eq!(content_type(&key), "application/x-ndjson");
+        assert_eq!(
+            content_type("orders/dt=2024-03-01/hour=10/u-1-2-r.parquet"),
+            "application/vnd.apache.parquet"
         );
     }
 }

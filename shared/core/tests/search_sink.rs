@@ -20,6 +20,11 @@ fn routes(with_note: bool) -> Routes {
 
 /// [`routes`], writing the table `orders` only if `table`.
 fn routes_with(with_note: bool, table: bool) -> Routes {
+    routes_to(with_note, table, true)
+}
+
+/// [`routes`], writing the table `orders` only if `table` and Parquet objects only if `lake`.
+fn routes_to(with_note: bool, table: bool, lake: bool) -> Routes {
     let mut columns = vec![
         json!({"name": "order_id", "from": "/order_id", "type": "text", "required": true}),
         json!({"name": "revision", "from": "/revision", "type": "bigint", "required": true}),
@@ -36,6 +41,9 @@ fn routes_with(with_note: bool, table: bool) -> Routes {
     });
     if !table {
         route.as_object_mut().unwrap().remove("table");
+    }
+    if !lake {
+        route["lake"] = json!(false);
     }
     let file: ConfigFile = serde_json::from_value(json!({ "route": [route] })).unwrap();
     Routes::compile(&file).unwrap()
@@ -252,6 +260,105 @@ async fn a_route_without_a_table_loads_its_index_and_lake_and_never_the_database
     assert_eq!(stack.row_count(), 0);
     assert_eq!(document(&stack, "o-1").await, Some((3, 2, 20)));
     assert_eq!(parquet_orders(&stack), vec!["o-1", "o-1", "o-2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_route_without_a_lake_commits_by_markers_and_loads_each_event_once() {
+    let stack = Stack::new();
+    // Given a route with a table and an index but no lake, whose index's mapping lacks `note`
+    let route = || routes_to(true, true, false);
+    stack
+        .search
+        .prepare(
+            "orders",
+            routes(false).get(0).search.as_ref().unwrap(),
+            true,
+        )
+        .await
+        .unwrap();
+    let batch = orders(
+        &[
+            ("o-1", 1, 10, None),
+            ("o-2", 1, 20, Some("gift")),
+            ("o-3", 1, 30, None),
+        ],
+        1,
+    );
+    // When the batch loads, one order's document refused by the index
+    let (mut p, _) = stack.pipeline();
+    p.settings.routes = route();
+    let report = p
+        .process(&batch, &invocation("a", Duration::from_secs(30)))
+        .await;
+    // Then the others are in the table and the index, no Parquet is written, and one commit
+    // marker names each loaded event once (not the refused one, which is dead-lettered)
+    assert_eq!(
+        report.outcomes,
+        vec![
+            RecordOutcome::Loaded,
+            RecordOutcome::DeadLettered(PoisonKind::Refused),
+            RecordOutcome::Loaded
+        ]
+    );
+    assert!(parquet_orders(&stack).is_empty());
+    let markers = stack.markers();
+    assert_eq!(markers.len(), 1, "{markers:?}");
+    let (key, claims) = markers.into_iter().next().unwrap();
+    assert!(
+        key.starts_with("orders/_markers/") && key.ends_with("-a.jsonl"),
+        "{key}"
+    );
+    // (the identity of a newest_by route holds its ordering column)
+    assert_eq!(
+        claims,
+        vec![r#"rt:orders:["o-1","1"]"#, r#"rt:orders:["o-3","1"]"#]
+    );
+    assert_eq!(document(&stack, "o-3").await, Some((2, 1, 30)));
+    // And a redelivery to a new sandbox finds every record done, by the marker
+    let (mut p, _) = stack.pipeline();
+    p.settings.routes = route();
+    let again = p
+        .process(&batch, &invocation("b", Duration::from_secs(30)))
+        .await;
+    assert_eq!(again.outcomes, vec![RecordOutcome::Duplicate; 3]);
+    assert_eq!(stack.markers().len(), 1);
+    // (the refused document's row stays in the table: docs/exactly-once.md, "The search index")
+    assert_eq!(stack.row_count(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_marker_write_answer_is_harmless_and_a_failed_marker_leaves_the_events_to_retry() {
+    let stack = Stack::new();
+    let batch = orders(&[("o-1", 1, 10, None), ("o-2", 1, 20, None)], 1);
+    // Given a lake-less route whose object store fails every call
+    let (mut p, s) = stack.pipeline();
+    p.settings.routes = routes_to(false, true, false);
+    s.objects.fail.store(true, Ordering::SeqCst);
+    // When the batch is processed
+    let failed = p
+        .process(&batch, &invocation("a", Duration::from_secs(30)))
+        .await;
+    // Then nothing is reported loaded without its marker
+    assert_eq!(
+        failed.outcomes,
+        vec![RecordOutcome::Failed(FailureCause::ObjectStore); 2]
+    );
+    assert!(stack.markers().is_empty());
+    // When it is redelivered to a sandbox whose marker write is applied but its answer lost
+    let (mut p, s) = stack.pipeline();
+    p.settings.routes = routes_to(false, true, false);
+    s.objects.lose_next.store(1, Ordering::SeqCst);
+    let report = p
+        .process(&batch, &invocation("b", Duration::from_secs(30)))
+        .await;
+    // Then the events load once: one marker naming both
+    assert!(report.failures.is_empty(), "{:?}", report.outcomes);
+    let markers: Vec<Vec<String>> = stack.markers().into_values().collect();
+    assert_eq!(
+        markers,
+        vec![vec![r#"rt:orders:["o-1","1"]"#, r#"rt:orders:["o-2","1"]"#]]
+    );
+    assert_eq!(stack.row_count(), 2);
 }
 
 /// A sandbox over the orders route dies at the armed point; a new one gets the batch again.

@@ -4,7 +4,8 @@
 
 use super::*;
 
-/// The Parquet object of `members` (all of one route: objects are planned per route).
+/// The Parquet object of `members` (all of one route: objects are planned per route), or the
+/// commit marker of a route without a lake.
 pub(super) fn encode_members(
     routes: &Routes,
     work: &Work<'_>,
@@ -17,10 +18,25 @@ pub(super) fn encode_members(
     else {
         return Ok(Vec::new());
     };
+    let position = |i: usize| &work.batch.records[i].position;
+    if !route.lake {
+        let texts: Vec<String> = members.iter().map(|&i| position(i).to_string()).collect();
+        let lines: Vec<MarkerLine<'_>> = members
+            .iter()
+            .zip(&texts)
+            .filter_map(|(&i, text)| {
+                work.slots[i].event.as_ref().map(|e| MarkerLine {
+                    source_unit: &work.batch.records[i].unit.label,
+                    source_position: text,
+                    claim_key: &e.claim_key,
+                })
+            })
+            .collect();
+        return Ok(encode_markers(&lines));
+    }
     // A KPL user record's lineage names its place in the aggregate too (`<seq>.<sub>`), text
     // made only for objects holding such records; a record of its own borrows its sequence
     // number or offset.
-    let position = |i: usize| &work.batch.records[i].position;
     let sub_positions: Vec<Option<String>> = if members
         .iter()
         .any(|&i| position(i).sub_sequence().is_some())
@@ -370,8 +386,7 @@ where
     ) -> ObjectResult {
         let body = bytes::Bytes::from(body);
         let put = in_budget(self.settings.in_budget_retry, until, || {
-            self.objects
-                .put_new(key, body.clone(), "application/vnd.apache.parquet")
+            self.objects.put_new(key, body.clone(), content_type(key))
         })
         .await;
         match put {

@@ -30,12 +30,13 @@
 
 use crate::clock::{Clock, SystemClock};
 use crate::dead_letter::{self, poison_digest, DeadLetterData};
-use crate::encode::{encode_parquet, EncodeError, ParquetRow};
+use crate::encode::{encode_markers, encode_parquet, EncodeError, MarkerLine, ParquetRow};
 use crate::error::{Classify, PortError};
 use crate::event::{Poison, PoisonKind, DEFAULT_MAX_RECORD_BYTES};
 use crate::metrics::{BatchSummary, Phase, PhaseMark, PhaseTimes};
 use crate::object_key::{
-    data_object_key, dead_letter_archive_key, dead_letter_key, hour_partition,
+    content_type, data_object_key, dead_letter_archive_key, dead_letter_key, hour_partition,
+    marker_object_key,
 };
 use crate::pacing::WakePacer;
 use crate::ports::{

@@ -1,6 +1,7 @@
 //! Naming, before any claim is written, the object each record's claim will name: the
-//! Parquet object of an event (per route, unit and hour), the dead-letter archive of a poison
-//! record (per unit).
+//! Parquet object of an event (per route, unit and hour) or, for a route without a lake, its
+//! commit marker (per route and unit), and the dead-letter archive of a poison record (per
+//! unit).
 
 use super::*;
 
@@ -25,14 +26,18 @@ where
     /// of the event time, under the route's lake prefix, named by the first and last planned
     /// positions and this attempt.
     pub(super) fn plan_objects(&self, work: &mut Work<'_>, winners: &[usize]) {
-        let mut groups: BTreeMap<(usize, &SourceUnit, String), Vec<usize>> = BTreeMap::new();
+        let routes = &self.settings.routes;
+        // A route without a lake writes one commit marker per unit: no hour to split by.
+        let mut groups: BTreeMap<(usize, &SourceUnit, Option<String>), Vec<usize>> =
+            BTreeMap::new();
         for &i in winners {
             if let Some(e) = &work.slots[i].event {
                 let unit = &work.batch.records[i].unit;
-                groups
-                    .entry((e.route, unit, hour_partition(e.event_time_us)))
-                    .or_default()
-                    .push(i);
+                let hour = routes
+                    .get(e.route)
+                    .lake
+                    .then(|| hour_partition(e.event_time_us));
+                groups.entry((e.route, unit, hour)).or_default().push(i);
             }
         }
         let mut keys: Vec<(usize, String)> = Vec::with_capacity(winners.len());
@@ -40,14 +45,12 @@ where
             let Some((first, last)) = position_span(work.batch, &members) else {
                 continue;
             };
-            let key = data_object_key(
-                &self.settings.routes.get(route).lake_prefix,
-                &hour,
-                &unit.label,
-                first,
-                last,
-                &work.inv.attempt_id,
-            );
+            let prefix = &routes.get(route).lake_prefix;
+            let attempt = &work.inv.attempt_id;
+            let key = match hour {
+                Some(hour) => data_object_key(prefix, &hour, &unit.label, first, last, attempt),
+                None => marker_object_key(prefix, &unit.label, first, last, attempt),
+            };
             keys.extend(members.into_iter().map(|i| (i, key.clone())));
         }
         for (i, key) in keys {

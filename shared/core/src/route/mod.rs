@@ -62,6 +62,10 @@ pub struct RouteSpec {
     pub table: Option<String>,
     #[serde(default)]
     pub lake_prefix: Option<String>,
+    /// `lake = false`: no Parquet objects; the route's commit markers are small JSON-lines
+    /// objects under `<lake_prefix>_markers/` instead. Default true.
+    #[serde(default)]
+    pub lake: Option<bool>,
     #[serde(default)]
     pub event_time: Option<String>,
     #[serde(default)]
@@ -251,8 +255,10 @@ pub struct Route {
     /// Schema (optional) and table name, unquoted; `None`: the route writes no table (its
     /// search index and the lake only).
     pub table: Option<(Option<String>, String)>,
-    /// Ends in `/` (or is empty).
+    /// Ends in `/` (or is empty). A route without a lake keeps its commit markers under it.
     pub lake_prefix: String,
+    /// Whether the route writes Parquet objects to the lake (`lake = false`: markers only).
+    pub lake: bool,
     pub claim_prefix: String,
     pub columns: Vec<Column>,
     /// Column indices of the conflict target.
@@ -517,6 +523,7 @@ pub fn builtin_spec(table: &str, lake_prefix: &str) -> RouteSpec {
         source: "*".into(),
         table: Some(table.into()),
         lake_prefix: Some(lake_prefix.into()),
+        lake: None,
         event_time: Some("/created_at".into()),
         identity: Some(vec!["/event_id".into()]),
         key: vec!["event_id".into()],
@@ -866,15 +873,24 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
             })
             .ok()
     });
-    if spec.table.is_none() && spec.index.is_none() {
+    let lake = spec.lake.unwrap_or(true);
+    if spec.table.is_none() && spec.index.is_none() && !lake {
         problems.push(format!(
-            "route {route:?}: names no table and no [route.index]: give it a table, an index or both (the lake is always written: its objects are the commit markers)"
+            "route {route:?}: writes nowhere (no table, no [route.index] and lake = false): give it at least one sink"
         ));
+    }
+    if !lake {
+        for c in spec.columns.iter().filter(|c| c.lake_only) {
+            problems.push(format!(
+                "route {route:?}: column {:?} is lake_only but the route writes no lake (lake = false)",
+                c.name
+            ));
+        }
     }
     if spec.table.is_none() && spec.updated_at_column.is_some() {
         problems.push(format!("route {route:?}: updated_at_column needs a table"));
     }
-    let lake = lake_schema(&columns, &identity);
+    let lake_plan = lake_schema(&columns, &identity);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -885,13 +901,14 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
         return Err(vec![format!("route {route:?}: invalid")]);
     }
     let (lake_schema, lake_properties) =
-        lake.map_err(|e| vec![format!("route {route:?}: the lake schema: {e}")])?;
+        lake_plan.map_err(|e| vec![format!("route {route:?}: the lake schema: {e}")])?;
     Ok(Route {
         index,
         name: spec.name.clone(),
         source,
         table,
         lake_prefix,
+        lake,
         claim_prefix,
         columns,
         key,

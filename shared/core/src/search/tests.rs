@@ -291,17 +291,22 @@ fn the_mapping_is_strict_with_each_columns_index_type() {
 }
 
 #[test]
-fn a_route_names_a_table_an_index_or_both() {
-    let route = |table: bool, index: bool, updated_at: bool| {
+fn a_route_writes_any_non_empty_subset_of_table_index_and_lake() {
+    let route = |table: bool, index: bool, lake: bool, updated_at: bool| {
         let mut r = json!({
             "name": "clicks", "source": "kafka:clicks", "key": ["id"],
-            "column": [{"name": "id", "from": "/id", "type": "text", "required": true}]
+            "column": [{"name": "id", "from": "/id", "type": "text", "required": true},
+                       {"name": "raw", "from": "", "type": "jsonb", "lake_only": true}]
         });
         if table {
             r["table"] = json!("clicks");
         }
         if index {
-            r["index"] = json!({"name": "clicks"});
+            r["index"] = json!({"name": "clicks", "columns": ["id"]});
+        }
+        if !lake {
+            r["lake"] = json!(false);
+            r["column"].as_array_mut().unwrap().pop();
         }
         if updated_at {
             r["updated_at_column"] = json!("updated_at");
@@ -309,21 +314,46 @@ fn a_route_names_a_table_an_index_or_both() {
         let file: ConfigFile = serde_json::from_value(json!({ "route": [r] })).unwrap();
         Routes::compile(&file).map_err(|e| e.0)
     };
-    // An index and the lake only: no table
-    let routes = route(false, true, false).unwrap();
+    // Any non-empty subset of table, index and lake: an index and the lake only…
+    let routes = route(false, true, true, false).unwrap();
     assert!(!routes.get(0).has_table() && routes.get(0).search.is_some());
-    assert!(route(true, false, false).unwrap().get(0).has_table());
-    // Neither: one line saying what to give
-    let problems = route(false, false, false).unwrap_err();
+    assert!(route(true, false, true, false).unwrap().get(0).has_table());
+    // …the lake alone, a table alone, an index alone
+    let lake_only = route(false, false, true, false).unwrap();
+    assert!(!lake_only.get(0).has_table() && lake_only.get(0).search.is_none());
+    assert!(lake_only.get(0).lake);
+    assert!(!route(true, false, false, false).unwrap().get(0).lake);
+    let index_only = route(false, true, false, false).unwrap();
+    assert!(!index_only.get(0).lake && !index_only.get(0).has_table());
+    // None: one line saying what to give
+    let problems = route(false, false, false, false).unwrap_err();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
-        problems[0].contains("names no table and no [route.index]"),
+        problems[0].contains("writes nowhere") && problems[0].contains("\"clicks\""),
         "{problems:?}"
     );
     // A table's own setting without a table
-    let problems = route(false, true, true).unwrap_err();
+    let problems = route(false, true, true, true).unwrap_err();
     assert!(
         problems[0].contains("updated_at_column needs a table"),
         "{problems:?}"
+    );
+}
+
+#[test]
+fn a_lake_only_column_on_a_route_without_a_lake_is_one_line_naming_it() {
+    let file: ConfigFile = serde_json::from_value(json!({ "route": [{
+        "name": "clicks", "source": "kafka:clicks", "key": ["id"], "table": "clicks",
+        "lake": false,
+        "column": [{"name": "id", "from": "/id", "type": "text", "required": true},
+                   {"name": "raw", "from": "", "type": "jsonb", "lake_only": true}]
+    }]}))
+    .unwrap();
+    let problems = Routes::compile(&file).unwrap_err().0;
+    assert_eq!(
+        problems,
+        vec![
+            r#"route "clicks": column "raw" is lake_only but the route writes no lake (lake = false)"#
+        ]
     );
 }

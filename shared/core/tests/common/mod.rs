@@ -86,12 +86,34 @@ impl Stack {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(k, _)| k.ends_with(".jsonl"))
+            .filter(|(k, _)| k.ends_with(".jsonl") && !k.contains("/_markers/"))
             .map(|(k, stored)| {
                 let text = std::str::from_utf8(stored).unwrap();
                 let lines = text
                     .lines()
                     .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                (k.clone(), lines)
+            })
+            .collect()
+    }
+
+    /// The commit markers of routes without a lake: key → the claim keys its lines name.
+    pub fn markers(&self) -> BTreeMap<String, Vec<String>> {
+        self.objects
+            .objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.contains("/_markers/"))
+            .map(|(k, stored)| {
+                let lines = std::str::from_utf8(stored)
+                    .unwrap()
+                    .lines()
+                    .map(|l| {
+                        let line: serde_json::Value = serde_json::from_str(l).unwrap();
+                        line["claim_key"].as_str().unwrap().to_owned()
+                    })
                     .collect();
                 (k.clone(), lines)
             })
