@@ -239,8 +239,9 @@ enum Command {
     ///
     /// Example: streamload verify --manifest orders.json --routes streamload.toml --route orders
     Verify {
-        #[arg(long)]
-        manifest: PathBuf,
+        /// The manifest of a produce run; repeat it to judge several runs of one route together (an index or table then holds what the latest run made)
+        #[arg(long, required = true)]
+        manifest: Vec<PathBuf>,
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
         #[arg(long, env = "TARGET_TABLE", default_value = "events")]
@@ -784,10 +785,21 @@ async fn main_inner() -> Result<i32, CliError> {
             route,
             json,
         } => {
-            let text = std::fs::read_to_string(&manifest)
-                .map_err(|e| CliError::Usage(format!("manifest {}: {e}", manifest.display())))?;
-            let manifest: produce::Manifest = serde_json::from_str(&text)
-                .map_err(|e| CliError::Usage(format!("manifest: {e}")))?;
+            let mut runs = Vec::with_capacity(manifest.len());
+            for path in &manifest {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| CliError::Usage(format!("manifest {}: {e}", path.display())))?;
+                let run: produce::Manifest = serde_json::from_str(&text)
+                    .map_err(|e| CliError::Usage(format!("manifest {}: {e}", path.display())))?;
+                runs.push(run);
+            }
+            let mut runs = runs.into_iter();
+            let first = runs
+                .next()
+                .ok_or_else(|| CliError::Usage("give --manifest FILE".into()))?;
+            let manifest = runs
+                .try_fold(first, produce::Manifest::merge)
+                .map_err(CliError::Usage)?;
             let route = match routes {
                 Some(file) => Some(verify_route(&file, route.as_deref(), &manifest)?),
                 None => match &manifest.route {

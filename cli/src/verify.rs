@@ -21,6 +21,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use arrow_array::types::{
     Date32Type, Decimal128Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType,
 };
+use streamload_core::object_key::MARKER_FOLDER;
 use streamload_core::route::{ColumnType, Merge, Route};
 
 use crate::produce::Manifest;
@@ -82,6 +83,10 @@ pub struct Audit {
     /// The route writes no table (its index and the lake only): the table is not judged.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub no_table: bool,
+    /// The route writes no lake (`lake = false`): its commit markers are counted instead, each
+    /// event once (`parquet_objects`/`parquet_rows` then count markers and their lines).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_lake: bool,
     /// The records of dead letters whose reason says the search index refused their document
     /// (parsed JSON), to tell a refused document from a lost one.
     #[serde(skip)]
@@ -177,10 +182,17 @@ impl Audit {
             }
         }
         t.add_row(vec![
-            format!(
-                "events in Parquet ({} objects, {} rows)",
-                self.parquet_objects, self.parquet_rows
-            ),
+            if self.no_lake {
+                format!(
+                    "events in commit markers, no lake ({} markers, {} lines)",
+                    self.parquet_objects, self.parquet_rows
+                )
+            } else {
+                format!(
+                    "events in Parquet ({} objects, {} rows)",
+                    self.parquet_objects, self.parquet_rows
+                )
+            },
             self.expected_events.to_string(),
             self.in_lake_once.to_string(),
             format!(
@@ -779,6 +791,23 @@ fn parquet_identities(bytes: bytes::Bytes, route: &Route) -> Result<Vec<String>,
     Ok(ids)
 }
 
+/// The identities a commit marker names (its lines' claim keys without the route's prefix).
+fn marker_identities(bytes: &[u8], route: &Route, key: &str) -> Result<Vec<String>, CliError> {
+    let unreadable = || CliError::Usage(format!("verify cannot read the commit marker {key}"));
+    let text = std::str::from_utf8(bytes).map_err(|_| unreadable())?;
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).map_err(|_| unreadable())?;
+            line["claim_key"]
+                .as_str()
+                .and_then(|k| k.strip_prefix(&route.claim_prefix))
+                .map(str::to_owned)
+                .ok_or_else(unreadable)
+        })
+        .collect()
+}
+
 /// Audits `manifest` against the sinks of `route`, by its merge rule (see the module).
 pub async fn audit_route(
     manifest: &Manifest,
@@ -798,13 +827,26 @@ pub async fn audit_route(
     };
     let mut lake_ids = Vec::new();
     let mut objects = 0;
-    for key in keys_under(s3, &sinks.bucket, &route.lake_prefix).await? {
-        if !key.ends_with(".parquet") {
-            continue;
+    if route.lake {
+        for key in keys_under(s3, &sinks.bucket, &route.lake_prefix).await? {
+            if !key.ends_with(".parquet") {
+                continue;
+            }
+            objects += 1;
+            let (bytes, _) = object(s3, &sinks.bucket, &key).await?;
+            lake_ids.extend(parquet_identities(bytes, route)?);
         }
-        objects += 1;
-        let (bytes, _) = object(s3, &sinks.bucket, &key).await?;
-        lake_ids.extend(parquet_identities(bytes, route)?);
+    } else {
+        // A route without a lake: its commit markers name each loaded event once.
+        let markers = format!("{}{MARKER_FOLDER}", route.lake_prefix);
+        for key in keys_under(s3, &sinks.bucket, &markers).await? {
+            if !key.ends_with(".jsonl") {
+                continue;
+            }
+            objects += 1;
+            let (bytes, _) = object(s3, &sinks.bucket, &key).await?;
+            lake_ids.extend(marker_identities(&bytes, route, &key)?);
+        }
     }
     let mut audit = judge_route(route, manifest, &rows, &lake_ids)?;
     if !route.has_table() {
@@ -815,6 +857,7 @@ pub async fn audit_route(
         audit.missing_in_table = 0;
     }
     audit.parquet_objects = objects;
+    audit.no_lake = !route.lake;
     dead_letters(manifest, sinks, s3, &mut audit).await?;
     Ok(audit)
 }
@@ -1043,5 +1086,24 @@ mod tests {
             Some("7")
         );
         assert_eq!(identity_of(&["o-1".into(), "2".into()]), r#"["o-1","2"]"#);
+    }
+
+    #[test]
+    fn a_commit_markers_lines_give_the_identities_it_proves_loaded() {
+        // Given the orders route (claims rt:orders:<identity>) and a marker of two events
+        let route = route("orders");
+        let body = concat!(
+            r#"{"source_unit":"orders/shardId-0","source_position":"1","claim_key":"rt:orders:[\"o-1\",\"2\"]"}"#,
+            "\n",
+            r#"{"source_unit":"orders/shardId-0","source_position":"2","claim_key":"rt:orders:[\"o-2\",\"1\"]"}"#,
+            "\n"
+        );
+        // When it is read, Then each line is one identity in the loader's form
+        let ids = marker_identities(body.as_bytes(), &route, "k").unwrap();
+        assert_eq!(ids, vec![r#"["o-1","2"]"#, r#"["o-2","1"]"#]);
+        // And a line of another route's claims is an unreadable marker, not a silent skip
+        let other = r#"{"claim_key":"rt:clicks:c-1"}"#;
+        let e = marker_identities(other.as_bytes(), &route, "k").unwrap_err();
+        assert!(e.to_string().contains("commit marker k"), "{e}");
     }
 }

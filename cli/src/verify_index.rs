@@ -4,7 +4,8 @@
 //! the same order-preserving value the loader wrote) or a later run's newer one; under
 //! `keep-first` any produced event of the key. A key whose document the index refused is
 //! counted as refused when a dead letter says so and carries that key — refused by that sink,
-//! not lost.
+//! not lost. And nothing extra: every document in the index must be a produced key's (give
+//! every run's manifest when the index holds several runs).
 
 use std::collections::{HashMap, HashSet};
 
@@ -31,6 +32,9 @@ pub struct IndexAudit {
     /// Missing, and a dead letter says the index refused the key's document.
     pub documents_refused: usize,
     pub documents_with_older_revision: usize,
+    /// Documents in the index whose id is no produced key: nothing the manifests made (an id
+    /// formed wrongly, a stray writer, or a run whose manifest was not given).
+    pub documents_not_produced: usize,
     /// Why the index was not audited (a name pattern or a custom id), if it was not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_audited: Option<String>,
@@ -38,7 +42,9 @@ pub struct IndexAudit {
 
 impl IndexAudit {
     pub fn exactly_once(&self) -> bool {
-        self.documents_missing == 0 && self.documents_with_older_revision == 0
+        self.documents_missing == 0
+            && self.documents_with_older_revision == 0
+            && self.documents_not_produced == 0
     }
 
     /// The verdict table's row.
@@ -62,8 +68,11 @@ impl IndexAudit {
             self.expected_keys.to_string(),
             self.documents_ok.to_string(),
             format!(
-                "{} missing, {} holding an older revision, {} refused by the index (dead-lettered)",
-                self.documents_missing, self.documents_with_older_revision, self.documents_refused
+                "{} missing, {} holding an older revision, {} refused by the index (dead-lettered), {} no run produced",
+                self.documents_missing,
+                self.documents_with_older_revision,
+                self.documents_refused,
+                self.documents_not_produced
             ),
         ]
     }
@@ -149,11 +158,21 @@ pub async fn audit_index<I: SearchIndex>(
         return Ok(audit);
     }
     let refused = refused_keys(route, refused_records);
+    let id_of = |key: &[String]| match key {
+        [one] => one.clone(),
+        many => serde_json::to_string(many).unwrap_or_default(),
+    };
+    // Nothing extra: every document's id is a produced key.
+    let ids: HashSet<String> = produced.keys().map(|k| id_of(k)).collect();
+    audit.documents_not_produced = index
+        .list_documents(&audit.index)
+        .await
+        .map_err(|e| CliError::Usage(format!("search index {}: {}", audit.index, e.message)))?
+        .iter()
+        .filter(|(id, _)| !ids.contains(id))
+        .count();
     for (key, (newest_text, revisions)) in &produced {
-        let id = match key {
-            [one] => one.clone(),
-            many => serde_json::to_string(many).unwrap_or_default(),
-        };
+        let id = id_of(key);
         let document = index
             .document(&audit.index, &id)
             .await
@@ -276,6 +295,17 @@ mod tests {
         index_order(&index, &route, "o-4", 1).await;
         let a = audit_index(&m, &route, &index, &refused).await.unwrap();
         assert_eq!((a.documents_ok, a.documents_newer), (3, 1));
+        assert_eq!(a.documents_not_produced, 0);
+        assert!(a.exactly_once());
+        // But a document no run produced (here, o-7) is something extra: not exactly once
+        index_order(&index, &route, "o-7", 1).await;
+        let a = audit_index(&m, &route, &index, &refused).await.unwrap();
+        assert_eq!((a.documents_ok, a.documents_not_produced), (3, 1));
+        assert!(!a.exactly_once());
+        // Until the run that made it is judged too
+        let both = m.merge(manifest(&[("o-7", &[1])])).unwrap();
+        let a = audit_index(&both, &route, &index, &refused).await.unwrap();
+        assert_eq!((a.documents_ok, a.documents_not_produced), (4, 0));
         assert!(a.exactly_once());
     }
 }

@@ -131,6 +131,30 @@ async fn contract<I: SearchIndex>(index: &I, suffix: &str) {
     let doc = index.document(&name, "o-1").await.unwrap().expect("o-1");
     assert_eq!((doc.version, doc.source["qty"].clone()), (6, json!(2)));
     assert_eq!(index.document(&name, "o-9").await.unwrap(), None);
+    // And an audit's listing holds every document once with its version, across pages
+    // (the real adapter scrolls 1,000 at a time), and nothing for an index not there
+    assert_eq!(
+        index.list_documents(&name).await.unwrap(),
+        vec![("o-1".to_owned(), 6), ("o-2".to_owned(), 2)]
+    );
+    let bulk: Vec<Vec<Value>> = (0..2_500)
+        .map(|n| order(&format!("p-{n:04}"), 1, n))
+        .collect();
+    assert!(send(index, &newest, &bulk)
+        .await
+        .iter()
+        .all(|o| *o == Written));
+    let listed = index.list_documents(&name).await.unwrap();
+    assert_eq!(listed.len(), 2_502);
+    assert_eq!(
+        listed.iter().filter(|(id, _)| id.starts_with("p-")).count(),
+        2_500
+    );
+    assert!(index
+        .list_documents(&format!("absent-{suffix}"))
+        .await
+        .unwrap()
+        .is_empty());
 
     // Given a route that writes a field the index's strict mapping lacks
     let wider = route(
@@ -476,6 +500,70 @@ type = "text"
         .filter(|k| k.starts_with("clicks/") && k.ends_with(".parquet"))
         .collect();
     assert_eq!(objects.len(), 1, "{objects:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_only_route_commits_by_markers_in_real_s3_and_a_redelivery_loads_nothing_twice() {
+    use std::time::Duration;
+    use streamload_core::RecordOutcome;
+    use streamload_tests::{invocation, kinesis_batch};
+    // Given a route with an index, no table and no lake, and no database configured
+    let index = unique("views");
+    let mut stack = streamload_tests::TestStack::new("nolake", false).await;
+    stack.use_routes(&format!(
+        r#"
+[[route]]
+name = "views"
+source = "kinesis:orders"
+key = ["view_id"]
+lake = false
+auto_migrate = "add-columns"
+
+[route.index]
+name = "{index}"
+
+[[route.column]]
+name = "view_id"
+from = "/view_id"
+type = "text"
+required = true
+"#
+    ));
+    stack.config.search = Some(streamload_runtime::SearchSettings {
+        url: search_url(),
+        auth: streamload_runtime::SearchAuthSource::None,
+    });
+    stack.config.database = streamload_runtime::DatabaseSource::Unset;
+    let view = |id: &str| serde_json::to_vec(&json!({"view_id": id})).unwrap();
+    let batch = kinesis_batch(&[(1, view("v-1")), (2, view("v-2"))]);
+    // When the batch loads, and is then delivered again to a new sandbox
+    let first = stack
+        .pipeline()
+        .await
+        .process(&batch, &invocation("m-1", Duration::from_secs(30)))
+        .await;
+    let again = stack
+        .pipeline()
+        .await
+        .process(&batch, &invocation("m-2", Duration::from_secs(30)))
+        .await;
+    // Then both are indexed, the second delivery finds them done, and the bucket holds one
+    // commit marker naming each once and no Parquet
+    assert_eq!(first.outcomes, vec![RecordOutcome::Loaded; 2]);
+    assert_eq!(again.outcomes, vec![RecordOutcome::Duplicate; 2]);
+    let client = SearchClient::new(&search_url(), SearchAuth::None, None).unwrap();
+    assert_eq!(
+        client.list_documents(&index).await.unwrap(),
+        vec![("v-1".to_owned(), 1), ("v-2".to_owned(), 1)]
+    );
+    let keys: Vec<String> = stack
+        .object_keys()
+        .await
+        .into_iter()
+        .filter(|k| k.starts_with("views/"))
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].starts_with("views/_markers/") && keys[0].ends_with("-m-1.jsonl"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

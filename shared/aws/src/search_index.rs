@@ -30,6 +30,13 @@ pub const SEARCH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_ANSWER_BYTES: usize = MAX_REQUEST_DOCUMENTS * 1024;
 /// Kept-alive connections: the pipeline sends a batch's requests a few at a time.
 const SEARCH_POOL_IDLE: usize = 8;
+/// One page of a scroll: the scroll id to ask for the next, and the (id, version) of each hit.
+type ScrollPage = (Option<String>, Vec<(String, u64)>);
+
+/// Documents per page of an audit's scroll (ids and versions only: ≈100 bytes a hit).
+const LIST_PAGE_DOCUMENTS: usize = 1_000;
+/// How long the server keeps an audit's scroll between pages.
+const LIST_SCROLL_KEEP_ALIVE: &str = "1m";
 /// Room for a request head's fixed text.
 const REQUEST_HEAD_BYTES: usize = 384;
 
@@ -366,6 +373,91 @@ impl SearchIndex for SearchClient {
                 "route {route:?}: search index {name:?} does not exist (set auto_migrate = \"add-columns\" to create it)"
             ))),
         }
+    }
+
+    /// `_refresh`, then a scroll over `_doc` order (ids and versions only, no sources), then
+    /// the scroll cleared. Scrolls work alike on OpenSearch and Elasticsearch 8/9; sorting by
+    /// `_id` does not (Elasticsearch refuses field data on `_id`).
+    async fn list_documents(&self, index: &str) -> Result<Vec<(String, u64)>, PortError> {
+        let name = encode_path(index);
+        let refreshed = self
+            .call(
+                "POST",
+                &format!("/{name}/_refresh"),
+                "application/json",
+                b"",
+            )
+            .await?;
+        if refreshed.status == 404 {
+            return Ok(Vec::new());
+        }
+        let page = |answer: Answer, what: &str| -> Result<ScrollPage, PortError> {
+            if answer.status != 200 {
+                return Err(PortError::permanent(format!(
+                    "search {what}: HTTP {} {}",
+                    answer.status,
+                    error_type(&answer.body)
+                )));
+            }
+            let json: Json = serde_json::from_slice(&answer.body).map_err(|_| {
+                PortError::retryable(format!("search {what}: an unreadable answer"))
+            })?;
+            let hits = json["hits"]["hits"]
+                .as_array()
+                .map(|hits| {
+                    hits.iter()
+                        .filter_map(|h| {
+                            Some((h["_id"].as_str()?.to_owned(), h["_version"].as_u64()?))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok((json["_scroll_id"].as_str().map(str::to_owned), hits))
+        };
+        let first = serde_json::json!({
+            "size": LIST_PAGE_DOCUMENTS, "sort": ["_doc"], "_source": false, "version": true,
+            "query": {"match_all": {}},
+        });
+        let answer = self
+            .call(
+                "POST",
+                &format!("/{name}/_search?scroll={LIST_SCROLL_KEEP_ALIVE}"),
+                "application/json",
+                first.to_string().as_bytes(),
+            )
+            .await?;
+        let (mut scroll, mut hits) = page(answer, "_search")?;
+        let mut listed = Vec::new();
+        while !hits.is_empty() {
+            listed.append(&mut hits);
+            let Some(id) = &scroll else { break };
+            let next = serde_json::json!({"scroll": LIST_SCROLL_KEEP_ALIVE, "scroll_id": id});
+            let answer = self
+                .call(
+                    "POST",
+                    "/_search/scroll",
+                    "application/json",
+                    next.to_string().as_bytes(),
+                )
+                .await?;
+            let (next_scroll, next_hits) = page(answer, "_search/scroll")?;
+            scroll = next_scroll.or(scroll);
+            hits = next_hits;
+        }
+        if let Some(id) = scroll {
+            // Best effort: an uncleared scroll expires by itself after its keep-alive.
+            let clear = serde_json::json!({ "scroll_id": [id] });
+            let _ = self
+                .call(
+                    "DELETE",
+                    "/_search/scroll",
+                    "application/json",
+                    clear.to_string().as_bytes(),
+                )
+                .await;
+        }
+        listed.sort();
+        Ok(listed)
     }
 
     async fn document(&self, index: &str, id: &str) -> Result<Option<StoredDocument>, PortError> {

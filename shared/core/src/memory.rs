@@ -628,4 +628,9 @@ impl<T: crate::ports::SearchIndex> crate::ports::SearchIndex for Faulty<T> {
         self.switch.read_gate()?;
         self.inner.document(index, id).await
     }
+
+    async fn list_documents(&self, index: &str) -> Result<Vec<(String, u64)>, PortError> {
+        self.switch.read_gate()?;
+        self.inner.list_documents(index).await
+    }
 }

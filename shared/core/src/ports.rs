@@ -276,6 +276,13 @@ pub trait SearchIndex: Send + Sync {
         index: &str,
         id: &str,
     ) -> impl Future<Output = Result<Option<StoredDocument>, PortError>> + Send;
+
+    /// The id and version of every document in `index`, after making recent writes visible
+    /// (an audit's read: `streamload verify` finds documents nobody produced with it).
+    fn list_documents(
+        &self,
+        index: &str,
+    ) -> impl Future<Output = Result<Vec<(String, u64)>, PortError>> + Send;
 }
 
 /// A future of a [`DynSearchIndex`] call.

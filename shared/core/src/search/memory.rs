@@ -169,4 +169,17 @@ impl SearchIndex for MemoryIndex {
             .cloned();
         std::future::ready(Ok(doc))
     }
+
+    fn list_documents(
+        &self,
+        index: &str,
+    ) -> impl Future<Output = Result<Vec<(String, u64)>, PortError>> + Send {
+        let mut listed: Vec<(String, u64)> = lock(&self.documents)
+            .iter()
+            .filter(|((i, _), _)| i == index)
+            .map(|((_, id), d)| (id.clone(), d.version))
+            .collect();
+        listed.sort();
+        std::future::ready(Ok(listed))
+    }
 }
