@@ -7,14 +7,14 @@ import pathlib
 import pytest
 from cfnlint.decode import decode
 
-from test_template import (ALL_SOURCES, MSK_CLUSTER, PASSWORD_DB, STAR_RESOURCE_ONLY, TEMPLATE, as_list,
+from test_template import (ALL_SOURCES, MSK_CLUSTER, PASSWORD_DB, SEARCH, STAR_RESOURCE_ONLY, TEMPLATE, as_list,
                            parameter_values, resolve, sam_translate, substitute)
 
 CDK_OUT = TEMPLATE.parents[0] / "cdk" / "cdk.out"
 BOUNDARY = "arn:aws:iam::111122223333:policy/platform-boundary"
 SAM_PARAMS = dict(**{**ALL_SOURCES, "MskClusterArn": MSK_CLUSTER, "SelfManagedBootstrapServers": ""},
                   PermissionsBoundaryArn=BOUNDARY, RoutesConfigUri="s3://routes-bucket/routes-v1.toml",
-                  ExistingAlarmTopicArn="arn:aws:sns:us-east-1:111122223333:paging", **PASSWORD_DB)
+                  ExistingAlarmTopicArn="arn:aws:sns:us-east-1:111122223333:paging", **PASSWORD_DB, **SEARCH)
 
 
 def sam_deployed():
@@ -173,6 +173,27 @@ def test_alarms_reach_the_stack_topic_and_the_existing_one_and_the_topic_is_unde
     statements = [s for p in of_type(deployed, "AWS::SNS::TopicPolicy").values() for s in p["Properties"]["PolicyDocument"]["Statement"]]
     assert any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in statements)
     assert any(s["Effect"] == "Allow" and s["Principal"] == {"Service": "cloudwatch.amazonaws.com"} for s in statements)
+
+
+def test_a_search_domain_is_reached_with_four_http_verbs_on_that_domain_only(deployed):
+    # Given a deployment whose routes index into an Amazon OpenSearch Service domain (SigV4)
+    domain = SEARCH["SearchDomainArn"]
+    # Then the functions may POST, GET, HEAD and PUT on that domain's paths, nothing else of es
+    grants = [st for _, st in allow_statements(deployed)
+              if any(a.startswith("es:") for a in as_list(st["Action"]))]
+    assert grants and all(sorted(as_list(st["Action"])) == ["es:ESHttpGet", "es:ESHttpHead", "es:ESHttpPost",
+                                                            "es:ESHttpPut"] for st in grants)
+    def text(resource):  # the SAM side keeps an Fn::Sub whose parameters are already filled in
+        return resource["Fn::Sub"] if isinstance(resource, dict) else resource
+    assert all([text(r) for r in as_list(st["Resource"])] == [f"{domain}/*"] for st in grants), grants
+    # And each loader is told where the cluster is and to sign with its role
+    loaders = [f for f in of_type(deployed, "AWS::Lambda::Function").values()
+               if f["Properties"].get("Runtime") == "provided.al2023"]
+    assert len(loaders) == 2
+    for f in loaders:
+        env = f["Properties"]["Environment"]["Variables"]
+        assert env["STREAMLOAD_SEARCH_URL"] == SEARCH["SearchEndpoint"]
+        assert env["STREAMLOAD_SEARCH_AUTH"] == "sigv4"
 
 
 def test_cdk_a_configuration_change_publishes_a_new_version():

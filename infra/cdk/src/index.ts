@@ -67,6 +67,18 @@ export interface KafkaSettings {
   readonly offsetLagThreshold?: number;
 }
 
+/** The search cluster routes with `[route.index]` write to (SAM: Search* parameters). */
+export interface SearchProps {
+  /** https://host of the OpenSearch or Elasticsearch cluster (STREAMLOAD_SEARCH_URL). */
+  readonly endpoint: string;
+  /** sigv4 (Amazon OpenSearch Service, the functions' role; needs domainArn), secret (basic credentials or an API key from secretArn), none. Default sigv4. */
+  readonly auth?: "sigv4" | "secret" | "none";
+  /** arn:aws:es:<region>:<account>:domain/<name>: the role may POST, GET, HEAD and PUT on that domain's paths only. */
+  readonly domainArn?: string;
+  /** With auth secret: a secret holding {"username","password"} or {"api_key"}. */
+  readonly secretArn?: string;
+}
+
 export interface StreamLoaderProps {
   /**
    * The functions' code: a directory holding `bootstrap`, or a zip. `make package` writes
@@ -92,6 +104,8 @@ export interface StreamLoaderProps {
   readonly logLevel?: "INFO" | "DEBUG";
   readonly logRetention?: logs.RetentionDays;
   readonly routesConfigUri?: string;
+  /** The search cluster of routes with `[route.index]`. */
+  readonly search?: SearchProps;
   readonly targetTable?: string;
   readonly outputPrefix?: string;
   readonly deadLetterPrefix?: string;
@@ -125,6 +139,17 @@ export class StreamLoader extends Construct {
     }
     if (props.msk && (props.msk.authMode ?? "IAM") === "SASL_SCRAM_512" && !props.msk.secretKmsKeyArn) {
       throw new Error("StreamLoader: MSK SASL/SCRAM secrets need a customer managed key (msk.secretKmsKeyArn)");
+    }
+    const search = props.search;
+    const searchAuth = search ? (search.auth ?? "sigv4") : "none";
+    if (search && searchAuth === "sigv4" && !search.domainArn) {
+      throw new Error("StreamLoader: search.auth sigv4 needs search.domainArn (the functions' role may reach that domain only)");
+    }
+    if (search && searchAuth === "secret" && !search.secretArn) {
+      throw new Error("StreamLoader: search.auth secret needs search.secretArn");
+    }
+    if (search && !search.endpoint.startsWith("https://")) {
+      throw new Error("StreamLoader: search.endpoint must be https:// (TLS with verification)");
     }
     const outputPrefix = props.outputPrefix ?? "events/";
     const deadLetterPrefix = props.deadLetterPrefix ?? "dead-letter/";
@@ -257,6 +282,17 @@ export class StreamLoader extends Construct {
     } else if (db.caBundleUri) {
       sink.push(new iam.PolicyStatement({ sid: "DatabaseCaBundleSecret", actions: ["secretsmanager:GetSecretValue"], resources: [db.caBundleUri] }));
     }
+    if (search && searchAuth === "sigv4" && search.domainArn) {
+      // POST /_bulk for the documents; GET, HEAD and PUT of the index (or its template) for the
+      // start-up check and auto_migrate. No DELETE.
+      sink.push(new iam.PolicyStatement({
+        sid: "SearchDomain", actions: ["es:ESHttpPost", "es:ESHttpGet", "es:ESHttpHead", "es:ESHttpPut"],
+        resources: [`${search.domainArn}/*`],
+      }));
+    }
+    if (search && searchAuth === "secret" && search.secretArn) {
+      sink.push(new iam.PolicyStatement({ sid: "SearchCredentials", actions: ["secretsmanager:GetSecretValue"], resources: [search.secretArn] }));
+    }
     if (props.routesConfigUri) {
       sink.push(new iam.PolicyStatement({ sid: "RouteFile", actions: ["s3:GetObject"], resources: [`arn:${stack.partition}:s3:::${props.routesConfigUri.slice(5)}`] }));
     }
@@ -287,6 +323,9 @@ export class StreamLoader extends Construct {
       OUTPUT_PREFIX: outputPrefix,
       DEAD_LETTER_PREFIX: deadLetterPrefix,
       DLQ_URL: this.deadLetterQueue.queueUrl,
+      STREAMLOAD_SEARCH_URL: search?.endpoint ?? "",
+      STREAMLOAD_SEARCH_AUTH: searchAuth,
+      STREAMLOAD_SEARCH_SECRET_ARN: search?.secretArn ?? "",
     };
 
     const loader = (name: "kinesis-loader" | "kafka-loader", codePath: string | undefined, source: iam.PolicyStatement[]) => {

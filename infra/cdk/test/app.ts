@@ -16,6 +16,7 @@ const props: StreamLoaderProps = {
   existingAlarmTopicArn: "arn:aws:sns:us-east-1:111122223333:paging",
   permissionsBoundaryArn: "arn:aws:iam::111122223333:policy/platform-boundary",
   routesConfigUri: "s3://routes-bucket/routes-v1.toml",
+  search: { endpoint: "https://search-orders-abc.us-east-1.es.amazonaws.com", domainArn: "arn:aws:es:us-east-1:111122223333:domain/orders" },
 };
 const env = { account: "111122223333", region: "us-east-1" };
 const app = new App();
