@@ -257,7 +257,7 @@ async fn main() {
                 let t = Instant::now();
                 let out = sink.upsert(&rows, i64::MAX / 2).await.unwrap();
                 times.push(t.elapsed());
-                assert_eq!(out.len(), refused);
+                assert_eq!(out.refused.len(), refused);
             }
             println!(
                 "  {design}: {refused:>3} refused: {:>8.1} ms",

@@ -320,7 +320,8 @@ async fn database_errors_name_the_constraint_but_never_the_row() {
     let refused = sink
         .upsert(&[row], now_ms() + 10_000)
         .await
-        .expect("a refused row is an answer, not a failed call");
+        .expect("a refused row is an answer, not a failed call")
+        .refused;
     // Then the row is refused with a reason naming the constraint, and no row value
     assert_eq!(refused.len(), 1);
     let reason = &refused[0].reason;
@@ -430,7 +431,11 @@ async fn row_contract<R: streamload_core::ports::RowSink>(
     ];
     let batch: Vec<Row<'_>> = values.iter().map(|v| Row { route, values: v }).collect();
     // When they are upserted, Then only the second is refused, by its index
-    let refused = rows.upsert(&batch, now_ms() + 10_000).await.unwrap();
+    let refused = rows
+        .upsert(&batch, now_ms() + 10_000)
+        .await
+        .unwrap()
+        .refused;
     assert_eq!(refused.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1]);
     // When the first again, and the third with another value, are upserted (a redelivery)
     let again = [event_row("c1", "u-1"), event_row("c3", "u-changed")];
@@ -439,6 +444,7 @@ async fn row_contract<R: streamload_core::ports::RowSink>(
         .upsert(&batch, now_ms() + 10_000)
         .await
         .unwrap()
+        .refused
         .is_empty());
     // Then the table holds the two rows once each, the third as last written
     let mut stored = stored_users().await;

@@ -7,7 +7,7 @@
 use crate::error::PortError;
 use crate::ports::{
     Claim, ClaimAttempt, DeadLetters, DedupStore, HolderLease, Letter, LetterResult, ObjectSink,
-    PutOutcome, Refusal, Renewal, Revocation, Row, RowSink,
+    PutOutcome, Refusal, Renewal, Revocation, Row, RowSink, Upserted,
 };
 use crate::route::{Merge, Route, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -208,7 +208,7 @@ impl RowSink for MemoryRows {
         &self,
         rows: &[Row<'_>],
         _until_ms: i64,
-    ) -> impl Future<Output = Result<Vec<Refusal>, PortError>> + Send {
+    ) -> impl Future<Output = Result<Upserted, PortError>> + Send {
         let refused_users = lock(&self.refused_users).clone();
         let mut stored = lock(&self.rows);
         let mut refusals = Vec::new();
@@ -261,7 +261,29 @@ impl RowSink for MemoryRows {
                 );
             }
         }
-        std::future::ready(Ok(refusals))
+        // Superseded: a row of a route with an index whose event the table does not hold.
+        let superseded = rows
+            .iter()
+            .enumerate()
+            .filter(|(index, r)| {
+                r.route.search.is_some() && !refusals.iter().any(|f| f.index == *index)
+            })
+            .filter(|(_, r)| {
+                let slot = (r.route.table_name(), key_text(r.route, r.values));
+                let table_index = |col: usize| r.route.table_columns().position(|(i, _)| i == col);
+                stored.get(&slot).is_none_or(|held| {
+                    !r.route
+                        .identity
+                        .iter()
+                        .all(|&i| table_index(i).is_some_and(|t| held.values[t] == r.values[i]))
+                })
+            })
+            .map(|(index, _)| index)
+            .collect();
+        std::future::ready(Ok(Upserted {
+            refused: refusals,
+            superseded,
+        }))
     }
 }
 
@@ -558,7 +580,7 @@ impl<T: DedupStore> DedupStore for Faulty<T> {
 }
 
 impl<T: RowSink> RowSink for Faulty<T> {
-    async fn upsert(&self, rows: &[Row<'_>], until_ms: i64) -> Result<Vec<Refusal>, PortError> {
+    async fn upsert(&self, rows: &[Row<'_>], until_ms: i64) -> Result<Upserted, PortError> {
         self.switch.before().await?;
         let r = self.inner.upsert(rows, until_ms).await;
         self.switch.after(r).await

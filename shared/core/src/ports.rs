@@ -172,18 +172,31 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// What an upsert did: the rows refused for reasons of their own, and the rows of routes with a
+/// search index whose event the table does not hold afterwards (another event of the key won:
+/// the first under keep-first, a newer or an equal-but-earlier one under newest_by). Only the
+/// event the table holds may write the key's document, so the table and the index agree
+/// whatever order parallel invocations reach them in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Upserted {
+    pub refused: Vec<Refusal>,
+    /// Indices into the rows given, sorted; never a refused row's.
+    pub superseded: Vec<usize>,
+}
+
 /// The database: PostgreSQL in production. `upsert` commits every row it does not refuse in
 /// one transaction; rows have distinct identities, each row is merged into its route's table
 /// by the route's key and merge rule, and re-applying the same rows changes nothing more.
 pub trait RowSink: Send + Sync {
     /// Upserts `rows`, returning the rows refused for reasons of their own (the rest are
-    /// committed). `until_ms` (epoch ms) bounds the call: a statement still running then is
-    /// cancelled and the call fails with an ambiguous error.
+    /// committed) and, for routes with a search index, the rows superseded (see [`Upserted`]).
+    /// `until_ms` (epoch ms) bounds the call: a statement still running then is cancelled and
+    /// the call fails with an ambiguous error.
     fn upsert(
         &self,
         rows: &[Row<'_>],
         until_ms: i64,
-    ) -> impl Future<Output = Result<Vec<Refusal>, PortError>> + Send;
+    ) -> impl Future<Output = Result<Upserted, PortError>> + Send;
 }
 
 /// Whether a create-only put made the object or found it there already.

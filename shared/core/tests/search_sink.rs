@@ -361,6 +361,63 @@ async fn a_lost_marker_write_answer_is_harmless_and_a_failed_marker_leaves_the_e
     assert_eq!(stack.row_count(), 2);
 }
 
+/// Orders kept first per order id, each revision an event of its own (identity order + revision).
+fn keep_first_routes() -> Routes {
+    let file: ConfigFile = serde_json::from_value(json!({ "route": [{
+        "name": "orders", "source": "kinesis:orders", "table": "orders",
+        "event_time": "/placed_at", "key": ["order_id"], "merge": "keep-first",
+        "identity": ["/order_id", "/revision"],
+        "index": {"name": "orders"},
+        "column": [
+            {"name": "order_id", "from": "/order_id", "type": "text", "required": true},
+            {"name": "revision", "from": "/revision", "type": "bigint", "required": true},
+            {"name": "qty", "from": "/qty", "type": "integer"},
+            {"name": "placed_at", "from": "/placed_at", "type": "timestamptz", "required": true}
+        ]
+    }]}))
+    .unwrap();
+    Routes::compile(&file).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_index_keeps_the_event_the_table_kept_whatever_order_parallel_invocations_reach_it() {
+    let stack = Stack::new();
+    let first = orders(&[("o-1", 1, 10, None)], 1);
+    let second = orders(&[("o-1", 2, 20, None)], 7);
+    // Given a sandbox whose first event of o-1 is committed in the table and that dies just
+    // before its `_bulk` (as a slow invocation on another shard would be)
+    let (mut p1, s1) = stack.pipeline();
+    p1.settings.routes = keep_first_routes();
+    s1.search.crash_before.store(true, Ordering::SeqCst);
+    let crashed = tokio::time::timeout(
+        Duration::from_millis(300),
+        p1.process(&first, &invocation("a", Duration::from_millis(1000))),
+    )
+    .await;
+    assert!(crashed.is_err(), "the first invocation must have crashed");
+    drop(p1);
+    assert_eq!(stack.row_count(), 1);
+    // When another event of o-1 loads meanwhile, from another shard
+    let (mut p2, _) = stack.pipeline();
+    p2.settings.routes = keep_first_routes();
+    let report = p2
+        .process(&second, &invocation("b", Duration::from_secs(30)))
+        .await;
+    // Then it is loaded (the lake keeps every event) but writes no document: the table kept
+    // the first event, so the index must too
+    assert_eq!(report.outcomes, vec![RecordOutcome::Loaded]);
+    assert_eq!(stack.search.documents.lock().unwrap().len(), 0);
+    // And when the first batch is delivered again, its event's document is written
+    let (mut p3, _) = stack.pipeline();
+    p3.settings.routes = keep_first_routes();
+    let again = p3
+        .process(&first, &invocation("c", Duration::from_secs(30)))
+        .await;
+    assert_eq!(again.outcomes, vec![RecordOutcome::Loaded]);
+    assert_eq!(document(&stack, "o-1").await, Some((1, 1, 10)));
+    assert_eq!(parquet_orders(&stack), vec!["o-1", "o-1"]);
+}
+
 /// A sandbox over the orders route dies at the armed point; a new one gets the batch again.
 async fn crash_then_redeliver(arm: impl Fn(&Switches)) {
     let stack = Stack::new();

@@ -18,7 +18,7 @@
 use std::error::Error as _;
 use std::time::Duration;
 use streamload_core::error::PortError;
-use streamload_core::ports::{Refusal, Row, RowSink};
+use streamload_core::ports::{Refusal, Row, RowSink, Upserted};
 use streamload_core::retry::SINK_RETRY;
 use streamload_core::route::{RouteErrors, Routes};
 use streamload_core::Classify;
@@ -354,11 +354,7 @@ impl PgRows {
         Ok(Session { client, statements })
     }
 
-    async fn upsert_once(
-        &self,
-        rows: &[Row<'_>],
-        until_ms: i64,
-    ) -> Result<Vec<Refusal>, PortError> {
+    async fn upsert_once(&self, rows: &[Row<'_>], until_ms: i64) -> Result<Upserted, PortError> {
         let mut guard = self.session.lock().await;
         if guard.as_ref().is_some_and(|s| s.client.is_closed()) {
             *guard = None;
@@ -504,7 +500,7 @@ async fn upsert_isolating(
     rows: &[Row<'_>],
     until_ms: i64,
     bisect_only: bool,
-) -> Result<Vec<Refusal>, tokio_postgres::Error> {
+) -> Result<Upserted, tokio_postgres::Error> {
     let Session { client, statements } = session;
     let first = {
         let tx = client.transaction().await?;
@@ -512,17 +508,20 @@ async fn upsert_isolating(
         match copy_and_upsert(&tx, statements, rows).await {
             // A deferred constraint (DEFERRABLE INITIALLY DEFERRED, common in ORM schemas)
             // refuses its row only at COMMIT: that is a refused row too.
-            Ok(()) => match tx.commit().await {
-                Ok(()) => Ok(None),
-                Err(e) if refuses_a_row(&e) => Ok(Some(e)),
+            Ok(superseded) => match tx.commit().await {
+                Ok(()) => Ok(Ok(superseded)),
+                Err(e) if refuses_a_row(&e) => Ok(Err(e)),
                 Err(e) => Err(e),
             },
-            Err(e) if refuses_a_row(&e) => Ok(Some(e)),
+            Err(e) if refuses_a_row(&e) => Ok(Err(e)),
             Err(e) => Err(e),
         }
     };
-    if first?.is_none() {
-        return Ok(Vec::new());
+    if let Ok(superseded) = first? {
+        return Ok(Upserted {
+            refused: Vec::new(),
+            superseded,
+        });
     }
     if bisect_only {
         return bisect_refusals(client, statements, rows, until_ms).await;
@@ -543,7 +542,7 @@ async fn isolate_refusals(
     statements: &RouteStatements,
     rows: &[Row<'_>],
     until_ms: i64,
-) -> Result<Vec<Refusal>, tokio_postgres::Error> {
+) -> Result<Upserted, tokio_postgres::Error> {
     let mut client_tx = client.transaction().await?;
     client_tx
         .batch_execute(&format!(
@@ -619,6 +618,18 @@ async fn isolate_refusals(
             before = after;
         }
     }
+    // The rows whose event the table does not hold, by the same mapping as the refusals.
+    let mut superseded = Vec::new();
+    for (route, members) in &copied {
+        if let Some(query) = statements.get(*route).and_then(|s| s.superseded.as_ref()) {
+            for row in client_tx.query(query.as_str(), &[]).await? {
+                let ord: i32 = row.get(0);
+                if let Some(&index) = usize::try_from(ord).ok().and_then(|o| members.get(o)) {
+                    superseded.push(index);
+                }
+            }
+        }
+    }
     let noted = client_tx
         .query(
             "SELECT route, ord, sqlstate, tbl, col, cons FROM streamload_refusals",
@@ -659,8 +670,20 @@ async fn isolate_refusals(
         .collect();
     client_tx.batch_execute(&drops.join("; ")).await?;
     client_tx.commit().await?;
+    Ok(upserted(refused, superseded))
+}
+
+/// The answer of an upsert: refusals in row order, and the superseded rows that are not
+/// refused, sorted.
+fn upserted(mut refused: Vec<Refusal>, mut superseded: Vec<usize>) -> Upserted {
     refused.sort_by_key(|r| r.index);
-    Ok(refused)
+    superseded.retain(|i| !refused.iter().any(|r| r.index == *i));
+    superseded.sort_unstable();
+    superseded.dedup();
+    Upserted {
+        refused,
+        superseded,
+    }
 }
 
 /// The row number in a COPY error's context (`COPY streamload_stage_x, line 3, column y`):
@@ -681,7 +704,7 @@ async fn bisect_refusals(
     statements: &RouteStatements,
     rows: &[Row<'_>],
     until_ms: i64,
-) -> Result<Vec<Refusal>, tokio_postgres::Error> {
+) -> Result<Upserted, tokio_postgres::Error> {
     let mut tx = client.transaction().await?;
     tx.batch_execute(&format!(
         "{}; SET CONSTRAINTS ALL IMMEDIATE",
@@ -689,12 +712,14 @@ async fn bisect_refusals(
     ))
     .await?;
     let mut refused = Vec::new();
+    let mut superseded = Vec::new();
     let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
     ranges.push(0..rows.len());
     while let Some(range) = ranges.pop() {
         let savepoint = tx.savepoint("streamload_rows").await?;
         match copy_and_upsert(&savepoint, statements, &rows[range.clone()]).await {
-            Ok(()) => {
+            Ok(in_range) => {
+                superseded.extend(in_range.into_iter().map(|i| range.start + i));
                 savepoint
                     .batch_execute(&truncate_stages(statements, &rows[range.clone()]))
                     .await?;
@@ -717,8 +742,7 @@ async fn bisect_refusals(
         }
     }
     tx.commit().await?;
-    refused.sort_by_key(|r| r.index);
-    Ok(refused)
+    Ok(upserted(refused, superseded))
 }
 
 /// COPYs `rows` (all of `sql`'s route) into the route's stage table.
@@ -748,12 +772,14 @@ async fn copy_rows(
 }
 
 /// For each route among `rows`: COPY its rows into its stage table, then merge them into
-/// its table.
+/// its table. Returns the rows (indices into `rows`) of routes with a search index whose
+/// event the table does not hold afterwards.
 async fn copy_and_upsert(
     tx: &tokio_postgres::Transaction<'_>,
     statements: &RouteStatements,
     rows: &[Row<'_>],
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<Vec<usize>, tokio_postgres::Error> {
+    let mut superseded = Vec::new();
     let mut routes: Vec<usize> = rows.iter().map(|r| r.route.index).collect();
     routes.sort_unstable();
     routes.dedup();
@@ -761,19 +787,29 @@ async fn copy_and_upsert(
         let Some(sql) = statements.get(route) else {
             continue;
         };
-        if rows.iter().all(|r| r.route.index == route) {
+        // This route's rows by their index in `rows`, in stage order (the stage ordinal).
+        let members: Vec<usize> = if rows.iter().all(|r| r.route.index == route) {
             copy_rows(tx, sql, rows).await?;
+            (0..rows.len()).collect()
         } else {
-            let subset: Vec<Row<'_>> = rows
-                .iter()
-                .filter(|r| r.route.index == route)
-                .copied()
+            let members: Vec<usize> = (0..rows.len())
+                .filter(|&i| rows[i].route.index == route)
                 .collect();
+            let subset: Vec<Row<'_>> = members.iter().map(|&i| rows[i]).collect();
             copy_rows(tx, sql, &subset).await?;
-        }
+            members
+        };
         tx.execute(&sql.upsert, &[]).await?;
+        if let Some(query) = &sql.superseded {
+            for row in tx.query(query.as_str(), &[]).await? {
+                let ord: i32 = row.get(0);
+                if let Some(&index) = usize::try_from(ord).ok().and_then(|o| members.get(o)) {
+                    superseded.push(index);
+                }
+            }
+        }
     }
-    Ok(())
+    Ok(superseded)
 }
 
 fn truncate_stages(statements: &RouteStatements, rows: &[Row<'_>]) -> String {
@@ -838,9 +874,9 @@ fn classify(e: &tokio_postgres::Error) -> PortError {
 }
 
 impl RowSink for PgRows {
-    async fn upsert(&self, rows: &[Row<'_>], until_ms: i64) -> Result<Vec<Refusal>, PortError> {
+    async fn upsert(&self, rows: &[Row<'_>], until_ms: i64) -> Result<Upserted, PortError> {
         if rows.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Upserted::default());
         }
         let mut attempt = 1;
         loop {

@@ -44,6 +44,10 @@ pub struct RouteSql {
     /// path's COPY maintains no index), and [`RouteSql::drop_index`] drops it.
     pub create_index: String,
     pub drop_index: String,
+    /// For a route with a search index: the stage ordinals of the rows whose event the table
+    /// does not hold after the merge (another event of the key won), run in the merge's
+    /// transaction before it commits. `None` for a route without an index (nothing to ask).
+    pub superseded: Option<String>,
     /// Binary COPY types, one per staged column, then the delivery ordinal.
     pub types: Vec<Type>,
     /// The route's table columns (index into the route's values) and their types.
@@ -188,6 +192,39 @@ impl RouteSql {
         let create_index =
             format!("CREATE INDEX {index} ON {stage} (streamload_ord); ANALYZE {stage}");
         let drop_index = format!("DROP INDEX IF EXISTS {index}");
+        // The stage's value of column `i` as the table compares it (`s.` qualified).
+        let staged = |i: usize| {
+            let column = format!("s.{}", name(i));
+            match (key_types.get(&i), route.columns[i].ty) {
+                (Some(ty), _) => format!("CAST({column} AS {ty})"),
+                (None, ColumnType::Numeric { .. }) => format!("CAST({column} AS numeric)"),
+                (None, ColumnType::Jsonb) => format!("CAST({column} AS jsonb)"),
+                _ => column,
+            }
+        };
+        let superseded = route.search.as_ref().map(|_| {
+            let held_keys: Vec<String> = route
+                .key
+                .iter()
+                .map(|&i| format!("cur.{}", name(i)))
+                .collect();
+            let staged_keys: Vec<String> = route.key.iter().map(|&i| staged(i)).collect();
+            let held_ids: Vec<String> = route
+                .identity
+                .iter()
+                .map(|&i| format!("cur.{}", name(i)))
+                .collect();
+            let staged_ids: Vec<String> = route.identity.iter().map(|&i| staged(i)).collect();
+            format!(
+                "SELECT s.streamload_ord FROM {stage} s WHERE NOT EXISTS (SELECT 1 FROM {t} cur \
+                 WHERE ({}) = ({}) AND ({}) IS NOT DISTINCT FROM ({}))",
+                held_keys.join(", "),
+                staged_keys.join(", "),
+                held_ids.join(", "),
+                staged_ids.join(", "),
+                t = route.quoted_table(),
+            )
+        });
         let types = columns
             .iter()
             .map(|&(_, ty)| stage_type(ty))
@@ -202,6 +239,7 @@ impl RouteSql {
             retry_refused,
             create_index,
             drop_index,
+            superseded,
             types,
             columns,
         }

@@ -265,10 +265,10 @@ impl RowSink for Rows {
         &self,
         rows: &[streamload_core::ports::Row<'_>],
         until_ms: i64,
-    ) -> Result<Vec<streamload_core::ports::Refusal>, streamload_core::error::PortError> {
+    ) -> Result<streamload_core::ports::Upserted, streamload_core::error::PortError> {
         match self {
             Rows::Postgres(pg) => pg.upsert(rows, until_ms).await,
-            Rows::NoTables if rows.is_empty() => Ok(Vec::new()),
+            Rows::NoTables if rows.is_empty() => Ok(Default::default()),
             Rows::NoTables => Err(streamload_core::error::PortError::permanent(
                 "no route writes a table, and rows were sent for one",
             )),

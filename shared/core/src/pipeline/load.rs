@@ -212,17 +212,27 @@ where
             .collect();
         let upsert_until = Until::fenced(work.clock, cutoff + 200, work.fence);
         let upserted = if rows.is_empty() {
-            Ok(Vec::new())
+            Ok(Upserted::default())
         } else {
             bounded(upsert_until, self.rows.upsert(&rows, cutoff)).await
         };
         drop(rows);
+        // Rows whose event the table does not hold (another event of the key won): their
+        // documents are left to the invocation whose event the table kept.
+        let mut superseded: HashSet<usize> = HashSet::new();
         match upserted {
-            Ok(refusals) => {
+            Ok(upserted) => {
                 refused.extend(
-                    refusals
+                    upserted
+                        .refused
                         .into_iter()
                         .filter_map(|r| to_table.get(r.index).map(|&i| (i, r.reason))),
+                );
+                superseded.extend(
+                    upserted
+                        .superseded
+                        .into_iter()
+                        .filter_map(|r| to_table.get(r).copied()),
                 );
             }
             Err(e) => {
@@ -232,7 +242,7 @@ where
             }
         }
 
-        // 4b. The search documents of the rows the database took; a document the index
+        // 4b. The search documents of the rows the database took and holds; a document the index
         // refuses is a refused row like the database's, and an object holding a document not
         // known written is not written (its records are redelivered).
         let mark = if self.search.is_some() {
@@ -242,7 +252,7 @@ where
             let members: Vec<usize> = to_load
                 .iter()
                 .copied()
-                .filter(|i| !db_refused.contains(i))
+                .filter(|i| !db_refused.contains(i) && !superseded.contains(i))
                 .filter(|&i| {
                     work.slots[i]
                         .event

@@ -41,6 +41,7 @@ use crate::object_key::{
 use crate::pacing::WakePacer;
 use crate::ports::{
     Claim, ClaimAttempt, DeadLetters, DedupStore, Letter, LetterResult, ObjectSink, Row, RowSink,
+    Upserted,
 };
 use crate::record::{Batch, Position, SourceRecord, SourceUnit};
 use crate::retry::RetryPolicy;
