@@ -506,3 +506,97 @@ async fn rows_commit_all_but_the_refused_in_postgres_and_in_memory() {
     })
     .await;
 }
+
+/// A keep-first route with a search index whose events are (order, revision): the rows whose
+/// event the table does not hold after an upsert are reported superseded.
+fn indexed_keep_first_routes(table: &str) -> streamload_core::Routes {
+    let file: streamload_core::route::ConfigFile = serde_json::from_value(serde_json::json!({
+        "route": [{
+            "name": "kf", "source": "*", "table": table, "key": ["order_id"],
+            "identity": ["/order_id", "/revision"], "merge": "keep-first",
+            "index": {"name": "kf"},
+            "column": [
+                {"name": "order_id", "from": "/order_id", "type": "text", "required": true},
+                {"name": "user_id", "from": "/user_id", "type": "text"},
+                {"name": "revision", "from": "/revision", "type": "bigint", "required": true}
+            ]
+        }]
+    }))
+    .unwrap();
+    streamload_core::Routes::compile(&file).unwrap()
+}
+
+/// Held by PostgreSQL (both ways of finding refused rows) and the in-memory rows alike.
+async fn superseded_contract<R: streamload_core::ports::RowSink>(
+    rows: &R,
+    routes: &streamload_core::Routes,
+) {
+    use streamload_core::ports::Row;
+    use streamload_core::route::Value;
+    let route = routes.get(0);
+    let order = |id: &str, user: &str, revision: i64| {
+        vec![
+            Value::Text(id.into()),
+            Value::Text(user.into()),
+            Value::Int(revision),
+        ]
+    };
+    let upsert = async |values: &[Vec<Value>]| {
+        let batch: Vec<Row<'_>> = values.iter().map(|v| Row { route, values: v }).collect();
+        rows.upsert(&batch, now_ms() + 10_000).await.unwrap()
+    };
+    // Given o-1's first event in the table
+    let first = upsert(&[order("o-1", "u", 1)]).await;
+    assert!(
+        first.refused.is_empty() && first.superseded.is_empty(),
+        "{first:?}"
+    );
+    // When a batch brings another event of o-1, a refused row, and two events of o-3
+    let later = upsert(&[
+        order("o-1", "u", 2),
+        order("o-2", "refused", 1),
+        order("o-3", "u", 1),
+        order("o-3", "u", 2),
+    ])
+    .await;
+    // Then the refused row is refused, and the events the table did not keep are superseded:
+    // o-1's second (the table kept the first) and o-3's second (the batch's first won)
+    assert_eq!(
+        later.refused.iter().map(|r| r.index).collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert_eq!(later.superseded, vec![0, 3]);
+    // And the event the table holds, loaded again (a redelivery), is not superseded
+    let again = upsert(&[order("o-1", "u", 1), order("o-3", "u", 1)]).await;
+    assert_eq!(again, streamload_core::ports::Upserted::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_a_table_did_not_keep_are_superseded_in_postgres_both_ways_and_in_memory() {
+    let stack = TestStack::new("superseded", false).await;
+    for (n, bisecting) in [(0, false), (1, true)] {
+        let table = format!("kf_superseded_{n}");
+        stack
+            .pg
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (order_id text PRIMARY KEY, \
+                 user_id text CHECK (user_id <> 'refused'), revision bigint NOT NULL)"
+            ))
+            .await
+            .unwrap();
+        let routes = indexed_keep_first_routes(&table);
+        let pg = streamload_postgres::PgRows::new(
+            streamload_postgres::ConnectOptions::parse(&stack.database_url).unwrap(),
+            &routes,
+        );
+        let pg = if bisecting { pg.bisecting() } else { pg };
+        superseded_contract(&pg, &routes).await;
+    }
+    let memory = streamload_core::memory::MemoryRows::default();
+    memory
+        .refused_users
+        .lock()
+        .unwrap()
+        .insert("refused".to_owned());
+    superseded_contract(&memory, &indexed_keep_first_routes("kf")).await;
+}

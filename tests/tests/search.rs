@@ -567,6 +567,93 @@ required = true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_keeps_the_event_postgresql_kept_when_another_shard_loads_the_key_in_between() {
+    use std::time::Duration;
+    use streamload_core::{FailureCause, RecordOutcome};
+    use streamload_tests::fault_proxy::{Fault, FaultProxy, Rule};
+    use streamload_tests::{invocation, kinesis_batch};
+    // Given a keep-first route (each revision an event of its own) with a table and an index,
+    // the index behind a fault proxy
+    let proxy = FaultProxy::start(&search_url()).await;
+    let index = unique("kf");
+    let table = format!("kf_{}", std::process::id());
+    let mut stack = streamload_tests::TestStack::new("kfrace", false).await;
+    stack
+        .pg
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (order_id text PRIMARY KEY, revision bigint NOT NULL, qty integer)"
+        ))
+        .await
+        .unwrap();
+    stack.use_routes(&format!(
+        r#"
+[[route]]
+name = "kf"
+source = "kinesis:orders"
+table = "{table}"
+key = ["order_id"]
+identity = ["/order_id", "/revision"]
+merge = "keep-first"
+auto_migrate = "add-columns"
+
+[route.index]
+name = "{index}"
+
+[[route.column]]
+name = "order_id"
+from = "/order_id"
+type = "text"
+required = true
+
+[[route.column]]
+name = "revision"
+from = "/revision"
+type = "bigint"
+required = true
+
+[[route.column]]
+name = "qty"
+from = "/qty"
+type = "integer"
+"#
+    ));
+    stack.config.search = Some(streamload_runtime::SearchSettings {
+        url: proxy.endpoint(),
+        auth: streamload_runtime::SearchAuthSource::None,
+    });
+    let order = |revision: i64, qty: i64| {
+        serde_json::to_vec(&json!({"order_id": "o-1", "revision": revision, "qty": qty})).unwrap()
+    };
+    let first = kinesis_batch(&[(1, order(1, 10))]);
+    let second = kinesis_batch(&[(9, order(2, 20))]);
+    let p = stack.pipeline().await;
+    // When the first event's invocation commits its row and its _bulk never answers
+    proxy.add(Rule::always("*", Fault::Hang));
+    let r = p
+        .process(&first, &invocation("kf-1", Duration::from_secs(6)))
+        .await;
+    assert_eq!(
+        r.outcomes,
+        vec![RecordOutcome::Failed(FailureCause::SearchIndex)]
+    );
+    // and another event of the key loads from another shard meanwhile
+    proxy.clear();
+    let r = p
+        .process(&second, &invocation("kf-2", Duration::from_secs(30)))
+        .await;
+    // Then it loads without writing a document: PostgreSQL kept the first event
+    assert_eq!(r.outcomes, vec![RecordOutcome::Loaded]);
+    assert_eq!(stack.table_column(&table, "revision").await, vec!["1"]);
+    assert_eq!(revision_in_index(&index, "o-1").await, None);
+    // And the first event, delivered again, writes the document PostgreSQL holds
+    let r = p
+        .process(&first, &invocation("kf-3", Duration::from_secs(30)))
+        .await;
+    assert_eq!(r.outcomes, vec![RecordOutcome::Loaded]);
+    assert_eq!(revision_in_index(&index, "o-1").await, Some((1, json!(1))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_with_a_table_and_no_database_configured_fails_at_start_up_naming_it() {
     // Given the example orders route (a table) and no database variables
     let mut stack = indexed_stack("nodb", &unique("nodb"), &search_url()).await;
