@@ -174,6 +174,7 @@ impl FaultProxy {
             counts: Mutex::new(BTreeMap::new()),
             release,
             claims: Mutex::new(BTreeMap::new()),
+            authorization: Mutex::new(None),
         });
         let (shutdown, shutdown_rx) = watch::channel(());
         tokio::spawn(accept_loop(listener, state.clone(), shutdown_rx));
@@ -199,6 +200,20 @@ impl FaultProxy {
     }
 
     /// Removes every rule. Requests already hung stay hung until [`FaultProxy::release_hung`].
+    /// From now on, answers a request whose `Authorization` header is not exactly `value` with
+    /// 401 and OpenSearch's `security_exception` (not forwarded), as a cluster that demands
+    /// basic credentials or an API key does. Returns nothing; see [`FaultProxy::unauthorized`].
+    pub fn require_authorization(&self, value: &str) {
+        *lock(&self.state.authorization) = Some((value.to_owned(), 0));
+    }
+
+    /// How many requests were refused for their `Authorization` header.
+    pub fn unauthorized(&self) -> usize {
+        lock(&self.state.authorization)
+            .as_ref()
+            .map_or(0, |(_, n)| *n)
+    }
+
     pub fn clear(&self) {
         lock(&self.state.rules).armed.clear();
     }
@@ -246,6 +261,9 @@ struct State {
     release: watch::Sender<u64>,
     /// [`Fault::ClaimsInProxy`]'s items, by table and `pk`.
     claims: Mutex<BTreeMap<String, serde_json::Value>>,
+    /// [`FaultProxy::require_authorization`]'s header value, and the requests refused for
+    /// lacking it.
+    authorization: Mutex<Option<(String, usize)>>,
 }
 
 /// The rules and the PRNG under one lock, so the draws follow the order requests arrive in.
@@ -389,6 +407,22 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<ProxyRespon
         .map_err(Dropped::ClientBody)?
         .to_bytes();
     let (service, operation) = classify(&parts.method, &parts.uri, &parts.headers, &body);
+    if let Some((wanted, refused)) = lock(&state.authorization).as_mut() {
+        let given = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if given != Some(wanted.as_str()) {
+            *refused += 1;
+            let body = r#"{"error":{"root_cause":[{"type":"security_exception","reason":"missing authentication credentials"}],"type":"security_exception","reason":"missing authentication credentials"},"status":401}"#;
+            let mut answer = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+            *answer.status_mut() = StatusCode::UNAUTHORIZED;
+            answer
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return Ok(answer);
+        }
+    }
     let fault = state.decide(&operation, &body);
     let head = matches!(parts.method, Method::HEAD);
     match fault {

@@ -654,6 +654,62 @@ type = "integer"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_demanding_credentials_gets_them_from_the_secret_and_a_wrong_one_stops_start_up()
+{
+    use std::time::Duration;
+    use streamload_core::RecordOutcome;
+    use streamload_tests::fault_proxy::FaultProxy;
+    use streamload_tests::{invocation, kinesis_batch};
+    // Given a cluster that refuses every request without `loader`'s basic credentials, and
+    // the loader told to sign in with a Secrets Manager secret holding them
+    let proxy = FaultProxy::start(&search_url()).await;
+    proxy.require_authorization("Basic bG9hZGVyOnMzY3IzdA==");
+    let index = unique("basic");
+    let mut stack = indexed_stack("srchauth", &index, &proxy.endpoint()).await;
+    let secret = |password: &str| json!({"username": "loader", "password": password}).to_string();
+    let right =
+        streamload_tests::create_secret(&stack.sdk, &unique("search"), &secret("s3cr3t")).await;
+    stack.config.search = Some(streamload_runtime::SearchSettings {
+        url: proxy.endpoint(),
+        auth: streamload_runtime::SearchAuthSource::Secret(right),
+    });
+    // When the loader starts (creating the index) and loads an order
+    let p = stack.pipeline().await;
+    let r = p
+        .process(
+            &kinesis_batch(&[(1, example_order("o-1", 1, "10.50"))]),
+            &invocation("auth-1", Duration::from_secs(30)),
+        )
+        .await;
+    // Then every request carried the credentials and the document is there
+    assert_eq!(r.outcomes, vec![RecordOutcome::Loaded]);
+    assert_eq!(proxy.unauthorized(), 0);
+    assert_eq!(revision_in_index(&index, "o-1").await, Some((2, json!(1))));
+    // Given a secret with a wrong password
+    let wrong =
+        streamload_tests::create_secret(&stack.sdk, &unique("search"), &secret("wrong")).await;
+    stack.config.search = Some(streamload_runtime::SearchSettings {
+        url: proxy.endpoint(),
+        auth: streamload_runtime::SearchAuthSource::Secret(wrong),
+    });
+    // When the loader starts, Then start-up fails with one line naming the refusal, and never
+    // the password
+    let e = match streamload_runtime::build_pipeline_with(&stack.config, &stack.sdk).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("started with credentials the cluster refuses"),
+    };
+    assert!(
+        e.starts_with("route \"orders\": ")
+            && e.contains("401 security_exception")
+            && e.contains("STREAMLOAD_SEARCH_SECRET_ARN")
+            && !e.contains("wrong")
+            && !e.contains('\n'),
+        "{e}"
+    );
+    assert!(proxy.unauthorized() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_with_a_table_and_no_database_configured_fails_at_start_up_naming_it() {
     // Given the example orders route (a table) and no database variables
     let mut stack = indexed_stack("nodb", &unique("nodb"), &search_url()).await;

@@ -315,10 +315,27 @@ async fn search_index(
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, route = %route.name, "search index unreachable at start-up; not checked");
             }
-            Err(e) => return Err(StartError::Search(e.message)),
+            Err(e) => return Err(StartError::Search(start_up_line(&route.name, &e.message))),
         }
     }
     Ok(Some(std::sync::Arc::new(client)))
+}
+
+/// A start-up check's refusal as one line naming the route, and, when the cluster refused the
+/// credentials (HTTP 401 or 403), which settings give them.
+fn start_up_line(route: &str, message: &str) -> String {
+    let named = if message.starts_with("route ") {
+        message.to_owned()
+    } else {
+        format!("route {route:?}: {message}")
+    };
+    if message.contains("HTTP 401") || message.contains("HTTP 403") {
+        format!(
+            "{named} (the cluster refused the loader's credentials: check STREAMLOAD_SEARCH_AUTH and the secret STREAMLOAD_SEARCH_SECRET_ARN names, or the role's access to the domain)"
+        )
+    } else {
+        named
+    }
 }
 
 /// The claims' store: conditional writes sent directly unless configured otherwise or the
