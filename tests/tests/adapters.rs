@@ -569,6 +569,11 @@ async fn superseded_contract<R: streamload_core::ports::RowSink>(
     // And the event the table holds, loaded again (a redelivery), is not superseded
     let again = upsert(&[order("o-1", "u", 1), order("o-3", "u", 1)]).await;
     assert_eq!(again, streamload_core::ports::Upserted::default());
+    // And in a batch nothing refuses, a new key merges and another event of a held key is
+    // superseded (the one-transaction path)
+    let plain = upsert(&[order("o-1", "u", 3), order("o-4", "u", 1)]).await;
+    assert!(plain.refused.is_empty());
+    assert_eq!(plain.superseded, vec![0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

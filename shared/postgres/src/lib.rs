@@ -799,8 +799,12 @@ async fn copy_and_upsert(
             copy_rows(tx, sql, &subset).await?;
             members
         };
-        tx.execute(&sql.upsert, &[]).await?;
-        if let Some(query) = &sql.superseded {
+        let applied = tx.execute(&sql.upsert, &[]).await?;
+        // Every staged row merged (one per key, each inserted or replacing its row): each is
+        // the event its key now holds, and the question need not be asked — the live stream's
+        // usual batch. Otherwise ask which rows the table did not keep.
+        let all_applied = usize::try_from(applied).is_ok_and(|n| n == members.len());
+        if let Some(query) = sql.superseded.as_ref().filter(|_| !all_applied) {
             for row in tx.query(query.as_str(), &[]).await? {
                 let ord: i32 = row.get(0);
                 if let Some(&index) = usize::try_from(ord).ok().and_then(|o| members.get(o)) {
