@@ -484,12 +484,7 @@ async fn rows_commit_all_but_the_refused_in_postgres_and_in_memory() {
     })
     .await;
     // The in-memory rows, refusing the same user
-    let memory = streamload_core::memory::MemoryRows::default();
-    memory
-        .refused_users
-        .lock()
-        .unwrap()
-        .insert("refused".to_owned());
+    let memory = memory_refusing("refused");
     let stored = memory.clone();
     row_contract(&memory, &routes, "refused", async || {
         stored
@@ -597,11 +592,13 @@ async fn rows_a_table_did_not_keep_are_superseded_in_postgres_both_ways_and_in_m
         let pg = if bisecting { pg.bisecting() } else { pg };
         superseded_contract(&pg, &routes).await;
     }
-    let memory = streamload_core::memory::MemoryRows::default();
-    memory
-        .refused_users
-        .lock()
-        .unwrap()
-        .insert("refused".to_owned());
+    let memory = memory_refusing("refused");
     superseded_contract(&memory, &indexed_keep_first_routes("kf")).await;
+}
+
+/// In-memory rows that refuse `user` (as the real tables' CHECK constraint does).
+fn memory_refusing(user: &str) -> streamload_core::memory::MemoryRows {
+    let memory = streamload_core::memory::MemoryRows::default();
+    memory.refused_users.lock().unwrap().insert(user.to_owned());
+    memory
 }

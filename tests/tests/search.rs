@@ -435,6 +435,19 @@ async fn a_bulk_answer_lost_after_it_was_applied_and_a_call_that_hangs_still_loa
     assert_eq!(revision_in_index(&index, "o-3").await, Some((2, json!(1))));
 }
 
+/// A stack whose loader runs `routes` (none with a table) against the search server, with no
+/// database configured at all.
+async fn tableless_stack(tag: &str, routes: &str) -> streamload_tests::TestStack {
+    let mut stack = streamload_tests::TestStack::new(tag, false).await;
+    stack.use_routes(routes);
+    stack.config.search = Some(streamload_runtime::SearchSettings {
+        url: search_url(),
+        auth: streamload_runtime::SearchAuthSource::None,
+    });
+    stack.config.database = streamload_runtime::DatabaseSource::Unset;
+    stack
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_without_a_table_loads_the_index_and_the_lake_from_the_real_loader() {
     use std::time::Duration;
@@ -442,9 +455,10 @@ async fn a_route_without_a_table_loads_the_index_and_the_lake_from_the_real_load
     use streamload_tests::{invocation, kinesis_batch};
     // Given a route that names an index and no table (no table exists for it either)
     let index = unique("clicks");
-    let mut stack = streamload_tests::TestStack::new("notable", false).await;
-    stack.use_routes(&format!(
-        r#"
+    let stack = tableless_stack(
+        "notable",
+        &format!(
+            r#"
 [[route]]
 name = "clicks"
 source = "kinesis:orders"
@@ -465,13 +479,9 @@ name = "page"
 from = "/page"
 type = "text"
 "#
-    ));
-    stack.config.search = Some(streamload_runtime::SearchSettings {
-        url: search_url(),
-        auth: streamload_runtime::SearchAuthSource::None,
-    });
-    // and no database configured at all
-    stack.config.database = streamload_runtime::DatabaseSource::Unset;
+        ),
+    )
+    .await;
     let p = stack.pipeline().await;
     // When clicks arrive, one of them twice
     let click = |id: &str| serde_json::to_vec(&json!({"click_id": id, "page": "/home"})).unwrap();
@@ -509,9 +519,10 @@ async fn an_index_only_route_commits_by_markers_in_real_s3_and_a_redelivery_load
     use streamload_tests::{invocation, kinesis_batch};
     // Given a route with an index, no table and no lake, and no database configured
     let index = unique("views");
-    let mut stack = streamload_tests::TestStack::new("nolake", false).await;
-    stack.use_routes(&format!(
-        r#"
+    let stack = tableless_stack(
+        "nolake",
+        &format!(
+            r#"
 [[route]]
 name = "views"
 source = "kinesis:orders"
@@ -528,12 +539,9 @@ from = "/view_id"
 type = "text"
 required = true
 "#
-    ));
-    stack.config.search = Some(streamload_runtime::SearchSettings {
-        url: search_url(),
-        auth: streamload_runtime::SearchAuthSource::None,
-    });
-    stack.config.database = streamload_runtime::DatabaseSource::Unset;
+        ),
+    )
+    .await;
     let view = |id: &str| serde_json::to_vec(&json!({"view_id": id})).unwrap();
     let batch = kinesis_batch(&[(1, view("v-1")), (2, view("v-2"))]);
     // When the batch loads, and is then delivered again to a new sandbox
