@@ -12,6 +12,9 @@
 //! * [`reconcile`]: what to do with a staged object whose claim another commit holds or held —
 //!   skip, leave, mark committed, take over, or report — never re-appending blind.
 
+pub mod commit;
+pub mod memory;
 pub mod partition;
 pub mod plan;
+pub mod ports;
 pub mod reconcile;
