@@ -232,14 +232,12 @@ async fn append_once<C: CommitClaims, T: TableLog>(
             break;
         }
         let lease_certain = clock.now_ms() + millis(settings.skew) < lease_until;
-        if report.attempts > 1 || !lease_certain {
-            if !still_mine(claims, &commit, mine).await? {
-                // Taken over (we outlived our lease): the taker decides; never append.
-                for key in mine.keys() {
-                    report.outcomes.insert(key.clone(), Outcome::Left);
-                }
-                return Ok(());
+        if (report.attempts > 1 || !lease_certain) && !still_mine(claims, &commit, mine).await? {
+            // Taken over (we outlived our lease): the taker decides; never append.
+            for key in mine.keys() {
+                report.outcomes.insert(key.clone(), Outcome::Left);
             }
+            return Ok(());
         }
         // A holder we took an object over from may have landed after all.
         let landed_elsewhere: Vec<(String, String)> = mine
