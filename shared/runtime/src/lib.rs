@@ -110,12 +110,25 @@ pub fn check_dead_letter_prefix(
 }
 
 async fn read_routes(config: &Config, sdk: &aws_config::SdkConfig) -> Result<Routes, StartError> {
-    let (name, text) = match &config.routes {
+    if let RoutesSource::Builtin = &config.routes {
+        return Ok(Routes::builtin(
+            &config.target_table,
+            &config.output_prefix,
+        )?);
+    }
+    read_route_file(&config.routes, sdk).await
+}
+
+/// The routes of a configuration file named by `STREAMLOAD_CONFIG` (a path or an S3 object);
+/// the table committer reads the loaders' file through this too. The built-in route has no
+/// file: it is refused here.
+pub async fn read_route_file(
+    source: &RoutesSource,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Routes, StartError> {
+    let (name, text) = match source {
         RoutesSource::Builtin => {
-            return Ok(Routes::builtin(
-                &config.target_table,
-                &config.output_prefix,
-            )?)
+            return Err(ConfigError::Missing("STREAMLOAD_CONFIG").into());
         }
         RoutesSource::File(path) => (
             path.clone(),

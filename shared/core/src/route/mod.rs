@@ -25,6 +25,7 @@
 //! ```
 
 mod extract;
+pub mod iceberg;
 pub mod value;
 
 pub use value::{ColumnType, EpochUnit, Value};
@@ -85,6 +86,9 @@ pub struct RouteSpec {
     /// `[route.index]`: the search index the route's events also go to.
     #[serde(default)]
     pub index: Option<crate::search::IndexSpec>,
+    /// `[route.iceberg]`: the Iceberg table the table committer builds from the staged objects.
+    #[serde(default)]
+    pub iceberg: Option<iceberg::IcebergSpec>,
     #[serde(rename = "column", default)]
     pub columns: Vec<ColumnSpec>,
 }
@@ -272,6 +276,8 @@ pub struct Route {
     pub auto_migrate: bool,
     /// The search index the route's events also go to (`[route.index]`).
     pub search: Option<crate::search::IndexPlan>,
+    /// The Iceberg table the committer appends the staged objects to (`[route.iceberg]`).
+    pub iceberg: Option<iceberg::IcebergPlan>,
     root: Node,
     slots: usize,
     lake_schema: SchemaRef,
@@ -532,6 +538,7 @@ pub fn builtin_spec(table: &str, lake_prefix: &str) -> RouteSpec {
         claim_prefix: Some("ev:".into()),
         updated_at_column: Some("updated_at".into()),
         index: None,
+        iceberg: None,
         columns: vec![
             col("event_id", "text", true, false),
             col("user_id", "text", true, false),
@@ -887,6 +894,19 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
             ));
         }
     }
+    let iceberg = spec.iceberg.as_ref().and_then(|spec| {
+        if !lake {
+            problems.push(format!(
+                "route {route:?}: [route.iceberg] needs the lake's staged objects (lake = false)"
+            ));
+        }
+        let event_time_column = event_time.map(|i| columns[i].name.as_str());
+        iceberg::IcebergPlan::compile(route, spec, event_time_column)
+            .map_err(|p| {
+                problems.extend(p.into_iter().map(|what| format!("route {route:?}: {what}")))
+            })
+            .ok()
+    });
     if spec.table.is_none() && spec.updated_at_column.is_some() {
         problems.push(format!("route {route:?}: updated_at_column needs a table"));
     }
@@ -918,6 +938,7 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
         updated_at_column: spec.updated_at_column.clone(),
         auto_migrate,
         search,
+        iceberg,
         root,
         slots,
         lake_schema,

@@ -1,0 +1,285 @@
+//! The table committer (docs/exactly-once.md, "The table committer"): a Lambda function fed by
+//! S3 notifications of the loaders' new staged objects through SQS; for each route with a
+//! `[route.iceberg]` table it claims the objects, merges them into data files and appends them
+//! to the table once ([`streamload_table::commit`]). It answers with the messages to retry
+//! (`batchItemFailures`): those naming an object still held by a commit that may land, or
+//! whose commit failed.
+
+pub mod claims;
+pub mod notification;
+
+use claims::DynamoCommitClaims;
+use notification::{created_objects, route_of, SqsEvent};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+use streamload_core::route::Routes;
+use streamload_iceberg::{CatalogSettings, IcebergTable, TableError};
+use streamload_table::commit::{commit_staged, Clock, Outcome, Settings};
+use streamload_table::ports::StagedObject;
+
+/// Start-up failures: one line naming the variable, route or setting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Routes(#[from] streamload_runtime::StartError),
+    #[error("{0}")]
+    Table(#[from] TableError),
+}
+
+/// The committer's settings from its environment.
+#[derive(Debug, Clone)]
+pub struct CommitterConfig {
+    pub routes: streamload_runtime::config::RoutesSource,
+    pub dedup_table: String,
+    pub output_bucket: String,
+    pub dedup_ttl_seconds: i64,
+    pub catalog: CatalogSettings,
+    pub settings: Settings,
+}
+
+impl CommitterConfig {
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, StartError> {
+        let required = |name: &str| {
+            var(name)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| StartError::Config(format!("{name} is not set")))
+        };
+        let number = |name: &str, default: i64| -> Result<i64, StartError> {
+            match var(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| StartError::Config(format!("{name} {v:?} is not a whole number"))),
+            }
+        };
+        let lease = number("COMMIT_LEASE_SECONDS", 120)?;
+        if !(10..=900).contains(&lease) {
+            return Err(StartError::Config(format!(
+                "COMMIT_LEASE_SECONDS {lease} must be between 10 and 900"
+            )));
+        }
+        let retention_hours = number("SNAPSHOT_RETENTION_HOURS", 120)?;
+        if retention_hours < 1 {
+            return Err(StartError::Config(
+                "SNAPSHOT_RETENTION_HOURS must be at least 1".into(),
+            ));
+        }
+        let routes = streamload_runtime::config::routes_source(var("STREAMLOAD_CONFIG"))
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        if matches!(routes, streamload_runtime::config::RoutesSource::Builtin) {
+            return Err(StartError::Config(
+                "STREAMLOAD_CONFIG is not set (the committer reads the loaders' routes file)"
+                    .into(),
+            ));
+        }
+        Ok(CommitterConfig {
+            routes,
+            dedup_table: required("DEDUP_TABLE")?,
+            output_bucket: required("OUTPUT_BUCKET")?,
+            dedup_ttl_seconds: number("DEDUP_TTL_SECONDS", 604_800)?,
+            catalog: CatalogSettings::from_env(&var)?,
+            settings: Settings {
+                lease: Duration::from_secs(lease.unsigned_abs()),
+                retention: Duration::from_secs(retention_hours.unsigned_abs() * 3600),
+                ..Settings::default()
+            },
+        })
+    }
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// One route with a table: where its staged objects are, its table, its claims.
+#[derive(Debug)]
+struct RouteTable {
+    name: String,
+    table: IcebergTable,
+    claims: DynamoCommitClaims,
+}
+
+/// The committer, started: every route's table opened (created or evolved).
+#[derive(Debug)]
+pub struct Committer {
+    bucket: String,
+    prefixes: Vec<(usize, String)>,
+    tables: Vec<RouteTable>,
+    settings: Settings,
+}
+
+/// The answer to the SQS mapping: the messages to deliver again.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct BatchResponse {
+    #[serde(rename = "batchItemFailures")]
+    pub batch_item_failures: Vec<ItemFailure>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ItemFailure {
+    #[serde(rename = "itemIdentifier")]
+    pub item_identifier: String,
+}
+
+impl Committer {
+    /// Opens the tables of the routes that have one.
+    pub async fn start(
+        config: &CommitterConfig,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Committer, StartError> {
+        let routes = streamload_runtime::read_route_file(&config.routes, sdk).await?;
+        Committer::with_routes(config, sdk, &routes).await
+    }
+
+    pub async fn with_routes(
+        config: &CommitterConfig,
+        sdk: &aws_config::SdkConfig,
+        routes: &Routes,
+    ) -> Result<Committer, StartError> {
+        let catalog = streamload_iceberg::connect(
+            &config.catalog,
+            streamload_iceberg::storage_props(|k| std::env::var(k).ok()),
+        )
+        .await?;
+        let dynamodb = streamload_aws::dynamodb_client(sdk);
+        let mut tables = Vec::new();
+        let mut prefixes = Vec::new();
+        for route in routes.iter().filter(|r| r.iceberg.is_some()) {
+            let table = IcebergTable::open(catalog.clone(), route, &config.output_bucket)
+                .await
+                .map_err(|e| StartError::Config(format!("route {:?}: {e}", route.name)))?;
+            prefixes.push((tables.len(), route.lake_prefix.clone()));
+            tables.push(RouteTable {
+                name: route.name.clone(),
+                table,
+                claims: DynamoCommitClaims::new(
+                    dynamodb.clone(),
+                    &config.dedup_table,
+                    &route.name,
+                    config.dedup_ttl_seconds,
+                ),
+            });
+        }
+        if tables.is_empty() {
+            return Err(StartError::Config(
+                "no route has a [route.iceberg] table: nothing to commit".into(),
+            ));
+        }
+        Ok(Committer {
+            bucket: config.output_bucket.clone(),
+            prefixes,
+            tables,
+            settings: config.settings,
+        })
+    }
+
+    /// Commits what one SQS batch names; `request_id` (unique per invocation) makes the
+    /// commit ids.
+    pub async fn handle(
+        &self,
+        event: &SqsEvent,
+        request_id: &str,
+        clock: &dyn Clock,
+    ) -> BatchResponse {
+        let mut per_table: BTreeMap<usize, Vec<StagedObject>> = BTreeMap::new();
+        let mut messages: Vec<(&str, Vec<(usize, String)>)> = Vec::new();
+        let mut failed: HashSet<&str> = HashSet::new();
+        for m in &event.records {
+            match created_objects(&m.body) {
+                Err(why) => {
+                    tracing::warn!(message_id = %m.message_id, why = %why, "message is not a notification");
+                    failed.insert(&m.message_id);
+                }
+                Ok(objects) => {
+                    let mut named = Vec::new();
+                    for o in objects.into_iter().filter(|o| o.bucket == self.bucket) {
+                        if let Some(t) = route_of(&o.key, &self.prefixes) {
+                            named.push((t, o.key.clone()));
+                            per_table.entry(t).or_default().push(StagedObject {
+                                key: o.key,
+                                bytes: o.size,
+                            });
+                        }
+                    }
+                    messages.push((&m.message_id, named));
+                }
+            }
+        }
+        let mut done: HashSet<(usize, String)> = HashSet::new();
+        for (t, objects) in per_table {
+            let route = &self.tables[t];
+            let commit = format!("{request_id}-{t}");
+            let started = std::time::Instant::now();
+            match commit_staged(
+                &route.claims,
+                &route.table,
+                clock,
+                self.settings,
+                &commit,
+                &objects,
+            )
+            .await
+            {
+                Ok(report) => {
+                    let count =
+                        |f: fn(&Outcome) -> bool| report.outcomes.values().filter(|o| f(o)).count();
+                    tracing::info!(
+                        route = %route.name,
+                        commit = %report.commit,
+                        objects = report.outcomes.len(),
+                        appended = report.appended(),
+                        already_in_table = count(|o| matches!(o, Outcome::AlreadyInTable { .. })),
+                        left = count(|o| *o == Outcome::Left),
+                        attempts = report.attempts,
+                        millis = started.elapsed().as_millis() as u64,
+                        "committed"
+                    );
+                    for (key, outcome) in report.outcomes {
+                        match outcome {
+                            o if o.is_done() => {
+                                done.insert((t, key));
+                            }
+                            Outcome::Report { commit: held_by } => tracing::error!(
+                                route = %route.name,
+                                held_by = %held_by,
+                                "a staged object's commit is older than the snapshot retention and not in the log: an operator must decide (docs/operations.md)"
+                            ),
+                            _ => {}
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(route = %route.name, commit = %commit, error = %e, "commit failed")
+                }
+            }
+        }
+        for (id, named) in messages {
+            if named.iter().any(|n| !done.contains(n)) {
+                failed.insert(id);
+            }
+        }
+        let mut batch_item_failures: Vec<ItemFailure> = failed
+            .into_iter()
+            .map(|id| ItemFailure {
+                item_identifier: id.to_string(),
+            })
+            .collect();
+        batch_item_failures.sort_by(|a, b| a.item_identifier.cmp(&b.item_identifier));
+        BatchResponse {
+            batch_item_failures,
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! One route's Iceberg table as the committer's [`TableLog`] port: its base is a loaded
+//! `Table`, its log the commit ids in the snapshot summaries, its writes the staged objects'
+//! rows as partitioned data files, its append a pinned fast-append ([`crate::pinned`]).
+
+use crate::error::TableError;
+use crate::pinned::PinnedCatalog;
+use crate::schema::{missing_columns, new_table_schema, partition_spec};
+use arrow_array_58::{new_null_array, ArrayRef, RecordBatch};
+use arrow_schema_58::SchemaRef as ArrowSchemaRef;
+use iceberg::arrow::{schema_to_arrow_schema, RecordBatchPartitionSplitter};
+use iceberg::spec::{DataFile, DataFileFormat};
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::util::snapshot::ancestors_of;
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
+use iceberg::writer::partitioning::PartitioningWriter;
+use iceberg::{Catalog, NamespaceIdent, TableCreation, TableIdent};
+use parquet_58::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet_58::basic::{Compression, ZstdLevel};
+use parquet_58::file::properties::WriterProperties;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use streamload_core::route::Route;
+use streamload_table::ports::{PortError, StagedObject, TableLog};
+
+/// The snapshot-summary property that records which commit made a snapshot.
+pub const COMMIT_ID_PROPERTY: &str = "streamload.commit-id";
+/// The snapshot-summary property with the number of staged objects a commit appended.
+pub const STAGED_OBJECTS_PROPERTY: &str = "streamload.staged-objects";
+/// The snapshot-summary property naming the route.
+pub const ROUTE_PROPERTY: &str = "streamload.route";
+
+/// Rows read from a staged object at a time.
+const READ_BATCH_ROWS: usize = 8192;
+
+/// A route's table in its catalog.
+#[derive(Debug, Clone)]
+pub struct IcebergTable {
+    catalog: Arc<dyn Catalog>,
+    ident: TableIdent,
+    route: String,
+    /// The loaders' bucket, which holds the staged objects.
+    staged_bucket: String,
+    target_file_bytes: u64,
+}
+
+impl IcebergTable {
+    /// Opens the route's table, creating its namespace and table if absent and adding the
+    /// columns the route gained since (a schema update; existing ids never change).
+    pub async fn open(
+        catalog: Arc<dyn Catalog>,
+        route: &Route,
+        staged_bucket: &str,
+    ) -> Result<Self, TableError> {
+        let plan = route.iceberg.as_ref().ok_or_else(|| {
+            TableError::Config(format!("route {:?} has no [route.iceberg]", route.name))
+        })?;
+        let namespace = NamespaceIdent::new(plan.namespace.clone());
+        let ident = TableIdent::new(namespace.clone(), plan.table.clone());
+        let staged = route.lake_schema();
+        let exists = catalog
+            .table_exists(&ident)
+            .await
+            .map_err(TableError::iceberg("looking the table up"))?;
+        if !exists {
+            if !catalog
+                .namespace_exists(&namespace)
+                .await
+                .map_err(TableError::iceberg("looking the namespace up"))?
+            {
+                // Another committer may create it at the same moment: tolerate that.
+                if let Err(e) = catalog.create_namespace(&namespace, HashMap::new()).await {
+                    if !catalog.namespace_exists(&namespace).await.unwrap_or(false) {
+                        return Err(TableError::iceberg("creating the namespace")(e));
+                    }
+                }
+            }
+            let schema = new_table_schema(&route.name, staged)?;
+            let spec = partition_spec(&route.name, &schema, plan)?;
+            let creation = TableCreation::builder()
+                .name(plan.table.clone())
+                .schema(schema)
+                .partition_spec(spec)
+                .properties([
+                    ("write.format.default".to_string(), "parquet".to_string()),
+                    (
+                        "write.parquet.compression-codec".to_string(),
+                        "zstd".to_string(),
+                    ),
+                ])
+                .build();
+            if let Err(e) = catalog.create_table(&namespace, creation).await {
+                if !catalog.table_exists(&ident).await.unwrap_or(false) {
+                    return Err(TableError::iceberg("creating the table")(e));
+                }
+            }
+        }
+        let table = catalog
+            .load_table(&ident)
+            .await
+            .map_err(TableError::iceberg("loading the table"))?;
+        let missing = missing_columns(&route.name, table.metadata().current_schema(), staged)?;
+        if !missing.is_empty() {
+            let tx = Transaction::new(&table);
+            let mut update = tx.update_schema();
+            for (name, ty) in missing {
+                update = update.add_column(iceberg::transaction::AddColumn::optional(name, ty));
+            }
+            let tx = update
+                .apply(tx)
+                .map_err(TableError::iceberg("adding the route's new columns"))?;
+            tx.commit(catalog.as_ref())
+                .await
+                .map_err(TableError::iceberg("adding the route's new columns"))?;
+        }
+        Ok(IcebergTable {
+            catalog,
+            ident,
+            route: route.name.clone(),
+            staged_bucket: staged_bucket.to_string(),
+            target_file_bytes: plan.target_file_bytes,
+        })
+    }
+
+    pub fn ident(&self) -> &TableIdent {
+        &self.ident
+    }
+
+    async fn read_staged(&self, base: &Table, key: &str) -> Result<Vec<RecordBatch>, TableError> {
+        let staged = |message: String| TableError::Staged {
+            key: key.to_string(),
+            message,
+        };
+        let location = format!("s3://{}/{}", self.staged_bucket, key);
+        let bytes = base
+            .file_io()
+            .new_input(&location)
+            .map_err(TableError::iceberg("opening a staged object"))?
+            .read()
+            .await
+            .map_err(TableError::iceberg("reading a staged object"))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(|e| staged(e.to_string()))?
+            .with_batch_size(READ_BATCH_ROWS)
+            .build()
+            .map_err(|e| staged(e.to_string()))?;
+        reader
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| staged(e.to_string()))
+    }
+}
+
+/// A staged batch in the table's column order and types (by name; a column the staged object
+/// predates is null).
+fn conform(batch: &RecordBatch, target: &ArrowSchemaRef) -> Result<RecordBatch, String> {
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
+    for field in target.fields() {
+        let column = match batch.column_by_name(field.name()) {
+            Some(c) if c.data_type() == field.data_type() => c.clone(),
+            Some(c) => arrow_cast_58::cast(c, field.data_type())
+                .map_err(|e| format!("column {:?}: {e}", field.name()))?,
+            None => new_null_array(field.data_type(), batch.num_rows()),
+        };
+        columns.push(column);
+    }
+    RecordBatch::try_new(target.clone(), columns).map_err(|e| e.to_string())
+}
+
+impl TableLog for IcebergTable {
+    type Base = Table;
+    type Written = Vec<DataFile>;
+
+    async fn load(&self) -> Result<Table, PortError> {
+        self.catalog
+            .load_table(&self.ident)
+            .await
+            .map_err(|e| TableError::iceberg("loading the table")(e).before_commit())
+    }
+
+    fn commits(&self, base: &Table) -> BTreeSet<String> {
+        let metadata = base.metadata_ref();
+        let Some(current) = metadata.current_snapshot_id() else {
+            return BTreeSet::new();
+        };
+        ancestors_of(&metadata, current)
+            .filter_map(|s| {
+                s.summary()
+                    .additional_properties
+                    .get(COMMIT_ID_PROPERTY)
+                    .cloned()
+            })
+            .collect()
+    }
+
+    async fn write(
+        &self,
+        base: &Table,
+        write_id: &str,
+        objects: &[StagedObject],
+    ) -> Result<Vec<DataFile>, PortError> {
+        self.write_files(base, write_id, objects)
+            .await
+            .map_err(TableError::before_commit)
+    }
+
+    async fn append(
+        &self,
+        base: &Table,
+        commit: &str,
+        written: &Vec<DataFile>,
+    ) -> Result<(), PortError> {
+        let pinned = PinnedCatalog::new(self.catalog.as_ref(), base.clone());
+        let tx = Transaction::new(base);
+        let properties = HashMap::from([
+            (COMMIT_ID_PROPERTY.to_string(), commit.to_string()),
+            (ROUTE_PROPERTY.to_string(), self.route.clone()),
+        ]);
+        // No duplicate check: every data file's name carries its write id, unique to one
+        // commit, and the check reads every manifest of the current snapshot on each append.
+        let action = tx
+            .fast_append()
+            .with_check_duplicate(false)
+            .set_snapshot_properties(properties)
+            .add_data_files(written.iter().cloned());
+        let tx = action
+            .apply(tx)
+            .map_err(|e| TableError::iceberg("building the append")(e).before_commit())?;
+        tx.commit(&pinned)
+            .await
+            .map(|_| ())
+            .map_err(|e| TableError::iceberg("committing the append")(e).of_commit())
+    }
+}
+
+impl IcebergTable {
+    async fn write_files(
+        &self,
+        base: &Table,
+        write_id: &str,
+        objects: &[StagedObject],
+    ) -> Result<Vec<DataFile>, TableError> {
+        let metadata = base.metadata();
+        let schema = metadata.current_schema().clone();
+        let target: ArrowSchemaRef = Arc::new(
+            schema_to_arrow_schema(&schema).map_err(TableError::iceberg("the table's schema"))?,
+        );
+        let spec = metadata.default_partition_spec().clone();
+        let splitter =
+            RecordBatchPartitionSplitter::try_new_with_computed_values(schema.clone(), spec)
+                .map_err(TableError::iceberg("the table's partition spec"))?;
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        let rolling = RollingFileWriterBuilder::new(
+            ParquetWriterBuilder::new(properties, schema),
+            usize::try_from(self.target_file_bytes).unwrap_or(usize::MAX),
+            base.file_io().clone(),
+            DefaultLocationGenerator::new(metadata)
+                .map_err(TableError::iceberg("the table's location"))?,
+            DefaultFileNameGenerator::new(write_id.to_string(), None, DataFileFormat::Parquet),
+        );
+        let mut writer = FanoutWriter::new(DataFileWriterBuilder::new(rolling));
+        let mut keys: Vec<&StagedObject> = objects.iter().collect();
+        keys.sort();
+        for object in keys {
+            for batch in self.read_staged(base, &object.key).await? {
+                let batch = conform(&batch, &target).map_err(|message| TableError::Staged {
+                    key: object.key.clone(),
+                    message,
+                })?;
+                let parts = splitter
+                    .split(&batch)
+                    .map_err(TableError::iceberg("partitioning rows"))?;
+                for (partition, rows) in parts {
+                    writer
+                        .write(partition, rows)
+                        .await
+                        .map_err(TableError::iceberg("writing a data file"))?;
+                }
+            }
+        }
+        writer
+            .close()
+            .await
+            .map_err(TableError::iceberg("closing the data files"))
+    }
+}
