@@ -233,8 +233,21 @@ impl TableLog for IcebergTable {
             .map_err(|e| TableError::iceberg("building the append")(e).before_commit())?;
         tx.commit(&pinned)
             .await
-            .map(|_| ())
-            .map_err(|e| TableError::iceberg("committing the append")(e).of_commit())
+            .map_err(|e| TableError::iceberg("committing the append")(e).of_commit())?;
+        // Trust, then verify: iceberg-catalog-sql 0.10 ignores the result of its COMMIT
+        // (`let _ = tx.commit()`), so a COMMIT lost on the way reads as a landed append. Only
+        // the table's own log is proof; without it the outcome is unknown and the protocol's
+        // next attempt decides (docs/exactly-once.md, "The table committer").
+        let after = self.load().await.map_err(|e| {
+            PortError::Unknown(format!("the append's answer could not be confirmed: {e}"))
+        })?;
+        if self.commits(&after).contains(commit) {
+            Ok(())
+        } else {
+            Err(PortError::Unknown(
+                "the catalog answered the append, but its snapshot log does not hold it".into(),
+            ))
+        }
     }
 }
 

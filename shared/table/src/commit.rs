@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// The committer's clock: milliseconds since the epoch. An input, so tests move time.
-pub trait Clock {
+pub trait Clock: Send + Sync {
     fn now_ms(&self) -> i64;
 }
 
