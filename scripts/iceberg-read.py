@@ -6,6 +6,9 @@ asked columns, the number of snapshots and of data files, each data file's parti
 each snapshot's summary properties.
 
 usage: iceberg-read.py <postgres-url> <namespace> <table> <column>[,<column>...]
+       iceberg-read.py metadata:<s3://…metadata.json> - - <column>[,<column>...]
+(the second form reads a table whose catalog pyiceberg cannot open, such as Amazon S3 Tables
+through its native API: from the metadata file the catalog names as current)
 """
 import json
 import os
@@ -27,8 +30,14 @@ def main():
     if os.environ.get("AWS_ACCESS_KEY_ID"):
         props["s3.access-key-id"] = os.environ["AWS_ACCESS_KEY_ID"]
         props["s3.secret-access-key"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
-    catalog = SqlCatalog("streamload", **props)
-    t = catalog.load_table(f"{namespace}.{table}")
+    if url.startswith("metadata:"):
+        from pyiceberg.table import StaticTable
+
+        props.pop("uri")
+        t = StaticTable.from_metadata(url[len("metadata:"):], properties=props)
+    else:
+        catalog = SqlCatalog("streamload", **props)
+        t = catalog.load_table(f"{namespace}.{table}")
     cols = columns.split(",")
     arrow = t.scan(selected_fields=tuple(cols)).to_arrow()
     rows = [[None if v is None else str(v) for v in r.values()] for r in arrow.to_pylist()]

@@ -175,6 +175,7 @@ impl FaultProxy {
             release,
             claims: Mutex::new(BTreeMap::new()),
             authorization: Mutex::new(None),
+            rewrites: Mutex::new(Vec::new()),
         });
         let (shutdown, shutdown_rx) = watch::channel(());
         tokio::spawn(accept_loop(listener, state.clone(), shutdown_rx));
@@ -203,6 +204,14 @@ impl FaultProxy {
     /// From now on, answers a request whose `Authorization` header is not exactly `value` with
     /// 401 and OpenSearch's `security_exception` (not forwarded), as a cluster that demands
     /// basic credentials or an API key does. Returns nothing; see [`FaultProxy::unauthorized`].
+    /// Replaces `from` with `to` in every forwarded answer's body: for an emulator whose
+    /// answer differs from the service's documented shape in a way an SDK refuses (the one
+    /// use: moto 5.2's S3 Tables sends `managedByService` as a boolean where AWS's model has
+    /// a string). A test that uses it says so.
+    pub fn rewrite_answers(&self, from: &str, to: &str) {
+        lock(&self.state.rewrites).push((from.to_owned(), to.to_owned()));
+    }
+
     pub fn require_authorization(&self, value: &str) {
         *lock(&self.state.authorization) = Some((value.to_owned(), 0));
     }
@@ -264,6 +273,8 @@ struct State {
     /// [`FaultProxy::require_authorization`]'s header value, and the requests refused for
     /// lacking it.
     authorization: Mutex<Option<(String, usize)>>,
+    /// [`FaultProxy::rewrite_answers`]'s replacements in forwarded answers.
+    rewrites: Mutex<Vec<(String, String)>>,
 }
 
 /// The rules and the PRNG under one lock, so the draws follow the order requests arrive in.
@@ -426,7 +437,23 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<ProxyRespon
     let fault = state.decide(&operation, &body);
     let head = matches!(parts.method, Method::HEAD);
     match fault {
-        None => Ok(forward(&state.upstream, parts, body).await),
+        None => {
+            let answer = forward(&state.upstream, parts, body).await;
+            let rewrites = lock(&state.rewrites).clone();
+            if rewrites.is_empty() {
+                return Ok(answer);
+            }
+            let (mut parts, body) = answer.into_parts();
+            let Ok(body) = body.collect().await.map(|b| b.to_bytes());
+            let mut text = String::from_utf8_lossy(&body).into_owned();
+            for (from, to) in &rewrites {
+                text = text.replace(from, to);
+            }
+            parts
+                .headers
+                .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+            Ok(Response::from_parts(parts, Full::new(Bytes::from(text))))
+        }
         Some(Fault::LoseAnswer500) => {
             let _applied = forward(&state.upstream, parts, body).await;
             Ok(error_answer(service, Fault::ServerError, head))

@@ -110,12 +110,11 @@ pub async fn connect(
             Ok(Arc::new(catalog))
         }
         CatalogSettings::S3Tables { table_bucket_arn } => {
-            let mut builder = S3TablesCatalogBuilder::default()
+            // The S3 Tables client takes its endpoint from the SDK's own environment
+            // (`AWS_ENDPOINT_URL_S3TABLES`, else `AWS_ENDPOINT_URL`), as every AWS client here.
+            let builder = S3TablesCatalogBuilder::default()
                 .with_table_bucket_arn(table_bucket_arn)
                 .with_storage_factory(storage());
-            if let Some(endpoint) = storage_props.get(S3_ENDPOINT) {
-                builder = builder.with_endpoint_url(endpoint);
-            }
             let mut props = storage_props;
             props.insert(
                 S3TABLES_CATALOG_PROP_TABLE_BUCKET_ARN.into(),

@@ -126,15 +126,20 @@ pub async fn staged_keys(stack: &TestStack) -> Vec<String> {
 
 /// pyiceberg's view of the table.
 pub fn read_back(stack: &TestStack) -> Value {
+    read_with(&[stack.database_url.as_str(), "streamload", "orders"])
+}
+
+/// pyiceberg's view of the table whose current metadata file is `location`.
+pub fn read_metadata(location: &str) -> Value {
+    read_with(&[&format!("metadata:{location}"), "-", "-"])
+}
+
+fn read_with(args: &[&str]) -> Value {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let out = Command::new(format!("{root}/.venv/bin/python"))
         .arg(format!("{root}/scripts/iceberg-read.py"))
-        .args([
-            stack.database_url.as_str(),
-            "streamload",
-            "orders",
-            "order_id,revision,amount,placed_at",
-        ])
+        .args(args)
+        .arg("order_id,revision,amount,placed_at")
         .output()
         .expect("pyiceberg runs");
     assert!(
