@@ -7,6 +7,7 @@
 
 pub mod claims;
 pub mod notification;
+pub mod staging;
 
 use claims::DynamoCommitClaims;
 use notification::{created_objects, route_of, SqsEvent};
@@ -115,6 +116,7 @@ struct RouteTable {
 /// The committer, started: every route's table opened (created or evolved).
 #[derive(Debug)]
 pub struct Committer {
+    s3: aws_sdk_s3::Client,
     bucket: String,
     prefixes: Vec<(usize, String)>,
     tables: Vec<RouteTable>,
@@ -155,6 +157,17 @@ impl Committer {
         )
         .await?;
         let dynamodb = streamload_aws::dynamodb_client(sdk);
+        let s3 = streamload_aws::s3_client(sdk);
+        let lake_prefixes: Vec<String> = routes
+            .iter()
+            .filter(|r| r.iceberg.is_some())
+            .map(|r| r.lake_prefix.clone())
+            .collect();
+        let rules = staging::expiry_rules(&s3, &config.output_bucket)
+            .await
+            .map_err(StartError::Config)?;
+        staging::too_early(&rules, &lake_prefixes, config.dedup_ttl_seconds)
+            .map_err(StartError::Config)?;
         let mut tables = Vec::new();
         let mut prefixes = Vec::new();
         for route in routes.iter().filter(|r| r.iceberg.is_some()) {
@@ -179,6 +192,7 @@ impl Committer {
             ));
         }
         Ok(Committer {
+            s3,
             bucket: config.output_bucket.clone(),
             prefixes,
             tables,
@@ -282,4 +296,101 @@ impl Committer {
             batch_item_failures,
         }
     }
+
+    /// The safety net for a notification that never came (a bucket whose notification
+    /// configuration was replaced, a queue purged): lists the staging of the last `hours`
+    /// event-time hours of every route and commits what no commit holds yet. Objects already
+    /// committed cost one claim read each.
+    pub async fn sweep(&self, hours: u32, request_id: &str, clock: &dyn Clock) -> SweepReport {
+        let mut report = SweepReport::default();
+        let now = chrono::DateTime::from_timestamp_millis(clock.now_ms()).unwrap_or_default();
+        for (t, prefix) in &self.prefixes {
+            let route = &self.tables[*t];
+            let mut objects = Vec::new();
+            for back in 0..=i64::from(hours) {
+                let hour = now - chrono::Duration::hours(back);
+                let folder = format!("{prefix}{}/", hour.format("dt=%Y-%m-%d/hour=%H"));
+                match self.list(&folder).await {
+                    Ok(found) => objects.extend(found),
+                    Err(why) => {
+                        tracing::error!(route = %route.name, why = %why, "sweep listing failed");
+                        report.failed_listings += 1;
+                    }
+                }
+            }
+            report.listed += objects.len();
+            for (n, chunk) in objects.chunks(MAX_OBJECTS_PER_COMMIT).enumerate() {
+                let commit = format!("{request_id}-sweep-{t}-{n}");
+                match commit_staged(
+                    &route.claims,
+                    &route.table,
+                    clock,
+                    self.settings,
+                    &commit,
+                    chunk,
+                )
+                .await
+                {
+                    Ok(r) => {
+                        report.appended += r.appended();
+                        report.left += r.outcomes.values().filter(|o| !o.is_done()).count();
+                    }
+                    Err(e) => {
+                        tracing::error!(route = %route.name, commit = %commit, error = %e, "sweep commit failed");
+                        report.left += chunk.len();
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            listed = report.listed,
+            appended = report.appended,
+            left = report.left,
+            "swept"
+        );
+        report
+    }
+
+    async fn list(&self, folder: &str) -> Result<Vec<StagedObject>, String> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(folder)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                format!(
+                    "ListObjectsV2: {}",
+                    streamload_aws::classify_sdk_error("ListObjectsV2", &e)
+                )
+            })?;
+            for o in page.contents() {
+                if let Some(key) = o.key().filter(|k| k.ends_with(".parquet")) {
+                    out.push(StagedObject {
+                        key: key.to_string(),
+                        bytes: o.size().unwrap_or(0).max(0) as u64,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Staged objects one commit takes at most: each costs a claim read and a claim write, and
+/// its rows pass through the committer's memory on their way to the data files.
+pub const MAX_OBJECTS_PER_COMMIT: usize = 1000;
+
+/// What a sweep found and did.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct SweepReport {
+    pub listed: usize,
+    pub appended: usize,
+    /// Objects still held by a commit that may land, or whose commit failed: the next sweep
+    /// (or their notification) takes them.
+    pub left: usize,
+    pub failed_listings: usize,
 }

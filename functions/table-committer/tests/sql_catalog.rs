@@ -83,3 +83,81 @@ async fn staged_objects_become_one_snapshot_of_day_partitions_each_event_once_re
     assert_eq!(identities(&view).len(), 5);
     assert_eq!(view["snapshots"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lifecycle_rule_that_expires_staging_before_its_claims_stops_start_up_naming_it() {
+    use aws_sdk_s3::types::{
+        BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
+        LifecycleRuleFilter,
+    };
+    // Given the loaders' bucket expires the lake's objects after 7 days, the claims' TTL
+    let stack = lake_stack("icelife").await;
+    let s3 = streamload_aws::s3_client(&stack.sdk);
+    let put_rule = |days: i32| {
+        let rule = LifecycleRule::builder()
+            .id("tidy-orders")
+            .status(ExpirationStatus::Enabled)
+            .filter(LifecycleRuleFilter::builder().prefix("orders/").build())
+            .expiration(LifecycleExpiration::builder().days(days).build())
+            .build()
+            .unwrap();
+        s3.put_bucket_lifecycle_configuration()
+            .bucket(&stack.name)
+            .lifecycle_configuration(
+                BucketLifecycleConfiguration::builder()
+                    .rules(rule)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+    };
+    put_rule(7).await.expect("lifecycle");
+    // When the committer starts: refused, in one line naming the rule and what it needs
+    let config = committer_config(&stack);
+    let e = Committer::start(&config, &stack.sdk)
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("lifecycle rule \"tidy-orders\""), "{e}");
+    assert!(e.contains("9 days"), "{e}");
+    assert!(!e.contains('\n'));
+    // Then with the rule at TTL + 2 days it starts
+    put_rule(9).await.expect("lifecycle");
+    Committer::start(&config, &stack.sdk).await.expect("starts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_commits_recent_staging_no_notification_named_and_skips_what_is_in_the_table() {
+    // Given orders of the last two hours staged, one of them already committed through its
+    // notification; the other's notification never came
+    let stack = lake_stack("icesweep").await;
+    let now = chrono::Utc::now();
+    let hour_ago = (now - chrono::Duration::hours(1)).to_rfc3339();
+    let just_now = now.to_rfc3339();
+    stage(&stack, "l-1", &[("o-1", 1, hour_ago.as_str())], 1).await;
+    stage(&stack, "l-2", &[("o-2", 1, just_now.as_str())], 2).await;
+    let keys = staged_keys(&stack).await;
+    assert_eq!(keys.len(), 2);
+    let config = committer_config(&stack);
+    let committer = Committer::start(&config, &stack.sdk).await.expect("starts");
+    let notified = keys.iter().find(|k| k.contains("l-1")).cloned().unwrap();
+    let answer = committer
+        .handle(
+            &notifications(&stack.name, &[notified]),
+            "req-1",
+            &SystemClock,
+        )
+        .await;
+    assert!(answer.batch_item_failures.is_empty());
+    // When the scheduled sweep runs over the last 24 hours
+    let report = committer.sweep(24, "sweep-1", &SystemClock).await;
+    // Then it lists both, appends only the one the table lacked; each event once
+    assert_eq!(
+        (report.listed, report.appended, report.left),
+        (2, 1, 0),
+        "{report:?}"
+    );
+    let view = read_back(&stack);
+    assert_eq!(identities(&view), ["o-1#1", "o-2#1"]);
+    assert_eq!(view["snapshots"], 2);
+}
