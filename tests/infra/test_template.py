@@ -3,6 +3,7 @@
 The template is read with cfn-lint's own YAML decoder, so intrinsic functions (!Ref, !If, ...)
 arrive as dictionaries.
 """
+import json
 import pathlib
 
 import pytest
@@ -286,7 +287,7 @@ def test_functions_are_arm64_rust_on_al2023_with_no_password_in_the_environment(
     assert not any("PASSWORD" in k for k in env)
     for name, f in resources(template, "AWS::Serverless::Function").items():
         assert f["Metadata"]["BuildMethod"] == "rust-cargolambda", name
-        assert f["Metadata"]["BuildProperties"]["Binary"] in {"kinesis-loader", "kafka-loader"}
+        assert f["Metadata"]["BuildProperties"]["Binary"] in {"kinesis-loader", "kafka-loader", "table-committer"}
 
 
 def test_storage_is_encrypted_private_and_recoverable(template):
@@ -442,7 +443,7 @@ def test_each_function_logs_json_at_the_chosen_level_into_its_own_log_group(temp
     assert level["AllowedValues"] == ["DEBUG", "INFO"]
     assert level["Default"] == "INFO"
     functions = resources(template, "AWS::Serverless::Function")
-    assert set(functions) == {"KinesisLoader", "KafkaLoader"}
+    assert set(functions) == {"KinesisLoader", "KafkaLoader", "TableCommitter"}
     for name, f in functions.items():
         # Then Lambda sets AWS_LAMBDA_LOG_LEVEL / AWS_LAMBDA_LOG_FORMAT from LoggingConfig
         logging = f["Properties"]["LoggingConfig"]
@@ -462,7 +463,8 @@ def test_each_function_logs_json_at_the_chosen_level_into_its_own_log_group(temp
 def test_every_mapping_invokes_the_live_alias_of_a_function_whose_role_reads_its_source(translated):
     # Given the template as SAM turns it into CloudFormation
     res = translated["Resources"]
-    expected_source_sid = {"KinesisMapping": "ReadStream", "MskMapping": "MskCluster", "SelfManagedKafkaMapping": "PollerNetworkInterfaces"}
+    expected_source_sid = {"KinesisMapping": "ReadStream", "MskMapping": "MskCluster", "SelfManagedKafkaMapping": "PollerNetworkInterfaces",
+                           "TableCommitterStagedObjects": "Notifications"}
     for name, mapping in resources(translated, "AWS::Lambda::EventSourceMapping").items():
         # Then the mapping's FunctionName is an alias named live, under the mapping's function
         alias_id = mapping["Properties"]["FunctionName"]["Ref"]
@@ -1124,3 +1126,56 @@ def test_the_rules_refuse_a_search_endpoint_the_functions_cannot_sign_in_to(temp
     assert rule_failures(template, SearchEndpoint="https://s", SearchAuth="secret", **PASSWORD_DB) == [
         "SearchAuth=secret needs SearchSecretArn."]
     assert rule_failures(template, **SEARCH, **PASSWORD_DB) == []
+
+
+COMMITTER = dict(TableCatalog="s3tables", RoutesConfigUri="s3://config-bucket/routes.toml")
+
+
+def test_the_table_committer_reads_staging_writes_only_its_claims_and_its_table_bucket(template):
+    # Given a stack with the table committer
+    t = resolve(template, **COMMITTER, **PASSWORD_DB)
+    res = t["Resources"]
+    assert {"TableCommitter", "TableBucket", "CommitQueue", "CommitDeadLetterQueue"} <= set(res)
+    role = res["TableCommitterRole"]["Properties"]
+    statements = {st["Sid"]: st for pol in role["Policies"] for st in pol["PolicyDocument"]["Statement"]}
+    # Then its claims are `tc:` items only: the loaders' claims are out of its reach
+    claims = statements["CommitClaimsOnly"]
+    assert set(claims["Action"]) == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
+    assert claims["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["tc:*"]}}
+    # it reads the staging (never writes it), and its S3 Tables actions name one table bucket
+    assert statements["ReadStagedObjects"]["Action"] == "s3:GetObject"
+    tables = statements["TheRoutesTables"]
+    assert all(a.startswith("s3tables:") and "*" not in a for a in tables["Action"])
+    assert "s3tables:DeleteTable" not in tables["Action"]
+    assert all("bucket/${TableBucketName}" in json.dumps(r) for r in tables["Resource"])
+    # and no action anywhere is a wildcard
+    for st in statements.values():
+        actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        assert not any(a.endswith("*") for a in actions), st["Sid"]
+
+
+def test_the_table_committer_is_fed_by_a_batching_window_and_an_hourly_sweep(template):
+    f = template["Resources"]["TableCommitter"]["Properties"]
+    staged = f["Events"]["StagedObjects"]["Properties"]
+    assert staged["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert staged["MaximumBatchingWindowInSeconds"] == {"Ref": "CommitBatchingWindowSeconds"}
+    assert template["Parameters"]["CommitBatchingWindowSeconds"]["Default"] == 60
+    assert staged["ScalingConfig"]["MaximumConcurrency"] == 2
+    sweep = f["Events"]["Sweep"]["Properties"]
+    assert sweep["ScheduleExpression"] == "rate(1 hour)"
+    assert "streamload_sweep" in json.dumps(sweep["Input"])
+    assert f["Environment"]["Variables"]["STREAMLOAD_CATALOG"] == "s3tables"
+    # the queue outlives six timeouts and sends what keeps failing to its dead-letter queue
+    q = template["Resources"]["CommitQueue"]["Properties"]
+    assert q["VisibilityTimeout"] >= 6 * f["Timeout"]
+    assert q["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["CommitDeadLetterQueue", "Arn"]}
+    # S3 notifies new staged Parquet objects, once the queue admits it
+    b = template["Resources"]["OutputBucket"]["Properties"]
+    notify = b["NotificationConfiguration"]["Fn::If"]
+    assert notify[0] == "NotifyCommitter"
+    assert notify[1]["QueueConfigurations"][0]["Event"] == "s3:ObjectCreated:*"
+    assert b["Tags"]["Fn::If"][1][0]["Value"] == {"Ref": "CommitQueuePolicy"}
+    # and the table bucket is kept, removing the files no snapshot references
+    tb = template["Resources"]["TableBucket"]
+    assert tb["DeletionPolicy"] == "Retain"
+    assert tb["Properties"]["UnreferencedFileRemoval"]["Status"] == "Enabled"
