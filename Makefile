@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := test
 CARGO ?= cargo
 
-.PHONY: test demo stack down lint bench package
+.PHONY: test demo stack down lint bench bench-committer package
 
 stack:
 	@scripts/stack.sh up
@@ -25,6 +25,11 @@ lint:
 
 bench: stack
 	@set -a; source .stack/env; set +a; scripts/bench.sh
+
+## The table committer against the local stack (BENCHMARKS.md §6): a live stream's windows
+## and a 1 GB hour (BENCH_HOUR_MB to change it).
+bench-committer: stack
+	@set -a; source .stack/env; set +a; $(CARGO) bench -p table-committer --bench commit --profile bench-committer
 
 ## Both functions for arm64 Lambda (provided.al2023), zipped: what `sam build` produces.
 package:

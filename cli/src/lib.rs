@@ -16,6 +16,7 @@ pub mod sandbox;
 pub mod source;
 pub mod verify;
 pub mod verify_index;
+pub mod verify_table;
 
 use std::sync::Arc;
 

@@ -213,8 +213,13 @@ enum Command {
     /// Example: streamload status --function my-stack-kinesis-loader --dlq "$DLQ_URL" --on-failure "$ON_FAILURE_URL"
     Status {
         /// A local mapping's stream or topic
-        #[arg(required_unless_present = "function")]
+        #[arg(required_unless_present_any = ["function", "routes"])]
         target: Option<Target>,
+        /// The route file: the lag of every route's Iceberg table (staged objects the table
+        /// committer has not appended yet, the oldest one's age, the last commit). Reads
+        /// STREAMLOAD_CATALOG and its settings, OUTPUT_BUCKET and DEDUP_TABLE
+        #[arg(long)]
+        routes: Option<PathBuf>,
         /// A deployed function (name, ARN or alias ARN): its event-source mappings
         #[arg(long, conflicts_with = "target")]
         function: Option<String>,
@@ -232,6 +237,16 @@ enum Command {
         group: Option<String>,
         #[arg(long)]
         broker: Option<String>,
+    },
+    /// Audit a route's Iceberg table against the staged objects the table committer builds it from: each identity once in the current snapshot, every committed staged object's events in it, nothing else, and the lag. Reads STREAMLOAD_CATALOG (sql: STREAMLOAD_CATALOG_URI, STREAMLOAD_WAREHOUSE; s3tables: STREAMLOAD_TABLE_BUCKET_ARN), OUTPUT_BUCKET and DEDUP_TABLE.
+    ///
+    /// Example: streamload verify-table --routes examples/orders/routes.toml
+    VerifyTable {
+        #[arg(long)]
+        routes: PathBuf,
+        /// The route (default: every route with a [route.iceberg] table)
+        #[arg(long)]
+        route: Option<String>,
     },
     /// Audit a manifest: each event exactly once in PostgreSQL and in the lake, each poison record dead-lettered. With --routes, by the route's merge rule: each key's row holds its newest revision (newest_by) or a produced event (keep-first), every event once in the lake.
     ///
@@ -755,6 +770,15 @@ async fn main_inner() -> Result<i32, CliError> {
             })
         }
         Command::Status {
+            target: None,
+            function: None,
+            routes: Some(routes),
+            ..
+        } => Ok(if tables(&routes, None, false).await? { 0 } else { 1 }),
+        Command::VerifyTable { routes, route } => {
+            Ok(if tables(&routes, route.as_deref(), true).await? { 0 } else { 1 })
+        }
+        Command::Status {
             target,
             function,
             group,
@@ -763,6 +787,7 @@ async fn main_inner() -> Result<i32, CliError> {
             on_failure,
             log_dir,
             broker,
+            routes: _,
         } => {
             match (target, function) {
                 (_, Some(function)) => deployed(&function, dlq, on_failure).await?,
@@ -1102,4 +1127,36 @@ async fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// The audit (`full`) or the lag of the routes' Iceberg tables, a line each; `true` when every
+/// audited table holds each event exactly once.
+async fn tables(routes: &std::path::Path, only: Option<&str>, full: bool) -> Result<bool, CliError> {
+    let routes = streamload_cli::init::read_routes(routes)?;
+    let var = |k: &str| std::env::var(k).ok();
+    let need = |k: &str| var(k).ok_or_else(|| CliError::Usage(format!("{k} is not set")));
+    let (bucket, dedup) = (need("OUTPUT_BUCKET")?, need("DEDUP_TABLE")?);
+    let settings = streamload_iceberg::CatalogSettings::from_env(var)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let catalog = streamload_iceberg::connect(&settings, streamload_iceberg::storage_props(var))
+        .await
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let sdk = streamload_aws::sdk_config().await;
+    let mut all_once = true;
+    let mut any = false;
+    for route in routes.iter().filter(|r| r.iceberg.is_some()) {
+        if only.is_some_and(|name| name != route.name) {
+            continue;
+        }
+        any = true;
+        let audit = streamload_cli::verify_table::audit_table(&sdk, catalog.clone(), route, &bucket, &dedup, full)
+            .await
+            .map_err(CliError::Usage)?;
+        println!("{}", audit.line());
+        all_once &= !full || audit.exactly_once();
+    }
+    if !any {
+        return Err(CliError::Usage("no route with a [route.iceberg] table (or no such route)".into()));
+    }
+    Ok(all_once)
 }

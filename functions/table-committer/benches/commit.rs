@@ -259,10 +259,10 @@ async fn run() {
     println!("  five minutes: {staged} staged objects -> {data_files} data files ({}x fewer); per hour at this rate: {} -> {}", staged / data_files.max(1), staged * 12, data_files * 12);
 
     let mb: usize = std::env::var("BENCH_HOUR_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
-    // About 1 MB per object: 9,000 rows of ~110 bytes, zstd.
+    // About 1 MB per object: 20,000 rows (~50 bytes each once zstd has had its way).
     let count = mb;
-    println!("B. a {mb} MB hour: {count} staged objects of 9,000 rows, one commit (target data file 128 MiB)");
-    let objects = stage(&stack, route, "hour", count, 9_000, 99).await;
+    println!("B. a {mb} MB hour: {count} staged objects of 20,000 rows, one commit (target data file 128 MiB)");
+    let objects = stage(&stack, route, "hour", count, 20_000, 99).await;
     let bytes: u64 = objects.iter().map(|o| o.bytes).sum();
     *table.write.lock().unwrap() = Duration::ZERO;
     *table.append.lock().unwrap() = Duration::ZERO;

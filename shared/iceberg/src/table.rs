@@ -132,6 +132,99 @@ impl IcebergTable {
         &self.ident
     }
 
+    /// The route's table as it is, for audits: never created or changed.
+    pub async fn existing(
+        catalog: Arc<dyn Catalog>,
+        route: &Route,
+        staged_bucket: &str,
+    ) -> Result<Self, TableError> {
+        let plan = route.iceberg.as_ref().ok_or_else(|| {
+            TableError::Config(format!("route {:?} has no [route.iceberg]", route.name))
+        })?;
+        let ident = TableIdent::new(
+            NamespaceIdent::new(plan.namespace.clone()),
+            plan.table.clone(),
+        );
+        catalog
+            .load_table(&ident)
+            .await
+            .map_err(TableError::iceberg("loading the table"))?;
+        Ok(IcebergTable {
+            catalog,
+            ident,
+            route: route.name.clone(),
+            staged_bucket: staged_bucket.to_string(),
+            target_file_bytes: plan.target_file_bytes,
+        })
+    }
+
+    /// The identity (`columns`' values, as text, joined by U+001F) of every row of the current
+    /// snapshot, and when that snapshot was committed (ms since the epoch).
+    pub async fn snapshot_identities(
+        &self,
+        columns: &[String],
+    ) -> Result<(Vec<String>, Option<i64>), TableError> {
+        use futures::TryStreamExt;
+        let table = self
+            .catalog
+            .load_table(&self.ident)
+            .await
+            .map_err(TableError::iceberg("loading the table"))?;
+        let committed_at = table.metadata().current_snapshot().map(|s| s.timestamp_ms());
+        if committed_at.is_none() {
+            return Ok((Vec::new(), None));
+        }
+        let scan = table
+            .scan()
+            .select(columns.iter().cloned())
+            .build()
+            .map_err(TableError::iceberg("planning the scan"))?;
+        let batches: Vec<RecordBatch> = scan
+            .to_arrow()
+            .await
+            .map_err(TableError::iceberg("scanning the table"))?
+            .try_collect()
+            .await
+            .map_err(TableError::iceberg("reading the table"))?;
+        let mut out = Vec::new();
+        for batch in &batches {
+            out.extend(identities_of(batch, columns).map_err(|m| TableError::Staged {
+                key: "(the table)".into(),
+                message: m,
+            })?);
+        }
+        Ok((out, committed_at))
+    }
+
+    /// The identities of a staged object's rows, formatted exactly as
+    /// [`IcebergTable::snapshot_identities`] formats the table's (the object's columns put in
+    /// the table's types first).
+    pub async fn staged_identities(
+        &self,
+        key: &str,
+        columns: &[String],
+    ) -> Result<Vec<String>, TableError> {
+        let table = self
+            .catalog
+            .load_table(&self.ident)
+            .await
+            .map_err(TableError::iceberg("loading the table"))?;
+        let target: ArrowSchemaRef = Arc::new(
+            schema_to_arrow_schema(table.metadata().current_schema())
+                .map_err(TableError::iceberg("the table's schema"))?,
+        );
+        let mut out = Vec::new();
+        for batch in self.read_staged(&table, key).await? {
+            let staged = |message: String| TableError::Staged {
+                key: key.to_string(),
+                message,
+            };
+            let batch = conform(&batch, &target).map_err(staged)?;
+            out.extend(identities_of(&batch, columns).map_err(staged)?);
+        }
+        Ok(out)
+    }
+
     async fn read_staged(&self, base: &Table, key: &str) -> Result<Vec<RecordBatch>, TableError> {
         let staged = |message: String| TableError::Staged {
             key: key.to_string(),
@@ -154,6 +247,30 @@ impl IcebergTable {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| staged(e.to_string()))
     }
+}
+
+/// Each row's `columns` as text, joined by U+001F.
+fn identities_of(batch: &RecordBatch, columns: &[String]) -> Result<Vec<String>, String> {
+    use arrow_cast_58::display::{ArrayFormatter, FormatOptions};
+    let options = FormatOptions::default();
+    let formatters = columns
+        .iter()
+        .map(|c| {
+            let array = batch
+                .column_by_name(c)
+                .ok_or_else(|| format!("no column {c:?}"))?;
+            ArrayFormatter::try_new(array.as_ref(), &options).map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((0..batch.num_rows())
+        .map(|row| {
+            formatters
+                .iter()
+                .map(|f| f.value(row).to_string())
+                .collect::<Vec<_>>()
+                .join("\u{1f}")
+        })
+        .collect())
 }
 
 /// A staged batch in the table's column order and types (by name; a column the staged object

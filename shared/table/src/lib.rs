@@ -1,20 +1,21 @@
 //! The pure core of the table committer: what it decides, apart from the Iceberg library and
-//! every outside system, so each decision is unit-tested on its own.
+//! every outside system, so each decision is tested on its own.
 //!
-//! The committer (docs/design/table-committer.md, **being built**: nothing runs it yet) appends
-//! the loaders' staged Parquet objects to one Apache Iceberg table per route, exactly once.
-//! This crate holds the three decisions that protocol rests on:
-//! * [`partition`]: Iceberg's `day` and `hour` transforms of the event time, and the hour a
-//!   staged object's key names;
-//! * [`plan`]: which staged objects go into which data file of a commit (per partition, up to a
-//!   target size), with file names derived from the commit id so a retried commit writes the
-//!   same paths;
+//! The committer (`functions/table-committer`; docs/exactly-once.md, "The table committer")
+//! appends the loaders' staged Parquet objects to one Apache Iceberg table per route, exactly
+//! once:
+//! * [`commit`]: the protocol of one invocation — claim or take over each staged object, then
+//!   append them once, every attempt re-checking the base it is built on;
+//! * [`ports`]: the claims and the table it talks to, as two narrow traits;
 //! * [`reconcile`]: what to do with a staged object whose claim another commit holds or held —
-//!   skip, leave, mark committed, take over, or report — never re-appending blind.
+//!   skip, leave, mark committed, take over, or report — never re-appending blind;
+//! * [`memory`]: in-memory ports with scripted faults, for the crash-point tests.
+//!
+//! Partitioning and file sizes are the Iceberg writers' (`shared/iceberg`): rows are split by
+//! the table's partition spec as they are read, so a staged object whose rows span hours needs
+//! no plan of its own.
 
 pub mod commit;
 pub mod memory;
-pub mod partition;
-pub mod plan;
 pub mod ports;
 pub mod reconcile;
