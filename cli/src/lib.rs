@@ -16,7 +16,6 @@ pub mod sandbox;
 pub mod source;
 pub mod verify;
 pub mod verify_index;
-pub mod verify_table;
 
 use std::sync::Arc;
 

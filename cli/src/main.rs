@@ -774,9 +774,17 @@ async fn main_inner() -> Result<i32, CliError> {
             function: None,
             routes: Some(routes),
             ..
-        } => Ok(if tables(&routes, None, false).await? { 0 } else { 1 }),
+        } => Ok(if tables(&routes, None, false).await? {
+            0
+        } else {
+            1
+        }),
         Command::VerifyTable { routes, route } => {
-            Ok(if tables(&routes, route.as_deref(), true).await? { 0 } else { 1 })
+            Ok(if tables(&routes, route.as_deref(), true).await? {
+                0
+            } else {
+                1
+            })
         }
         Command::Status {
             target,
@@ -1131,7 +1139,11 @@ async fn main() {
 
 /// The audit (`full`) or the lag of the routes' Iceberg tables, a line each; `true` when every
 /// audited table holds each event exactly once.
-async fn tables(routes: &std::path::Path, only: Option<&str>, full: bool) -> Result<bool, CliError> {
+async fn tables(
+    routes: &std::path::Path,
+    only: Option<&str>,
+    full: bool,
+) -> Result<bool, CliError> {
     let routes = streamload_cli::init::read_routes(routes)?;
     let var = |k: &str| std::env::var(k).ok();
     let need = |k: &str| var(k).ok_or_else(|| CliError::Usage(format!("{k} is not set")));
@@ -1149,14 +1161,23 @@ async fn tables(routes: &std::path::Path, only: Option<&str>, full: bool) -> Res
             continue;
         }
         any = true;
-        let audit = streamload_cli::verify_table::audit_table(&sdk, catalog.clone(), route, &bucket, &dedup, full)
-            .await
-            .map_err(CliError::Usage)?;
+        let audit = table_committer::audit::audit_table(
+            &sdk,
+            catalog.clone(),
+            route,
+            &bucket,
+            &dedup,
+            full,
+        )
+        .await
+        .map_err(CliError::Usage)?;
         println!("{}", audit.line());
         all_once &= !full || audit.exactly_once();
     }
     if !any {
-        return Err(CliError::Usage("no route with a [route.iceberg] table (or no such route)".into()));
+        return Err(CliError::Usage(
+            "no route with a [route.iceberg] table (or no such route)".into(),
+        ));
     }
     Ok(all_once)
 }

@@ -45,7 +45,7 @@ pub fn event(rng: &mut Rng, users: u64) -> (String, Outgoing) {
 /// A poison record carrying `token`: alternately not JSON and JSON without `event_id`.
 pub fn poison(rng: &mut Rng, n: u64) -> (String, Outgoing) {
     let token = format!("poison-{}", rng.uuid());
-    let bytes = if n % 2 == 0 {
+    let bytes = if n.is_multiple_of(2) {
         format!("{{not json {token}").into_bytes()
     } else {
         serde_json::json!({"user_id": "user-0", "event_type": "click", "note": token})

@@ -116,7 +116,14 @@ fn staged_object(route: &Route, rng: &mut Rng, object: usize, rows: usize) -> Ve
 }
 
 /// Encodes and PUTs `count` objects of `rows` rows each into the hour's folder.
-async fn stage(stack: &TestStack, route: &Route, tag: &str, count: usize, rows: usize, seed: u64) -> Vec<StagedObject> {
+async fn stage(
+    stack: &TestStack,
+    route: &Route,
+    tag: &str,
+    count: usize,
+    rows: usize,
+    seed: u64,
+) -> Vec<StagedObject> {
     let s3 = streamload_aws::s3_client(&stack.sdk);
     let mut rng = Rng(seed);
     let bodies: Vec<(String, Vec<u8>)> = (0..count)
@@ -127,7 +134,10 @@ async fn stage(stack: &TestStack, route: &Route, tag: &str, count: usize, rows: 
         .collect();
     let objects: Vec<StagedObject> = bodies
         .iter()
-        .map(|(k, b)| StagedObject { key: k.clone(), bytes: b.len() as u64 })
+        .map(|(k, b)| StagedObject {
+            key: k.clone(),
+            bytes: b.len() as u64,
+        })
         .collect();
     futures::stream::iter(bodies)
         .map(|(key, body)| {
@@ -169,13 +179,23 @@ where
     fn commits(&self, base: &T::Base) -> std::collections::BTreeSet<String> {
         self.inner.commits(base)
     }
-    async fn write(&self, base: &T::Base, id: &str, objects: &[StagedObject]) -> Result<T::Written, PortError> {
+    async fn write(
+        &self,
+        base: &T::Base,
+        id: &str,
+        objects: &[StagedObject],
+    ) -> Result<T::Written, PortError> {
         let t = Instant::now();
         let w = self.inner.write(base, id, objects).await;
         *self.write.lock().unwrap() += t.elapsed();
         w
     }
-    async fn append(&self, base: &T::Base, commit: &str, written: &T::Written) -> Result<(), PortError> {
+    async fn append(
+        &self,
+        base: &T::Base,
+        commit: &str,
+        written: &T::Written,
+    ) -> Result<(), PortError> {
         let t = Instant::now();
         let a = self.inner.append(base, commit, written).await;
         *self.append.lock().unwrap() += t.elapsed();
@@ -185,8 +205,18 @@ where
 
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of the line; here counted after the command name.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -221,11 +251,18 @@ async fn run() {
     .await
     .expect("catalog");
     let table = Timed {
-        inner: IcebergTable::open(catalog, route, &stack.name).await.expect("table"),
+        inner: IcebergTable::open(catalog, route, &stack.name)
+            .await
+            .expect("table"),
         write: Default::default(),
         append: Default::default(),
     };
-    let claims = DynamoCommitClaims::new(streamload_aws::dynamodb_client(&stack.sdk), &stack.name, "orders", 604_800);
+    let claims = DynamoCommitClaims::new(
+        streamload_aws::dynamodb_client(&stack.sdk),
+        &stack.name,
+        "orders",
+        604_800,
+    );
 
     println!("A. a live stream: 2 shards x 1 batch/s, 42 rows per staged object, one commit per 60 s window");
     let mut data_files = 0usize;
@@ -236,15 +273,27 @@ async fn run() {
         *table.write.lock().unwrap() = Duration::ZERO;
         *table.append.lock().unwrap() = Duration::ZERO;
         let t = Instant::now();
-        let report = commit_staged(&claims, &table, &SystemClock, Settings::default(), &format!("live-{minute}"), &objects)
-            .await
-            .expect("commits");
+        let report = commit_staged(
+            &claims,
+            &table,
+            &SystemClock,
+            Settings::default(),
+            &format!("live-{minute}"),
+            &objects,
+        )
+        .await
+        .expect("commits");
         let total = t.elapsed();
         let base = table.inner.load().await.expect("load");
         let files = base
             .metadata()
             .current_snapshot()
-            .and_then(|s| s.summary().additional_properties.get("added-data-files").cloned())
+            .and_then(|s| {
+                s.summary()
+                    .additional_properties
+                    .get("added-data-files")
+                    .cloned()
+            })
             .and_then(|n| n.parse::<usize>().ok())
             .unwrap_or(0);
         data_files += files;
@@ -258,7 +307,10 @@ async fn run() {
     }
     println!("  five minutes: {staged} staged objects -> {data_files} data files ({}x fewer); per hour at this rate: {} -> {}", staged / data_files.max(1), staged * 12, data_files * 12);
 
-    let mb: usize = std::env::var("BENCH_HOUR_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let mb: usize = std::env::var("BENCH_HOUR_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
     // About 1 MB per object: 20,000 rows (~50 bytes each once zstd has had its way).
     let count = mb;
     println!("B. a {mb} MB hour: {count} staged objects of 20,000 rows, one commit (target data file 128 MiB)");
@@ -270,16 +322,28 @@ async fn run() {
     let rss_before = peak_rss_mb();
     let cpu = cpu_seconds();
     let t = Instant::now();
-    let report = commit_staged(&claims, &table, &SystemClock, Settings::default(), "hour", &objects)
-        .await
-        .expect("commits");
+    let report = commit_staged(
+        &claims,
+        &table,
+        &SystemClock,
+        Settings::default(),
+        "hour",
+        &objects,
+    )
+    .await
+    .expect("commits");
     let total = t.elapsed();
     let cpu = cpu_seconds() - cpu;
     let base = table.inner.load().await.expect("load");
     let files = base
         .metadata()
         .current_snapshot()
-        .and_then(|s| s.summary().additional_properties.get("added-data-files").cloned())
+        .and_then(|s| {
+            s.summary()
+                .additional_properties
+                .get("added-data-files")
+                .cloned()
+        })
         .unwrap_or_default();
     println!(
         "  {} objects, {:.0} MB staged -> {files} data files in {:.1} s: {:.1} MB/s; read+write {:.1} s, append {:.0} ms; CPU {:.1} s; peak RSS {:.0} MB (before: {:.0} MB)",

@@ -5,6 +5,7 @@
 //! (`batchItemFailures`): those naming an object still held by a commit that may land, or
 //! whose commit failed.
 
+pub mod audit;
 pub mod claims;
 pub mod notification;
 pub mod staging;

@@ -6,11 +6,24 @@ use std::process::Command;
 
 fn tree(package: &str) -> String {
     let out = Command::new(env!("CARGO"))
-        .args(["tree", "--offline", "-e", "normal", "--prefix", "none", "-p", package])
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "-p",
+            package,
+        ])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
         .output()
         .expect("cargo tree runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("UTF-8")
 }
 
@@ -18,13 +31,29 @@ fn tree(package: &str) -> String {
 fn the_loaders_depend_on_nothing_the_committer_brings() {
     // Given the committer's own tree holds the heavy crates
     let committer = tree("table-committer");
-    for heavy in ["iceberg v0.10", "arrow-array v58", "opendal v", "sqlx v", "aws-sdk-s3tables v"] {
-        assert!(committer.contains(heavy), "the committer should hold {heavy}");
+    for heavy in [
+        "iceberg v0.10",
+        "arrow-array v58",
+        "opendal v",
+        "sqlx v",
+        "aws-sdk-s3tables v",
+    ] {
+        assert!(
+            committer.contains(heavy),
+            "the committer should hold {heavy}"
+        );
     }
     // Then neither loader's does
     for loader in ["kinesis-loader", "kafka-loader"] {
         let t = tree(loader);
-        for heavy in ["iceberg", "arrow-array v58", "opendal", "sqlx", "aws-sdk-s3tables", "streamload-table"] {
+        for heavy in [
+            "iceberg",
+            "arrow-array v58",
+            "opendal",
+            "sqlx",
+            "aws-sdk-s3tables",
+            "streamload-table",
+        ] {
             assert!(!t.contains(heavy), "{loader} depends on {heavy}");
         }
     }

@@ -161,3 +161,85 @@ async fn the_sweep_commits_recent_staging_no_notification_named_and_skips_what_i
     assert_eq!(identities(&view), ["o-1#1", "o-2#1"]);
     assert_eq!(view["snapshots"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_finds_each_identity_once_reports_lag_and_catches_a_duplicate_append() {
+    use streamload_table::ports::TableLog;
+    use table_committer::audit::audit_table;
+    // Given two staged objects committed through the committer, and a third not yet
+    let stack = lake_stack("iceaudit").await;
+    stage(
+        &stack,
+        "l-1",
+        &[
+            ("o-1", 1, "2024-03-01T10:15:00Z"),
+            ("o-2", 1, "2024-03-01T10:20:00Z"),
+        ],
+        1,
+    )
+    .await;
+    stage(&stack, "l-2", &[("o-1", 2, "2024-03-02T10:15:00Z")], 3).await;
+    let committed = staged_keys(&stack).await;
+    let config = committer_config(&stack);
+    let committer = Committer::start(&config, &stack.sdk).await.expect("starts");
+    let answer = committer
+        .handle(
+            &notifications(&stack.name, &committed),
+            "req-1",
+            &SystemClock,
+        )
+        .await;
+    assert!(answer.batch_item_failures.is_empty());
+    stage(&stack, "l-3", &[("o-3", 1, "2024-03-02T11:00:00Z")], 4).await;
+    let routes = streamload_runtime::parse_routes(ROUTE, "test").unwrap();
+    let catalog = streamload_iceberg::connect(
+        &config.catalog,
+        streamload_iceberg::storage_props(|k| std::env::var(k).ok()),
+    )
+    .await
+    .unwrap();
+    // When the table is audited
+    let audit = audit_table(
+        &stack.sdk,
+        catalog.clone(),
+        routes.get(0),
+        &stack.name,
+        &stack.name,
+        true,
+    )
+    .await
+    .expect("audits");
+    // Then each identity is there once, nothing missing or extra, one object waiting
+    assert!(audit.exactly_once(), "{}", audit.line());
+    assert_eq!(
+        (audit.rows, audit.staged_objects, audit.committed_objects),
+        (3, 3, 2)
+    );
+    assert_eq!(audit.pending_objects, 1);
+    assert!(audit.oldest_pending_seconds.is_some());
+    assert!(audit.line().contains("exactly once"), "{}", audit.line());
+    // When an object is appended a second time behind the protocol's back
+    let table =
+        streamload_iceberg::IcebergTable::existing(catalog.clone(), routes.get(0), &stack.name)
+            .await
+            .unwrap();
+    let base = table.load().await.unwrap();
+    let again = objects(&committed[..1]);
+    let written = table.write(&base, "rogue", &again).await.unwrap();
+    table.append(&base, "rogue", &written).await.unwrap();
+    // Then the audit names the duplicated identities and says so
+    let audit = audit_table(
+        &stack.sdk,
+        catalog,
+        routes.get(0),
+        &stack.name,
+        &stack.name,
+        true,
+    )
+    .await
+    .expect("audits");
+    assert!(!audit.exactly_once());
+    assert!(!audit.duplicated.is_empty());
+    assert!(audit.duplicated.iter().all(|(_, n)| *n == 2));
+    assert!(audit.line().contains("NOT exactly once"));
+}

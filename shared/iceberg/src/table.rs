@@ -170,7 +170,10 @@ impl IcebergTable {
             .load_table(&self.ident)
             .await
             .map_err(TableError::iceberg("loading the table"))?;
-        let committed_at = table.metadata().current_snapshot().map(|s| s.timestamp_ms());
+        let committed_at = table
+            .metadata()
+            .current_snapshot()
+            .map(|s| s.timestamp_ms());
         if committed_at.is_none() {
             return Ok((Vec::new(), None));
         }
@@ -188,10 +191,12 @@ impl IcebergTable {
             .map_err(TableError::iceberg("reading the table"))?;
         let mut out = Vec::new();
         for batch in &batches {
-            out.extend(identities_of(batch, columns).map_err(|m| TableError::Staged {
-                key: "(the table)".into(),
-                message: m,
-            })?);
+            out.extend(
+                identities_of(batch, columns).map_err(|m| TableError::Staged {
+                    key: "(the table)".into(),
+                    message: m,
+                })?,
+            );
         }
         Ok((out, committed_at))
     }

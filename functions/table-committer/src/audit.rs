@@ -1,4 +1,4 @@
-//! `streamload verify-table` and the tables of `streamload status --routes`: audits a route's
+//! The audit behind `streamload verify-table` and `streamload status --routes`: a route's
 //! Iceberg table against the staged objects the table committer builds it from.
 //!
 //! * **Each identity once** in the table's current snapshot (the table is the log: every
@@ -8,12 +8,12 @@
 //! * **Nothing extra**: every identity in the table comes from a staged object.
 //! * **Lag**: the staged objects no commit has taken yet, and the oldest one's age.
 
+use crate::claims::DynamoCommitClaims;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use streamload_core::route::Route;
 use streamload_iceberg::IcebergTable;
 use streamload_table::ports::{ClaimState, CommitClaims};
-use table_committer::claims::DynamoCommitClaims;
 
 /// What the audit of one route's table found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -44,7 +44,10 @@ impl TableAudit {
     /// One line a person reads (no value of any event in it: counts only).
     pub fn line(&self) -> String {
         let lag = match self.oldest_pending_seconds {
-            Some(s) => format!("{} staged objects not yet in the table, the oldest {s} s old", self.pending_objects),
+            Some(s) => format!(
+                "{} staged objects not yet in the table, the oldest {s} s old",
+                self.pending_objects
+            ),
             None => "nothing waiting".into(),
         };
         let last = self
@@ -70,7 +73,7 @@ impl TableAudit {
 /// only wants the lag: then `missing` and `extra` are not computed.
 pub async fn audit_table(
     sdk: &aws_config::SdkConfig,
-    catalog: Arc<dyn iceberg::Catalog>,
+    catalog: Arc<dyn streamload_iceberg::Catalog>,
     route: &Route,
     bucket: &str,
     dedup_table: &str,
@@ -111,7 +114,12 @@ pub async fn audit_table(
         .collect();
 
     let s3 = streamload_aws::s3_client(sdk);
-    let claims = DynamoCommitClaims::new(streamload_aws::dynamodb_client(sdk), dedup_table, &route.name, 0);
+    let claims = DynamoCommitClaims::new(
+        streamload_aws::dynamodb_client(sdk),
+        dedup_table,
+        &route.name,
+        0,
+    );
     let mut pages = s3
         .list_objects_v2()
         .bucket(bucket)
@@ -124,7 +132,9 @@ pub async fn audit_table(
         let page = page.map_err(|e| format!("listing s3://{bucket}/{}: {e}", route.lake_prefix))?;
         for o in page.contents() {
             let Some(key) = o.key() else { continue };
-            if !key.ends_with(".parquet") || key.contains(streamload_core::object_key::MARKER_FOLDER) {
+            if !key.ends_with(".parquet")
+                || key.contains(streamload_core::object_key::MARKER_FOLDER)
+            {
                 continue;
             }
             audit.staged_objects += 1;
@@ -140,7 +150,8 @@ pub async fn audit_table(
                     .last_modified()
                     .map(|t| (now_ms - t.to_millis().unwrap_or(now_ms)) / 1000)
                     .unwrap_or(0);
-                audit.oldest_pending_seconds = Some(audit.oldest_pending_seconds.unwrap_or(0).max(age));
+                audit.oldest_pending_seconds =
+                    Some(audit.oldest_pending_seconds.unwrap_or(0).max(age));
             }
             if full {
                 let ids = table
@@ -155,8 +166,14 @@ pub async fn audit_table(
         }
     }
     if full {
-        audit.missing = committed_ids.iter().filter(|id| !counts.contains_key(id.as_str())).count();
-        audit.extra = counts.keys().filter(|id| !staged_ids.contains(**id)).count();
+        audit.missing = committed_ids
+            .iter()
+            .filter(|id| !counts.contains_key(id.as_str()))
+            .count();
+        audit.extra = counts
+            .keys()
+            .filter(|id| !staged_ids.contains(**id))
+            .count();
     }
     Ok(audit)
 }
