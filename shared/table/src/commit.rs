@@ -17,8 +17,20 @@ use crate::ports::{
     ClaimRecord, ClaimState, CommitClaims, PortError, StagedObject, TableLog, TakeAnswer,
 };
 use crate::reconcile::{decide, Claim, Decision, InLog};
-use std::collections::{BTreeMap, BTreeSet};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// Claim reads and writes one invocation has in flight at once: each is a round trip of a few
+/// milliseconds to DynamoDB, and one commit may take a thousand objects.
+pub const CLAIM_CONCURRENCY: usize = 32;
+
+/// What acting on one object's decision left.
+enum Acted {
+    /// This commit holds it (taken, or taken over from the commit named).
+    Mine(StagedObject, Option<String>),
+    Done(Outcome),
+}
 
 /// The committer's clock: milliseconds since the epoch. An input, so tests move time.
 pub trait Clock: Send + Sync {
@@ -133,56 +145,93 @@ pub async fn commit_staged<C: CommitClaims, T: TableLog>(
         unique.entry(o.key.as_str()).or_insert(o);
     }
     let lease_until = clock.now_ms() + millis(settings.lease);
+    // Every object's claim, read concurrently (one round trip each, CLAIM_CONCURRENCY at once).
+    // (The futures are made first and then streamed: a closure in `StreamExt::map` over
+    // borrowed keys trips the compiler's Send inference for callers that need a Send future.)
+    let reads: Vec<_> = unique.keys().map(|key| claims.read(key)).collect();
+    let records: Vec<Option<ClaimRecord>> = stream::iter(reads)
+        .buffered(CLAIM_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let now = clock.now_ms();
+    let first: Vec<(Claim, Decision)> = records
+        .iter()
+        .map(|r| {
+            let claim = as_claim(r.as_ref(), now, settings);
+            let decision = decide(&claim, InLog::NotAsked, settings.retention);
+            (claim, decision)
+        })
+        .collect();
+    // A dead holder: only the snapshot log can say whether its commit landed (loaded once).
+    let dead_holder = first
+        .iter()
+        .any(|(_, d)| matches!(d, Decision::Report { .. }));
+    let log = if dead_holder {
+        Some(table.commits(&table.load().await?))
+    } else {
+        None
+    };
+    let plans = unique.into_iter().zip(records).zip(first).map(
+        |(((key, object), record), (claim, decision))| {
+            let decision = match (&decision, &record, &log) {
+                (Decision::Report { .. }, Some(r), Some(l)) => {
+                    let in_log = if l.contains(&r.commit) {
+                        InLog::Found
+                    } else {
+                        InLog::Absent
+                    };
+                    decide(&claim, in_log, settings.retention)
+                }
+                _ => decision,
+            };
+            (key, object, record, decision)
+        },
+    );
+    // Then each decision acted on, concurrently.
+    let acts: Vec<_> = plans
+        .map(|(key, object, record, decision)| async move {
+            let acted = match decision {
+                Decision::Claim => match claims.take(key, commit, lease_until, now).await? {
+                    TakeAnswer::Taken => Acted::Mine(object.clone(), None),
+                    TakeAnswer::Held(other) => Acted::Done(outcome_of_held(&other)),
+                },
+                Decision::TakeOver { from } => {
+                    match claims
+                        .take_over(key, &from, commit, lease_until, now)
+                        .await?
+                    {
+                        TakeAnswer::Taken => Acted::Mine(object.clone(), Some(from)),
+                        TakeAnswer::Held(other) => Acted::Done(outcome_of_held(&other)),
+                    }
+                }
+                Decision::Skip => Acted::Done(Outcome::AlreadyInTable {
+                    commit: record.map(|r| r.commit).unwrap_or_default(),
+                }),
+                Decision::MarkCommitted { commit: found } => {
+                    claims.mark_committed(key, &found, &found).await?;
+                    Acted::Done(Outcome::AlreadyInTable { commit: found })
+                }
+                Decision::Leave => Acted::Done(Outcome::Left),
+                Decision::Report { commit } => Acted::Done(Outcome::Report { commit }),
+            };
+            Ok::<_, PortError>((key.to_string(), acted))
+        })
+        .collect();
+    let acted: Vec<(String, Acted)> = stream::iter(acts)
+        .buffered(CLAIM_CONCURRENCY)
+        .try_collect()
+        .await?;
     // Objects this commit holds, with the commit each was taken over from.
     let mut mine: BTreeMap<String, (StagedObject, Option<String>)> = BTreeMap::new();
-    let mut log: Option<BTreeSet<String>> = None;
-    for (key, object) in unique {
-        let record = claims.read(key).await?;
-        let now = clock.now_ms();
-        let claim = as_claim(record.as_ref(), now, settings);
-        let mut decision = decide(&claim, InLog::NotAsked, settings.retention);
-        if let (Decision::Report { .. }, Some(r)) = (&decision, &record) {
-            // A dead holder: only the snapshot log can say whether its commit landed.
-            if log.is_none() {
-                log = Some(table.commits(&table.load().await?));
+    for (key, acted) in acted {
+        match acted {
+            Acted::Mine(object, from) => {
+                mine.insert(key, (object, from));
             }
-            let in_log = match log.as_ref() {
-                Some(l) if l.contains(&r.commit) => InLog::Found,
-                _ => InLog::Absent,
-            };
-            decision = decide(&claim, in_log, settings.retention);
+            Acted::Done(outcome) => {
+                report.outcomes.insert(key, outcome);
+            }
         }
-        let outcome = match decision {
-            Decision::Claim => match claims.take(key, commit, lease_until, now).await? {
-                TakeAnswer::Taken => {
-                    mine.insert(key.to_string(), (object.clone(), None));
-                    continue;
-                }
-                TakeAnswer::Held(other) => outcome_of_held(&other),
-            },
-            Decision::TakeOver { from } => {
-                match claims
-                    .take_over(key, &from, commit, lease_until, now)
-                    .await?
-                {
-                    TakeAnswer::Taken => {
-                        mine.insert(key.to_string(), (object.clone(), Some(from)));
-                        continue;
-                    }
-                    TakeAnswer::Held(other) => outcome_of_held(&other),
-                }
-            }
-            Decision::Skip => Outcome::AlreadyInTable {
-                commit: record.map(|r| r.commit).unwrap_or_default(),
-            },
-            Decision::MarkCommitted { commit: found } => {
-                claims.mark_committed(key, &found, &found).await?;
-                Outcome::AlreadyInTable { commit: found }
-            }
-            Decision::Leave => Outcome::Left,
-            Decision::Report { commit } => Outcome::Report { commit },
-        };
-        report.outcomes.insert(key.to_string(), outcome);
     }
     if mine.is_empty() {
         return Ok(report);
@@ -301,10 +350,17 @@ async fn append_once<C: CommitClaims, T: TableLog>(
             None => Ok(()),
         };
     }
+    // A lost answer here is harmless: the claim stays `committing` naming a commit the log
+    // holds, and the next committer to see it marks it.
+    let marks: Vec<_> = mine
+        .keys()
+        .map(|key| claims.mark_committed(key, &commit, &commit))
+        .collect();
+    stream::iter(marks)
+        .buffer_unordered(CLAIM_CONCURRENCY)
+        .for_each(|_| async {})
+        .await;
     for key in mine.keys() {
-        // A lost answer here is harmless: the claim stays `committing` naming a commit the
-        // log holds, and the next committer to see it marks it.
-        let _ = claims.mark_committed(key, &commit, &commit).await;
         report.outcomes.insert(key.clone(), Outcome::Appended);
     }
     Ok(())
@@ -316,13 +372,14 @@ async fn still_mine<C: CommitClaims>(
     commit: &str,
     mine: &BTreeMap<String, (StagedObject, Option<String>)>,
 ) -> Result<bool, PortError> {
-    for key in mine.keys() {
-        match claims.read(key).await? {
-            Some(r) if r.commit == commit && r.state == ClaimState::Committing => {}
-            _ => return Ok(false),
-        }
-    }
-    Ok(true)
+    let reads: Vec<_> = mine.keys().map(|key| claims.read(key)).collect();
+    let records: Vec<Option<ClaimRecord>> = stream::iter(reads)
+        .buffered(CLAIM_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(records
+        .iter()
+        .all(|r| matches!(r, Some(r) if r.commit == commit && r.state == ClaimState::Committing)))
 }
 
 fn outcome_of_held(other: &ClaimRecord) -> Outcome {
