@@ -119,13 +119,7 @@ impl IcebergTable {
                 .await
                 .map_err(TableError::iceberg("adding the route's new columns"))?;
         }
-        Ok(IcebergTable {
-            catalog,
-            ident,
-            route: route.name.clone(),
-            staged_bucket: staged_bucket.to_string(),
-            target_file_bytes: plan.target_file_bytes,
-        })
+        Self::existing(catalog, route, staged_bucket).await
     }
 
     pub fn ident(&self) -> &TableIdent {

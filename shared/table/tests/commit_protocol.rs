@@ -51,6 +51,23 @@ impl World {
         }
     }
 
+    /// Just before the next `call` of the memory table: the clock passes the lease of a
+    /// committer "slow", a "taker" takes `key` over from it and lands it.
+    fn taker_lands_before(&self, call: Call, key: &str) {
+        let (claims, table, clock, key) = (
+            self.claims.clone(),
+            self.table.clone(),
+            self.clock.clone(),
+            key.to_string(),
+        );
+        self.table.before_next(call, move || {
+            clock.advance(LEASE_MS + 2_001);
+            let now = clock.now();
+            assert!(claims.take_over_now(&key, "slow", "taker", now + LEASE_MS, now));
+            table.land("taker", &[&key]);
+        });
+    }
+
     /// A committer that took the claims for `commit` and then died (nothing else done).
     async fn claimed_by_dead(&self, commit: &str, objects: &[StagedObject]) {
         let now = self.clock.now();
@@ -209,18 +226,7 @@ async fn a_holder_taken_over_while_it_was_slow_never_appends_after_the_taker() {
     // append; meanwhile a taker takes the object over and lands it
     let w = world();
     let objects = staged(&["a"]);
-    let (claims, table, clock, key) = (
-        w.claims.clone(),
-        w.table.clone(),
-        w.clock.clone(),
-        objects[0].key.clone(),
-    );
-    w.table.before_next(Call::Append, move || {
-        clock.advance(LEASE_MS + 2_001);
-        let now = clock.now();
-        assert!(claims.take_over_now(&key, "slow", "taker", now + LEASE_MS, now));
-        table.land("taker", &[&key]);
-    });
+    w.taker_lands_before(Call::Append, &objects[0].key);
     // When the slow committer's append runs
     let report = w.run("slow", &objects).await.unwrap();
     // Then its append conflicts, it sees its claim taken, and leaves it: once, by the taker
@@ -233,18 +239,7 @@ async fn a_holder_that_resumes_after_the_taker_landed_checks_its_claims_before_a
     // Given a committer that stalls past its lease between its claims and its first base
     let w = world();
     let objects = staged(&["a"]);
-    let (claims, table, clock, key) = (
-        w.claims.clone(),
-        w.table.clone(),
-        w.clock.clone(),
-        objects[0].key.clone(),
-    );
-    w.table.before_next(Call::Load, move || {
-        clock.advance(LEASE_MS + 2_001);
-        let now = clock.now();
-        assert!(claims.take_over_now(&key, "slow", "taker", now + LEASE_MS, now));
-        table.land("taker", &[&key]);
-    });
+    w.taker_lands_before(Call::Load, &objects[0].key);
     // When it goes on: its base already holds the taker's snapshot, so no conflict can stop it
     let report = w.run("slow", &objects).await.unwrap();
     // Then only its claims check (its lease is no longer certain) keeps it from appending
