@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use std::time::Duration;
 use streamload_core::RecordOutcome;
-use streamload_tests::{invocation, kinesis_batch};
+use streamload_tests::{invocation, kinesis_batch, TestStack};
 use table_committer::{Committer, SystemClock};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,4 +242,47 @@ async fn the_audit_finds_each_identity_once_reports_lag_and_catches_a_duplicate_
     assert!(!audit.duplicated.is_empty());
     assert!(audit.duplicated.iter().all(|(_, n)| *n == 2));
     assert!(audit.line().contains("NOT exactly once"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_staging_per_batch_writes_one_object_per_batch_and_the_table_is_still_partitioned_by_event_time(
+) {
+    // Given a route whose table is its readers' interface: staging = "per-batch"
+    let mut stack = TestStack::new("iceperbatch", false).await;
+    stack.use_routes(&ROUTE.replace(
+        "partition = \"day\"\n",
+        "partition = \"day\"\nstaging = \"per-batch\"\n",
+    ));
+    stack.config.database = streamload_runtime::DatabaseSource::Unset;
+    // When the real loader loads one batch whose events span three hours of two days
+    stage(
+        &stack,
+        "l-1",
+        &[
+            ("o-1", 1, "2024-03-01T10:15:00Z"),
+            ("o-2", 1, "2024-03-01T11:20:00Z"),
+            ("o-3", 1, "2024-03-02T09:00:00Z"),
+        ],
+        1,
+    )
+    .await;
+    // Then it staged one object (per-hour staging writes three), in the folder of the load's hour
+    let keys = staged_keys(&stack).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let loaded = chrono::Utc::now().format("dt=%Y-%m-%d/").to_string();
+    assert!(keys[0].contains(&loaded), "{keys:?}");
+    // And the committer still partitions the table by each event's time
+    let committer = Committer::start(&committer_config(&stack), &stack.sdk)
+        .await
+        .expect("starts");
+    let answer = committer
+        .handle(&notifications(&stack.name, &keys), "req-1", &SystemClock)
+        .await;
+    assert!(answer.batch_item_failures.is_empty());
+    let view = read_back(&stack);
+    assert_eq!(identities(&view), ["o-1#1", "o-2#1", "o-3#1"]);
+    assert_eq!(view["partitions"].as_array().unwrap().len(), 2, "{view}");
+    // And the hourly sweep finds per-batch objects by the hour they were loaded
+    let report = committer.sweep(1, "sweep-1", &SystemClock).await;
+    assert_eq!((report.listed, report.appended), (1, 0), "{report:?}");
 }

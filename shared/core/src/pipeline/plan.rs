@@ -23,20 +23,27 @@ where
     Q: DeadLetters,
 {
     /// Names the object each winner will live in: one object per route, unit and UTC hour
-    /// of the event time, under the route's lake prefix, named by the first and last planned
-    /// positions and this attempt.
+    /// of the event time (or, for a route staging per batch for its Iceberg table, of this
+    /// load), under the route's lake prefix, named by the first and last planned positions and
+    /// this attempt.
     pub(super) fn plan_objects(&self, work: &mut Work<'_>, winners: &[usize]) {
         let routes = &self.settings.routes;
+        let loaded_hour = hour_partition(work.now_ms() * 1000);
         // A route without a lake writes one commit marker per unit: no hour to split by.
         let mut groups: BTreeMap<(usize, &SourceUnit, Option<String>), Vec<usize>> =
             BTreeMap::new();
         for &i in winners {
             if let Some(e) = &work.slots[i].event {
                 let unit = &work.batch.records[i].unit;
-                let hour = routes
-                    .get(e.route)
-                    .lake
-                    .then(|| hour_partition(e.event_time_us));
+                let route = routes.get(e.route);
+                let per_batch = route.iceberg.as_ref().is_some_and(|t| t.per_batch);
+                let hour = route.lake.then(|| {
+                    if per_batch {
+                        loaded_hour.clone()
+                    } else {
+                        hour_partition(e.event_time_us)
+                    }
+                });
                 groups.entry((e.route, unit, hour)).or_default().push(i);
             }
         }

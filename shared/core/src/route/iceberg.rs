@@ -29,6 +29,12 @@ pub struct IcebergSpec {
     /// Target data-file size in MiB (default [`DEFAULT_TARGET_FILE_MB`]).
     #[serde(default)]
     pub target_file_mb: Option<u32>,
+    /// `"per-hour"` (default): the loaders stage one object per batch, unit and event-time
+    /// hour, as for a lake read directly. `"per-batch"`: one object per batch and unit, in the
+    /// folder of the hour it was loaded — for a route whose readers read the table (fewer
+    /// PUTs and claims' objects; the committer partitions by each row's event time anyway).
+    #[serde(default)]
+    pub staging: Option<String>,
 }
 
 /// Iceberg's partition transforms the committer offers over the event time.
@@ -48,6 +54,8 @@ pub struct IcebergPlan {
     /// lineage column `ingested_at` when the route has none.
     pub partition_column: String,
     pub target_file_bytes: u64,
+    /// `staging = "per-batch"`.
+    pub per_batch: bool,
 }
 
 impl IcebergPlan {
@@ -89,6 +97,16 @@ impl IcebergPlan {
                 PartitionBy::Day
             }
         };
+        let per_batch = match spec.staging.as_deref() {
+            None | Some("per-hour") => false,
+            Some("per-batch") => true,
+            Some(other) => {
+                problems.push(format!(
+                    "iceberg.staging {other:?} is not \"per-hour\" or \"per-batch\""
+                ));
+                false
+            }
+        };
         let mb = spec.target_file_mb.unwrap_or(DEFAULT_TARGET_FILE_MB);
         if !(1..=1024).contains(&mb) {
             problems.push(format!(
@@ -104,6 +122,7 @@ impl IcebergPlan {
             partition,
             partition_column: event_time_column.unwrap_or("ingested_at").to_string(),
             target_file_bytes: u64::from(mb) * 1024 * 1024,
+            per_batch,
         })
     }
 }
@@ -115,4 +134,28 @@ fn is_table_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !name.starts_with('_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_is_per_hour_unless_per_batch_is_asked_and_nothing_else_is_accepted() {
+        let plan = |staging: Option<&str>| {
+            let spec = IcebergSpec {
+                staging: staging.map(str::to_string),
+                ..Default::default()
+            };
+            IcebergPlan::compile("orders", &spec, None)
+        };
+        assert!(!plan(None).unwrap().per_batch);
+        assert!(!plan(Some("per-hour")).unwrap().per_batch);
+        assert!(plan(Some("per-batch")).unwrap().per_batch);
+        let e = plan(Some("weekly")).unwrap_err();
+        assert_eq!(
+            e,
+            ["iceberg.staging \"weekly\" is not \"per-hour\" or \"per-batch\""]
+        );
+    }
 }
