@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use streamload_core::route::Route;
 use streamload_iceberg::IcebergTable;
-use streamload_table::ports::{ClaimState, CommitClaims};
+use streamload_table::ports::{ClaimState, CommitClaims, TableLog};
 
 /// What the audit of one route's table found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -97,8 +97,10 @@ pub async fn audit_table(
         table: format!("{}.{}", plan.namespace, plan.table),
         ..TableAudit::default()
     };
+    // One load of the table serves the whole audit.
+    let base = table.load().await.map_err(|e| e.to_string())?;
     let (in_table, committed_at) = table
-        .snapshot_identities(&columns)
+        .snapshot_identities(&base, &columns)
         .await
         .map_err(|e| e.to_string())?;
     audit.rows = in_table.len();
@@ -155,7 +157,7 @@ pub async fn audit_table(
             }
             if full {
                 let ids = table
-                    .staged_identities(key, &columns)
+                    .staged_identities(&base, key, &columns)
                     .await
                     .map_err(|e| e.to_string())?;
                 if committed {

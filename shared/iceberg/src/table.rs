@@ -26,6 +26,7 @@ use parquet_58::basic::{Compression, ZstdLevel};
 use parquet_58::file::properties::WriterProperties;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use streamload_core::route::iceberg::IcebergPlan;
 use streamload_core::route::Route;
 use streamload_table::ports::{PortError, StagedObject, TableLog};
 
@@ -50,7 +51,35 @@ pub struct IcebergTable {
     target_file_bytes: u64,
 }
 
+/// The route's `[route.iceberg]` plan and its table's identifier.
+fn table_of(route: &Route) -> Result<(&IcebergPlan, TableIdent), TableError> {
+    let plan = route.iceberg.as_ref().ok_or_else(|| {
+        TableError::Config(format!("route {:?} has no [route.iceberg]", route.name))
+    })?;
+    let ident = TableIdent::new(
+        NamespaceIdent::new(plan.namespace.clone()),
+        plan.table.clone(),
+    );
+    Ok((plan, ident))
+}
+
 impl IcebergTable {
+    fn new(
+        catalog: Arc<dyn Catalog>,
+        route: &Route,
+        plan: &IcebergPlan,
+        ident: TableIdent,
+        staged_bucket: &str,
+    ) -> Self {
+        IcebergTable {
+            catalog,
+            ident,
+            route: route.name.clone(),
+            staged_bucket: staged_bucket.to_string(),
+            target_file_bytes: plan.target_file_bytes,
+        }
+    }
+
     /// Opens the route's table, creating its namespace and table if absent and adding the
     /// columns the route gained since (a schema update; existing ids never change).
     pub async fn open(
@@ -58,11 +87,8 @@ impl IcebergTable {
         route: &Route,
         staged_bucket: &str,
     ) -> Result<Self, TableError> {
-        let plan = route.iceberg.as_ref().ok_or_else(|| {
-            TableError::Config(format!("route {:?} has no [route.iceberg]", route.name))
-        })?;
-        let namespace = NamespaceIdent::new(plan.namespace.clone());
-        let ident = TableIdent::new(namespace.clone(), plan.table.clone());
+        let (plan, ident) = table_of(route)?;
+        let namespace = ident.namespace().clone();
         let staged = route.lake_schema();
         let exists = catalog
             .table_exists(&ident)
@@ -119,7 +145,7 @@ impl IcebergTable {
                 .await
                 .map_err(TableError::iceberg("adding the route's new columns"))?;
         }
-        Self::existing(catalog, route, staged_bucket).await
+        Ok(Self::new(catalog, route, plan, ident, staged_bucket))
     }
 
     pub fn ident(&self) -> &TableIdent {
@@ -132,38 +158,22 @@ impl IcebergTable {
         route: &Route,
         staged_bucket: &str,
     ) -> Result<Self, TableError> {
-        let plan = route.iceberg.as_ref().ok_or_else(|| {
-            TableError::Config(format!("route {:?} has no [route.iceberg]", route.name))
-        })?;
-        let ident = TableIdent::new(
-            NamespaceIdent::new(plan.namespace.clone()),
-            plan.table.clone(),
-        );
+        let (plan, ident) = table_of(route)?;
         catalog
             .load_table(&ident)
             .await
             .map_err(TableError::iceberg("loading the table"))?;
-        Ok(IcebergTable {
-            catalog,
-            ident,
-            route: route.name.clone(),
-            staged_bucket: staged_bucket.to_string(),
-            target_file_bytes: plan.target_file_bytes,
-        })
+        Ok(Self::new(catalog, route, plan, ident, staged_bucket))
     }
 
     /// The identity (`columns`' values, as text, joined by U+001F) of every row of the current
     /// snapshot, and when that snapshot was committed (ms since the epoch).
     pub async fn snapshot_identities(
         &self,
+        table: &Table,
         columns: &[String],
     ) -> Result<(Vec<String>, Option<i64>), TableError> {
         use futures::TryStreamExt;
-        let table = self
-            .catalog
-            .load_table(&self.ident)
-            .await
-            .map_err(TableError::iceberg("loading the table"))?;
         let committed_at = table
             .metadata()
             .current_snapshot()
@@ -200,20 +210,16 @@ impl IcebergTable {
     /// the table's types first).
     pub async fn staged_identities(
         &self,
+        table: &Table,
         key: &str,
         columns: &[String],
     ) -> Result<Vec<String>, TableError> {
-        let table = self
-            .catalog
-            .load_table(&self.ident)
-            .await
-            .map_err(TableError::iceberg("loading the table"))?;
         let target: ArrowSchemaRef = Arc::new(
             schema_to_arrow_schema(table.metadata().current_schema())
                 .map_err(TableError::iceberg("the table's schema"))?,
         );
         let mut out = Vec::new();
-        for batch in self.read_staged(&table, key).await? {
+        for batch in self.read_staged(table, key).await? {
             let staged = |message: String| TableError::Staged {
                 key: key.to_string(),
                 message,
