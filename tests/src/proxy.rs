@@ -93,6 +93,9 @@ pub enum CommitCut {
     LoseCommitAnswer,
     /// The COMMIT never reaches PostgreSQL (the connection breaks first): rolled back.
     DropCommit,
+    /// The COMMIT reaches PostgreSQL and is applied; its answer never comes, and the
+    /// connection stays open: a peer gone silent, which only a deadline ends.
+    SilentCommit,
 }
 
 /// A TCP relay between a catalog client and PostgreSQL that breaks one commit transaction as
@@ -192,6 +195,15 @@ impl CommitCuttingRelay {
                             && take(&armed, CommitCut::LoseCommitAnswer)
                         {
                             cuts.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        if updated.load(Ordering::SeqCst)
+                            && contains(chunk, COMMIT_TAG)
+                            && take(&armed, CommitCut::SilentCommit)
+                        {
+                            // Hold the answer, and the connection, until the client leaves.
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            let _ = done_rx.changed().await;
                             break;
                         }
                         if cw.write_all(chunk).await.is_err() {

@@ -16,7 +16,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use streamload_core::route::Routes;
-use streamload_iceberg::{CatalogSettings, IcebergTable, TableError};
+use streamload_iceberg::{CallDeadlines, CatalogSettings, IcebergTable, TableError};
 use streamload_table::commit::{commit_staged, Clock, Outcome, Settings};
 use streamload_table::ports::StagedObject;
 
@@ -40,6 +40,8 @@ pub struct CommitterConfig {
     pub dedup_ttl_seconds: i64,
     pub catalog: CatalogSettings,
     pub settings: Settings,
+    /// How long a catalog call or a data-file write may take (`CATALOG_CALL_TIMEOUT_SECONDS`).
+    pub deadlines: CallDeadlines,
 }
 
 impl CommitterConfig {
@@ -62,6 +64,12 @@ impl CommitterConfig {
         if !(10..=900).contains(&lease) {
             return Err(StartError::Config(format!(
                 "COMMIT_LEASE_SECONDS {lease} must be between 10 and 900"
+            )));
+        }
+        let call_timeout = number("CATALOG_CALL_TIMEOUT_SECONDS", 20)?;
+        if !(1..lease).contains(&call_timeout) {
+            return Err(StartError::Config(format!(
+                "CATALOG_CALL_TIMEOUT_SECONDS {call_timeout} must be at least 1 and below COMMIT_LEASE_SECONDS ({lease})"
             )));
         }
         let retention_hours = number("SNAPSHOT_RETENTION_HOURS", 120)?;
@@ -88,6 +96,10 @@ impl CommitterConfig {
                 lease: Duration::from_secs(lease.unsigned_abs()),
                 retention: Duration::from_secs(retention_hours.unsigned_abs() * 3600),
                 ..Settings::default()
+            },
+            deadlines: CallDeadlines {
+                catalog: Duration::from_secs(call_timeout.unsigned_abs()),
+                ..CallDeadlines::default()
             },
         })
     }
@@ -174,7 +186,8 @@ impl Committer {
         for route in routes.iter().filter(|r| r.iceberg.is_some()) {
             let table = IcebergTable::open(catalog.clone(), route, &config.output_bucket)
                 .await
-                .map_err(|e| StartError::Config(format!("route {:?}: {e}", route.name)))?;
+                .map_err(|e| StartError::Config(format!("route {:?}: {e}", route.name)))?
+                .with_deadlines(config.deadlines);
             prefixes.push((tables.len(), route.lake_prefix.clone()));
             tables.push(RouteTable {
                 name: route.name.clone(),
@@ -394,4 +407,80 @@ pub struct SweepReport {
     /// (or their notification) takes them.
     pub left: usize,
     pub failed_listings: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    const BASE: [(&str, &str); 5] = [
+        ("STREAMLOAD_CONFIG", "/var/task/routes.toml"),
+        ("DEDUP_TABLE", "claims"),
+        ("OUTPUT_BUCKET", "lake"),
+        ("STREAMLOAD_CATALOG", "glue"),
+        ("STREAMLOAD_WAREHOUSE", "s3://lake/warehouse"),
+    ];
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        let mut v: Vec<_> = extra.to_vec();
+        v.extend(BASE);
+        v
+    }
+
+    #[test]
+    fn defaults_are_a_two_minute_lease_and_twenty_second_catalog_calls() {
+        // Given only the required settings
+        let config = CommitterConfig::from_lookup(lookup(&BASE)).expect("valid");
+        // Then the lease, retention and call deadlines are the documented defaults
+        assert_eq!(config.settings.lease, Duration::from_secs(120));
+        assert_eq!(config.settings.retention, Duration::from_secs(120 * 3600));
+        assert_eq!(config.deadlines.catalog, Duration::from_secs(20));
+        assert_eq!(
+            config.catalog,
+            CatalogSettings::Glue {
+                warehouse: "s3://lake/warehouse".into(),
+                catalog_id: None
+            }
+        );
+    }
+
+    #[test]
+    fn each_bad_setting_is_one_line_naming_its_variable() {
+        let cases: [(&[(&str, &str)], &str); 5] = [
+            (&[("COMMIT_LEASE_SECONDS", "5")], "COMMIT_LEASE_SECONDS 5"),
+            (&[("COMMIT_LEASE_SECONDS", "two")], "COMMIT_LEASE_SECONDS \"two\""),
+            (
+                &[("CATALOG_CALL_TIMEOUT_SECONDS", "0")],
+                "CATALOG_CALL_TIMEOUT_SECONDS 0",
+            ),
+            (
+                &[
+                    ("COMMIT_LEASE_SECONDS", "30"),
+                    ("CATALOG_CALL_TIMEOUT_SECONDS", "30"),
+                ],
+                "CATALOG_CALL_TIMEOUT_SECONDS 30 must be at least 1 and below COMMIT_LEASE_SECONDS (30)",
+            ),
+            (
+                &[("SNAPSHOT_RETENTION_HOURS", "0")],
+                "SNAPSHOT_RETENTION_HOURS",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let vars = with(extra);
+            let e = CommitterConfig::from_lookup(lookup(&vars))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expected), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
 }

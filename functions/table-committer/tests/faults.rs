@@ -1,13 +1,14 @@
 //! The committer's lost answers and races made real: a commit whose answer a TCP relay drops
 //! after PostgreSQL applied it, another committer landing between a base and its append (the
 //! SQL catalog's compare-and-swap refusing), two committers racing for the same objects, and
-//! claim writes whose answers the fault proxy loses after DynamoDB applied them.
+//! claim writes whose answers the fault proxy loses after DynamoDB applied them, and a commit
+//! whose answer never comes (the relay holds it and the connection open).
 
 mod common;
 
 use common::*;
 use std::sync::Arc;
-use streamload_iceberg::{connect, storage_props, CatalogSettings, IcebergTable};
+use streamload_iceberg::{connect, storage_props, CallDeadlines, CatalogSettings, IcebergTable};
 use streamload_table::commit::{commit_staged, Outcome, Settings};
 use streamload_table::ports::{CommitClaims, TakeAnswer};
 use streamload_tests::fault_proxy::{Fault, Rule};
@@ -75,7 +76,13 @@ async fn commit_through_a_broken_transaction(
     let via_relay = stack
         .database_url
         .replace(&addr, &format!("127.0.0.1:{}", relay.port()));
-    let table = Hooked::new(open_table(&stack, &via_relay).await);
+    // Call deadlines of 2 s: a commit whose answer never comes is given up on in seconds
+    let deadlines = CallDeadlines::all(std::time::Duration::from_secs(2));
+    let table = Hooked::new(
+        open_table(&stack, &via_relay)
+            .await
+            .with_deadlines(deadlines),
+    );
     relay.arm(cut);
     let report = commit_staged(
         &claims(&stack, &stack.sdk),
@@ -103,6 +110,23 @@ async fn a_commit_applied_whose_answer_was_lost_is_found_in_the_log_and_not_sent
     assert_eq!(identities(&view), ["o-1#1", "o-2#1", "o-3#1"]);
     assert_eq!(view["snapshots"], 1);
     assert_eq!(view["summaries"][0]["streamload.commit-id"], "c-cut");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_applied_whose_answer_never_comes_is_given_up_on_and_found_in_the_log() {
+    // Given the COMMIT applied and its answer held forever on an open connection
+    let (report, appends, view) = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        commit_through_a_broken_transaction("icesilent", CommitCut::SilentCommit),
+    )
+    .await
+    .expect("the committer answers instead of waiting on the silent connection");
+    // Then the append given up on is an unknown outcome; the next attempt finds c-cut in the
+    // log and sends no second append
+    assert_eq!(report.appended(), 3);
+    assert_eq!(appends, 1, "the applied commit was not sent again");
+    assert_eq!(identities(&view), ["o-1#1", "o-2#1", "o-3#1"]);
+    assert_eq!(view["snapshots"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

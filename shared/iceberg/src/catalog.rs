@@ -1,7 +1,8 @@
 //! Which catalog holds the routes' tables, from the committer's environment, and the one
 //! place every catalog is opened: the SQL catalog (PostgreSQL; the local default, read back by
-//! pyiceberg's `SqlCatalog`) or Amazon S3 Tables (its native API). Data and metadata files go
-//! through one S3 storage (opendal) configured from the same AWS settings as the loaders.
+//! pyiceberg's `SqlCatalog`), Amazon S3 Tables (its native API) or the AWS Glue Data Catalog.
+//! Data and metadata files go through one S3 storage (opendal) configured from the same AWS
+//! settings as the loaders.
 
 use crate::error::TableError;
 use iceberg::io::{
@@ -9,6 +10,9 @@ use iceberg::io::{
     S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN,
 };
 use iceberg::{Catalog, CatalogBuilder};
+use iceberg_catalog_glue::{
+    GlueCatalogBuilder, GLUE_CATALOG_PROP_CATALOG_ID, GLUE_CATALOG_PROP_WAREHOUSE,
+};
 use iceberg_catalog_s3tables::{S3TablesCatalogBuilder, S3TABLES_CATALOG_PROP_TABLE_BUCKET_ARN};
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 use iceberg_storage_opendal::OpenDalStorageFactory;
@@ -27,6 +31,12 @@ pub enum CatalogSettings {
     Sql { uri: String, warehouse: String },
     /// `STREAMLOAD_CATALOG=s3tables`: `STREAMLOAD_TABLE_BUCKET_ARN`.
     S3Tables { table_bucket_arn: String },
+    /// `STREAMLOAD_CATALOG=glue`: `STREAMLOAD_WAREHOUSE` (`s3://bucket/prefix`, where new
+    /// tables go) and, optionally, `STREAMLOAD_GLUE_CATALOG_ID` (another account's catalog).
+    Glue {
+        warehouse: String,
+        catalog_id: Option<String>,
+    },
 }
 
 impl CatalogSettings {
@@ -37,24 +47,29 @@ impl CatalogSettings {
                 .filter(|v| !v.trim().is_empty())
                 .ok_or_else(|| TableError::Config(format!("{name} is not set")))
         };
-        match var("STREAMLOAD_CATALOG").as_deref() {
-            Some("sql") => {
-                let warehouse = need("STREAMLOAD_WAREHOUSE")?;
-                if !warehouse.starts_with("s3://") {
-                    return Err(TableError::Config(format!(
-                        "STREAMLOAD_WAREHOUSE must be an s3:// location, not {warehouse:?}"
-                    )));
-                }
-                Ok(CatalogSettings::Sql {
-                    uri: need("STREAMLOAD_CATALOG_URI")?,
-                    warehouse,
-                })
+        let warehouse = || {
+            let warehouse = need("STREAMLOAD_WAREHOUSE")?;
+            if !warehouse.starts_with("s3://") {
+                return Err(TableError::Config(format!(
+                    "STREAMLOAD_WAREHOUSE must be an s3:// location, not {warehouse:?}"
+                )));
             }
+            Ok(warehouse)
+        };
+        match var("STREAMLOAD_CATALOG").as_deref() {
+            Some("sql") => Ok(CatalogSettings::Sql {
+                warehouse: warehouse()?,
+                uri: need("STREAMLOAD_CATALOG_URI")?,
+            }),
+            Some("glue") => Ok(CatalogSettings::Glue {
+                warehouse: warehouse()?,
+                catalog_id: var("STREAMLOAD_GLUE_CATALOG_ID").filter(|v| !v.trim().is_empty()),
+            }),
             Some("s3tables") => Ok(CatalogSettings::S3Tables {
                 table_bucket_arn: need("STREAMLOAD_TABLE_BUCKET_ARN")?,
             }),
             Some(other) => Err(TableError::Config(format!(
-                "STREAMLOAD_CATALOG {other:?} is not \"sql\" or \"s3tables\""
+                "STREAMLOAD_CATALOG {other:?} is not \"sql\", \"s3tables\" or \"glue\""
             ))),
             None => Err(TableError::Config("STREAMLOAD_CATALOG is not set".into())),
         }
@@ -126,6 +141,25 @@ pub async fn connect(
                 .map_err(TableError::iceberg("opening the S3 Tables catalog"))?;
             Ok(Arc::new(catalog))
         }
+        CatalogSettings::Glue {
+            warehouse,
+            catalog_id,
+        } => {
+            // The Glue client, like every AWS client here, takes its endpoint from the SDK's
+            // environment (`AWS_ENDPOINT_URL_GLUE`, else `AWS_ENDPOINT_URL`). Optimistic
+            // concurrency: Glue's `UpdateTable` with the `VersionId` the commit was based on.
+            let mut props = storage_props;
+            props.insert(GLUE_CATALOG_PROP_WAREHOUSE.into(), warehouse.clone());
+            if let Some(id) = catalog_id {
+                props.insert(GLUE_CATALOG_PROP_CATALOG_ID.into(), id.clone());
+            }
+            let catalog = GlueCatalogBuilder::default()
+                .with_storage_factory(storage())
+                .load("glue", props)
+                .await
+                .map_err(TableError::iceberg("opening the Glue catalog"))?;
+            Ok(Arc::new(catalog))
+        }
     }
 }
 
@@ -144,11 +178,15 @@ mod tests {
 
     #[test]
     fn each_missing_or_wrong_setting_is_one_line_naming_the_variable() {
-        let cases: [(&[(&str, &str)], &str); 4] = [
+        let cases: [(&[(&str, &str)], &str); 5] = [
             (&[], "STREAMLOAD_CATALOG is not set"),
             (
+                &[("STREAMLOAD_CATALOG", "hive")],
+                "STREAMLOAD_CATALOG \"hive\"",
+            ),
+            (
                 &[("STREAMLOAD_CATALOG", "glue")],
-                "STREAMLOAD_CATALOG \"glue\"",
+                "STREAMLOAD_WAREHOUSE is not set",
             ),
             (
                 &[

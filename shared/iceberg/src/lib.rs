@@ -21,4 +21,4 @@ pub mod table;
 pub use catalog::{connect, storage_props, CatalogSettings, SQL_CATALOG_NAME};
 pub use error::TableError;
 pub use iceberg::Catalog;
-pub use table::{IcebergTable, COMMIT_ID_PROPERTY};
+pub use table::{CallDeadlines, IcebergTable, COMMIT_ID_PROPERTY};

@@ -40,6 +40,64 @@ pub const ROUTE_PROPERTY: &str = "streamload.route";
 /// Rows read from a staged object at a time.
 const READ_BATCH_ROWS: usize = 8192;
 
+/// How long one catalog call (loading the table, an append) may take before the committer
+/// gives up on it: a catalog that never answers (a frozen connection, a black-holed request)
+/// costs a retry in seconds, not the function's timeout. An append given up on is an
+/// unknown outcome, which the protocol's next attempt settles from the snapshot log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallDeadlines {
+    /// Loading the table, committing an append, and reading the log back after it.
+    pub catalog: std::time::Duration,
+    /// Writing data files: this much, plus [`CallDeadlines::write_per_mib`] for each MiB of
+    /// staged Parquet read.
+    pub write: std::time::Duration,
+    pub write_per_mib: std::time::Duration,
+}
+
+impl Default for CallDeadlines {
+    /// 20 s per catalog call (S3 Tables, Glue and a SQL catalog answer in well under a
+    /// second); data files 30 s plus 1 s per MiB (the committer merges about 30 MB/s,
+    /// BENCHMARKS.md §6).
+    fn default() -> Self {
+        CallDeadlines {
+            catalog: std::time::Duration::from_secs(20),
+            write: std::time::Duration::from_secs(30),
+            write_per_mib: std::time::Duration::from_secs(1),
+        }
+    }
+}
+
+impl CallDeadlines {
+    /// Every deadline `catalog` long (tests: a frozen catalog given up on in seconds).
+    pub fn all(catalog: std::time::Duration) -> Self {
+        CallDeadlines {
+            catalog,
+            write: catalog,
+            write_per_mib: std::time::Duration::ZERO,
+        }
+    }
+
+    fn write_of(&self, objects: &[StagedObject]) -> std::time::Duration {
+        let mib: u64 = objects.iter().map(|o| o.bytes).sum::<u64>() / (1024 * 1024);
+        self.write + self.write_per_mib * u32::try_from(mib).unwrap_or(u32::MAX)
+    }
+}
+
+/// `call`, or a [`PortError`] made by `late` once `deadline` has passed.
+async fn within<T>(
+    deadline: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, PortError>>,
+    late: impl FnOnce(String) -> PortError,
+) -> Result<T, PortError> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(answer) => answer,
+        Err(_) => Err(late(format!(
+            "no answer within {} ms",
+            deadline.as_millis()
+        ))),
+    }
+}
+
 /// A route's table in its catalog.
 #[derive(Debug, Clone)]
 pub struct IcebergTable {
@@ -49,6 +107,7 @@ pub struct IcebergTable {
     /// The loaders' bucket, which holds the staged objects.
     staged_bucket: String,
     target_file_bytes: u64,
+    deadlines: CallDeadlines,
 }
 
 /// The route's `[route.iceberg]` plan and its table's identifier.
@@ -77,7 +136,14 @@ impl IcebergTable {
             route: route.name.clone(),
             staged_bucket: staged_bucket.to_string(),
             target_file_bytes: plan.target_file_bytes,
+            deadlines: CallDeadlines::default(),
         }
+    }
+
+    /// The same table with other call deadlines.
+    pub fn with_deadlines(mut self, deadlines: CallDeadlines) -> Self {
+        self.deadlines = deadlines;
+        self
     }
 
     /// Opens the route's table, creating its namespace and table if absent and adding the
@@ -299,10 +365,16 @@ impl TableLog for IcebergTable {
     type Written = Vec<DataFile>;
 
     async fn load(&self) -> Result<Table, PortError> {
-        self.catalog
-            .load_table(&self.ident)
-            .await
-            .map_err(|e| TableError::iceberg("loading the table")(e).before_commit())
+        let load = async {
+            self.catalog
+                .load_table(&self.ident)
+                .await
+                .map_err(|e| TableError::iceberg("loading the table")(e).before_commit())
+        };
+        within(self.deadlines.catalog, load, |m| {
+            PortError::Retryable(format!("loading the table: {m}"))
+        })
+        .await
     }
 
     fn commits(&self, base: &Table) -> BTreeSet<String> {
@@ -326,9 +398,16 @@ impl TableLog for IcebergTable {
         write_id: &str,
         objects: &[StagedObject],
     ) -> Result<Vec<DataFile>, PortError> {
-        self.write_files(base, write_id, objects)
-            .await
-            .map_err(TableError::before_commit)
+        let write = async {
+            self.write_files(base, write_id, objects)
+                .await
+                .map_err(TableError::before_commit)
+        };
+        // Files a write given up on leaves behind are never referenced (orphans).
+        within(self.deadlines.write_of(objects), write, |m| {
+            PortError::Retryable(format!("writing data files: {m}"))
+        })
+        .await
     }
 
     async fn append(
@@ -353,9 +432,17 @@ impl TableLog for IcebergTable {
         let tx = action
             .apply(tx)
             .map_err(|e| TableError::iceberg("building the append")(e).before_commit())?;
-        tx.commit(&pinned)
-            .await
-            .map_err(|e| TableError::iceberg("committing the append")(e).of_commit())?;
+        let sent = async {
+            tx.commit(&pinned)
+                .await
+                .map(|_| ())
+                .map_err(|e| TableError::iceberg("committing the append")(e).of_commit())
+        };
+        // An append given up on may still land: its outcome is unknown, never "refused".
+        within(self.deadlines.catalog, sent, |m| {
+            PortError::Unknown(format!("committing the append: {m}"))
+        })
+        .await?;
         // Trust, then verify: iceberg-catalog-sql 0.10 ignores the result of its COMMIT
         // (`let _ = tx.commit()`), so a COMMIT lost on the way reads as a landed append. Only
         // the table's own log is proof; without it the outcome is unknown and the protocol's
