@@ -1154,6 +1154,48 @@ def test_the_table_committer_reads_staging_writes_only_its_claims_and_its_table_
         assert not any(a.endswith("*") for a in actions), st["Sid"]
 
 
+def test_a_glue_committer_touches_one_database_and_its_own_warehouse_bucket(template):
+    # Given a stack whose tables are in the Glue Data Catalog
+    t = resolve(template, TableCatalog="glue", GlueDatabaseName="lake_db",
+                RoutesConfigUri="s3://config-bucket/routes.toml", **PASSWORD_DB)
+    res = t["Resources"]
+    # Then there is no table bucket but an encrypted, private, TLS-only warehouse bucket
+    assert "TableBucket" not in res and "TableWarehouseBucket" in res
+    wb = res["TableWarehouseBucket"]
+    assert wb["DeletionPolicy"] == "Retain"
+    assert wb["Properties"]["PublicAccessBlockConfiguration"]["RestrictPublicBuckets"] is True
+    tls = res["TableWarehouseBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
+    assert tls["Effect"] == "Deny" and tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    role = res["TableCommitterRole"]["Properties"]
+    statements = {st["Sid"]: st for pol in role["Policies"] for st in pol["PolicyDocument"]["Statement"]}
+    # its Glue actions name the catalog, one database and that database's tables, and never delete
+    tables = statements["TheRoutesTables"]
+    assert set(tables["Action"]) == {"glue:GetDatabase", "glue:CreateDatabase", "glue:GetTable",
+                                     "glue:CreateTable", "glue:UpdateTable"}
+    resources = json.dumps(tables["Resource"])
+    assert "database/${GlueDatabaseName}" in resources and "table/${GlueDatabaseName}/*" in resources
+    assert not any(a.startswith("s3tables:") for st in statements.values() for a in as_list(st["Action"]))
+    # it writes only the warehouse bucket's objects (the staging stays read-only)
+    assert statements["TheWarehouseFiles"]["Action"] == ["s3:GetObject", "s3:PutObject"]
+    assert "TableWarehouseBucket" in json.dumps(statements["TheWarehouseFiles"]["Resource"])
+    assert statements["ReadStagedObjects"]["Action"] == "s3:GetObject"
+    # and the function is told the catalog, the warehouse and the one namespace it may write
+    env = res["TableCommitter"]["Properties"]["Environment"]["Variables"]
+    glue = dict(TableCatalog="glue", GlueDatabaseName="lake_db")
+    assert render(template, env["STREAMLOAD_CATALOG"], **glue) == "glue"
+    assert "TableWarehouseBucket" in json.dumps(env["STREAMLOAD_WAREHOUSE"])
+    assert render(template, env["STREAMLOAD_TABLE_NAMESPACE"], **glue) == "lake_db"
+    assert "STREAMLOAD_TABLE_BUCKET_ARN" not in env
+    # while an S3 Tables stack gets neither the warehouse nor a namespace limit
+    s3t = resolve(template, **COMMITTER, **PASSWORD_DB)["Resources"]
+    assert "TableWarehouseBucket" not in s3t
+    s3t_env = s3t["TableCommitter"]["Properties"]["Environment"]["Variables"]
+    assert render(template, s3t_env["STREAMLOAD_CATALOG"], **COMMITTER) == "s3tables"
+    assert "STREAMLOAD_WAREHOUSE" not in s3t_env and "STREAMLOAD_TABLE_NAMESPACE" not in s3t_env
+    assert rule_failures(template, TableCatalog="glue", **PASSWORD_DB) == [
+        "The table committer reads the routes' [route.iceberg] tables from the route file; set RoutesConfigUri."]
+
+
 def test_the_table_committer_is_fed_by_a_batching_window_and_an_hourly_sweep(template):
     f = template["Resources"]["TableCommitter"]["Properties"]
     staged = f["Events"]["StagedObjects"]["Properties"]
@@ -1164,7 +1206,7 @@ def test_the_table_committer_is_fed_by_a_batching_window_and_an_hourly_sweep(tem
     sweep = f["Events"]["Sweep"]["Properties"]
     assert sweep["ScheduleExpression"] == "rate(1 hour)"
     assert "streamload_sweep" in json.dumps(sweep["Input"])
-    assert f["Environment"]["Variables"]["STREAMLOAD_CATALOG"] == "s3tables"
+    assert f["Environment"]["Variables"]["STREAMLOAD_CATALOG"] == {"Ref": "TableCatalog"}
     # the queue outlives six timeouts and sends what keeps failing to its dead-letter queue
     q = template["Resources"]["CommitQueue"]["Properties"]
     assert q["VisibilityTimeout"] >= 6 * f["Timeout"]

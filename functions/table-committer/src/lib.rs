@@ -42,6 +42,9 @@ pub struct CommitterConfig {
     pub settings: Settings,
     /// How long a catalog call or a data-file write may take (`CATALOG_CALL_TIMEOUT_SECONDS`).
     pub deadlines: CallDeadlines,
+    /// `STREAMLOAD_TABLE_NAMESPACE`: the one namespace (Glue database) this deployment may
+    /// write, when its role is limited to one; every route's table must be in it.
+    pub namespace: Option<String>,
 }
 
 impl CommitterConfig {
@@ -101,6 +104,7 @@ impl CommitterConfig {
                 catalog: Duration::from_secs(call_timeout.unsigned_abs()),
                 ..CallDeadlines::default()
             },
+            namespace: var("STREAMLOAD_TABLE_NAMESPACE").filter(|v| !v.trim().is_empty()),
         })
     }
 }
@@ -164,6 +168,7 @@ impl Committer {
         sdk: &aws_config::SdkConfig,
         routes: &Routes,
     ) -> Result<Committer, StartError> {
+        outside_namespace(routes, config.namespace.as_deref()).map_err(StartError::Config)?;
         let catalog = streamload_iceberg::connect(
             &config.catalog,
             streamload_iceberg::storage_props(|k| std::env::var(k).ok()),
@@ -394,6 +399,22 @@ impl Committer {
     }
 }
 
+/// A route whose table is outside the one namespace the deployment may write, as one line.
+fn outside_namespace(routes: &Routes, allowed: Option<&str>) -> Result<(), String> {
+    let Some(allowed) = allowed else {
+        return Ok(());
+    };
+    for route in routes.iter() {
+        if let Some(plan) = route.iceberg.as_ref().filter(|p| p.namespace != allowed) {
+            return Err(format!(
+                "route {:?}: [route.iceberg] namespace {:?} is not STREAMLOAD_TABLE_NAMESPACE {allowed:?} (the one namespace this deployment may write)",
+                route.name, plan.namespace
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Staged objects one commit takes at most: each costs a claim read and a claim write, and
 /// its rows pass through the committer's memory on their way to the data files.
 pub const MAX_OBJECTS_PER_COMMIT: usize = 1000;
@@ -451,6 +472,24 @@ mod tests {
                 catalog_id: None
             }
         );
+    }
+
+    #[test]
+    fn a_route_outside_the_deployments_namespace_is_refused_naming_it() {
+        // Given routes whose table is in namespace "streamload" (the default)
+        let routes = streamload_runtime::parse_routes(
+            "[[route]]\nname = \"orders\"\nsource = \"kinesis:orders\"\nkey = [\"id\"]\nlake_prefix = \"orders/\"\n[route.iceberg]\ntable = \"orders\"\n[[route.column]]\nname = \"id\"\nfrom = \"/id\"\ntype = \"text\"\nrequired = true\n",
+            "test",
+        )
+        .expect("routes");
+        // Then another allowed namespace refuses them in one line; the same or none passes
+        let e = outside_namespace(&routes, Some("analytics")).unwrap_err();
+        assert_eq!(
+            e,
+            "route \"orders\": [route.iceberg] namespace \"streamload\" is not STREAMLOAD_TABLE_NAMESPACE \"analytics\" (the one namespace this deployment may write)"
+        );
+        assert_eq!(outside_namespace(&routes, Some("streamload")), Ok(()));
+        assert_eq!(outside_namespace(&routes, None), Ok(()));
     }
 
     #[test]
