@@ -13,7 +13,7 @@ pub mod staging;
 use claims::DynamoCommitClaims;
 use notification::{created_objects, route_of, SqsEvent};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use streamload_core::route::Routes;
 use streamload_iceberg::{CallDeadlines, CatalogSettings, IcebergTable, TableError};
@@ -228,6 +228,7 @@ impl Committer {
         clock: &dyn Clock,
     ) -> BatchResponse {
         let mut per_table: BTreeMap<usize, Vec<StagedObject>> = BTreeMap::new();
+        let mut created: HashMap<String, i64> = HashMap::new();
         let mut messages: Vec<(&str, Vec<(usize, String)>)> = Vec::new();
         let mut failed: HashSet<&str> = HashSet::new();
         for m in &event.records {
@@ -241,6 +242,9 @@ impl Committer {
                     for o in objects.into_iter().filter(|o| o.bucket == self.bucket) {
                         if let Some(t) = route_of(&o.key, &self.prefixes) {
                             named.push((t, o.key.clone()));
+                            if let Some(ms) = o.created_ms {
+                                created.insert(o.key.clone(), ms);
+                            }
                             per_table.entry(t).or_default().push(StagedObject {
                                 key: o.key,
                                 bytes: o.size,
@@ -269,11 +273,13 @@ impl Committer {
                 Ok(report) => {
                     let count =
                         |f: fn(&Outcome) -> bool| report.outcomes.values().filter(|o| f(o)).count();
+                    let behind_ms = behind_ms(&report, &created, clock);
                     tracing::info!(
                         route = %route.name,
                         commit = %report.commit,
                         objects = report.outcomes.len(),
                         appended = report.appended(),
+                        behind_ms = behind_ms.unwrap_or(0),
                         already_in_table = count(|o| matches!(o, Outcome::AlreadyInTable { .. })),
                         left = count(|o| *o == Outcome::Left),
                         attempts = report.attempts,
@@ -326,11 +332,19 @@ impl Committer {
         for (t, prefix) in &self.prefixes {
             let route = &self.tables[*t];
             let mut objects = Vec::new();
+            let mut created: HashMap<String, i64> = HashMap::new();
             for back in 0..=i64::from(hours) {
                 let hour = now - chrono::Duration::hours(back);
                 let folder = format!("{prefix}{}/", hour.format("dt=%Y-%m-%d/hour=%H"));
                 match self.list(&folder).await {
-                    Ok(found) => objects.extend(found),
+                    Ok(found) => {
+                        for (object, modified) in found {
+                            if let Some(ms) = modified {
+                                created.insert(object.key.clone(), ms);
+                            }
+                            objects.push(object);
+                        }
+                    }
                     Err(why) => {
                         tracing::error!(route = %route.name, why = %why, "sweep listing failed");
                         report.failed_listings += 1;
@@ -352,6 +366,7 @@ impl Committer {
                 {
                     Ok(r) => {
                         report.appended += r.appended();
+                        report.behind_ms = report.behind_ms.max(behind_ms(&r, &created, clock));
                         report.left += r.outcomes.values().filter(|o| !o.is_done()).count();
                     }
                     Err(e) => {
@@ -364,13 +379,15 @@ impl Committer {
         tracing::info!(
             listed = report.listed,
             appended = report.appended,
+            behind_ms = report.behind_ms.unwrap_or(0),
             left = report.left,
             "swept"
         );
         report
     }
 
-    async fn list(&self, folder: &str) -> Result<Vec<StagedObject>, String> {
+    /// The Parquet objects under `folder`, each with its last-modified time (ms).
+    async fn list(&self, folder: &str) -> Result<Vec<(StagedObject, Option<i64>)>, String> {
         let mut out = Vec::new();
         let mut pages = self
             .s3
@@ -388,10 +405,14 @@ impl Committer {
             })?;
             for o in page.contents() {
                 if let Some(key) = o.key().filter(|k| k.ends_with(".parquet")) {
-                    out.push(StagedObject {
-                        key: key.to_string(),
-                        bytes: o.size().unwrap_or(0).max(0) as u64,
-                    });
+                    let modified = o.last_modified().and_then(|t| t.to_millis().ok());
+                    out.push((
+                        StagedObject {
+                            key: key.to_string(),
+                            bytes: o.size().unwrap_or(0).max(0) as u64,
+                        },
+                        modified,
+                    ));
                 }
             }
         }
@@ -415,6 +436,26 @@ fn outside_namespace(routes: &Routes, allowed: Option<&str>) -> Result<(), Strin
     Ok(())
 }
 
+/// How far the table was behind the oldest object this commit appended when the append was
+/// confirmed: now minus the object's creation (S3's notification time, or its last-modified
+/// time for the sweep). The loaders write the staged object right after PostgreSQL's commit
+/// (docs/exactly-once.md, step 6), so this is, within that step, the table's lag behind
+/// PostgreSQL for those events. `None` when nothing was
+/// appended or no creation time is known.
+fn behind_ms(
+    report: &streamload_table::commit::Report,
+    created: &HashMap<String, i64>,
+    clock: &dyn Clock,
+) -> Option<u64> {
+    report
+        .outcomes
+        .iter()
+        .filter(|(_, o)| **o == Outcome::Appended)
+        .filter_map(|(key, _)| created.get(key))
+        .min()
+        .map(|oldest| u64::try_from(clock.now_ms() - oldest).unwrap_or(0))
+}
+
 /// Staged objects one commit takes at most: each costs a claim read and a claim write, and
 /// its rows pass through the committer's memory on their way to the data files.
 pub const MAX_OBJECTS_PER_COMMIT: usize = 1000;
@@ -428,6 +469,8 @@ pub struct SweepReport {
     /// (or their notification) takes them.
     pub left: usize,
     pub failed_listings: usize,
+    /// How far behind the oldest object it appended the table was (ms): see [`behind_ms`].
+    pub behind_ms: Option<u64>,
 }
 
 #[cfg(test)]

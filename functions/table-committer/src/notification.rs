@@ -30,6 +30,9 @@ pub struct Created {
     pub bucket: String,
     pub key: String,
     pub size: u64,
+    /// When S3 created it (the record's `eventTime`), in ms since the epoch: the table's
+    /// freshness is measured from it.
+    pub created_ms: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -42,6 +45,8 @@ struct Notification {
 struct NotificationRecord {
     #[serde(rename = "eventName", default)]
     event_name: String,
+    #[serde(rename = "eventTime", default)]
+    event_time: Option<String>,
     s3: S3Entity,
 }
 
@@ -88,6 +93,11 @@ pub fn created_objects(body: &str) -> Result<Vec<Created>, String> {
             bucket: r.s3.bucket.name,
             key,
             size: r.s3.object.size,
+            created_ms: r
+                .event_time
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp_millis()),
         });
     }
     Ok(out)
@@ -134,11 +144,12 @@ mod tests {
     #[test]
     fn keys_are_decoded_and_only_created_objects_count() {
         let body = r#"{"Records":[
-          {"eventName":"ObjectCreated:CompleteMultipartUpload","s3":{"bucket":{"name":"b"},"object":{"key":"o/%C3%A9t%C3%A9.parquet","size":1}}},
+          {"eventName":"ObjectCreated:CompleteMultipartUpload","eventTime":"2024-03-01T10:15:00.250Z","s3":{"bucket":{"name":"b"},"object":{"key":"o/%C3%A9t%C3%A9.parquet","size":1}}},
           {"eventName":"ObjectRemoved:Delete","s3":{"bucket":{"name":"b"},"object":{"key":"o/x.parquet"}}}]}"#;
         let objects = created_objects(body).unwrap();
         assert_eq!(objects.len(), 1);
         assert_eq!(objects[0].key, "o/été.parquet");
+        assert_eq!(objects[0].created_ms, Some(1_709_288_100_250));
         assert!(created_objects("not json")
             .unwrap_err()
             .contains("not an S3 event"));

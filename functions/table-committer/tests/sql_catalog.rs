@@ -135,6 +135,7 @@ async fn the_sweep_commits_recent_staging_no_notification_named_and_skips_what_i
     let hour_ago = (now - chrono::Duration::hours(1)).to_rfc3339();
     let just_now = now.to_rfc3339();
     stage(&stack, "l-1", &[("o-1", 1, hour_ago.as_str())], 1).await;
+    let before_l2 = streamload_tests::now_ms();
     stage(&stack, "l-2", &[("o-2", 1, just_now.as_str())], 2).await;
     let keys = staged_keys(&stack).await;
     assert_eq!(keys.len(), 2);
@@ -151,12 +152,17 @@ async fn the_sweep_commits_recent_staging_no_notification_named_and_skips_what_i
     assert!(answer.batch_item_failures.is_empty());
     // When the scheduled sweep runs over the last 24 hours
     let report = committer.sweep(24, "sweep-1", &SystemClock).await;
+    let after_sweep = streamload_tests::now_ms();
     // Then it lists both, appends only the one the table lacked; each event once
     assert_eq!(
         (report.listed, report.appended, report.left),
         (2, 1, 0),
         "{report:?}"
     );
+    // and says how far behind its staged object the table was: no longer than the object has
+    // existed (S3's last-modified time has whole seconds)
+    let behind = report.behind_ms.expect("measured") as i64;
+    assert!(behind <= after_sweep - before_l2 + 1000, "{behind} ms");
     let view = read_back(&stack);
     assert_eq!(identities(&view), ["o-1#1", "o-2#1"]);
     assert_eq!(view["snapshots"], 2);
