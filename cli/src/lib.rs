@@ -11,6 +11,7 @@ pub mod init;
 pub mod kafka_group;
 pub mod ops;
 pub mod produce;
+pub mod queue;
 pub mod run;
 pub mod sandbox;
 pub mod source;

@@ -12,6 +12,46 @@ use streamload_cli::sandbox::FunctionSpec;
 use streamload_cli::verify::{self, Sinks};
 use streamload_cli::{CliError, Target};
 
+/// What `streamload run` polls: a stream or topic, or an SQS queue.
+#[derive(Debug, Clone)]
+enum RunTarget {
+    Stream(Target),
+    Queue(String),
+}
+
+impl std::str::FromStr for RunTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("sqs://") {
+            Some(name)
+                if !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) =>
+            {
+                Ok(RunTarget::Queue(name.to_owned()))
+            }
+            Some(_) => Err(format!(
+                "{s:?}: expected sqs://<queue name> (letters, digits, _ -)"
+            )),
+            None => s
+                .parse()
+                .map(RunTarget::Stream)
+                .map_err(|e| format!("{e}, or sqs://<queue>")),
+        }
+    }
+}
+
+impl std::fmt::Display for RunTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunTarget::Stream(t) => t.fmt(f),
+            RunTarget::Queue(q) => write!(f, "sqs://{q}"),
+        }
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "streamload",
@@ -111,12 +151,15 @@ enum Command {
         #[arg(long)]
         kpl: bool,
     },
-    /// Run a local event-source mapping: poll each shard/partition and invoke the real function binary through the Lambda Runtime API.
+    /// Run a local event-source mapping: poll each shard/partition (or an SQS queue) and invoke the real function binary through the Lambda Runtime API.
     ///
     /// Example: streamload run kinesis://clicks --function target/release/kinesis-loader --until-caught-up --on-failure "$ON_FAILURE_URL"
+    ///
+    /// Example: streamload run sqs://commits --function target/debug/table-committer --batch-size 1000 --batching-window-ms 5000 --until-caught-up
     Run {
-        target: Target,
-        /// The function binary (default: target/release/<kinesis|kafka>-loader)
+        /// kinesis://<stream>, kafka://<topic> or sqs://<queue> (the table committer's notifications)
+        target: RunTarget,
+        /// The function binary (default: target/release/<kinesis-loader|kafka-loader|table-committer>)
         #[arg(long)]
         function: Option<PathBuf>,
         #[arg(long, default_value_t = 100)]
@@ -149,6 +192,9 @@ enum Command {
         /// Kill each unit's sandbox mid-batch during its Nth invocation (chaos)
         #[arg(long)]
         kill_mid_batch: Option<u64>,
+        /// With --kill-mid-batch: this long into the invocation (SIGKILL)
+        #[arg(long, default_value_t = 30)]
+        kill_after_ms: u64,
         /// Checkpoint file (kept between runs)
         #[arg(long)]
         state: Option<PathBuf>,
@@ -557,6 +603,7 @@ async fn main_inner() -> Result<i32, CliError> {
             idle_seconds,
             max_duration_seconds,
             kill_mid_batch,
+            kill_after_ms,
             state,
             log_dir,
             invoke_endpoint,
@@ -569,9 +616,17 @@ async fn main_inner() -> Result<i32, CliError> {
                 return Err(CliError::Usage("--batch-size must be 1..=10000".into()));
             }
             let name = match &target {
-                Target::Kinesis(_) => "kinesis-loader",
-                Target::Kafka(_) => "kafka-loader",
+                RunTarget::Stream(Target::Kinesis(_)) => "kinesis-loader",
+                RunTarget::Stream(Target::Kafka(_)) => "kafka-loader",
+                RunTarget::Queue(_) => "table-committer",
             };
+            if matches!(target, RunTarget::Queue(_))
+                && !(1..=streamload_cli::queue::MAX_QUEUE_BATCH).contains(&batch_size)
+            {
+                return Err(CliError::Usage(
+                    "sqs: --batch-size must be 1..=10000".into(),
+                ));
+            }
             let binary =
                 function.unwrap_or_else(|| PathBuf::from(format!("target/release/{name}")));
             if invoke_endpoint.is_none() && !binary.exists() {
@@ -606,7 +661,7 @@ async fn main_inner() -> Result<i32, CliError> {
                 idle_before_stop: Duration::from_secs(idle_seconds),
                 max_duration: Duration::from_secs(max_duration_seconds),
                 on_failure_queue: on_failure,
-                kill_mid_batch: kill_mid_batch.map(|n| (n, Duration::from_millis(30))),
+                kill_mid_batch: kill_mid_batch.map(|n| (n, Duration::from_millis(kill_after_ms))),
                 state_file: state,
                 invoke_endpoint,
                 kafka_group: group,
@@ -632,7 +687,12 @@ async fn main_inner() -> Result<i32, CliError> {
                 }) as Arc<dyn Fn(&UnitStats) + Send + Sync>
             };
             let started = std::time::Instant::now();
-            let stats = run::run_target(&target, &options, &broker, progress).await?;
+            let stats = match &target {
+                RunTarget::Stream(t) => run::run_target(t, &options, &broker, progress).await?,
+                RunTarget::Queue(q) => {
+                    vec![streamload_cli::queue::run_queue(q, &options, &*progress).await?]
+                }
+            };
             let _ = multi.clear();
             let done: u64 = stats.iter().map(|s| s.records_done).sum();
             if json {
