@@ -69,7 +69,8 @@ impl CommitterConfig {
                 "COMMIT_LEASE_SECONDS {lease} must be between 10 and 900"
             )));
         }
-        let call_timeout = number("CATALOG_CALL_TIMEOUT_SECONDS", 20)?;
+        // 20 s, or half a shorter lease: a call given up on leaves time to retry within it.
+        let call_timeout = number("CATALOG_CALL_TIMEOUT_SECONDS", 20.min(lease / 2))?;
         if !(1..lease).contains(&call_timeout) {
             return Err(StartError::Config(format!(
                 "CATALOG_CALL_TIMEOUT_SECONDS {call_timeout} must be at least 1 and below COMMIT_LEASE_SECONDS ({lease})"
@@ -508,6 +509,10 @@ mod tests {
         assert_eq!(config.settings.lease, Duration::from_secs(120));
         assert_eq!(config.settings.retention, Duration::from_secs(120 * 3600));
         assert_eq!(config.deadlines.catalog, Duration::from_secs(20));
+        // and a short lease shortens the default deadline instead of refusing to start
+        let short = with(&[("COMMIT_LEASE_SECONDS", "20")]);
+        let config = CommitterConfig::from_lookup(lookup(&short)).expect("valid");
+        assert_eq!(config.deadlines.catalog, Duration::from_secs(10));
         assert_eq!(
             config.catalog,
             CatalogSettings::Glue {
