@@ -82,8 +82,8 @@ pub fn read_routes(path: &Path) -> Result<Routes, CliError> {
 pub fn table_ddl(route: &Route) -> String {
     let mut columns: Vec<String> = route
         .table_columns()
-        .map(|(_, c)| {
-            let not_null = if c.required { " NOT NULL" } else { "" };
+        .map(|(i, c)| {
+            let not_null = if route.not_null(i) { " NOT NULL" } else { "" };
             format!("{} {}{not_null}", quote(&c.name), c.ty.sql_type())
         })
         .collect();

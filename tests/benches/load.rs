@@ -35,7 +35,11 @@ fn rows_of<'a>(
 ) -> Vec<Row<'a>> {
     values
         .into_iter()
-        .map(|values| Row { route, values })
+        .map(|values| Row {
+            route,
+            values,
+            unavailable: &[],
+        })
         .collect()
 }
 
@@ -288,7 +292,7 @@ async fn main() {
         let mapped: Vec<_> = wide
             .map_batch(&batch.records, 1 << 20)
             .into_iter()
-            .map(|m| m.unwrap())
+            .map(|m| m.unwrap().unwrap())
             .collect();
         let rows = rows_of(wide.get(0), mapped.iter().map(|m| m.values.as_slice()));
         let t = Instant::now();

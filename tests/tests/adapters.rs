@@ -315,6 +315,7 @@ async fn database_errors_name_the_constraint_but_never_the_row() {
     let row = Row {
         route: routes.get(0),
         values: &values,
+        unavailable: &[],
     };
     // When it is upserted
     let refused = sink
@@ -429,7 +430,14 @@ async fn row_contract<R: streamload_core::ports::RowSink>(
         event_row("c2", refusing_user),
         event_row("c3", "u-3"),
     ];
-    let batch: Vec<Row<'_>> = values.iter().map(|v| Row { route, values: v }).collect();
+    let batch: Vec<Row<'_>> = values
+        .iter()
+        .map(|v| Row {
+            route,
+            values: v,
+            unavailable: &[],
+        })
+        .collect();
     // When they are upserted, Then only the second is refused, by its index
     let refused = rows
         .upsert(&batch, now_ms() + 10_000)
@@ -439,7 +447,14 @@ async fn row_contract<R: streamload_core::ports::RowSink>(
     assert_eq!(refused.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1]);
     // When the first again, and the third with another value, are upserted (a redelivery)
     let again = [event_row("c1", "u-1"), event_row("c3", "u-changed")];
-    let batch: Vec<Row<'_>> = again.iter().map(|v| Row { route, values: v }).collect();
+    let batch: Vec<Row<'_>> = again
+        .iter()
+        .map(|v| Row {
+            route,
+            values: v,
+            unavailable: &[],
+        })
+        .collect();
     assert!(rows
         .upsert(&batch, now_ms() + 10_000)
         .await
@@ -537,7 +552,14 @@ async fn superseded_contract<R: streamload_core::ports::RowSink>(
         ]
     };
     let upsert = async |values: &[Vec<Value>]| {
-        let batch: Vec<Row<'_>> = values.iter().map(|v| Row { route, values: v }).collect();
+        let batch: Vec<Row<'_>> = values
+            .iter()
+            .map(|v| Row {
+                route,
+                values: v,
+                unavailable: &[],
+            })
+            .collect();
         rows.upsert(&batch, now_ms() + 10_000).await.unwrap()
     };
     // Given o-1's first event in the table

@@ -162,6 +162,7 @@ async fn a_session_abandoned_mid_transaction_is_never_handed_to_the_next_invocat
         vec![Row {
             route,
             values: &m.values,
+            unavailable: &m.unavailable,
         }]
     }
     p.rows

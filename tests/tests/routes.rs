@@ -518,9 +518,9 @@ fn the_example_event_file_is_a_kinesis_event_of_the_orders_stream() {
     assert_eq!(batch.records.len(), 4);
     let routes = streamload_runtime::parse_routes(EXAMPLE, "example").unwrap();
     let mapped = routes.map_batch(&batch.records, 1 << 20);
-    assert!(mapped[..3]
-        .iter()
-        .all(|m| m.as_ref().is_ok_and(|m| m.route == 1)));
+    assert!(mapped[..3].iter().all(|m| m
+        .as_ref()
+        .is_ok_and(|m| m.as_ref().is_some_and(|m| m.route == 1))));
     assert!(mapped[3].is_err());
 }
 

@@ -120,6 +120,7 @@ fn mapped(routes: &Routes, batch: &Batch) -> Vec<Mapped> {
         .map_batch(&batch.records, DEFAULT_MAX_RECORD_BYTES)
         .into_iter()
         .flatten()
+        .flatten()
     {
         out.push(m);
     }

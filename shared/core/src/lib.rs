@@ -7,6 +7,7 @@
 //! narrow traits in [`ports`], so the protocol can be tested with in-memory fakes and run
 //! unchanged against the real adapters.
 
+pub mod cdc;
 pub mod clock;
 pub mod dead_letter;
 pub mod encode;

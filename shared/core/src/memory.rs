@@ -251,6 +251,15 @@ impl RowSink for MemoryRows {
                 }
             };
             if replace {
+                // A change's unavailable columns keep what the row holds, as in PostgreSQL.
+                let mut values = values;
+                if let Some(old) = stored.get(&slot) {
+                    for &i in r.unavailable {
+                        if let Some(t) = table_index(i) {
+                            values[t] = old.values[t].clone();
+                        }
+                    }
+                }
                 let writes = stored.get(&slot).map_or(0, |e| e.writes);
                 stored.insert(
                     slot,

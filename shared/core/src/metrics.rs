@@ -18,6 +18,8 @@ pub struct BatchSummary {
     pub duplicates: usize,
     pub poison: usize,
     pub failed: usize,
+    /// Records with nothing to load (a change route's tombstones).
+    pub skipped: usize,
     pub duration_ms: u64,
     /// Milliseconds from `created_at` to load, one value per loaded record.
     pub latency_from_created_ms: Vec<i64>,
@@ -193,6 +195,7 @@ impl BatchSummary {
                         metric("RecordsReceived", "Count"),
                         metric("RecordsLoaded", "Count"),
                         metric("RecordsDuplicate", "Count"),
+                        metric("RecordsSkipped", "Count"),
                         metric("RecordsPoison", "Count"),
                         metric("RecordsFailed", "Count"),
                         metric("BatchDuration", "Milliseconds"),
@@ -206,6 +209,7 @@ impl BatchSummary {
         doc.insert("RecordsReceived".into(), self.received.into());
         doc.insert("RecordsLoaded".into(), self.loaded.into());
         doc.insert("RecordsDuplicate".into(), self.duplicates.into());
+        doc.insert("RecordsSkipped".into(), self.skipped.into());
         doc.insert("RecordsPoison".into(), self.poison.into());
         doc.insert("RecordsFailed".into(), self.failed.into());
         doc.insert("BatchDuration".into(), self.duration_ms.into());
@@ -233,6 +237,7 @@ mod tests {
             duplicates: 1,
             poison: 1,
             failed: 0,
+            skipped: 0,
             duration_ms: 12,
             latency_from_created_ms: (0..1000).collect(),
             latency_from_arrival_ms: vec![5],

@@ -160,6 +160,9 @@ pub trait DedupStore: Send + Sync {
 pub struct Row<'a> {
     pub route: &'a Route,
     pub values: &'a [Value],
+    /// Columns the event does not carry (a change event's unchanged TOASTed columns): the
+    /// table keeps what it holds there. Empty for other events.
+    pub unavailable: &'a [usize],
 }
 
 /// A row the database refused for a reason that belongs to the row itself (a constraint, a

@@ -20,6 +20,7 @@ struct TableColumn {
     /// `format_type`, for messages and numeric typmods: `numeric(12,2)`.
     formatted: String,
     not_null_without_default: bool,
+    not_null: bool,
 }
 
 /// Table types a column of route type `ty` can be written to without loss.
@@ -110,7 +111,8 @@ async fn table_columns(
             "SELECT a.attname::text, a.attnum, \
                     CASE WHEN t.typtype = 'd' THEN bt.typname ELSE t.typname END::text, \
                     format_type(a.atttypid, a.atttypmod), \
-                    a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '' \
+                    a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '', \
+                    a.attnotnull \
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
              LEFT JOIN pg_type bt ON bt.oid = t.typbasetype \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
@@ -127,6 +129,7 @@ async fn table_columns(
                     type_name: r.get(2),
                     formatted: r.get(3),
                     not_null_without_default: r.get(4),
+                    not_null: r.get(5),
                 },
             )
         })
@@ -167,7 +170,7 @@ async fn check_route(client: &Client, route: &Route) -> Result<Vec<String>, Chec
         }
         columns = table_columns(client, oid).await?;
     }
-    for (_, c) in route.table_columns() {
+    for (i, c) in route.table_columns() {
         let Some(found) = columns.get(&c.name) else {
             problems.push(at(format!(
                 "column {:?} is missing from table {table:?} (add it, or set auto_migrate = \"add-columns\")",
@@ -175,6 +178,12 @@ async fn check_route(client: &Client, route: &Route) -> Result<Vec<String>, Chec
             )));
             continue;
         };
+        if route.cdc.is_some() && found.not_null && !route.not_null(i) {
+            problems.push(at(format!(
+                "column {:?} is NOT NULL in table {table:?}, but a [route.cdc] route's delete keeps the row with its key only: drop NOT NULL (ALTER TABLE … ALTER COLUMN … DROP NOT NULL)",
+                c.name
+            )));
+        }
         if !compatible(c.ty, &found.type_name) {
             problems.push(at(format!(
                 "column {:?} is {} in table {table:?}, which a {} column cannot be written to \

@@ -762,6 +762,16 @@ async fn copy_rows(
                 .iter()
                 .map(|&(i, ty)| Cell::Value(&r.values[i], ty)),
         );
+        if sql.unavailable {
+            cells.push(Cell::Unavailable((!r.unavailable.is_empty()).then(|| {
+                let names: Vec<&str> = r
+                    .unavailable
+                    .iter()
+                    .map(|&i| r.route.columns[i].name.as_str())
+                    .collect();
+                format!(",{},", names.join(","))
+            })));
+        }
         cells.push(Cell::Ord(ord as i32));
         let refs: Vec<&(dyn ToSql + Sync)> =
             cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();

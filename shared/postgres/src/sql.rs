@@ -6,7 +6,7 @@
 
 use bytes::BufMut;
 use std::collections::HashMap;
-use streamload_core::route::{quote, ColumnType, Merge, Route, Value};
+use streamload_core::route::{quote, ColumnSource, ColumnType, Merge, Route, Value};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 /// The session temp table where the refused rows found by [`RouteSql::isolate`] are noted.
@@ -52,6 +52,9 @@ pub struct RouteSql {
     pub types: Vec<Type>,
     /// The route's table columns (index into the route's values) and their types.
     pub columns: Vec<(usize, ColumnType)>,
+    /// A `[route.cdc]` route: the stage has a `streamload_unavailable` column after the
+    /// values (`,name,name,` of the columns a change did not carry), before the ordinal.
+    pub unavailable: bool,
 }
 
 /// The type a value is staged as. `numeric` is staged as its exact decimal text and cast in
@@ -97,16 +100,28 @@ impl RouteSql {
         let columns: Vec<(usize, ColumnType)> =
             route.table_columns().map(|(i, c)| (i, c.ty)).collect();
         let name = |i: usize| quote(&route.columns[i].name);
+        let unavailable = route.cdc.is_some();
         let stage_cols: Vec<String> = columns
             .iter()
             .map(|&(i, ty)| format!("{} {}", name(i), stage_type(ty).name()))
+            .chain(unavailable.then(|| "streamload_unavailable text".to_owned()))
             .chain(std::iter::once("streamload_ord integer".to_owned()))
             .collect();
-        let stage_ddl = format!(
+        let mut stage_ddl = format!(
             "CREATE TEMP TABLE IF NOT EXISTS {stage} ({}) ON COMMIT DELETE ROWS",
             stage_cols.join(", ")
         );
-        let list: Vec<String> = columns.iter().map(|&(i, _)| name(i)).collect();
+        let mut list: Vec<String> = columns.iter().map(|&(i, _)| name(i)).collect();
+        if unavailable {
+            list.push("streamload_unavailable".into());
+            // The merge looks a change's unavailable columns up by key (below).
+            let keys: Vec<String> = route.key.iter().map(|&i| name(i)).collect();
+            stage_ddl.push_str(&format!(
+                ";\nCREATE INDEX IF NOT EXISTS streamload_unavailable_ix_{} ON {stage} ({})",
+                route.index,
+                keys.join(", ")
+            ));
+        }
         let copy = format!(
             "COPY {stage} ({}, streamload_ord) FROM STDIN (FORMAT binary)",
             list.join(", ")
@@ -139,10 +154,48 @@ impl RouteSql {
             }
             Merge::KeepFirst => format!("{compared}, streamload_ord"),
         };
+        // A change's unchanged TOASTed column arrives null and named in the stage's
+        // `streamload_unavailable`: the row keeps its value (looked up only for a null).
+        let keep_unavailable = |i: usize| -> Option<String> {
+            let position = route
+                .columns
+                .iter()
+                .position(|c| c.name == streamload_core::route::cdc::POSITION_COLUMN)?;
+            let c = &route.columns[i];
+            if !unavailable || matches!(c.source, ColumnSource::Meta(_)) || route.key.contains(&i) {
+                return None;
+            }
+            let staged_keys: Vec<String> = route
+                .key
+                .iter()
+                .map(|&k| match key_types.get(&k) {
+                    Some(ty) => format!("CAST(u.{} AS {ty})", name(k)),
+                    None => format!("u.{}", name(k)),
+                })
+                .collect();
+            let excluded_keys: Vec<String> = route
+                .key
+                .iter()
+                .map(|&k| format!("EXCLUDED.{}", name(k)))
+                .collect();
+            Some(format!(
+                "{c} = CASE WHEN EXCLUDED.{c} IS NULL AND EXISTS (SELECT 1 FROM {stage} u \
+                 WHERE ({}) = ({}) AND CAST(u.{p} AS numeric) = EXCLUDED.{p} \
+                 AND position(',{raw},' in u.streamload_unavailable) > 0) \
+                 THEN cur.{c} ELSE EXCLUDED.{c} END",
+                staged_keys.join(", "),
+                excluded_keys.join(", "),
+                c = name(i),
+                p = name(position),
+                raw = c.name,
+            ))
+        };
         let mut set: Vec<String> = columns
             .iter()
             .filter(|(i, _)| !route.key.contains(i))
-            .map(|&(i, _)| format!("{0} = EXCLUDED.{0}", name(i)))
+            .map(|&(i, _)| {
+                keep_unavailable(i).unwrap_or_else(|| format!("{0} = EXCLUDED.{0}", name(i)))
+            })
             .collect();
         if let Some(u) = &route.updated_at_column {
             set.push(format!("{} = now()", quote(u)));
@@ -228,6 +281,7 @@ impl RouteSql {
         let types = columns
             .iter()
             .map(|&(_, ty)| stage_type(ty))
+            .chain(unavailable.then_some(Type::TEXT))
             .chain(std::iter::once(Type::INT4))
             .collect();
         Self {
@@ -242,6 +296,7 @@ impl RouteSql {
             superseded,
             types,
             columns,
+            unavailable,
         }
     }
 }
@@ -341,6 +396,8 @@ const PG_EPOCH_OFFSET_DAYS: i32 = 10_957;
 #[derive(Debug)]
 pub(crate) enum Cell<'a> {
     Value(&'a Value, ColumnType),
+    /// `,name,name,` of a change's unavailable columns; NULL when there are none.
+    Unavailable(Option<String>),
     /// The record's place in the batch, which decides between two rows of one key.
     Ord(i32),
 }
@@ -354,6 +411,11 @@ impl ToSql for Cell<'_> {
         let v = match self {
             Cell::Ord(n) => {
                 out.put_i32(*n);
+                return Ok(IsNull::No);
+            }
+            Cell::Unavailable(None) => return Ok(IsNull::Yes),
+            Cell::Unavailable(Some(names)) => {
+                out.extend_from_slice(names.as_bytes());
                 return Ok(IsNull::No);
             }
             Cell::Value(v, _) => v,

@@ -208,6 +208,7 @@ where
             .map(|e| Row {
                 route: routes.get(e.route),
                 values: &e.values,
+                unavailable: &e.unavailable,
             })
             .collect();
         let upsert_until = Until::fenced(work.clock, cutoff + 200, work.fence);

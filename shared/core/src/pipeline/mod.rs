@@ -160,6 +160,8 @@ pub enum RecordOutcome {
     DeadLettered(PoisonKind),
     /// Transient failure: the event-source mapping must redeliver it.
     Failed(FailureCause),
+    /// Nothing to load, by design: a change route's tombstone (the null value after a delete).
+    Skipped,
 }
 
 /// The result of one batch.
@@ -375,9 +377,14 @@ where
             .settings
             .routes
             .map_batch(&batch.records, self.settings.max_record_bytes);
-        for verdict in verdicts {
+        let mut skipped = Vec::new();
+        for (i, verdict) in verdicts.into_iter().enumerate() {
             work.slots.push(match verdict {
-                Ok(event) => Slot {
+                Ok(None) => {
+                    skipped.push(i);
+                    Slot::default()
+                }
+                Ok(Some(event)) => Slot {
                     event: Some(event),
                     ..Slot::default()
                 },
@@ -386,6 +393,10 @@ where
                     ..Slot::default()
                 },
             });
+        }
+
+        for i in skipped {
+            work.finish(i, RecordOutcome::Skipped);
         }
 
         // 2. Collapse duplicates inside the batch: the first copy wins.
@@ -509,6 +520,7 @@ fn summarise(
             RecordOutcome::Duplicate | RecordOutcome::DuplicateInBatch => s.duplicates += 1,
             RecordOutcome::DeadLettered(_) => s.poison += 1,
             RecordOutcome::Failed(_) => s.failed += 1,
+            RecordOutcome::Skipped => s.skipped += 1,
         }
     }
     s

@@ -24,6 +24,7 @@
 //! assert_eq!(routes.get(0).claim_prefix, "rt:orders:");
 //! ```
 
+pub mod cdc;
 mod extract;
 pub mod iceberg;
 pub mod value;
@@ -33,6 +34,7 @@ pub use value::{ColumnType, EpochUnit, Value};
 use crate::event::{Poison, PoisonKind, MAX_EVENT_ID_BYTES};
 use crate::record::{Origin, SourceRecord, SourceUnit};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use bytes::Bytes;
 use extract::{ExtractError, Node};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -89,6 +91,9 @@ pub struct RouteSpec {
     /// `[route.iceberg]`: the Iceberg table the table committer builds from the staged objects.
     #[serde(default)]
     pub iceberg: Option<iceberg::IcebergSpec>,
+    /// `[route.cdc]`: the records are Debezium change events of one source table.
+    #[serde(default)]
+    pub cdc: Option<cdc::CdcSpec>,
     #[serde(rename = "column", default)]
     pub columns: Vec<ColumnSpec>,
 }
@@ -183,6 +188,8 @@ pub enum Meta {
     PartitionKey,
     Arrival,
     SchemaId,
+    /// A change event's op, position or delete flag (`[route.cdc]` routes only).
+    Change(cdc::ChangeMeta),
 }
 
 impl Meta {
@@ -200,7 +207,7 @@ impl Meta {
             "@partition_key" => Meta::PartitionKey,
             "@arrival" => Meta::Arrival,
             "@schema_id" => Meta::SchemaId,
-            _ => return None,
+            other => Meta::Change(cdc::ChangeMeta::parse(other)?),
         })
     }
 
@@ -213,6 +220,7 @@ impl Meta {
             Meta::Sequence => matches!(ty, T::Numeric { .. } | T::Text),
             Meta::SubSequence => matches!(ty, T::Integer | T::Bigint | T::Text),
             Meta::Timestamp | Meta::Arrival => matches!(ty, T::Timestamptz { .. } | T::Bigint),
+            Meta::Change(m) => m.fits(ty),
             _ => matches!(ty, T::Text),
         }
     }
@@ -278,6 +286,8 @@ pub struct Route {
     pub search: Option<crate::search::IndexPlan>,
     /// The Iceberg table the committer appends the staged objects to (`[route.iceberg]`).
     pub iceberg: Option<iceberg::IcebergPlan>,
+    /// `[route.cdc]`: the records are change events of this dialect ([`crate::cdc`]).
+    pub cdc: Option<crate::cdc::CdcDialect>,
     root: Node,
     slots: usize,
     lake_schema: SchemaRef,
@@ -310,6 +320,9 @@ pub struct Mapped {
     pub event_time_us: i64,
     /// One value per route column, in column order.
     pub values: Vec<Value>,
+    /// Columns whose value the event does not carry (a change event's unchanged TOASTed
+    /// column): null here, and the table keeps its stored value. Empty for other events.
+    pub unavailable: Vec<usize>,
 }
 
 /// The names of the lineage columns every Parquet object ends with.
@@ -463,7 +476,7 @@ impl Routes {
         &self,
         records: &[SourceRecord],
         max_record_bytes: usize,
-    ) -> Vec<Result<Mapped, Poison>> {
+    ) -> Vec<Result<Option<Mapped>, Poison>> {
         let mut last: Option<(&Arc<SourceUnit>, Option<&Route>)> = None;
         records
             .iter()
@@ -494,7 +507,7 @@ impl Routes {
                             source_name(record)
                         ),
                     }),
-                    Some(route) => route.map(record, max_record_bytes),
+                    Some(route) => route.map_record(record, max_record_bytes),
                 }
             })
             .collect()
@@ -539,6 +552,7 @@ pub fn builtin_spec(table: &str, lake_prefix: &str) -> RouteSpec {
         updated_at_column: Some("updated_at".into()),
         index: None,
         iceberg: None,
+        cdc: None,
         columns: vec![
             col("event_id", "text", true, false),
             col("user_id", "text", true, false),
@@ -552,6 +566,11 @@ pub fn builtin_spec(table: &str, lake_prefix: &str) -> RouteSpec {
 }
 
 fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
+    let with_changes = cdc::with_change_columns(spec)?;
+    let (spec, cdc) = match &with_changes {
+        Some((compiled, dialect)) => (compiled, Some(*dialect)),
+        None => (spec, None),
+    };
     let mut problems = Vec::new();
     let route = &spec.name;
     let mut bad = |what: String| problems.push(format!("route {route:?}: {what}"));
@@ -910,7 +929,20 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
     if spec.table.is_none() && spec.updated_at_column.is_some() {
         problems.push(format!("route {route:?}: updated_at_column needs a table"));
     }
-    let lake_plan = lake_schema(&columns, &identity);
+    // A delete carries its key only: on a change route the other columns may be null in
+    // every sink, whatever `required` says of an upsert.
+    let nullable: Vec<bool> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let not_null = c.required
+                && (cdc.is_none()
+                    || key.contains(&i)
+                    || matches!(c.source, ColumnSource::Meta(Meta::Change(_))));
+            !(identity.contains(&i) || not_null)
+        })
+        .collect();
+    let lake_plan = lake_schema(&columns, &identity, &nullable);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -939,6 +971,7 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
         auto_migrate,
         search,
         iceberg,
+        cdc,
         root,
         slots,
         lake_schema,
@@ -953,6 +986,7 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
 fn lake_schema(
     columns: &[Column],
     identity: &[usize],
+    nullable: &[bool],
 ) -> Result<(SchemaRef, LakeProperties), parquet::errors::ParquetError> {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     let mut fields: Vec<Field> = columns
@@ -973,7 +1007,7 @@ fn lake_schema(
                 ColumnType::Timestamptz { .. } => ts.clone(),
                 ColumnType::Date => DataType::Date32,
             };
-            Field::new(&c.name, ty, !(c.required || identity.contains(&i)))
+            Field::new(&c.name, ty, nullable[i])
         })
         .collect();
     fields.push(Field::new("source_unit", DataType::Utf8, false));
@@ -1049,6 +1083,17 @@ impl Route {
     }
 
     /// Columns written to the table, with their indices.
+    /// Whether column `i` is `NOT NULL` in the route's table: a required column, except, on a
+    /// `[route.cdc]` route, one outside the key and the change columns (a delete's image may
+    /// hold its key only).
+    pub fn not_null(&self, i: usize) -> bool {
+        let c = &self.columns[i];
+        c.required
+            && (self.cdc.is_none()
+                || self.key.contains(&i)
+                || matches!(c.source, ColumnSource::Meta(Meta::Change(_))))
+    }
+
     pub fn table_columns(&self) -> impl Iterator<Item = (usize, &Column)> {
         self.columns
             .iter()
@@ -1057,8 +1102,27 @@ impl Route {
     }
 
     /// Decodes `record` and maps it to this route's columns, or says why it can never load.
+    /// A change route's tombstone is poison here; [`Route::map_record`] skips it.
     pub fn map(&self, record: &SourceRecord, max_record_bytes: usize) -> Result<Mapped, Poison> {
+        self.map_record(record, max_record_bytes)?.ok_or_else(|| {
+            poison(
+                PoisonKind::Tombstone,
+                "a change event tombstone, which carries no change".into(),
+            )
+        })
+    }
+
+    /// As [`Route::map`], with `Ok(None)` for a record with nothing to load: a `[route.cdc]`
+    /// route's tombstone (the null value Debezium sends after a delete).
+    pub fn map_record(
+        &self,
+        record: &SourceRecord,
+        max_record_bytes: usize,
+    ) -> Result<Option<Mapped>, Poison> {
         let Some(data) = &record.data else {
+            if self.cdc.is_some() {
+                return Ok(None);
+            }
             return Err(poison(
                 PoisonKind::Tombstone,
                 "record has a null value (tombstone), which is not an event".into(),
@@ -1079,6 +1143,31 @@ impl Route {
                 format!("not UTF-8 (invalid byte at offset {})", e.valid_up_to()),
             )
         })?;
+        // A change event's columns come from its row image, re-encoded as one JSON object.
+        let change = match self.cdc {
+            None => None,
+            Some(dialect) => match crate::cdc::decode(data, dialect) {
+                Ok(None) => return Ok(None),
+                Ok(Some(change)) => Some(change),
+                Err(e) => {
+                    return Err(poison(
+                        PoisonKind::Validation,
+                        format!("route {:?}: {e}", self.name),
+                    ))
+                }
+            },
+        };
+        let row: Option<Bytes> = change
+            .as_ref()
+            .map(|c| Bytes::from(serde_json::to_vec(&c.row).unwrap_or_default()));
+        let (data, text) = match &row {
+            Some(bytes) => (bytes, std::str::from_utf8(bytes).unwrap_or("{}")),
+            None => (data, text),
+        };
+        let deleting = change
+            .as_ref()
+            .is_some_and(|c| c.op == crate::cdc::ChangeOp::Delete);
+        let mut unavailable = Vec::new();
         let mut captures: Vec<Option<&str>> = vec![None; self.slots];
         extract::extract(&self.root, text, &mut captures).map_err(|e| match e {
             ExtractError::NotJson(line, column) => poison(
@@ -1092,11 +1181,27 @@ impl Route {
             ),
         })?;
         let mut values = Vec::with_capacity(self.columns.len());
-        for c in &self.columns {
+        for (i, c) in self.columns.iter().enumerate() {
+            if let (Some(change), ColumnSource::Pointer(p)) = (&change, &c.source) {
+                if change
+                    .unavailable
+                    .iter()
+                    .any(|name| cdc::is_pointer_to(p, name))
+                {
+                    // Unchanged and not sent: the table keeps what it holds.
+                    unavailable.push(i);
+                    values.push(Value::Null);
+                    continue;
+                }
+            }
             let converted = match (&c.source, c.slot) {
                 (ColumnSource::Pointer(_), Some(slot)) => match captures[slot] {
                     None => Ok(Value::Null),
                     Some(raw) => value::convert(c.ty, raw, data),
+                },
+                (ColumnSource::Meta(Meta::Change(m)), _) => match &change {
+                    Some(change) => m.value(c.ty, change),
+                    None => Ok(Value::Null),
                 },
                 (ColumnSource::Meta(m), _) => meta_value(*m, c.ty, record),
                 _ => Ok(Value::Null),
@@ -1107,7 +1212,12 @@ impl Route {
                     format!("route {:?}: column {:?} {why}", self.name, c.name),
                 )
             })?;
-            if c.required && v.is_null() {
+            // A delete's image may hold its key only.
+            let required = c.required
+                && !(deleting
+                    && !self.key.contains(&i)
+                    && !matches!(c.source, ColumnSource::Meta(Meta::Change(_))));
+            if required && v.is_null() {
                 return Err(poison(
                     PoisonKind::Validation,
                     format!(
@@ -1116,7 +1226,7 @@ impl Route {
                     ),
                 ));
             }
-            if c.required && matches!(&v, Value::Text(t) if t.trim().is_empty()) {
+            if required && matches!(&v, Value::Text(t) if t.trim().is_empty()) {
                 return Err(poison(
                     PoisonKind::Validation,
                     format!(
@@ -1130,6 +1240,8 @@ impl Route {
         let claim_key = self.claim_key(&values)?;
         let event_time_us = match self.event_time.map(|i| &values[i]) {
             Some(Value::Timestamp(us)) => *us,
+            // A delete whose image lacks the event time: partitioned by arrival.
+            Some(Value::Null) if deleting => record.arrival_ms.unwrap_or(0) * 1000,
             Some(_) => {
                 return Err(poison(
                     PoisonKind::Validation,
@@ -1142,12 +1254,13 @@ impl Route {
             }
             None => record.arrival_ms.unwrap_or(0) * 1000,
         };
-        Ok(Mapped {
+        Ok(Some(Mapped {
             route: self.index,
             claim_key,
             event_time_us,
             values,
-        })
+            unavailable,
+        }))
     }
 
     fn claim_key(&self, values: &[Value]) -> Result<String, Poison> {
@@ -1419,7 +1532,7 @@ mod tests {
         );
         // When the batch is mapped
         let mapped = routes.map_batch(std::slice::from_ref(&record), DEFAULT_MAX_RECORD_BYTES);
-        let m = mapped[0].as_ref().unwrap();
+        let m = mapped[0].as_ref().unwrap().as_ref().unwrap();
         // Then it took the first matching route, and each column has its typed value
         assert_eq!(m.route, 0);
         assert_eq!(m.claim_key, r#"rt:orders:["o-1","2"]"#);
@@ -1447,7 +1560,7 @@ mod tests {
             br#"{"id":"6f9619ff-8b86-d011-b42d-00c04fc964ff"}"#,
         );
         let m = routes.map_batch(std::slice::from_ref(&other), DEFAULT_MAX_RECORD_BYTES);
-        assert_eq!(m[0].as_ref().unwrap().route, 1);
+        assert_eq!(m[0].as_ref().unwrap().as_ref().unwrap().route, 1);
         let mut file: ConfigFile = serde_json::from_str(ORDERS).unwrap();
         file.route.pop();
         let only_orders = Routes::compile(&file).unwrap();
