@@ -111,9 +111,10 @@ impl RouteSql {
             "CREATE TEMP TABLE IF NOT EXISTS {stage} ({}) ON COMMIT DELETE ROWS",
             stage_cols.join(", ")
         );
-        let mut list: Vec<String> = columns.iter().map(|&(i, _)| name(i)).collect();
+        let list: Vec<String> = columns.iter().map(|&(i, _)| name(i)).collect();
+        let mut copied = list.clone();
         if unavailable {
-            list.push("streamload_unavailable".into());
+            copied.push("streamload_unavailable".into());
             // The merge looks a change's unavailable columns up by key (below).
             let keys: Vec<String> = route.key.iter().map(|&i| name(i)).collect();
             stage_ddl.push_str(&format!(
@@ -124,7 +125,7 @@ impl RouteSql {
         }
         let copy = format!(
             "COPY {stage} ({}, streamload_ord) FROM STDIN (FORMAT binary)",
-            list.join(", ")
+            copied.join(", ")
         );
         let select: Vec<String> = columns
             .iter()
