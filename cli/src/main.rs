@@ -150,6 +150,9 @@ enum Command {
         /// Kinesis: pack the records into KPL aggregates (AWS's aggregation format, grouped per shard, at most 51,200 bytes of records each), as the Kinesis Producer Library sends them
         #[arg(long)]
         kpl: bool,
+        /// Send these records as they are instead (JSON lines of {"key": …, "value": … or null for a tombstone}: a connector's output, say; examples/cdc)
+        #[arg(long, conflicts_with_all = ["routes", "manifest"])]
+        file: Option<PathBuf>,
     },
     /// Run a local event-source mapping: poll each shard/partition (or an SQS queue) and invoke the real function binary through the Lambda Runtime API.
     ///
@@ -550,7 +553,31 @@ async fn main_inner() -> Result<i32, CliError> {
             sets,
             seed,
             kpl,
+            file,
         } => {
+            if let Some(file) = file {
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+                let records = produce::records_of_file(&text)
+                    .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+                let broker = streamload_cli::broker(broker.as_deref());
+                if create {
+                    match &target {
+                        Target::Kinesis(stream) => {
+                            let (client, _) = streamload_cli::kinesis_client().await;
+                            produce::create_kinesis(&client, stream, partitions).await?;
+                        }
+                        Target::Kafka(topic) => {
+                            let client = streamload_cli::kafka_client(&broker).await?;
+                            produce::create_kafka(&client, &broker, topic, partitions).await?;
+                        }
+                    }
+                }
+                let writer = produce::StreamWriter::connect(&target, &broker, kpl).await?;
+                let sent = writer.send(&records).await?;
+                println!("{target}: {sent} records from {}", file.display());
+                return Ok(0);
+            }
             let shape = match (routes, route) {
                 (Some(file), Some(name)) => {
                     let text = std::fs::read_to_string(&file).map_err(|e| {

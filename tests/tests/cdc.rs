@@ -301,3 +301,70 @@ async fn mysql_flattened_changes_order_by_binlog_file_then_position() {
     // Then each key holds its newest change by (file, pos, row)
     assert_eq!(rows(&stack).await, ["5|new@x|∅|u|f", "6|gone@x|∅|d|t"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cdc_example_loads_as_its_readme_says() {
+    // Given examples/cdc's route and its connector output, one batch per partition of two
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cdc");
+    let mut stack = TestStack::new("cdcex", false).await;
+    stack.use_routes(&std::fs::read_to_string(format!("{root}/routes.toml")).unwrap());
+    stack
+        .pg
+        .batch_execute(
+            "CREATE TABLE customers (id bigint PRIMARY KEY, first_name text, last_name text, \
+             email text, cdc_op text NOT NULL, cdc_position numeric(38,0) NOT NULL, \
+             cdc_deleted boolean NOT NULL)",
+        )
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(format!("{root}/changes.jsonl")).unwrap();
+    let mut offsets = [0i64; 2];
+    let records: Vec<(i32, i64, Option<String>)> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let doc: serde_json::Value = serde_json::from_str(line).unwrap();
+            let partition = (doc["key"]["id"].as_i64().unwrap() % 2) as i32;
+            offsets[partition as usize] += 1;
+            let value = (!doc["value"].is_null()).then(|| doc["value"].to_string());
+            (partition, offsets[partition as usize], value)
+        })
+        .collect();
+    // When the loader takes them
+    let r = stack
+        .pipeline()
+        .await
+        .process(&batch(&records), &invocation("ex", Duration::from_secs(30)))
+        .await;
+    // Then the table is the README's, the tombstones skipped and the truncate dead-lettered
+    let table: Vec<String> = stack
+        .pg
+        .query(
+            "SELECT concat_ws('|', id, coalesce(first_name, ''), coalesce(email, ''), cdc_op, cdc_deleted) \
+             FROM customers ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        table,
+        [
+            "1001|Sally|sally@acme.com|u|f",
+            "1002|||d|t",
+            "1003|||d|t",
+            "1004|Anne|annek@noanswer.org|c|f",
+            "1005|Edward|ed@walker.com|c|f"
+        ]
+    );
+    let count = |o: &RecordOutcome| r.outcomes.iter().filter(|x| *x == o).count();
+    assert_eq!(count(&RecordOutcome::Skipped), 3);
+    assert_eq!(
+        count(&RecordOutcome::DeadLettered(
+            streamload_core::PoisonKind::Validation
+        )),
+        1
+    );
+}

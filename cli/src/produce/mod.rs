@@ -18,6 +18,7 @@
 //! - `rng.rs`: the seeded generator every choice comes from;
 //! - `kinesis.rs`, `kafka.rs`, `writer.rs`: creating the stream or topic and sending to it, paced.
 
+mod file;
 mod generator;
 mod kafka;
 mod keys;
@@ -33,6 +34,7 @@ mod test_routes;
 mod values;
 mod writer;
 
+pub use file::records_of_file;
 pub use generator::{plan, plan_route, Generator, ProduceOptions, OUT_OF_ORDER_WINDOW};
 pub use kafka::{create_kafka, partition_of};
 pub use kinesis::{

@@ -81,7 +81,8 @@ impl StreamWriter {
                     by_partition[partition_of(&r.key, partitions.len())].push(
                         rskafka::record::Record {
                             key: Some(r.key.clone().into_bytes()),
-                            value: Some(r.bytes.clone()),
+                            // An empty record is sent as a tombstone (a null value).
+                            value: (!r.bytes.is_empty()).then(|| r.bytes.clone()),
                             headers: Default::default(),
                             timestamp: chrono::Utc::now(),
                         },
