@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, QueueAttributeName};
 use serde_json::{json, Value};
 
-use crate::run::{init_error_text, start_backoff, RunOptions, UnitStats};
+use crate::run::{start_backoff, FailedStarts, RunOptions, UnitStats};
 use crate::sandbox::{Outcome, Sandbox};
 use crate::CliError;
 
@@ -132,8 +132,7 @@ pub async fn run_queue(
     let batch_size = settings.batch_size.min(MAX_QUEUE_BATCH);
     let started = Instant::now();
     let mut last_message = Instant::now();
-    let mut failed_starts: u32 = 0;
-    let mut last_init_error = String::new();
+    let mut starts = FailedStarts::default();
     loop {
         if started.elapsed() > options.max_duration {
             stats.last_result = format!("stopped: --max-duration ({})", stats.last_result);
@@ -170,21 +169,7 @@ pub async fn run_queue(
             .await;
         stats.invocations += 1;
         stats.sandboxes_started = sandbox.starts;
-        match &outcome {
-            Outcome::InitError(body) => {
-                failed_starts += 1;
-                let text = init_error_text(body);
-                if text != last_init_error {
-                    eprintln!(
-                        "{queue}: the function failed to start: {text} (log: {}); retrying with back-off",
-                        log_path.display()
-                    );
-                    last_init_error = text;
-                }
-            }
-            Outcome::Crashed(_) if kill.is_none() => failed_starts += 1,
-            _ => failed_starts = 0,
-        }
+        starts.after(&outcome, kill.is_some(), queue, &log_path);
         let kept = kept_ids(&outcome, &ids);
         let done: Vec<&Message> = batch
             .iter()
@@ -204,7 +189,7 @@ pub async fn run_queue(
             }
         };
         progress(&stats);
-        let wait = start_backoff(failed_starts);
+        let wait = start_backoff(starts.in_a_row);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }

@@ -121,6 +121,36 @@ pub const START_BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between two failed starts.
 pub const START_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// Starts of a sandbox that failed in a row (an init error, or a crash no chaos asked for),
+/// and the last init error said in the terminal: what the next invocation waits for.
+#[derive(Debug, Default)]
+pub struct FailedStarts {
+    pub in_a_row: u32,
+    last_init_error: String,
+}
+
+impl FailedStarts {
+    /// Counts `outcome` (of a sandbox killed on purpose when `killed`), saying a new init
+    /// error once in the terminal, not only in the function's log at `log`.
+    pub fn after(&mut self, outcome: &Outcome, killed: bool, unit: &str, log: &std::path::Path) {
+        match outcome {
+            Outcome::InitError(body) => {
+                self.in_a_row += 1;
+                let text = init_error_text(body);
+                if text != self.last_init_error {
+                    eprintln!(
+                        "{unit}: the function failed to start: {text} (log: {}); retrying with back-off",
+                        log.display()
+                    );
+                    self.last_init_error = text;
+                }
+            }
+            Outcome::Crashed(_) if !killed => self.in_a_row += 1,
+            _ => self.in_a_row = 0,
+        }
+    }
+}
+
 /// The wait before the next invocation after `failed_starts` starts in a row failed.
 pub fn start_backoff(failed_starts: u32) -> Duration {
     if failed_starts == 0 {
@@ -202,10 +232,9 @@ pub async fn run_unit<U: Unit>(
     let mut last_record = Instant::now();
     // Starts in a row that failed (an init error or a crash before any answer), and the last
     // init error printed.
-    let mut failed_starts: u32 = 0;
+    let mut starts = FailedStarts::default();
     // Source reads in a row that failed.
     let mut read_failures: u32 = 0;
-    let mut last_init_error = String::new();
     let log_path = sandbox_log(&options.function, &unit.name());
     loop {
         if started.elapsed() > options.max_duration {
@@ -292,23 +321,7 @@ pub async fn run_unit<U: Unit>(
         };
         stats.invocations += 1;
         stats.sandboxes_started = sandbox.starts;
-        match &outcome {
-            Outcome::InitError(body) => {
-                failed_starts += 1;
-                let text = init_error_text(body);
-                if text != last_init_error {
-                    // Said in the terminal once, not only in the function's log.
-                    eprintln!(
-                        "{}: the function failed to start: {text} (log: {}); retrying with back-off",
-                        unit.name(),
-                        log_path.display()
-                    );
-                    last_init_error = text;
-                }
-            }
-            Outcome::Crashed(_) if kill.is_none() => failed_starts += 1,
-            _ => failed_starts = 0,
-        }
+        starts.after(&outcome, kill.is_some(), &unit.name(), &log_path);
         let answer = answer_of(&unit, n, &outcome);
         match &answer {
             Answer::Success => stats.last_result = format!("ok ({n})"),
@@ -346,7 +359,7 @@ pub async fn run_unit<U: Unit>(
         unit.flush().await?;
         stats.lag = unit.lag().unwrap_or(0);
         progress(&stats);
-        let wait = start_backoff(failed_starts);
+        let wait = start_backoff(starts.in_a_row);
         if !wait.is_zero() {
             let left = options.max_duration.saturating_sub(started.elapsed());
             tokio::time::sleep(wait.min(left)).await;

@@ -28,6 +28,20 @@ async fn glue_stack(tag: &str) -> (streamload_tests::TestStack, String) {
     (stack, database)
 }
 
+/// Two orders of two days, staged by the real loader in one batch.
+async fn stage_two_orders(stack: &streamload_tests::TestStack) {
+    stage(
+        stack,
+        "l-1",
+        &[
+            ("o-1", 1, "2024-03-01T10:15:00Z"),
+            ("o-2", 1, "2024-03-02T11:20:00Z"),
+        ],
+        1,
+    )
+    .await;
+}
+
 fn glue_settings(stack: &streamload_tests::TestStack) -> CatalogSettings {
     CatalogSettings::Glue {
         warehouse: format!("s3://{}/warehouse", stack.name),
@@ -70,16 +84,7 @@ async fn glue_table(
 async fn staged_objects_land_once_in_a_glue_table_with_its_timestamptz_columns() {
     // Given staged orders (every staged object has `timestamptz` columns) and no Glue database
     let (stack, database) = glue_stack("iceglue").await;
-    stage(
-        &stack,
-        "l-1",
-        &[
-            ("o-1", 1, "2024-03-01T10:15:00Z"),
-            ("o-2", 1, "2024-03-02T11:20:00Z"),
-        ],
-        1,
-    )
-    .await;
+    stage_two_orders(&stack).await;
     let first = staged_keys(&stack).await;
     let mut config = committer_config(&stack);
     config.catalog = glue_settings(&stack);
@@ -133,16 +138,7 @@ async fn a_glue_update_that_never_answers_is_given_up_on_and_the_append_lands_on
     // Given staged orders, Glue behind the fault proxy, and the first `UpdateTable` (the
     // append) black-holed: never forwarded, never answered
     let (stack, database) = glue_stack("iceglhang").await;
-    stage(
-        &stack,
-        "l-1",
-        &[
-            ("o-1", 1, "2024-03-01T10:15:00Z"),
-            ("o-2", 1, "2024-03-02T11:20:00Z"),
-        ],
-        1,
-    )
-    .await;
+    stage_two_orders(&stack).await;
     let keys = staged_keys(&stack).await;
     let _one_at_a_time = GLUE_ENDPOINT.lock().await;
     let proxy = stack.fault_proxy().await;
