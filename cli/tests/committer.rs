@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use streamload_cli::esm::MappingSettings;
 use streamload_cli::queue::run_queue;
-use streamload_cli::sandbox::FunctionSpec;
+use streamload_cli::sandbox::{FunctionSpec, Outcome, Sandbox};
 use streamload_tests::TestStack;
 
 const ROUTE: &str = r#"
@@ -255,4 +255,72 @@ async fn a_committer_killed_during_its_catalog_commit_is_found_in_the_log_and_no
     ids.sort();
     expected.sort();
     assert_eq!(ids, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_committer_binary_runs_the_schedules_sweep_input() {
+    // Given two orders staged in the last hour that no notification named
+    let mut stack = TestStack::new("clisweep", false).await;
+    stack.use_routes(ROUTE);
+    stack.config.database = streamload_runtime::DatabaseSource::Unset;
+    let now = chrono::Utc::now().to_rfc3339();
+    let records: Vec<(u64, Vec<u8>)> = (0..2u64)
+        .map(|i| {
+            let order =
+                serde_json::json!({"order_id": format!("s-{i}"), "revision": 1, "placed_at": now});
+            (i + 1, serde_json::to_vec(&order).unwrap())
+        })
+        .collect();
+    let r = stack
+        .pipeline()
+        .await
+        .process(
+            &streamload_tests::kinesis_batch(&records),
+            &streamload_tests::invocation("l-0", Duration::from_secs(30)),
+        )
+        .await;
+    assert!(r.failures.is_empty(), "{r:?}");
+    let route_file = match &stack.config.routes {
+        streamload_runtime::RoutesSource::File(p) => p.clone(),
+        other => panic!("{other:?}"),
+    };
+    let env: Vec<(String, String)> = [
+        ("STREAMLOAD_CONFIG", route_file),
+        ("DEDUP_TABLE", stack.config.dedup_table.clone()),
+        ("OUTPUT_BUCKET", stack.config.output_bucket.clone()),
+        ("STREAMLOAD_CATALOG", "sql".into()),
+        ("STREAMLOAD_CATALOG_URI", stack.database_url.clone()),
+        (
+            "STREAMLOAD_WAREHOUSE",
+            format!("s3://{}/warehouse", stack.name),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut sandbox = Sandbox::new(FunctionSpec {
+        binary: loader("table-committer"),
+        name: "table-committer".into(),
+        env,
+        log: std::env::temp_dir().join(format!("{}.log", stack.name)),
+    })
+    .await
+    .expect("a sandbox");
+    // When the binary is invoked with the template's Sweep input
+    let outcome = sandbox
+        .invoke(
+            r#"{"streamload_sweep": {"hours": 2}}"#.into(),
+            Duration::from_secs(60),
+            None,
+        )
+        .await;
+    sandbox.kill().await;
+    // Then it answers the sweep's report, and the table holds both orders
+    let Outcome::Response(body) = outcome else {
+        panic!("{outcome:?}");
+    };
+    let report: serde_json::Value = serde_json::from_str(&body).expect("a JSON report");
+    assert_eq!(report["appended"], 1, "{body}");
+    let view = read_back(&stack);
+    assert_eq!(view["rows"].as_array().map(Vec::len), Some(2));
 }

@@ -457,6 +457,69 @@ fn behind_ms(
         .map(|oldest| u64::try_from(clock.now_ms() - oldest).unwrap_or(0))
 }
 
+/// What one invocation of the committer is: a batch of the SQS mapping (S3 notifications), or
+/// the schedule's sweep (`{"streamload_sweep": {"hours": N}}`, the template's `Sweep` input).
+#[derive(Debug)]
+pub enum Invocation {
+    Notifications(SqsEvent),
+    Sweep { hours: u32 },
+}
+
+impl Invocation {
+    /// Reads an invocation's payload; anything else is an error naming what was expected.
+    ///
+    /// ```
+    /// use table_committer::Invocation;
+    /// let sweep = serde_json::json!({"streamload_sweep": {"hours": 3}});
+    /// assert!(matches!(Invocation::parse(sweep), Ok(Invocation::Sweep { hours: 3 })));
+    /// let batch = serde_json::json!({"Records": [{"messageId": "m-1", "body": "{}"}]});
+    /// assert!(matches!(Invocation::parse(batch), Ok(Invocation::Notifications(_))));
+    /// ```
+    pub fn parse(payload: serde_json::Value) -> Result<Self, String> {
+        if let Some(sweep) = payload.get("streamload_sweep") {
+            let hours = sweep
+                .get("hours")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|h| u32::try_from(h).ok())
+                .filter(|h| (1..=MAX_SWEEP_HOURS).contains(h))
+                .ok_or_else(|| {
+                    format!(
+                        "streamload_sweep.hours must be a whole number from 1 to {MAX_SWEEP_HOURS}"
+                    )
+                })?;
+            return Ok(Invocation::Sweep { hours });
+        }
+        serde_json::from_value(payload)
+            .map(Invocation::Notifications)
+            .map_err(|e| format!("neither an SQS batch nor a streamload_sweep: {e}"))
+    }
+}
+
+/// The longest look-back of a sweep: a week of event-time hours (each costs a listing per
+/// route).
+pub const MAX_SWEEP_HOURS: u32 = 168;
+
+impl Committer {
+    /// Runs one invocation; the answer is the mapping's partial-batch response, or the
+    /// sweep's report.
+    pub async fn invoke(
+        &self,
+        invocation: Invocation,
+        request_id: &str,
+        clock: &dyn Clock,
+    ) -> serde_json::Value {
+        match invocation {
+            Invocation::Notifications(event) => {
+                serde_json::to_value(self.handle(&event, request_id, clock).await)
+            }
+            Invocation::Sweep { hours } => {
+                serde_json::to_value(self.sweep(hours, request_id, clock).await)
+            }
+        }
+        .unwrap_or_default()
+    }
+}
+
 /// Staged objects one commit takes at most: each costs a claim read and a claim write, and
 /// its rows pass through the committer's memory on their way to the data files.
 pub const MAX_OBJECTS_PER_COMMIT: usize = 1000;
@@ -538,6 +601,23 @@ mod tests {
         );
         assert_eq!(outside_namespace(&routes, Some("streamload")), Ok(()));
         assert_eq!(outside_namespace(&routes, None), Ok(()));
+    }
+
+    #[test]
+    fn a_sweep_without_sensible_hours_or_an_unknown_payload_is_refused_saying_why() {
+        for bad in [
+            serde_json::json!({"streamload_sweep": {}}),
+            serde_json::json!({"streamload_sweep": {"hours": 0}}),
+            serde_json::json!({"streamload_sweep": {"hours": 1000}}),
+        ] {
+            let e = Invocation::parse(bad).unwrap_err();
+            assert!(e.starts_with("streamload_sweep.hours must be"), "{e}");
+        }
+        let e = Invocation::parse(serde_json::json!({"Records": "x"})).unwrap_err();
+        assert!(
+            e.starts_with("neither an SQS batch nor a streamload_sweep"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -484,7 +484,7 @@ pub fn runtime_builder(threads: usize, pacing: Option<PacingConfig>) -> tokio::r
 }
 
 /// Posts `/runtime/init/error` when running under the Lambda Runtime API.
-async fn report_init_error(message: &str) {
+pub async fn report_init_error(message: &str) {
     if std::env::var("AWS_LAMBDA_RUNTIME_API").is_err() {
         return;
     }
