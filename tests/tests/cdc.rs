@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine;
+use streamload_core::ports::SearchIndex;
 use streamload_core::RecordOutcome;
 use streamload_tests::{invocation, TestStack};
 
@@ -367,4 +368,77 @@ async fn the_cdc_example_loads_as_its_readme_says() {
         )),
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_search_index_keeps_a_deletes_document_against_a_late_older_update() {
+    use streamload_aws::{SearchAuth, SearchClient};
+    // Given the customers route also writing a search index
+    let url = std::env::var("STREAMLOAD_SEARCH_URL").expect("STREAMLOAD_SEARCH_URL (make stack)");
+    let mut stack = TestStack::new("cdcix", false).await;
+    let index = format!("{}-customers", stack.name.to_lowercase());
+    stack.use_routes(&route("postgresql").replace(
+        "[route.cdc]",
+        &format!(
+            "auto_migrate = \"add-columns\"\n\n[route.index]\nname = \"{index}\"\n\n[route.cdc]"
+        ),
+    ));
+    stack.config.search = Some(streamload_runtime::SearchSettings {
+        url: url.clone(),
+        auth: streamload_runtime::SearchAuthSource::None,
+    });
+    stack.pg.batch_execute(CUSTOMERS_DDL).await.unwrap();
+    let p = stack.pipeline().await;
+    // When 2 is created and deleted, and an update older than the delete arrives late from
+    // another partition
+    for (n, records) in [
+        vec![
+            (
+                0,
+                1,
+                pg(
+                    "c",
+                    "null",
+                    r#"{"id":2,"email":"two@x","bio":null}"#,
+                    Some(150),
+                    160,
+                ),
+            ),
+            (0, 2, pg("d", r#"{"id":2}"#, "null", Some(190), 200)),
+            (0, 3, None),
+        ],
+        vec![(
+            1,
+            1,
+            pg(
+                "u",
+                "null",
+                r#"{"id":2,"email":"late@x","bio":null}"#,
+                Some(160),
+                165,
+            ),
+        )],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = p
+            .process(
+                &batch(&records),
+                &invocation(&format!("ix{n}"), Duration::from_secs(30)),
+            )
+            .await;
+        assert!(r.failures.is_empty(), "{r:?}");
+    }
+    // Then the index, like the table, holds the delete: its document at the delete's LSN
+    let client = SearchClient::new(&url, SearchAuth::None, None).unwrap();
+    let doc = client
+        .document(&index, "2")
+        .await
+        .unwrap()
+        .expect("2's document");
+    assert_eq!(doc.version, 201);
+    assert_eq!(doc.source["cdc_deleted"], true, "{:?}", doc.source);
+    assert_eq!(doc.source["cdc_op"], "d");
+    assert_eq!(rows(&stack).await, ["2|∅|∅|d|t"]);
 }

@@ -116,11 +116,6 @@ pub(super) fn with_change_columns(
             "route {route:?}: a [route.cdc] route's identity is its key and {POSITION_COLUMN}; remove identity"
         ));
     }
-    if spec.index.is_some() {
-        problems.push(format!(
-            "route {route:?}: [route.index] on a [route.cdc] route is not supported yet (source positions are wider than the index's 63-bit external versions)"
-        ));
-    }
     for c in &spec.columns {
         if [OP_COLUMN, POSITION_COLUMN, DELETED_COLUMN].contains(&c.name.as_str())
             || ChangeMeta::parse(&c.from).is_some()
@@ -279,10 +274,6 @@ type = "text"
             (
                 CUSTOMERS.replace("[route.cdc]", "identity = [\"/id\"]\n[route.cdc]"),
                 "remove identity",
-            ),
-            (
-                CUSTOMERS.replace("[route.cdc]", "[route.index]\nname = \"c\"\n[route.cdc]"),
-                "[route.index] on a [route.cdc] route is not supported yet",
             ),
             (
                 CUSTOMERS.replace("name = \"bio\"", "name = \"cdc_op\""),

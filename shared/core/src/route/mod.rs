@@ -892,6 +892,7 @@ fn compile_route(index: usize, spec: &RouteSpec) -> Result<Route, Vec<String>> {
             identity: &identity,
             merge,
             event_time,
+            cdc,
         };
         crate::search::IndexPlan::compile(index, &facts)
             .map_err(|p| {

@@ -235,6 +235,8 @@ pub struct RouteFacts<'a> {
     pub identity: &'a [usize],
     pub merge: Merge,
     pub event_time: Option<usize>,
+    /// A `[route.cdc]` route: its `newest_by` is the change position.
+    pub cdc: Option<crate::cdc::CdcDialect>,
 }
 
 impl IndexPlan {
@@ -305,7 +307,12 @@ impl IndexPlan {
         }
         let (write, version_column) = match route.merge {
             Merge::KeepFirst => (WriteMode::Create, None),
-            Merge::NewestBy(n) => match VersionOf::for_column(route.columns[n].ty) {
+            Merge::NewestBy(n) => match route
+                .cdc
+                .map(VersionOf::ChangePosition)
+                .ok_or("")
+                .or_else(|_| VersionOf::for_column(route.columns[n].ty))
+            {
                 Ok(v) => (WriteMode::External(v), Some(n)),
                 Err(ty) => {
                     problems.push(format!(

@@ -31,6 +31,12 @@ pub enum VersionOf {
     Date,
     /// `numeric(p ≤ 18, s)`: the unscaled value plus 10^18.
     Numeric,
+    /// A `[route.cdc]` route's `cdc_position` (128 bits), narrowed to what orders one key's
+    /// changes — the index compares versions per document, that is per key: PostgreSQL, the
+    /// change's LSN (a row's next change waits for the lock of the transaction before it, so
+    /// its LSN is higher); MySQL, binlog file number (15 bits), pos (32 bits) and row (16
+    /// bits). Plus one; a position outside that range has no version.
+    ChangePosition(crate::cdc::CdcDialect),
 }
 
 impl VersionOf {
@@ -72,6 +78,12 @@ impl VersionOf {
                     unscaled: Some(u), ..
                 },
             ) => u + NUMERIC_OFFSET,
+            (
+                VersionOf::ChangePosition(dialect),
+                Value::Numeric {
+                    unscaled: Some(u), ..
+                },
+            ) => change_version(dialect, *u)?,
             _ => return Err("the newest_by value is not of its column's type"),
         };
         match u64::try_from(v) {
@@ -79,6 +91,26 @@ impl VersionOf {
             _ => Err("the newest_by value is out of the index's version range"),
         }
     }
+}
+
+/// The 63-bit part of a change position that orders one key's changes (see
+/// [`VersionOf::ChangePosition`]), plus one.
+fn change_version(dialect: crate::cdc::CdcDialect, position: i128) -> Result<i128, &'static str> {
+    const OUT: &str = "the change's source position is beyond the index's 63-bit versions";
+    let position = u128::try_from(position).map_err(|_| OUT)?;
+    let low = position & u128::from(u64::MAX);
+    let narrowed = match dialect {
+        crate::cdc::CdcDialect::Postgres => low,
+        crate::cdc::CdcDialect::Mysql => {
+            let file = position >> 64;
+            // `low` is pos << 16 | row: pos must fit 32 bits, the file number 15.
+            if low >= 1 << 48 || file >= 1 << 15 {
+                return Err(OUT);
+            }
+            file << 48 | low
+        }
+    };
+    i128::try_from(narrowed + 1).map_err(|_| OUT)
 }
 
 #[cfg(test)]
@@ -177,5 +209,37 @@ mod tests {
         ] {
             assert!(VersionOf::for_column(ty).is_err(), "{ty:?}");
         }
+    }
+
+    #[test]
+    fn change_positions_narrow_to_versions_that_keep_one_keys_order() {
+        use crate::cdc::{CdcDialect, ChangePosition};
+        let numeric = |p: ChangePosition| Value::Numeric {
+            text: p.to_decimal_string().into(),
+            unscaled: i128::try_from(p.as_u128()).ok(),
+        };
+        let pg = VersionOf::ChangePosition(CdcDialect::Postgres);
+        // Given two changes of one PostgreSQL key: the later one has the higher LSN
+        let earlier = numeric(ChangePosition::postgres(24_023_119, 24_023_128));
+        let later = numeric(ChangePosition::postgres(24_023_160, 24_023_168));
+        // Then their versions are the LSNs plus one, in the same order
+        assert_eq!(pg.version(&earlier), Ok(24_023_129));
+        assert!(pg.version(&earlier).unwrap() < pg.version(&later).unwrap());
+        // MySQL: a binlog rollover at a smaller pos still orders after the old file
+        let my = VersionOf::ChangePosition(CdcDialect::Mysql);
+        let old = numeric(ChangePosition::mysql(9, 9_999, 0).unwrap());
+        let new = numeric(ChangePosition::mysql(10, 4, 0).unwrap());
+        let row1 = numeric(ChangePosition::mysql(10, 4, 1).unwrap());
+        let (o, n, r) = (
+            my.version(&old).unwrap(),
+            my.version(&new).unwrap(),
+            my.version(&row1).unwrap(),
+        );
+        assert!(o < n && n < r, "{o} {n} {r}");
+        // and a position past the narrowed range has no version, saying so
+        let far = numeric(ChangePosition::mysql(1 << 15, 4, 0).unwrap());
+        assert!(my.version(&far).unwrap_err().contains("63-bit"));
+        let wide = numeric(ChangePosition::mysql(1, 1 << 40, 0).unwrap());
+        assert!(my.version(&wide).is_err());
     }
 }
