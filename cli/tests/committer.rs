@@ -61,6 +61,29 @@ async fn slow_catalog_commits(stack: &TestStack) {
         .expect("the slow-commit trigger");
 }
 
+/// The committer's environment for `stack`: its route file, claims, bucket, and the SQL
+/// catalog in its database with the warehouse in its bucket.
+fn committer_env(stack: &TestStack) -> Vec<(String, String)> {
+    let route_file = match &stack.config.routes {
+        streamload_runtime::RoutesSource::File(p) => p.clone(),
+        other => panic!("{other:?}"),
+    };
+    [
+        ("STREAMLOAD_CONFIG", route_file),
+        ("DEDUP_TABLE", stack.config.dedup_table.clone()),
+        ("OUTPUT_BUCKET", stack.config.output_bucket.clone()),
+        ("STREAMLOAD_CATALOG", "sql".into()),
+        ("STREAMLOAD_CATALOG_URI", stack.database_url.clone()),
+        (
+            "STREAMLOAD_WAREHOUSE",
+            format!("s3://{}/warehouse", stack.name),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 fn read_back(stack: &TestStack) -> serde_json::Value {
     let root = workspace();
     let out = std::process::Command::new(root.join(".venv/bin/python"))
@@ -145,11 +168,10 @@ async fn a_committer_killed_during_its_catalog_commit_is_found_in_the_log_and_no
         .await
         .expect("notifications");
     let routes = streamload_runtime::parse_routes(ROUTE, "test").expect("routes");
-    let warehouse = format!("s3://{}/warehouse", stack.name);
     let catalog = streamload_iceberg::connect(
         &streamload_iceberg::CatalogSettings::Sql {
             uri: stack.database_url.clone(),
-            warehouse: warehouse.clone(),
+            warehouse: format!("s3://{}/warehouse", stack.name),
         },
         streamload_iceberg::storage_props(|k| std::env::var(k).ok()),
     )
@@ -190,23 +212,9 @@ async fn a_committer_killed_during_its_catalog_commit_is_found_in_the_log_and_no
     // When the mapping runs the real committer binary, one notification per invocation (the
     // first is S3's test event), and SIGKILLs its sandbox 2 s into the second invocation, the
     // first staged object's: inside its 3 s COMMIT
-    let route_file = match &stack.config.routes {
-        streamload_runtime::RoutesSource::File(p) => p.clone(),
-        other => panic!("{other:?}"),
-    };
-    let env: Vec<(String, String)> = [
-        ("STREAMLOAD_CONFIG", route_file),
-        ("DEDUP_TABLE", stack.config.dedup_table.clone()),
-        ("OUTPUT_BUCKET", stack.config.output_bucket.clone()),
-        ("STREAMLOAD_CATALOG", "sql".into()),
-        ("STREAMLOAD_CATALOG_URI", stack.database_url.clone()),
-        ("STREAMLOAD_WAREHOUSE", warehouse),
-        ("COMMIT_LEASE_SECONDS", "10".into()),
-        ("CATALOG_CALL_TIMEOUT_SECONDS", "8".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let mut env = committer_env(&stack);
+    env.push(("COMMIT_LEASE_SECONDS".into(), "10".into()));
+    env.push(("CATALOG_CALL_TIMEOUT_SECONDS".into(), "8".into()));
     let mut o = options(
         FunctionSpec {
             binary: loader("table-committer"),
@@ -280,24 +288,7 @@ async fn the_committer_binary_runs_the_schedules_sweep_input() {
         )
         .await;
     assert!(r.failures.is_empty(), "{r:?}");
-    let route_file = match &stack.config.routes {
-        streamload_runtime::RoutesSource::File(p) => p.clone(),
-        other => panic!("{other:?}"),
-    };
-    let env: Vec<(String, String)> = [
-        ("STREAMLOAD_CONFIG", route_file),
-        ("DEDUP_TABLE", stack.config.dedup_table.clone()),
-        ("OUTPUT_BUCKET", stack.config.output_bucket.clone()),
-        ("STREAMLOAD_CATALOG", "sql".into()),
-        ("STREAMLOAD_CATALOG_URI", stack.database_url.clone()),
-        (
-            "STREAMLOAD_WAREHOUSE",
-            format!("s3://{}/warehouse", stack.name),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let env = committer_env(&stack);
     let mut sandbox = Sandbox::new(FunctionSpec {
         binary: loader("table-committer"),
         name: "table-committer".into(),
