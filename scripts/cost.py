@@ -38,12 +38,16 @@ LAMBDA_ARM64_GB_SECOND = 0.0000133334
 # DynamoDB reduces prices for on-demand throughput and global tables"). Provisioned capacity
 # and storage prices were not changed by that cut.
 DYNAMODB_ON_DEMAND_WRU_PER_MILLION = 0.625
+# On-demand reads were halved with the writes (same announcement): $0.125 per million RRU.
+DYNAMODB_ON_DEMAND_RRU_PER_MILLION = 0.125
 DYNAMODB_WCU_HOUR = 0.00065
 DYNAMODB_RCU_HOUR = 0.00013
 DYNAMODB_STORAGE_GB_MONTH = 0.25
 DYNAMODB_PITR_GB_MONTH = 0.20
 # Amazon S3 Standard (aws.amazon.com/s3/pricing, 2025): PUT, COPY, POST, LIST per 1,000.
 S3_PUT_PER_THOUSAND = 0.005
+# GET, SELECT and all other requests per 1,000.
+S3_GET_PER_THOUSAND = 0.0004
 # Amazon SQS standard queue (aws.amazon.com/sqs/pricing, 2025), per million requests.
 SQS_REQUEST_PER_MILLION = 0.40
 # Amazon CloudWatch (aws.amazon.com/cloudwatch/pricing, 2025): custom metric (first 10,000),
@@ -193,13 +197,14 @@ class Options:
     nat_gateways: int = 0
     epu_hour_usd: float = KAFKA_EPU_HOUR
     pollers_per_epu: int = KAFKA_POLLERS_PER_EPU
-    # Features of this round not built yet (off by default; --with-* prices them).
+    # Optional features (off by default; --with-* prices them).
     lease_heartbeat: bool = False
     search_domain: bool = False
     search_ms_per_batch: float = 30.0
     table_committer: bool = False
     committer_interval_seconds: float = 60.0
-    committer_seconds_per_commit: float = 2.0
+    # BENCHMARKS.md §6 run Q: a minute's staging (120 objects) committed in about 1.0 s.
+    committer_seconds_per_commit: float = 1.0
     s3_tables: bool = False
     s3_tables_retention_days: float = 30.0
 
@@ -350,22 +355,31 @@ def estimate(params: dict[str, str], rate: float, opts: Options) -> Estimate:
         beats = gb_seconds * 1024 / memory
         add(Item("DynamoDB lease renewals (upper bound)", beats / 1e6 * DYNAMODB_ON_DEMAND_WRU_PER_MILLION,
                  f"at most {beats / 1e6:,.2f} M writes: one per invocation-second (none under 1.25 s)"))
-    # ---- this round's other features, NOT BUILT YET: priced only when asked for (--with-*)
+    # ---- the optional sinks: priced only when asked for (--with-*)
     if opts.search_domain:
         extra = batches * opts.search_ms_per_batch / 1000 * memory / 1024
-        add(Item("Search domain bulk requests (not built yet)", extra * LAMBDA_ARM64_GB_SECOND,
+        add(Item("Search index bulk requests (in the loader)", extra * LAMBDA_ARM64_GB_SECOND,
                  f"{batches / 1e6:,.2f} M _bulk requests, {opts.search_ms_per_batch:g} ms each in the loader; the domain's own hours are yours"))
     if opts.table_committer:
+        # One table per route (objects_per_batch counts the routes' objects of a batch); the
+        # template's committer has 1,024 MB.
         commits = SECONDS_PER_MONTH / opts.committer_interval_seconds * max(1, round(opts.objects_per_batch))
-        add(Item("Table committer invocations (not built yet)",
-                 commits / 1e6 * LAMBDA_REQUEST_PER_MILLION + commits * opts.committer_seconds_per_commit * 0.5 * LAMBDA_ARM64_GB_SECOND,
-                 f"{commits:,.0f} commits a month (one per table every {opts.committer_interval_seconds:g} s, 512 MB, {opts.committer_seconds_per_commit:g} s)"))
+        add(Item("Table committer invocations",
+                 commits / 1e6 * LAMBDA_REQUEST_PER_MILLION + commits * opts.committer_seconds_per_commit * 1.0 * LAMBDA_ARM64_GB_SECOND,
+                 f"{commits:,.0f} commits a month (one per table every {opts.committer_interval_seconds:g} s, 1,024 MB, {opts.committer_seconds_per_commit:g} s measured)"))
+        # Per staged object: a claim read, a conditional put and a mark (docs/exactly-once.md,
+        # "The table committer"), and one GET of the object.
+        add(Item("Table committer claims (DynamoDB)",
+                 puts * 2 / 1e6 * DYNAMODB_ON_DEMAND_WRU_PER_MILLION + puts / 1e6 * DYNAMODB_ON_DEMAND_RRU_PER_MILLION,
+                 f"{puts / 1e6:,.2f} M staged objects: 2 writes and 1 read each"))
+        add(Item("Table committer reads of staged objects (S3 GET)", puts / 1000 * S3_GET_PER_THOUSAND,
+                 f"{puts / 1e6:,.2f} M GETs"))
     if opts.s3_tables:
         stored = rate * opts.event_bytes * opts.parquet_ratio * 86400 * opts.s3_tables_retention_days / 1e9
         monthly_gb = rate * opts.event_bytes * opts.parquet_ratio * SECONDS_PER_MONTH / 1e9
-        add(Item("S3 Tables storage (not built yet)", stored * S3_TABLES_GB_MONTH,
+        add(Item("S3 Tables storage", stored * S3_TABLES_GB_MONTH,
                  f"{stored:,.0f} GB kept {opts.s3_tables_retention_days:g} days (ASSUMED ${S3_TABLES_GB_MONTH}/GB-month)"))
-        add(Item("S3 Tables maintenance (not built yet)",
+        add(Item("S3 Tables maintenance",
                  monthly_gb * S3_TABLES_COMPACTION_GB + puts / 1000 * (S3_TABLES_COMPACTION_PER_THOUSAND_OBJECTS + S3_TABLES_MONITORING_PER_THOUSAND_OBJECTS),
                  f"compaction of {monthly_gb:,.0f} GB and {puts / 1e6:,.2f} M objects (ASSUMED prices)"))
     return est
@@ -454,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     for feature, text in (("search-domain", "a search domain's bulk requests"),
                           ("table-committer", "the table committer's invocations"),
                           ("s3-tables", "S3 Tables storage and maintenance")):
-        ap.add_argument(f"--with-{feature}", action="store_true", help=f"price {text} (not built yet; off by default)")
+        ap.add_argument(f"--with-{feature}", action="store_true", help=f"price {text} (off by default)")
     ap.add_argument("--io-ms-per-batch", type=float, default=Options.io_ms_per_batch,
                     help="billed wait per batch for DynamoDB, S3 and PostgreSQL round trips (default 50)")
     ap.add_argument("--event-bytes", type=float, default=Options.event_bytes, help="average event size (default 1000)")
