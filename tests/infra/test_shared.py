@@ -17,12 +17,13 @@ SAM_PARAMS = dict(**{**ALL_SOURCES, "MskClusterArn": MSK_CLUSTER, "SelfManagedBo
                   ExistingAlarmTopicArn="arn:aws:sns:us-east-1:111122223333:paging", **PASSWORD_DB, **SEARCH)
 
 
-def sam_deployed():
+def sam_deployed(**extra):
+    params = {**SAM_PARAMS, **extra}
     tpl, errors = decode(str(TEMPLATE))
     assert not errors
-    translated = sam_translate(tpl, **SAM_PARAMS)
-    resolved = resolve({**translated, "Parameters": tpl["Parameters"], "Globals": {}}, **SAM_PARAMS)
-    return substitute(resolved, parameter_values(tpl, SAM_PARAMS))
+    translated = sam_translate(tpl, **params)
+    resolved = resolve({**translated, "Parameters": tpl["Parameters"], "Globals": {}}, **params)
+    return substitute(resolved, parameter_values(tpl, params))
 
 
 def cdk_deployed(stack="StreamloadTest"):
@@ -205,3 +206,90 @@ def test_cdk_a_configuration_change_publishes_a_new_version():
     assert len(a) == 2 and not a & b
     for r in of_type(cdk_deployed(), "AWS::Lambda::Version").values():
         assert (r["DeletionPolicy"], r["UpdateReplacePolicy"]) == ("Retain", "Retain")
+
+
+# ---- the table committer: the SAM stack's (TableCatalog) and the construct's (tables), per catalog
+COMMITTER_CASES = {
+    ("sam", "s3tables"): lambda: sam_deployed(TableCatalog="s3tables"),
+    ("sam", "glue"): lambda: sam_deployed(TableCatalog="glue", GlueDatabaseName="lake_db"),
+    ("cdk", "s3tables"): lambda: cdk_deployed("StreamloadTestTables"),
+    ("cdk", "glue"): lambda: cdk_deployed("StreamloadTestGlue"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(COMMITTER_CASES), ids=lambda c: "-".join(c))
+def with_tables(request):
+    return request.param[1], COMMITTER_CASES[request.param]()
+
+
+def committer(t):
+    """The committer function: the one told a STREAMLOAD_CATALOG."""
+    [(name, f)] = [(n, f) for n, f in of_type(t, "AWS::Lambda::Function").items()
+                   if "STREAMLOAD_CATALOG" in f["Properties"].get("Environment", {}).get("Variables", {})]
+    return name, f
+
+
+def role_statements(t, role_id):
+    """The Allow statements of a role: its inline policies and the policies attached to it."""
+    out = []
+    for name, st in allow_statements(t):
+        r = t["Resources"][name]
+        if name == role_id or any(ref_id(x) == role_id for x in r["Properties"].get("Roles", [])):
+            out.append(st)
+    return {st.get("Sid"): st for st in out}
+
+
+def test_the_table_committer_is_the_same_in_both_deployments(with_tables):
+    catalog, t = with_tables
+    res = t["Resources"]
+    name, f = committer(t)
+    p = f["Properties"]
+    # Given a deployment with the table committer: an arm64 function of 1,024 MB and 300 s,
+    # told its catalog, outside any VPC
+    assert p["Architectures"] == ["arm64"] and int(p["MemorySize"]) == 1024 and int(p["Timeout"]) == 300
+    assert "VpcConfig" not in p
+    env = p["Environment"]["Variables"]
+    assert env["STREAMLOAD_CATALOG"] == catalog
+    if catalog == "glue":
+        assert env["STREAMLOAD_TABLE_NAMESPACE"] == "lake_db" and "STREAMLOAD_WAREHOUSE" in env
+    else:
+        assert "STREAMLOAD_TABLE_BUCKET_ARN" in env and "STREAMLOAD_WAREHOUSE" not in env
+    # Then its role writes only its tc: claims, reads the staging, and touches one catalog
+    statements = role_statements(t, ref_id(p["Role"]))
+    claims = statements["CommitClaimsOnly"]
+    assert sorted(as_list(claims["Action"])) == ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    assert claims["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["tc:*"]}}
+    assert as_list(statements["ReadStagedObjects"]["Action"]) == ["s3:GetObject"]
+    tables = as_list(statements["TheRoutesTables"]["Action"])
+    assert all(a.startswith(f"{'glue' if catalog == 'glue' else 's3tables'}:") for a in tables)
+    assert not [a for a in tables if "Delete" in a]
+    if catalog == "glue":
+        assert "database/lake_db" in json.dumps(statements["TheRoutesTables"]["Resource"])
+        assert sorted(as_list(statements["TheWarehouseFiles"]["Action"])) == ["s3:GetObject", "s3:PutObject"]
+    # and it is fed by the queue S3 notifies of new staged Parquet, in batches of up to 1,000
+    # over a minute, two at a time, with partial-batch answers
+    def from_a_queue(m):
+        arn = m["Properties"]["EventSourceArn"]
+        return isinstance(arn, dict) and res[ref_id(arn)]["Type"] == "AWS::SQS::Queue"
+    [m] = [m for m in of_type(t, "AWS::Lambda::EventSourceMapping").values() if from_a_queue(m)]
+    mp = m["Properties"]
+    assert int(mp["BatchSize"]) == 1000 and int(mp["MaximumBatchingWindowInSeconds"]) == 60
+    assert mp["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert int(mp["ScalingConfig"]["MaximumConcurrency"]) == 2
+    queue = res[ref_id(mp["EventSourceArn"])]["Properties"]
+    assert int(queue["VisibilityTimeout"]) >= 6 * 300
+    assert res[ref_id(queue["RedrivePolicy"]["deadLetterTargetArn"])]["Type"] == "AWS::SQS::Queue"
+    [bucket] = [b for b in of_type(t, "AWS::S3::Bucket").values() if "NotificationConfiguration" in b["Properties"]]
+    [qc] = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    assert qc["Event"] == "s3:ObjectCreated:*" and qc["Filter"]["S3Key"]["Rules"] == [{"Name": "suffix", "Value": ".parquet"}]
+    # and an hourly sweep is its safety net, with the input the function reads
+    schedules = [r for r in t["Resources"].values() if r["Type"] in ("AWS::Scheduler::Schedule", "AWS::Events::Rule")]
+    inputs = json.dumps(schedules)
+    assert len(schedules) == 1 and "rate(1 hour)" in inputs and "streamload_sweep" in inputs
+    # and three alarms watch it: its errors, the queue's age, its dead letters
+    watching = [a for a in of_type(t, "AWS::CloudWatch::Alarm").values()
+                if a["Properties"].get("MetricName") in ("Errors", "ApproximateAgeOfOldestMessage", "ApproximateNumberOfMessagesVisible")
+                and ("Commit" in json.dumps(a) or name in json.dumps(a))]
+    assert {a["Properties"]["MetricName"] for a in watching} >= {"Errors", "ApproximateAgeOfOldestMessage", "ApproximateNumberOfMessagesVisible"}
+    # and the generic checks hold for these deployments too
+    test_least_privilege_no_wildcard_action_and_star_resources_only_where_iam_requires(t)

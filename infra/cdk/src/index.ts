@@ -14,6 +14,9 @@ import * as sns from "aws-cdk-lib/aws-sns";
 import * as subs from "aws-cdk-lib/aws-sns-subscriptions";
 import * as sqs from "aws-cdk-lib/aws-sqs";
 import { Construct } from "constructs";
+import { tableCommitter, TableCommitterProps } from "./committer";
+
+export { TableCommitterProps } from "./committer";
 
 /** Where the database is and how to sign in (SAM: Database* parameters). */
 export interface DatabaseProps {
@@ -112,6 +115,8 @@ export interface StreamLoaderProps {
   readonly deadLetterObjectDays?: number;
   readonly dedupTtlSeconds?: number;
   readonly permissionsBoundaryArn?: string;
+  /** The table committer: routes' [route.iceberg] tables in S3 Tables or Glue (SAM: TableCatalog). */
+  readonly tables?: TableCommitterProps;
 }
 
 const ALARM_PERIOD = Duration.minutes(5);
@@ -124,6 +129,7 @@ export class StreamLoader extends Construct {
   readonly alarmTopic: sns.Topic;
   readonly kinesisAlias?: lambda.Alias;
   readonly kafkaAlias?: lambda.Alias;
+  readonly tableCommitterAlias?: lambda.Alias;
 
   constructor(scope: Construct, id: string, props: StreamLoaderProps) {
     super(scope, id);
@@ -521,6 +527,19 @@ export class StreamLoader extends Construct {
         treatMissingData: cloudwatch.TreatMissingData.MISSING,
       }));
       mappingAlarms("MskMapping", mapping, true);
+    }
+
+    // ---- the table committer
+    if (props.tables) {
+      this.tableCommitterAlias = tableCommitter(this, props.tables, {
+        bucket: this.bucket,
+        dedupTable: this.dedupTable,
+        dedupTtlSeconds: props.dedupTtlSeconds ?? 604800,
+        routesConfigUri: props.routesConfigUri,
+        permissionsBoundaryArn: props.permissionsBoundaryArn,
+        logRetention: props.logRetention,
+        alarm,
+      });
     }
   }
 }

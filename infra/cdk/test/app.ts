@@ -22,4 +22,9 @@ const env = { account: "111122223333", region: "us-east-1" };
 const app = new App();
 new StreamLoader(new Stack(app, "StreamloadTest", { env }), "Loader", props);
 new StreamLoader(new Stack(app, "StreamloadTestNewRoutes", { env }), "Loader", { ...props, routesConfigUri: "s3://routes-bucket/routes-v2.toml" });
+// The table committer, once per catalog (tests/infra/test_shared.py holds it to the SAM stack's).
+new StreamLoader(new Stack(app, "StreamloadTestTables", { env }), "Loader", { ...props, tables: { catalog: "s3tables", code: stub } });
+new StreamLoader(new Stack(app, "StreamloadTestGlue", { env }), "Loader", {
+  ...props, tables: { catalog: "glue", code: stub, glueDatabaseName: "lake_db" },
+});
 app.synth();
