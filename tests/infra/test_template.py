@@ -905,6 +905,8 @@ CONFIGURATION_CHANGES = {
     "DeadLetterPrefix": "dlq/",
     "SearchEndpoint": "https://search-orders-abc.us-east-1.es.amazonaws.com", "SearchAuth": "none",
     "SearchSecretArn": "arn:aws:secretsmanager:us-east-1:111122223333:secret:search-AbCdEf",
+    "TableCatalog": "glue", "TableBucketName": "other-tables", "TableBucketExists": "true",
+    "GlueDatabaseName": "other_db",
 }
 
 
@@ -954,8 +956,9 @@ def test_a_deploy_that_changes_only_parameters_publishes_a_new_live_version(temp
     # is in that list (a new one must be added, and so proven)
     import json
     read = set()
-    for fn in ("KinesisLoader",):
-        text = json.dumps(res[fn]["Properties"])
+    committer = sam_translate(template, **base, TableCatalog="glue", RoutesConfigUri="s3://r/routes.toml")["Resources"]
+    for props in (res["KinesisLoader"]["Properties"], committer["TableCommitter"]["Properties"]):
+        text = json.dumps(props)
         read |= {p for p in template["Parameters"] if f'"Ref": "{p}"' in text or "${" + p + "}" in text}
     # (reserved concurrency belongs to the function, not to a version; IAM auth and the port are
     # proven below)
@@ -1194,6 +1197,21 @@ def test_a_glue_committer_touches_one_database_and_its_own_warehouse_bucket(temp
     assert "STREAMLOAD_WAREHOUSE" not in s3t_env and "STREAMLOAD_TABLE_NAMESPACE" not in s3t_env
     assert rule_failures(template, TableCatalog="glue", **PASSWORD_DB) == [
         "The table committer reads the routes' [route.iceberg] tables from the route file; set RoutesConfigUri."]
+
+
+def test_the_table_committer_may_decrypt_an_sse_kms_staging_bucket_only_through_s3(template):
+    # Given an existing SSE-KMS bucket with the committer
+    key = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    t = resolve(template, **COMMITTER, ExistingBucketName="lake-bucket", ExistingBucketKmsKeyArn=key, **PASSWORD_DB)
+    role = t["Resources"]["TableCommitterRole"]["Properties"]
+    statements = {st["Sid"]: st for pol in role["Policies"] for st in pol["PolicyDocument"]["Statement"]}
+    # Then it may decrypt with that key, through S3 only (it writes nothing there)
+    st = statements["StagedObjectsKey"]
+    assert st["Action"] == "kms:Decrypt" and st["Resource"] == {"Ref": "ExistingBucketKmsKeyArn"}
+    assert "kms:ViaService" in json.dumps(st["Condition"])
+    # and without a key it has no KMS grant at all
+    plain = resolve(template, **COMMITTER, **PASSWORD_DB)["Resources"]["TableCommitterRole"]["Properties"]
+    assert "kms:" not in json.dumps(plain["Policies"])
 
 
 def test_the_table_committer_is_fed_by_a_batching_window_and_an_hourly_sweep(template):

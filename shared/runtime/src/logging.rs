@@ -63,20 +63,23 @@ pub fn end_invocation() {
 }
 
 /// streamload's own crates: a DEBUG or TRACE level applies to them only.
-const OWN_CRATES: [&str; 6] = [
+const OWN_CRATES: [&str; 9] = [
     "streamload_core",
     "streamload_aws",
     "streamload_postgres",
     "streamload_runtime",
+    "streamload_table",
+    "streamload_iceberg",
     "kinesis_loader",
     "kafka_loader",
+    "table_committer",
 ];
 
 /// Crates that log requests, answers or rows at DEBUG or TRACE — the AWS SDK's wire logs
 /// carry request bodies (claims, dead letters with raw bytes), the PostgreSQL client its
 /// parameters, the Lambda runtime the event: held at INFO whatever `RUST_LOG` says, so no
 /// payload or row value reaches the logs at any level.
-const PAYLOAD_CRATES: [&str; 15] = [
+const PAYLOAD_CRATES: [&str; 21] = [
     "aws_smithy_runtime",
     "aws_smithy_runtime_api",
     "aws_smithy_http",
@@ -86,6 +89,12 @@ const PAYLOAD_CRATES: [&str; 15] = [
     "aws_sdk_s3",
     "aws_sdk_sqs",
     "aws_sdk_secretsmanager",
+    "aws_sdk_glue",
+    "aws_sdk_s3tables",
+    "iceberg",
+    "opendal",
+    "reqwest",
+    "sqlx",
     "aws_config",
     "hyper",
     "hyper_util",
@@ -239,8 +248,10 @@ mod tests {
         assert_eq!(parts[0], "info", "{lambda}");
         assert!(parts[1..].iter().all(|p| p.starts_with("streamload_")
             || p.starts_with("kinesis_loader")
-            || p.starts_with("kafka_loader")));
+            || p.starts_with("kafka_loader")
+            || p.starts_with("table_committer")));
         assert!(parts.contains(&"streamload_aws=trace"));
+        assert!(parts.contains(&"table_committer=trace"));
         // And a RUST_LOG of trace keeps the AWS SDK's wire logs (request bodies), the
         // PostgreSQL client and the Lambda runtime at INFO
         for crate_name in [
@@ -248,6 +259,8 @@ mod tests {
             "tokio_postgres",
             "hyper",
             "lambda_runtime",
+            "sqlx",
+            "opendal",
         ] {
             assert!(
                 rust_log.contains(&format!(",{crate_name}=info")),
