@@ -276,15 +276,23 @@ async fn delete(sqs: &aws_sdk_sqs::Client, url: &str, done: &[&Message]) -> Resu
 
 /// Messages visible or in flight on the queue.
 async fn backlog(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<u64, CliError> {
-    let visible =
-        queue_attribute(sqs, url, QueueAttributeName::ApproximateNumberOfMessages).await?;
-    let in_flight = queue_attribute(
-        sqs,
-        url,
+    let counts = [
+        QueueAttributeName::ApproximateNumberOfMessages,
         QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-    )
-    .await?;
-    Ok(visible.parse::<u64>().unwrap_or(0) + in_flight.parse::<u64>().unwrap_or(0))
+    ];
+    let answer = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .set_attribute_names(Some(counts.to_vec()))
+        .send()
+        .await
+        .map_err(|e| CliError::aws("sqs GetQueueAttributes", &e))?;
+    let attributes = answer.attributes();
+    Ok(counts
+        .iter()
+        .filter_map(|name| attributes.and_then(|a| a.get(name)))
+        .map(|n| n.parse::<u64>().unwrap_or(0))
+        .sum())
 }
 
 async fn queue_attribute(
